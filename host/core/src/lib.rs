@@ -1,0 +1,29 @@
+//! # locus-core: the scheduling model and the placement pipeline
+//!
+//! Everything here is pure computation on values: no tokio, no libvirt, no
+//! libp2p, no clock, no wasmtime. Policies are reached through the
+//! [`Policy`] trait, so the agent (with WebAssembly components), the
+//! simulator and the tests (with native policies) drive the same code.
+//!
+//! - [`model`]: PoPs, hosts, VMs and groups, with allocation totals.
+//! - [`request`]: a tenant's VM request and its checks.
+//! - [`filter`]: the hard constraints, applied before any policy runs.
+//! - [`view`]: what a policy sees, built from the model.
+//! - [`policy`]: the [`Policy`] trait, its errors, and native policies.
+//! - [`validate`]: the checks every decision passes.
+//! - [`pipeline`]: filter → policy → validate, with the safe fallback.
+//! - [`spec`]: the cluster description files are written in.
+
+pub mod filter;
+pub mod model;
+pub mod pipeline;
+pub mod policy;
+pub mod request;
+pub mod spec;
+pub mod validate;
+pub mod view;
+
+pub use model::{GroupId, HostId, HostState, Model, ModelError, PopId, VmId};
+pub use pipeline::{DecidedBy, Decision, Outcome, Placer};
+pub use policy::{ErrorKind, Native, Policy, PolicyError, Verdict};
+pub use request::{Location, VmRequest};

@@ -6,7 +6,8 @@
 //! resources). For each overloaded host, worst first, the policy moves VMs
 //! away until it is under capacity:
 //! - if one VM's demand alone covers the excess, it moves the cheapest such
-//!   VM (lowest migration cost): one migration, the least data copied;
+//!   VM (lowest migration cost, then lowest demand): one migration, the least
+//!   data copied;
 //! - otherwise it moves the most demanding movable VM and looks again.
 //!
 //! This greedy choice is the minimum number of moves whenever one move is
@@ -57,7 +58,7 @@ fn relieve(plan: &mut PlanBuilder<'_>, host: u32) -> bool {
         let pick = movable
             .iter()
             .filter(|(v, _)| covers(*v))
-            .min_by_key(|(v, _)| (p.vms.migration_cost[*v as usize], *v))
+            .min_by_key(|(v, _)| (p.vms.migration_cost[*v as usize], p.vms.load_cpu_milli[*v as usize], *v))
             .or_else(|| movable.iter().max_by_key(|(v, _)| (p.vms.load_cpu_milli[*v as usize], std::cmp::Reverse(*v))));
         let Some(&(vm, to)) = pick else { return false };
         if plan.try_move(vm, to).is_err() {
@@ -155,8 +156,11 @@ mod tests {
             .fenced_to(&[1])
             .build();
         let plan = RelieveOverload::plan(&p);
+        // VM 0 may not join its group mate on host 1, and VM 2 may only go to
+        // the DE host: either way the one move lands on host 2.
         assert_eq!(plan.len(), 1);
-        assert_eq!(plan[0], Migration { vm: 2, to: 2 }, "only the DE host accepts the DE-fenced VM");
+        assert_eq!(plan[0].to, 2);
+        assert!(!apply(&p, &plan).is_overloaded(0));
     }
 
     #[test]

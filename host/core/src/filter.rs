@@ -1,0 +1,192 @@
+//! Hard constraints, checked natively before any policy runs: a host is a
+//! candidate for a request only if it is up, has room, lies in an allowed
+//! jurisdiction and within the latency bound, and holds no member of the
+//! request's anti-affinity group. What was excluded, and why, is counted for
+//! explanations and for deciding whether another PoP should be asked.
+
+use crate::model::{GroupId, HostId, HostState, Model};
+use crate::request::VmRequest;
+use locus_sdk::{GroupKind, Resources};
+
+/// A request with its names resolved against a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The size asked for.
+    pub size: Resources,
+    /// Allowed jurisdiction indexes; `None` means anywhere.
+    pub jurisdictions: Option<Vec<u32>>,
+    /// Codes asked for that the model does not know.
+    pub unknown_jurisdictions: Vec<String>,
+    /// Estimated user latency to each PoP, µs; empty without a user location.
+    pub user_latency_us: Vec<u32>,
+    /// Latency bound, µs.
+    pub max_latency_us: Option<u32>,
+    /// The group, if it exists already, and its kind.
+    pub group: Option<(Option<GroupId>, GroupKind)>,
+}
+
+impl Resolved {
+    /// Resolves `request` against `model`.
+    pub fn new(model: &Model, request: &VmRequest) -> Self {
+        let (known, unknown): (Vec<_>, Vec<_>) =
+            request.jurisdictions.iter().partition(|code| model.find_jurisdiction(code).is_some());
+        let jurisdictions = (!request.jurisdictions.is_empty())
+            .then(|| known.iter().filter_map(|code| model.find_jurisdiction(code)).collect());
+        let user_latency_us = match request.user {
+            Some(user) => {
+                model.pops.iter().map(|p| locus_sdk::geo::estimated_rtt_us(user.into(), p.location)).collect()
+            }
+            None => Vec::new(),
+        };
+        Self {
+            size: request.size(),
+            jurisdictions,
+            unknown_jurisdictions: unknown.into_iter().cloned().collect(),
+            user_latency_us,
+            max_latency_us: request.max_latency_us(),
+            group: request.group.as_ref().map(|g| (model.group_id(&g.name), g.kind.into())),
+        }
+    }
+
+    fn anti_affinity_group(&self) -> Option<GroupId> {
+        match self.group {
+            Some((Some(id), GroupKind::AntiAffinity)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// How many hosts each hard constraint excluded (a host is counted once, for
+/// the first constraint it fails in the order of the fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Exclusions {
+    /// Down or draining.
+    pub not_up: u32,
+    /// Outside the allowed jurisdictions.
+    pub jurisdiction: u32,
+    /// Farther from the users than the bound.
+    pub latency: u32,
+    /// Already holding a member of the anti-affinity group.
+    pub anti_affinity: u32,
+    /// Without room for the VM.
+    pub capacity: u32,
+}
+
+impl Exclusions {
+    /// A sentence naming the constraints that excluded hosts.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            (self.not_up, "not up"),
+            (self.jurisdiction, "outside the allowed jurisdictions"),
+            (self.latency, "beyond the latency bound"),
+            (self.anti_affinity, "already running a member of the anti-affinity group"),
+            (self.capacity, "without room"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        if parts.is_empty() { "no hosts".to_owned() } else { parts.join(", ") }
+    }
+
+    /// True when hosts were excluded only for lack of room or being down,
+    /// i.e. the request's own constraints did not narrow the choice.
+    pub fn only_capacity(&self) -> bool {
+        self.jurisdiction == 0 && self.latency == 0 && self.anti_affinity == 0
+    }
+}
+
+/// Writes into `out` the hosts that satisfy every hard constraint, in host
+/// order, and returns what was excluded.
+pub fn candidates(model: &Model, request: &Resolved, out: &mut Vec<HostId>) -> Exclusions {
+    out.clear();
+    let mut ex = Exclusions::default();
+    let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
+    for (i, host) in model.hosts.iter().enumerate() {
+        let id = HostId(i as u32);
+        let pop = &model.pops[host.pop.0 as usize];
+        if host.state != HostState::Up {
+            ex.not_up += 1;
+        } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
+            ex.jurisdiction += 1;
+        } else if request.max_latency_us.is_some_and(|bound| {
+            request.user_latency_us.get(host.pop.0 as usize).is_some_and(|&rtt| rtt > bound)
+        }) {
+            ex.latency += 1;
+        } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
+            ex.anti_affinity += 1;
+        } else if !request.size.fits_in(host.free()) {
+            ex.capacity += 1;
+        } else {
+            out.push(id);
+        }
+    }
+    ex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{GroupKindSpec, GroupRef, Location};
+    use locus_sdk::Coordinates;
+
+    fn model() -> Model {
+        let mut m = Model::new();
+        m.add_pop("paris", "FR", Coordinates { latitude: 48.86, longitude: 2.35 }, 0, 50).expect("pop");
+        m.add_pop("tokyo", "JP", Coordinates { latitude: 35.68, longitude: 139.69 }, 0, 450).expect("pop");
+        for (name, pop) in [("p1", "paris"), ("p2", "paris"), ("p3", "paris"), ("t1", "tokyo")] {
+            m.add_host(name, pop, Resources::new(4, 4096, 100), 4000, (100, 200)).expect("host");
+        }
+        m
+    }
+
+    fn request() -> VmRequest {
+        toml::from_str("name = 'a'\nvcpus = 2\nmemory-mib = 1024").expect("request")
+    }
+
+    #[test]
+    fn every_constraint_excludes_and_is_counted() {
+        let mut m = model();
+        m.set_host_state(HostId(0), HostState::Draining);
+        let g = m.group("db", GroupKind::AntiAffinity).expect("group");
+        m.add_vm("x", HostId(1), Resources::new(1, 512, 1), 0, Some(g), vec![]).expect("vm");
+        let mut r = request();
+        r.group = Some(GroupRef { name: "db".into(), kind: GroupKindSpec::AntiAffinity });
+        r.user = Some(Location { lat: 48.0, lon: 2.0 });
+        r.max_latency_ms = Some(20.0);
+        let mut out = Vec::new();
+        let ex = candidates(&m, &Resolved::new(&m, &r), &mut out);
+        assert_eq!(out, vec![HostId(2)]);
+        assert_eq!(ex, Exclusions { not_up: 1, latency: 1, anti_affinity: 1, ..Default::default() });
+
+        r.jurisdictions = vec!["JP".into()];
+        r.max_latency_ms = None;
+        let ex = candidates(&m, &Resolved::new(&m, &r), &mut out);
+        assert_eq!(out, vec![HostId(3)]);
+        assert_eq!(ex.jurisdiction, 2);
+        assert!(ex.describe().contains("2 outside the allowed jurisdictions"));
+    }
+
+    #[test]
+    fn unknown_jurisdictions_allow_nothing() {
+        let m = model();
+        let mut r = request();
+        r.jurisdictions = vec!["XX".into()];
+        let resolved = Resolved::new(&m, &r);
+        assert_eq!(resolved.unknown_jurisdictions, vec!["XX".to_owned()]);
+        let mut out = Vec::new();
+        candidates(&m, &resolved, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn full_hosts_are_excluded_for_capacity() {
+        let mut m = model();
+        m.add_vm("big", HostId(0), Resources::new(4, 4096, 1), 0, None, vec![]).expect("vm");
+        let mut out = Vec::new();
+        let ex = candidates(&m, &Resolved::new(&m, &request()), &mut out);
+        assert_eq!(ex.capacity, 1);
+        assert!(ex.only_capacity());
+        assert_eq!(out.len(), 3);
+    }
+}

@@ -1,0 +1,220 @@
+//! A tenant's request for one VM, as it arrives (names and units a person
+//! writes), and its checks. The pipeline resolves names into indexes.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest VM or group name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A point on Earth, in degrees, as written in requests and cluster files.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// Latitude, -90 to 90.
+    pub lat: f32,
+    /// Longitude, -180 to 180.
+    pub lon: f32,
+}
+
+impl From<Location> for locus_sdk::Coordinates {
+    fn from(l: Location) -> Self {
+        locus_sdk::Coordinates { latitude: l.lat, longitude: l.lon }
+    }
+}
+
+/// How a group's members relate, as written in requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupKindSpec {
+    /// Prefer sharing a host.
+    Affinity,
+    /// Never share a host.
+    AntiAffinity,
+    /// Prefer spreading over hosts and PoPs.
+    Spread,
+}
+
+impl From<GroupKindSpec> for locus_sdk::GroupKind {
+    fn from(k: GroupKindSpec) -> Self {
+        match k {
+            GroupKindSpec::Affinity => locus_sdk::GroupKind::Affinity,
+            GroupKindSpec::AntiAffinity => locus_sdk::GroupKind::AntiAffinity,
+            GroupKindSpec::Spread => locus_sdk::GroupKind::Spread,
+        }
+    }
+}
+
+/// Membership of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRef {
+    /// The group's name; created on first use.
+    pub name: String,
+    /// How members relate; must match the group's kind when it exists.
+    pub kind: GroupKindSpec,
+}
+
+/// A request for one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VmRequest {
+    /// Unique name: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+    pub name: String,
+    /// Virtual CPUs, at least 1.
+    pub vcpus: u32,
+    /// Memory in MiB, at least 1.
+    pub memory_mib: u32,
+    /// Disk in GiB.
+    #[serde(default)]
+    pub disk_gib: u32,
+    /// Expected CPU demand in milli-CPUs until measured; half the vCPUs if absent.
+    #[serde(default)]
+    pub load_cpu_milli: Option<u32>,
+    /// The group the VM joins.
+    #[serde(default)]
+    pub group: Option<GroupRef>,
+    /// Jurisdiction codes the VM may run in; empty means anywhere.
+    #[serde(default)]
+    pub jurisdictions: Vec<String>,
+    /// Where the VM's users are.
+    #[serde(default)]
+    pub user: Option<Location>,
+    /// Largest acceptable round-trip latency to the users, in milliseconds.
+    #[serde(default)]
+    pub max_latency_ms: Option<f32>,
+}
+
+/// What is wrong with a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The name breaks the naming rule.
+    #[error("invalid name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
+    Name(String),
+    /// A size of zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// Coordinates off the globe.
+    #[error("user location ({lat}, {lon}) is not on Earth: latitude must be within ±90 and longitude within ±180")]
+    Location {
+        /// Latitude given.
+        lat: String,
+        /// Longitude given.
+        lon: String,
+    },
+    /// A latency bound that is not a positive number.
+    #[error("max-latency-ms must be a positive number of milliseconds, not {0}")]
+    Latency(String),
+    /// A latency bound without a user location to measure from.
+    #[error("max-latency-ms needs a user location")]
+    LatencyWithoutUser,
+}
+
+/// True when `name` follows the naming rule for VMs and groups.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl VmRequest {
+    /// Checks everything that can be checked without the cluster.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if !valid_name(&self.name) {
+            return Err(RequestError::Name(self.name.clone()));
+        }
+        if let Some(g) = &self.group
+            && !valid_name(&g.name)
+        {
+            return Err(RequestError::Name(g.name.clone()));
+        }
+        if self.vcpus == 0 {
+            return Err(RequestError::Zero("vcpus"));
+        }
+        if self.memory_mib == 0 {
+            return Err(RequestError::Zero("memory-mib"));
+        }
+        if let Some(l) = self.user
+            && !(l.lat.is_finite() && l.lon.is_finite() && l.lat.abs() <= 90.0 && l.lon.abs() <= 180.0)
+        {
+            return Err(RequestError::Location { lat: l.lat.to_string(), lon: l.lon.to_string() });
+        }
+        match self.max_latency_ms {
+            Some(ms) if !(ms.is_finite() && ms > 0.0) => Err(RequestError::Latency(ms.to_string())),
+            Some(_) if self.user.is_none() => Err(RequestError::LatencyWithoutUser),
+            _ => Ok(()),
+        }
+    }
+
+    /// The size asked for.
+    pub fn size(&self) -> locus_sdk::Resources {
+        locus_sdk::Resources::new(self.vcpus, self.memory_mib, self.disk_gib)
+    }
+
+    /// Expected CPU demand, milli-CPUs.
+    pub fn expected_load(&self) -> u32 {
+        self.load_cpu_milli.unwrap_or_else(|| self.vcpus.saturating_mul(500))
+    }
+
+    /// The latency bound in microseconds.
+    pub fn max_latency_us(&self) -> Option<u32> {
+        self.max_latency_ms.map(|ms| (f64::from(ms) * 1000.0).min(f64::from(u32::MAX - 1)) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str) -> VmRequest {
+        VmRequest {
+            name: name.to_owned(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 0,
+            load_cpu_milli: None,
+            group: None,
+            jurisdictions: vec![],
+            user: None,
+            max_latency_ms: None,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        assert!(vm("web-1.prod_a").validate().is_ok());
+        for bad in ["", "-x", "a<b>", "a b", "é", &"x".repeat(65)] {
+            assert!(matches!(vm(bad).validate(), Err(RequestError::Name(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_locations_and_bounds_are_checked() {
+        let mut r = vm("a");
+        r.vcpus = 0;
+        assert_eq!(r.validate().unwrap_err().to_string(), "vcpus must be at least 1");
+        let mut r = vm("a");
+        r.user = Some(Location { lat: 95.0, lon: 0.0 });
+        assert!(matches!(r.validate(), Err(RequestError::Location { .. })));
+        let mut r = vm("a");
+        r.max_latency_ms = Some(10.0);
+        assert_eq!(r.validate(), Err(RequestError::LatencyWithoutUser));
+        r.user = Some(Location { lat: 1.0, lon: 1.0 });
+        assert_eq!(r.max_latency_us(), Some(10_000));
+        r.max_latency_ms = Some(f32::NAN);
+        assert!(matches!(r.validate(), Err(RequestError::Latency(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json_like(r#"name = "a"
+vcpus = 1
+memory-mib = 1
+colour = "red""#);
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    fn serde_json_like(toml_text: &str) -> String {
+        toml::from_str::<VmRequest>(toml_text).unwrap_err().to_string()
+    }
+}
