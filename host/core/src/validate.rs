@@ -62,9 +62,14 @@ pub fn plan(partition: &Partition, plan: &[Migration]) -> Result<(), String> {
 }
 
 /// Cuts `message` to [`MAX_MESSAGE`] bytes on a character boundary.
-pub fn truncate_message(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
+pub fn truncate_message(message: String) -> String {
+    truncate_message_to(message, MAX_MESSAGE)
+}
+
+/// Cuts `message` to `max` bytes on a character boundary, marking the cut.
+pub fn truncate_message_to(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
         while !message.is_char_boundary(end) {
             end -= 1;
         }

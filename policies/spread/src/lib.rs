@@ -100,7 +100,7 @@ mod tests {
         let c = ClusterBuilder::new()
             .pop("FR", 48.0, 2.0)
             .host(0, CAP)
-            .host_used(0, CAP, Resources::new(4, 8192, 10))
+            .host_used(0, CAP, Resources::new(2, 4096, 10))
             .build();
         let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).group(GroupKind::Spread, &[0]).build();
         assert_eq!(Spread::place(&c, &r).host(), Some(1));

@@ -1,0 +1,240 @@
+//! The policy runtime: one wasmtime engine and linker for the process, the
+//! epoch ticker that enforces call deadlines, and loading — every check a
+//! component must pass before it may decide anything.
+
+use crate::error::LoadError;
+use crate::loaded::{CallLimits, Info, Loaded, World};
+use crate::state::{self, State};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+/// The version of `locus:policy` this runtime speaks.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Runtime settings. The defaults suit an agent.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Wall-clock budget of one call (50 ms).
+    pub deadline: Duration,
+    /// Most memory a policy instance may use (64 MiB).
+    pub memory_cap: usize,
+    /// Largest component accepted (16 MiB).
+    pub max_component_size: usize,
+    /// Instances kept warm per policy version (one per worker thread is
+    /// enough; 8).
+    pub pool_size: usize,
+    /// Reuse instances between calls (true). When false every call gets a
+    /// fresh instance, so no state can leak from one decision to the next.
+    pub reuse_instances: bool,
+    /// Period of the epoch ticker; deadlines are enforced to within one tick
+    /// (1 ms).
+    pub tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(50),
+            memory_cap: 64 << 20,
+            max_component_size: 16 << 20,
+            pool_size: 8,
+            reuse_instances: true,
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// A component compiled ahead of time by this runtime, for fast activation.
+/// Only [`Runtime::precompile`] makes one, which is what makes loading it
+/// sound.
+#[derive(Debug, Clone)]
+pub struct Precompiled {
+    artifact: Vec<u8>,
+    hash: String,
+    size: usize,
+}
+
+impl Precompiled {
+    /// SHA-256 of the original component, hex.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Loads policies and runs them under limits. One per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    config: RuntimeConfig,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime with `config`.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut c = Config::new();
+        c.wasm_component_model(true);
+        c.epoch_interruption(true);
+        // Same inputs, same bits: NaNs do not leak host-specific payloads.
+        c.cranelift_nan_canonicalization(true);
+        let engine = Engine::new(&c).map_err(anyhow::Error::from)?;
+        let linker = state::linker(&engine).map_err(anyhow::Error::from)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.tick);
+            std::thread::Builder::new().name("locus-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?
+        };
+        Ok(Self { engine, linker, config, _ticker: Ticker { stop, thread: Some(thread) } })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    fn limits(&self) -> CallLimits {
+        let tick = self.config.tick.as_nanos().max(1);
+        CallLimits {
+            deadline: self.config.deadline,
+            deadline_ticks: u64::try_from(self.config.deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1),
+            memory_cap: self.config.memory_cap,
+            pool_size: self.config.pool_size,
+            reuse_instances: self.config.reuse_instances,
+        }
+    }
+
+    /// Checks size and binary format, and hashes the bytes.
+    fn screen(&self, bytes: &[u8]) -> Result<String, LoadError> {
+        if bytes.len() > self.config.max_component_size {
+            return Err(LoadError::TooLarge { size: bytes.len(), cap: self.config.max_component_size });
+        }
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm);
+        }
+        match [bytes[4], bytes[5], bytes[6], bytes[7]] {
+            [1, 0, 0, 0] => return Err(LoadError::CoreModule),
+            [0x0d, 0, 1, 0] => {}
+            other => return Err(LoadError::UnknownVersion(other)),
+        }
+        Ok(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Verifies, compiles and instantiates a component, ready to call.
+    pub fn load(&self, bytes: &[u8], name: &str, config: BTreeMap<String, String>) -> Result<Arc<Loaded>, LoadError> {
+        let hash = self.screen(bytes)?;
+        let start = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.finish(component, hash, bytes.len(), start.elapsed(), name, config)
+    }
+
+    /// Verifies and compiles a component without activating it, for a fast
+    /// [`Runtime::load_precompiled`] later.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Precompiled, LoadError> {
+        let hash = self.screen(bytes)?;
+        let artifact =
+            self.engine.precompile_component(bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        Ok(Precompiled { artifact, hash, size: bytes.len() })
+    }
+
+    /// Loads a component compiled by [`Runtime::precompile`].
+    pub fn load_precompiled(
+        &self,
+        p: &Precompiled,
+        name: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<Arc<Loaded>, LoadError> {
+        let start = Instant::now();
+        // SAFETY: `Precompiled` can only be made by `precompile` above, by an
+        // engine of this very build; the artifact never left the process.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, &p.artifact) }
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.finish(component, p.hash.clone(), p.size, start.elapsed(), name, config)
+    }
+
+    fn finish(
+        &self,
+        component: Component,
+        hash: String,
+        size: usize,
+        compile_time: Duration,
+        name: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<Arc<Loaded>, LoadError> {
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let world = detect_world(&exports)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let info = Info { name: name.to_owned(), hash, world, size, compile_time, imports, exports, config };
+        let loaded = Loaded::new(info, pre, self.limits())?;
+        tracing::info!(policy = loaded.id(), world = world.as_str(), "policy loaded");
+        Ok(Arc::new(loaded))
+    }
+}
+
+fn detect_world(exports: &[String]) -> Result<World, LoadError> {
+    let placement = format!("locus:policy/placement@{CONTRACT_VERSION}");
+    let migration = format!("locus:policy/migration@{CONTRACT_VERSION}");
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    match (has(&placement), has(&migration)) {
+        (true, true) => Ok(World::Scheduler),
+        (true, false) => Ok(World::Placement),
+        (false, true) => Ok(World::Migration),
+        (false, false) => match exports.iter().find(|e| e.starts_with("locus:policy/")) {
+            Some(other) => Err(LoadError::WrongVersion { found: other.clone() }),
+            None => Err(LoadError::NoPolicyExport(exports.to_vec())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worlds_are_detected_by_their_exports() {
+        let e = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(detect_world(&e(&["locus:policy/placement@0.1.0"])), Ok(World::Placement));
+        assert_eq!(
+            detect_world(&e(&["locus:policy/migration@0.1.0", "locus:policy/placement@0.1.0"])),
+            Ok(World::Scheduler)
+        );
+        assert_eq!(
+            detect_world(&e(&["locus:policy/placement@0.2.0"])).unwrap_err().to_string(),
+            "component exports locus:policy/placement@0.2.0, but this agent speaks locus:policy@0.1.0"
+        );
+        assert!(matches!(detect_world(&e(&["run"])), Err(LoadError::NoPolicyExport(_))));
+    }
+}
