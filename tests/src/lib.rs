@@ -1,0 +1,1 @@
+//! End-to-end and property tests of Locus live in `tests/tests/`.

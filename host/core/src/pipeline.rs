@@ -112,7 +112,13 @@ impl Placer {
         }
         view::fill_cluster(model, &self.rows, &mut self.view);
         let req = view::request(model, &resolved, request.user.map(Into::into), &self.rows);
-        let (placement, decided_by) = match policy.place(&self.view, &req) {
+        // Implementations validate what they return; checking again here
+        // means no `Policy` implementation is trusted more than a policy.
+        let answer = policy.place(&self.view, &req).and_then(|v| match validate::placement(&self.view, &req, &v.value) {
+            Ok(()) => Ok(v),
+            Err(why) => Err(PolicyError::new(v.decided_by, crate::ErrorKind::InvalidDecision, why)),
+        });
+        let (placement, decided_by) = match answer {
             Ok(v) => (v.value, DecidedBy::Policy { name: v.decided_by, failure: v.failure }),
             Err(failure) => (fallback(&self.view, &req), DecidedBy::Fallback { failure }),
         };

@@ -7,7 +7,7 @@ impl PlacementPolicy for Hog {
     fn place(_: &Cluster, _: &Request) -> Placement {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
-            hoard.push(vec![1; 1 << 20]);
+            hoard.push(Vec::<u8>::with_capacity(1 << 20));
             std::hint::black_box(&hoard);
         }
     }

@@ -5,7 +5,7 @@ pub struct HugeList;
 
 impl MigrationPolicy for HugeList {
     fn plan(_: &Partition) -> Vec<Migration> {
-        vec![Migration { vm: 0, to: 1 }; 4_000_000]
+        vec![Migration { vm: 0, to: 1 }; 1_000_000]
     }
 }
 
