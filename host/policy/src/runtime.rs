@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// The version of `locus:policy` this runtime speaks.
 pub const CONTRACT_VERSION: &str = "0.1.0";
@@ -35,6 +35,10 @@ pub struct RuntimeConfig {
     /// Period of the epoch ticker; deadlines are enforced to within one tick
     /// (1 ms).
     pub tick: Duration,
+    /// Policy instances that may exist at once, over all loaded versions
+    /// (256): warm pools plus calls in flight. Each reserves address space,
+    /// not memory.
+    pub max_instances: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +50,7 @@ impl Default for RuntimeConfig {
             pool_size: 8,
             reuse_instances: true,
             tick: Duration::from_millis(1),
+            max_instances: 256,
         }
     }
 }
@@ -103,6 +108,16 @@ impl Runtime {
         c.epoch_interruption(true);
         // Same inputs, same bits: NaNs do not leak host-specific payloads.
         c.cranelift_nan_canonicalization(true);
+        // Pooled instance slots: instantiating a policy (once per call with
+        // fresh instances, after every trap otherwise) then costs a few
+        // microseconds instead of mapping and unmapping memory each time.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(4))
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances.saturating_mul(2))
+            .max_memory_size(config.memory_cap);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(anyhow::Error::from)?;
         let linker = state::linker(&engine).map_err(anyhow::Error::from)?;
         let stop = Arc::new(AtomicBool::new(false));
