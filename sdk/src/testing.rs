@@ -265,6 +265,39 @@ impl PartitionBuilder {
     }
 }
 
+/// A deterministic synthetic cluster of `hosts` hosts over three PoPs (FR,
+/// DE, ES), each host 32 vCPUs / 64 GiB / 1 TB with a varied allocation, for
+/// benchmarks: the same `hosts` always gives the same cluster.
+pub fn synthetic_cluster(hosts: usize) -> Cluster {
+    let mut b = ClusterBuilder::new()
+        .pop("FR", 48.86, 2.35)
+        .energy(0, 60)
+        .pop("DE", 52.52, 13.40)
+        .energy(2_000, 380)
+        .pop("ES", 40.42, -3.70)
+        .energy(20_000, 190);
+    for i in 0..hosts {
+        let used = Resources::new((i * 7 % 29) as u32, (i * 4099 % 60_000) as u32, (i * 13 % 900) as u32);
+        b = b.host_used((i % 3) as u32, Resources::new(32, 65_536, 1000), used);
+    }
+    b.build()
+}
+
+/// A deterministic synthetic partition over `hosts` hosts with four VMs
+/// each, where every fifth host is overloaded, for benchmarks.
+pub fn synthetic_partition(hosts: usize) -> Partition {
+    let base = ClusterBuilder::new().pop("FR", 48.86, 2.35).pop("DE", 52.52, 13.40);
+    let cluster = (0..hosts).fold(base, |b, i| b.host((i % 2) as u32, Resources::new(32, 65_536, 1000))).build();
+    let mut p = PartitionBuilder::new(cluster);
+    for h in 0..hosts as u32 {
+        let demand = if h % 5 == 0 { 9_000 } else { 3_000 };
+        for _ in 0..4 {
+            p = p.vm(h, Resources::new(4, 8192, 50), demand);
+        }
+    }
+    p.build()
+}
+
 fn intern(table: &mut Vec<String>, value: &str) -> u32 {
     match table.iter().position(|v| v == value) {
         Some(i) => i as u32,

@@ -9,19 +9,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use locus_builtin::policies;
 use locus_core::{Native, Policy};
 use locus_policy::{Runtime, RuntimeConfig, Slot};
-use locus_sdk::testing::{ClusterBuilder, RequestBuilder};
+use locus_sdk::testing::{RequestBuilder, synthetic_cluster as cluster};
 use locus_sdk::{Cluster, Request, Resources};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-
-fn cluster(hosts: usize) -> Cluster {
-    let mut b = ClusterBuilder::new().pop("FR", 48.86, 2.35).pop("DE", 52.52, 13.40).pop("ES", 40.42, -3.70);
-    for i in 0..hosts {
-        let used = Resources::new((i * 7 % 29) as u32, (i * 4099 % 60_000) as u32, (i * 13 % 900) as u32);
-        b = b.host_used((i % 3) as u32, Resources::new(32, 65_536, 1000), used);
-    }
-    b.build()
-}
 
 fn request(c: &Cluster) -> Request {
     RequestBuilder::new(c, Resources::new(2, 4096, 20)).build()

@@ -21,13 +21,15 @@ use wasmtime::{Store, Trap};
 
 /// Which capabilities a component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum World {
     /// `placement-policy`.
+    #[serde(rename = "placement-policy")]
     Placement,
     /// `migration-policy`.
+    #[serde(rename = "migration-policy")]
     Migration,
     /// `scheduler-policy`: both.
+    #[serde(rename = "scheduler-policy")]
     Scheduler,
 }
 
