@@ -86,8 +86,8 @@ pub use decision::{Choice, Migration, Placement, RejectReason, Rejection, Score}
 pub use host::{Level, config, config_or, log};
 pub use plan::{MoveError, PlanBuilder};
 pub use view::{
-    ABSENT, Cluster, Coordinates, Group, GroupKind, Host, Hosts, Partition, Pop, Request, Resources,
-    Vms,
+    ABSENT, Cluster, Coordinates, Group, GroupKind, Host, Hosts, Partition, Pop, Request,
+    Resources, Vms,
 };
 
 /// A placement policy: chooses the host for one new VM.
@@ -176,7 +176,9 @@ macro_rules! __export_placement {
 macro_rules! __export_migration {
     ($world:ident, $m:ty) => {
         impl $crate::__glue::$world::exports::locus::policy::migration::Guest for __LocusExports {
-            fn plan(partition: $crate::__glue::wit::Partition) -> ::std::vec::Vec<$crate::__glue::wit::Migration> {
+            fn plan(
+                partition: $crate::__glue::wit::Partition,
+            ) -> ::std::vec::Vec<$crate::__glue::wit::Migration> {
                 $crate::__glue::plan::<$m>(partition)
             }
         }

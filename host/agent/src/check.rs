@@ -26,7 +26,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(l) => l,
         Err(e) => {
             if args.json {
-                println!("{}", serde_json::json!({ "ok": false, "policy": src.name, "error": e.to_string() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "policy": src.name, "error": e.to_string() })
+                );
             } else {
                 println!("{}: refused: {e}", args.policy);
             }
@@ -43,7 +46,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("  id            {}", info.id());
     println!("  sha256        {}", info.hash);
     println!("  size          {} bytes", info.size);
-    println!("  compile time  {:.1} ms", info.compile_time.as_secs_f64() * 1000.0);
+    println!(
+        "  compile time  {:.1} ms",
+        info.compile_time.as_secs_f64() * 1000.0
+    );
     println!("  exports       {}", info.exports.join(", "));
     println!("  imports       {}", info.imports.join(", "));
     Ok(ExitCode::SUCCESS)

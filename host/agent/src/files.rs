@@ -13,7 +13,9 @@ pub const MAX_DESCRIPTION: usize = 64 << 20;
 pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() > max {
         bail!("{} is larger than the {max}-byte limit", path.display());
     }
@@ -23,7 +25,8 @@ pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>> {
 /// Parses a TOML (or, with a `.json` extension, JSON) description.
 pub fn parse<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = read_capped(path, MAX_DESCRIPTION)?;
-    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     } else {

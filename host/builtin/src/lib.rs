@@ -13,20 +13,25 @@ pub use components::BUILTINS;
 
 /// The built-in policies' components.
 pub mod policies {
-    pub use super::components::{BEST_FIT, CONSOLIDATE, FIRST_FIT, GREEN, NEAREST, RELIEVE_OVERLOAD, SPREAD};
+    pub use super::components::{
+        BEST_FIT, CONSOLIDATE, FIRST_FIT, GREEN, NEAREST, RELIEVE_OVERLOAD, SPREAD,
+    };
 }
 
 /// Components that misbehave on purpose, for tests.
 pub mod hostile {
     pub use super::components::{
-        HOSTILE_BAD_INDEX as BAD_INDEX, HOSTILE_CLOCK as CLOCK, HOSTILE_HOG as HOG, HOSTILE_HUGE_LIST as HUGE_LIST,
-        HOSTILE_PANIC as PANIC, HOSTILE_SPIN as SPIN,
+        HOSTILE_BAD_INDEX as BAD_INDEX, HOSTILE_CLOCK as CLOCK, HOSTILE_HOG as HOG,
+        HOSTILE_HUGE_LIST as HUGE_LIST, HOSTILE_PANIC as PANIC, HOSTILE_SPIN as SPIN,
     };
 }
 
 /// The component of built-in policy `name`.
 pub fn builtin(name: &str) -> Option<&'static [u8]> {
-    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// The names of the built-in policies.

@@ -43,17 +43,31 @@ pub fn fill_cluster(model: &Model, rows: &[HostId], view: &mut Cluster) {
 }
 
 /// The request as the policy sees it, for a view whose hosts are `rows`.
-pub fn request(model: &Model, resolved: &Resolved, user: Option<locus_sdk::Coordinates>, rows: &[HostId]) -> Request {
+pub fn request(
+    model: &Model,
+    resolved: &Resolved,
+    user: Option<locus_sdk::Coordinates>,
+    rows: &[HostId],
+) -> Request {
     let group = resolved.group.map(|(id, kind)| {
         let members = id.and_then(|g| model.groups.get(g.0 as usize));
-        let on = |h: HostId| members.and_then(|g| g.members.get(&h)).copied().unwrap_or(0);
+        let on = |h: HostId| {
+            members
+                .and_then(|g| g.members.get(&h))
+                .copied()
+                .unwrap_or(0)
+        };
         let mut in_pop = vec![0; model.pops.len()];
         if let Some(g) = members {
             for (&host, &n) in &g.members {
                 in_pop[model.hosts[host.0 as usize].pop.0 as usize] += n;
             }
         }
-        Group { kind, members_on_host: rows.iter().map(|&h| on(h)).collect(), members_in_pop: in_pop }
+        Group {
+            kind,
+            members_on_host: rows.iter().map(|&h| on(h)).collect(),
+            members_in_pop: in_pop,
+        }
     });
     Request {
         size: resolved.size,
@@ -88,15 +102,26 @@ pub fn partition(model: &Model, rows: &[HostId]) -> (Partition, Vec<VmId>) {
         vms.disk_gib.push(vm.size.disk_gib);
         vms.load_cpu_milli.push(vm.load_cpu_milli);
         vms.group.push(vm.group.map_or(ABSENT, |g| g.0));
-        vms.allowed_jurisdictions.push(if vm.jurisdictions.is_empty() {
-            u64::MAX
-        } else {
-            vm.jurisdictions.iter().filter(|&&j| j < 64).fold(0, |m, &j| m | (1u64 << j))
-        });
+        vms.allowed_jurisdictions
+            .push(if vm.jurisdictions.is_empty() {
+                u64::MAX
+            } else {
+                vm.jurisdictions
+                    .iter()
+                    .filter(|&&j| j < 64)
+                    .fold(0, |m, &j| m | (1u64 << j))
+            });
         vms.migration_cost.push(vm.size.memory_mib);
     }
     let groups = model.groups.iter().map(|g| g.kind).collect();
-    (Partition { cluster, vms, groups }, ids)
+    (
+        Partition {
+            cluster,
+            vms,
+            groups,
+        },
+        ids,
+    )
 }
 
 #[cfg(test)]
@@ -107,12 +132,42 @@ mod tests {
     #[test]
     fn views_carry_rows_in_order_and_group_counts() {
         let mut m = Model::new();
-        m.add_pop("paris", "FR", Coordinates { latitude: 48.86, longitude: 2.35 }, 0, 50).expect("pop");
-        m.add_pop("rome", "IT", Coordinates { latitude: 41.9, longitude: 12.5 }, 0, 300).expect("pop");
-        m.add_host("a", "paris", Resources::new(4, 4096, 10), 4000, (100, 200)).expect("host");
-        m.add_host("b", "rome", Resources::new(8, 8192, 10), 8000, (100, 200)).expect("host");
+        m.add_pop(
+            "paris",
+            "FR",
+            Coordinates {
+                latitude: 48.86,
+                longitude: 2.35,
+            },
+            0,
+            50,
+        )
+        .expect("pop");
+        m.add_pop(
+            "rome",
+            "IT",
+            Coordinates {
+                latitude: 41.9,
+                longitude: 12.5,
+            },
+            0,
+            300,
+        )
+        .expect("pop");
+        m.add_host("a", "paris", Resources::new(4, 4096, 10), 4000, (100, 200))
+            .expect("host");
+        m.add_host("b", "rome", Resources::new(8, 8192, 10), 8000, (100, 200))
+            .expect("host");
         let g = m.group("g", GroupKind::Spread).expect("group");
-        m.add_vm("v", HostId(1), Resources::new(1, 512, 1), 800, Some(g), vec![1]).expect("vm");
+        m.add_vm(
+            "v",
+            HostId(1),
+            Resources::new(1, 512, 1),
+            800,
+            Some(g),
+            vec![1],
+        )
+        .expect("vm");
         let rows = [HostId(1), HostId(0)];
         let mut c = Cluster::default();
         fill_cluster(&m, &rows, &mut c);
@@ -120,7 +175,8 @@ mod tests {
         assert_eq!(c.hosts.pop, vec![1, 0]);
         assert_eq!(c.hosts.current_watts, vec![110, 100]);
         let r: crate::VmRequest =
-            toml::from_str("name='x'\nvcpus=1\nmemory-mib=1\ngroup={name='g',kind='spread'}").expect("request");
+            toml::from_str("name='x'\nvcpus=1\nmemory-mib=1\ngroup={name='g',kind='spread'}")
+                .expect("request");
         let req = request(&m, &Resolved::new(&m, &r), None, &rows);
         let group = req.group.expect("group");
         assert_eq!(group.members_on_host, vec![1, 0]);

@@ -5,7 +5,11 @@ use crate::bindings::locus::policy::types as wit;
 use locus_sdk as sdk;
 
 pub fn resources(r: sdk::Resources) -> wit::Resources {
-    wit::Resources { vcpus: r.vcpus, memory_mib: r.memory_mib, disk_gib: r.disk_gib }
+    wit::Resources {
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        disk_gib: r.disk_gib,
+    }
 }
 
 pub fn hosts(h: &sdk::Hosts) -> wit::Hosts<'_> {
@@ -30,7 +34,10 @@ pub fn pops(pops: &[sdk::Pop]) -> Vec<wit::Pop> {
     pops.iter()
         .map(|p| wit::Pop {
             jurisdiction: p.jurisdiction,
-            location: wit::Coordinates { latitude: p.location.latitude, longitude: p.location.longitude },
+            location: wit::Coordinates {
+                latitude: p.location.latitude,
+                longitude: p.location.longitude,
+            },
             capacity: resources(p.capacity),
             allocated: resources(p.allocated),
             vm_count: p.vm_count,
@@ -40,8 +47,17 @@ pub fn pops(pops: &[sdk::Pop]) -> Vec<wit::Pop> {
         .collect()
 }
 
-pub fn cluster<'a>(c: &'a sdk::Cluster, pops: &'a [wit::Pop], jurisdictions: &'a [&'a str]) -> wit::Cluster<'a> {
-    wit::Cluster { pops, jurisdictions, pop_latency_us: &c.pop_latency_us, hosts: hosts(&c.hosts) }
+pub fn cluster<'a>(
+    c: &'a sdk::Cluster,
+    pops: &'a [wit::Pop],
+    jurisdictions: &'a [&'a str],
+) -> wit::Cluster<'a> {
+    wit::Cluster {
+        pops,
+        jurisdictions,
+        pop_latency_us: &c.pop_latency_us,
+        hosts: hosts(&c.hosts),
+    }
 }
 
 pub fn group_kind(k: sdk::GroupKind) -> wit::GroupKind {
@@ -65,9 +81,10 @@ pub fn request(r: &sdk::Request) -> wit::Request<'_> {
             members_in_pop: &g.members_in_pop,
         }),
         allowed_jurisdictions: &r.allowed_jurisdictions,
-        user_location: r
-            .user_location
-            .map(|c| wit::Coordinates { latitude: c.latitude, longitude: c.longitude }),
+        user_location: r.user_location.map(|c| wit::Coordinates {
+            latitude: c.latitude,
+            longitude: c.longitude,
+        }),
         max_latency_us: r.max_latency_us,
         user_latency_us: &r.user_latency_us,
     }
@@ -102,11 +119,21 @@ pub fn placement(p: wit::Placement, hosts: usize) -> Result<sdk::Placement, Stri
     Ok(match p {
         wit::Placement::Place(c) => {
             if c.scores.len() > hosts {
-                return Err(format!("returned {} scores for {hosts} hosts", c.scores.len()));
+                return Err(format!(
+                    "returned {} scores for {hosts} hosts",
+                    c.scores.len()
+                ));
             }
             sdk::Placement::Place(sdk::Choice {
                 host: c.host,
-                scores: c.scores.into_iter().map(|s| sdk::Score { host: s.host, value: s.value }).collect(),
+                scores: c
+                    .scores
+                    .into_iter()
+                    .map(|s| sdk::Score {
+                        host: s.host,
+                        value: s.value,
+                    })
+                    .collect(),
             })
         }
         wit::Placement::Reject(r) => sdk::Placement::Reject(sdk::Rejection {

@@ -36,7 +36,8 @@ impl Default for Metrics {
             errors: Default::default(),
             // 1 ns to 1 min, 3 significant digits.
             latency_ns: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds are valid"),
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                    .expect("static bounds are valid"),
             ),
         }
     }
@@ -49,7 +50,9 @@ impl Metrics {
         if let Some(kind) = error {
             self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).clamp(1, 60_000_000_000);
+        let ns = u64::try_from(took.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, 60_000_000_000);
         if let Ok(mut h) = self.latency_ns.lock() {
             let _ = h.record(ns);
         }
@@ -63,7 +66,9 @@ impl Metrics {
             .filter(|(_, n)| *n > 0)
             .collect();
         let (p50, p99, max) = match self.latency_ns.lock() {
-            Ok(h) if !h.is_empty() => (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+            Ok(h) if !h.is_empty() => {
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+            }
             _ => (0, 0, 0),
         };
         MetricsSnapshot {

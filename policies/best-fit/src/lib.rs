@@ -42,7 +42,11 @@ impl PlacementPolicy for BestFit {
 }
 
 fn fraction(part: u32, whole: u32) -> f32 {
-    if whole == 0 { 0.0 } else { part as f32 / whole as f32 }
+    if whole == 0 {
+        0.0
+    } else {
+        part as f32 / whole as f32
+    }
 }
 
 locus_sdk::export!(placement: BestFit);
@@ -50,8 +54,8 @@ locus_sdk::export!(placement: BestFit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use locus_sdk::testing::{ClusterBuilder, RequestBuilder};
     use locus_sdk::Resources;
+    use locus_sdk::testing::{ClusterBuilder, RequestBuilder};
 
     const BIG: Resources = Resources::new(32, 65_536, 1000);
 
@@ -80,14 +84,23 @@ mod tests {
 
     #[test]
     fn rejects_when_nothing_fits() {
-        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, Resources::new(1, 512, 10)).build();
+        let c = ClusterBuilder::new()
+            .pop("FR", 48.0, 2.0)
+            .host(0, Resources::new(1, 512, 10))
+            .build();
         let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).build();
-        assert!(matches!(BestFit::place(&c, &r), Placement::Reject(r) if r.reason == RejectReason::NoCapacity));
+        assert!(
+            matches!(BestFit::place(&c, &r), Placement::Reject(r) if r.reason == RejectReason::NoCapacity)
+        );
     }
 
     #[test]
     fn ties_go_to_the_lowest_row() {
-        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, BIG).host(0, BIG).build();
+        let c = ClusterBuilder::new()
+            .pop("FR", 48.0, 2.0)
+            .host(0, BIG)
+            .host(0, BIG)
+            .build();
         let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).build();
         assert_eq!(BestFit::place(&c, &r).host(), Some(0));
     }

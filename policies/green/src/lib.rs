@@ -26,8 +26,16 @@ pub struct Green;
 fn extra_watts(cluster: &Cluster, i: usize, vcpus: u32) -> u32 {
     let h = &cluster.hosts;
     let dynamic = h.max_watts[i].saturating_sub(h.idle_watts[i]);
-    let share = if h.vcpus[i] == 0 { dynamic } else { (u64::from(dynamic) * u64::from(vcpus) / u64::from(h.vcpus[i])) as u32 };
-    let wake = if h.vm_count[i] == 0 { h.idle_watts[i] } else { 0 };
+    let share = if h.vcpus[i] == 0 {
+        dynamic
+    } else {
+        (u64::from(dynamic) * u64::from(vcpus) / u64::from(h.vcpus[i])) as u32
+    };
+    let wake = if h.vm_count[i] == 0 {
+        h.idle_watts[i]
+    } else {
+        0
+    };
     share + wake
 }
 
@@ -41,14 +49,23 @@ impl PlacementPolicy for Green {
             if !request.size.fits_in(hosts.free(i)) {
                 continue;
             }
-            let Some(pop) = cluster.pops.get(hosts.pop[i] as usize) else { continue };
+            let Some(pop) = cluster.pops.get(hosts.pop[i] as usize) else {
+                continue;
+            };
             let extra = extra_watts(cluster, i, request.size.vcpus);
             let needed = (u64::from(extra) * u64::from(100 + margin)).div_ceil(100);
             let renewable = u32::from(u64::from(pop.renewable_watts) < needed);
             let latency = request.user_latency(hosts.pop[i]).unwrap_or(0);
             let key = (renewable, pop.carbon_g_per_kwh, extra, latency);
-            let grams_per_hour = if renewable == 0 { 0.0 } else { extra as f32 * pop.carbon_g_per_kwh as f32 / 1000.0 };
-            scores.push(Score { host: i as u32, value: -grams_per_hour });
+            let grams_per_hour = if renewable == 0 {
+                0.0
+            } else {
+                extra as f32 * pop.carbon_g_per_kwh as f32 / 1000.0
+            };
+            scores.push(Score {
+                host: i as u32,
+                value: -grams_per_hour,
+            });
             if best.is_none_or(|(b, _)| key < b) {
                 best = Some((key, i as u32));
             }
@@ -101,7 +118,11 @@ mod tests {
 
     #[test]
     fn a_busy_host_is_preferred_to_waking_an_idle_one() {
-        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, CAP).host_used(0, CAP, SOME).build();
+        let c = ClusterBuilder::new()
+            .pop("FR", 48.0, 2.0)
+            .host(0, CAP)
+            .host_used(0, CAP, SOME)
+            .build();
         let r = RequestBuilder::new(&c, Resources::new(2, 2048, 10)).build();
         assert_eq!(Green::place(&c, &r).host(), Some(1));
     }
@@ -119,6 +140,12 @@ mod tests {
             .build();
         let r = RequestBuilder::new(&c, Resources::new(2, 2048, 10)).build();
         assert_eq!(Green::place(&c, &r).host(), Some(1));
-        assert_eq!(with_config(&[("renewable-margin-percent", "0")], || Green::place(&c, &r).host()), Some(0));
+        assert_eq!(
+            with_config(&[("renewable-margin-percent", "0")], || Green::place(
+                &c, &r
+            )
+            .host()),
+            Some(0)
+        );
     }
 }

@@ -28,7 +28,10 @@ impl PlacementPolicy for Nearest {
             }
             let latency = request.user_latency(hosts.pop[i]).unwrap_or(0);
             let used = hosts.memory_mib[i] - free.memory_mib;
-            scores.push(Score { host: i as u32, value: -(latency as f32) });
+            scores.push(Score {
+                host: i as u32,
+                value: -(latency as f32),
+            });
             let key = (latency, used, i as u32);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
@@ -38,7 +41,9 @@ impl PlacementPolicy for Nearest {
             (None, _) => Placement::reject(RejectReason::NoCapacity, "no host has room for the VM"),
             (Some((latency, _, _)), Some(bound)) if latency > bound => Placement::reject(
                 RejectReason::Constraints,
-                format!("the nearest host with room is {latency} µs from the users, above the {bound} µs bound"),
+                format!(
+                    "the nearest host with room is {latency} µs from the users, above the {bound} µs bound"
+                ),
             ),
             (Some((_, _, row)), _) => Placement::on_with_scores(row, scores),
         }
@@ -70,22 +75,31 @@ mod tests {
     #[test]
     fn a_user_in_lisbon_gets_madrid_on_its_emptier_host() {
         let c = europe();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).user_at(38.72, -9.14).build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
+            .user_at(38.72, -9.14)
+            .build();
         assert_eq!(Nearest::place(&c, &r).host(), Some(3));
     }
 
     #[test]
     fn a_user_in_hamburg_gets_berlin() {
         let c = europe();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).user_at(53.55, 9.99).build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
+            .user_at(53.55, 9.99)
+            .build();
         assert_eq!(Nearest::place(&c, &r).host(), Some(1));
     }
 
     #[test]
     fn an_unreachable_bound_is_a_constraint_rejection() {
         let c = europe();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).user_at(35.68, 139.69).max_latency_us(5000).build();
-        assert!(matches!(Nearest::place(&c, &r), Placement::Reject(r) if r.reason == RejectReason::Constraints));
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
+            .user_at(35.68, 139.69)
+            .max_latency_us(5000)
+            .build();
+        assert!(
+            matches!(Nearest::place(&c, &r), Placement::Reject(r) if r.reason == RejectReason::Constraints)
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@ pub struct Clock;
 
 impl PlacementPolicy for Clock {
     fn place(cluster: &Cluster, _: &Request) -> Placement {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Placement::on((now % cluster.hosts.len().max(1) as u64) as u32)
     }
 }
