@@ -28,44 +28,19 @@ const COMPONENTS: &[(&str, &str, bool)] = &[
 ];
 
 fn main() {
-    let manifest =
-        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest
-        .join("../..")
-        .canonicalize()
-        .expect("the workspace root exists");
-    for dir in [
-        "sdk",
-        "wit",
-        "policies",
-        "tests/hostile",
-        "Cargo.toml",
-        "Cargo.lock",
-    ] {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../..").canonicalize().expect("the workspace root exists");
+    for dir in ["sdk", "wit", "policies", "tests/hostile", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        root.join(target)
-    };
+    let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() { target } else { root.join(target) };
     let wasm_target = target.join("wasm");
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            "policy",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
+        .args(["build", "--quiet", "--profile", "policy", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&wasm_target);
     for (package, _, _) in COMPONENTS {
         cmd.args(["-p", package]);
@@ -119,6 +94,5 @@ fn main() {
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
 }

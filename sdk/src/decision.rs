@@ -53,10 +53,7 @@ pub enum Placement {
 impl Placement {
     /// Place on row `host`, without scores.
     pub fn on(host: u32) -> Self {
-        Placement::Place(Choice {
-            host,
-            scores: Vec::new(),
-        })
+        Placement::Place(Choice { host, scores: Vec::new() })
     }
 
     /// Place on row `host`, explaining the choice with `scores`.
@@ -66,10 +63,7 @@ impl Placement {
 
     /// Decline, with a reason and a message for the operator.
     pub fn reject(reason: RejectReason, message: impl Into<String>) -> Self {
-        Placement::Reject(Rejection {
-            reason,
-            message: message.into(),
-        })
+        Placement::Reject(Rejection { reason, message: message.into() })
     }
 
     /// The chosen row, if the request was placed.

@@ -14,10 +14,7 @@ const LAST_MILE_US: f64 = 1000.0;
 
 /// Great-circle distance between two points, in km (haversine).
 pub fn distance_km(a: Coordinates, b: Coordinates) -> f64 {
-    let (lat1, lat2) = (
-        f64::from(a.latitude).to_radians(),
-        f64::from(b.latitude).to_radians(),
-    );
+    let (lat1, lat2) = (f64::from(a.latitude).to_radians(), f64::from(b.latitude).to_radians());
     let dlat = lat2 - lat1;
     let dlon = (f64::from(b.longitude) - f64::from(a.longitude)).to_radians();
     let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
@@ -35,14 +32,8 @@ pub fn estimated_rtt_us(a: Coordinates, b: Coordinates) -> u32 {
 mod tests {
     use super::*;
 
-    const PARIS: Coordinates = Coordinates {
-        latitude: 48.86,
-        longitude: 2.35,
-    };
-    const BERLIN: Coordinates = Coordinates {
-        latitude: 52.52,
-        longitude: 13.40,
-    };
+    const PARIS: Coordinates = Coordinates::new(48.86, 2.35);
+    const BERLIN: Coordinates = Coordinates::new(52.52, 13.40);
 
     #[test]
     fn paris_berlin_is_about_880_km() {

@@ -39,20 +39,13 @@ use crate::view;
 
 impl From<wit::Resources> for view::Resources {
     fn from(r: wit::Resources) -> Self {
-        view::Resources {
-            vcpus: r.vcpus,
-            memory_mib: r.memory_mib,
-            disk_gib: r.disk_gib,
-        }
+        view::Resources { vcpus: r.vcpus, memory_mib: r.memory_mib, disk_gib: r.disk_gib }
     }
 }
 
 impl From<wit::Coordinates> for view::Coordinates {
     fn from(c: wit::Coordinates) -> Self {
-        view::Coordinates {
-            latitude: c.latitude,
-            longitude: c.longitude,
-        }
+        view::Coordinates::new(c.latitude, c.longitude)
     }
 }
 
@@ -153,14 +146,7 @@ impl From<crate::Placement> for wit::Placement {
         match p {
             crate::Placement::Place(c) => wit::Placement::Place(wit::Choice {
                 host: c.host,
-                scores: c
-                    .scores
-                    .into_iter()
-                    .map(|s| wit::Score {
-                        host: s.host,
-                        value: s.value,
-                    })
-                    .collect(),
+                scores: c.scores.into_iter().map(|s| wit::Score { host: s.host, value: s.value }).collect(),
             }),
             crate::Placement::Reject(r) => wit::Placement::Reject(wit::Rejection {
                 reason: match r.reason {
@@ -175,17 +161,11 @@ impl From<crate::Placement> for wit::Placement {
 }
 
 /// Calls `P::place` on the generated types.
-pub fn place<P: crate::PlacementPolicy>(
-    cluster: wit::Cluster,
-    request: wit::Request,
-) -> wit::Placement {
+pub fn place<P: crate::PlacementPolicy>(cluster: wit::Cluster, request: wit::Request) -> wit::Placement {
     P::place(&cluster.into(), &request.into()).into()
 }
 
 /// Calls `M::plan` on the generated types.
 pub fn plan<M: crate::MigrationPolicy>(partition: wit::Partition) -> Vec<wit::Migration> {
-    M::plan(&partition.into())
-        .into_iter()
-        .map(|m| wit::Migration { vm: m.vm, to: m.to })
-        .collect()
+    M::plan(&partition.into()).into_iter().map(|m| wit::Migration { vm: m.vm, to: m.to }).collect()
 }

@@ -37,10 +37,7 @@ pub fn config_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     match config(key) {
         None => default,
         Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
-            log(
-                Level::Warn,
-                &format!("config {key}={raw:?} is malformed; using the default"),
-            );
+            log(Level::Warn, &format!("config {key}={raw:?} is malformed; using the default"));
             default
         }),
     }

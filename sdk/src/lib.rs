@@ -86,8 +86,7 @@ pub use decision::{Choice, Migration, Placement, RejectReason, Rejection, Score}
 pub use host::{Level, config, config_or, log};
 pub use plan::{MoveError, PlanBuilder};
 pub use view::{
-    ABSENT, Cluster, Coordinates, Group, GroupKind, Host, Hosts, Partition, Pop, Request,
-    Resources, Vms,
+    ABSENT, Cluster, Coordinates, Group, GroupKind, Host, Hosts, Partition, Pop, Request, Resources, Vms,
 };
 
 /// A placement policy: chooses the host for one new VM.
@@ -114,14 +113,25 @@ pub trait MigrationPolicy {
 
 /// Exports a policy type as the component's implementation.
 ///
-/// Use it once, at the crate root, naming what the policy implements; the
-/// component is then built against the matching WIT world
-/// (`placement-policy`, `migration-policy`, or `scheduler-policy` for both):
+/// Use it once, at the crate root, naming what the policy implements:
+/// `export!(placement: P)`, `export!(migration: M)`, or
+/// `export!(placement: P, migration: M)`. The component is then built
+/// against the matching WIT world (`placement-policy`, `migration-policy`,
+/// or `scheduler-policy` for both).
 ///
-/// ```ignore
-/// locus_sdk::export!(placement: MyPlacement);
-/// locus_sdk::export!(migration: MyRebalancer);
-/// locus_sdk::export!(placement: MyPlacement, migration: MyRebalancer);
+/// ```
+/// use locus_sdk::{Migration, MigrationPolicy, Partition};
+///
+/// /// Never moves anything.
+/// pub struct StayPut;
+///
+/// impl MigrationPolicy for StayPut {
+///     fn plan(_: &Partition) -> Vec<Migration> {
+///         Vec::new()
+///     }
+/// }
+///
+/// locus_sdk::export!(migration: StayPut);
 /// ```
 ///
 /// It expands to nothing when the crate is compiled natively, so the same
@@ -133,7 +143,7 @@ macro_rules! export {
         const _: () = {
             struct __LocusExports;
             $crate::__export_placement!(placement, $p);
-            $crate::__glue::placement::export_world!(__LocusExports with_types_in $crate::__glue::placement);
+    $crate::__glue::placement::export_world!(__LocusExports with_types_in $crate::__glue::placement);
         };
     };
     (migration: $m:ty $(,)?) => {
@@ -141,7 +151,7 @@ macro_rules! export {
         const _: () = {
             struct __LocusExports;
             $crate::__export_migration!(migration, $m);
-            $crate::__glue::migration::export_world!(__LocusExports with_types_in $crate::__glue::migration);
+    $crate::__glue::migration::export_world!(__LocusExports with_types_in $crate::__glue::migration);
         };
     };
     (placement: $p:ty, migration: $m:ty $(,)?) => {
@@ -150,8 +160,8 @@ macro_rules! export {
             struct __LocusExports;
             $crate::__export_placement!(placement, $p);
             $crate::__export_migration!(migration, $m);
-            $crate::__glue::placement::export_world!(__LocusExports with_types_in $crate::__glue::placement);
-            $crate::__glue::migration::export_world!(__LocusExports with_types_in $crate::__glue::migration);
+    $crate::__glue::placement::export_world!(__LocusExports with_types_in $crate::__glue::placement);
+    $crate::__glue::migration::export_world!(__LocusExports with_types_in $crate::__glue::migration);
         };
     };
 }

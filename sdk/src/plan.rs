@@ -71,39 +71,26 @@ pub enum MoveError {
 impl fmt::Display for MoveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            MoveError::UnknownVm { vm, vms } => write!(
-                f,
-                "VM row {vm} does not exist (the partition has {vms} VMs)"
-            ),
+            MoveError::UnknownVm { vm, vms } => {
+                write!(f, "VM row {vm} does not exist (the partition has {vms} VMs)")
+            }
             MoveError::UnknownHost { host, hosts } => {
-                write!(
-                    f,
-                    "host row {host} does not exist (the partition has {hosts} hosts)"
-                )
+                write!(f, "host row {host} does not exist (the partition has {hosts} hosts)")
             }
             MoveError::MovedTwice { vm } => write!(f, "VM row {vm} is moved more than once"),
             MoveError::SameHost { vm } => write!(f, "VM row {vm} is moved to the host it is on"),
             MoveError::Fence { vm, host } => {
-                write!(
-                    f,
-                    "moving VM row {vm} to host row {host} crosses its jurisdiction fence"
-                )
+                write!(f, "moving VM row {vm} to host row {host} crosses its jurisdiction fence")
             }
             MoveError::AntiAffinity { vm, host } => write!(
                 f,
                 "moving VM row {vm} to host row {host} puts two members of an anti-affinity group together"
             ),
             MoveError::Capacity { vm, host } => {
-                write!(
-                    f,
-                    "VM row {vm} does not fit in the free resources of host row {host}"
-                )
+                write!(f, "VM row {vm} does not fit in the free resources of host row {host}")
             }
             MoveError::Overload { vm, host } => {
-                write!(
-                    f,
-                    "moving VM row {vm} to host row {host} pushes its CPU demand over capacity"
-                )
+                write!(f, "moving VM row {vm} to host row {host} pushes its CPU demand over capacity")
             }
         }
     }
@@ -160,16 +147,10 @@ impl<'a> PlanBuilder<'a> {
         let p = self.partition;
         let (v, h) = (vm as usize, to as usize);
         if v >= p.vms.len() {
-            return Err(MoveError::UnknownVm {
-                vm,
-                vms: p.vms.len(),
-            });
+            return Err(MoveError::UnknownVm { vm, vms: p.vms.len() });
         }
         if h >= p.cluster.hosts.len() {
-            return Err(MoveError::UnknownHost {
-                host: to,
-                hosts: p.cluster.hosts.len(),
-            });
+            return Err(MoveError::UnknownHost { host: to, hosts: p.cluster.hosts.len() });
         }
         if self.moved[v] {
             return Err(MoveError::MovedTwice { vm });
@@ -177,11 +158,7 @@ impl<'a> PlanBuilder<'a> {
         if self.host_of[v] == to {
             return Err(MoveError::SameHost { vm });
         }
-        let jurisdiction = p
-            .cluster
-            .pops
-            .get(p.cluster.hosts.pop[h] as usize)
-            .map(|pop| pop.jurisdiction);
+        let jurisdiction = p.cluster.pops.get(p.cluster.hosts.pop[h] as usize).map(|pop| pop.jurisdiction);
         if !jurisdiction.is_some_and(|j| p.vms.may_run_in(v, j)) {
             return Err(MoveError::Fence { vm, host: to });
         }
@@ -268,11 +245,7 @@ impl<'a> PlanBuilder<'a> {
 
     /// The VMs on host `host` once the plan so far is carried out.
     pub fn vms_on(&self, host: u32) -> impl Iterator<Item = u32> + '_ {
-        self.host_of
-            .iter()
-            .enumerate()
-            .filter(move |(_, h)| **h == host)
-            .map(|(v, _)| v as u32)
+        self.host_of.iter().enumerate().filter(move |(_, h)| **h == host).map(|(v, _)| v as u32)
     }
 
     /// The moves so far, in order.
@@ -330,20 +303,11 @@ mod tests {
             .build();
         let mut b = PlanBuilder::new(&p);
         assert_eq!(b.check(9, 1), Err(MoveError::UnknownVm { vm: 9, vms: 4 }));
-        assert_eq!(
-            b.check(0, 7),
-            Err(MoveError::UnknownHost { host: 7, hosts: 3 })
-        );
+        assert_eq!(b.check(0, 7), Err(MoveError::UnknownHost { host: 7, hosts: 3 }));
         assert_eq!(b.check(0, 0), Err(MoveError::SameHost { vm: 0 }));
         assert_eq!(b.check(0, 2), Err(MoveError::Fence { vm: 0, host: 2 }));
-        assert_eq!(
-            b.check(1, 1),
-            Err(MoveError::AntiAffinity { vm: 1, host: 1 })
-        );
-        assert_eq!(
-            b.check(0, 2).err(),
-            Some(MoveError::Fence { vm: 0, host: 2 })
-        );
+        assert_eq!(b.check(1, 1), Err(MoveError::AntiAffinity { vm: 1, host: 1 }));
+        assert_eq!(b.check(0, 2).err(), Some(MoveError::Fence { vm: 0, host: 2 }));
         assert_eq!(b.check(2, 2), Err(MoveError::Capacity { vm: 2, host: 2 }));
         b.try_move(0, 1).expect("allowed");
         assert_eq!(b.check(0, 0), Err(MoveError::MovedTwice { vm: 0 }));
@@ -351,10 +315,8 @@ mod tests {
 
     #[test]
     fn cpu_demand_over_capacity_is_an_overload() {
-        let p = two_pops()
-            .vm(0, Resources::new(1, 512, 1), 3000)
-            .vm(1, Resources::new(1, 512, 1), 6000)
-            .build();
+        let p =
+            two_pops().vm(0, Resources::new(1, 512, 1), 3000).vm(1, Resources::new(1, 512, 1), 6000).build();
         let b = PlanBuilder::new(&p);
         assert_eq!(b.check(0, 1), Err(MoveError::Overload { vm: 0, host: 1 }));
     }

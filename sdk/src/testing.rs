@@ -48,10 +48,7 @@ impl ClusterBuilder {
         let j = intern(&mut self.cluster.jurisdictions, jurisdiction);
         self.cluster.pops.push(Pop {
             jurisdiction: j,
-            location: Coordinates {
-                latitude,
-                longitude,
-            },
+            location: Coordinates { latitude, longitude },
             carbon_g_per_kwh: 300,
             ..Pop::default()
         });
@@ -141,13 +138,7 @@ pub struct RequestBuilder<'a> {
 impl<'a> RequestBuilder<'a> {
     /// A request for a VM of `size` in `cluster`.
     pub fn new(cluster: &'a Cluster, size: Resources) -> Self {
-        Self {
-            cluster,
-            request: Request {
-                size,
-                ..Request::default()
-            },
-        }
+        Self { cluster, request: Request { size, ..Request::default() } }
     }
 
     /// Restricts the VM to these jurisdiction codes (unknown codes are kept
@@ -164,17 +155,10 @@ impl<'a> RequestBuilder<'a> {
     /// Places the VM's users at these coordinates and estimates their latency
     /// to every PoP.
     pub fn user_at(mut self, latitude: f32, longitude: f32) -> Self {
-        let user = Coordinates {
-            latitude,
-            longitude,
-        };
+        let user = Coordinates { latitude, longitude };
         self.request.user_location = Some(user);
-        self.request.user_latency_us = self
-            .cluster
-            .pops
-            .iter()
-            .map(|p| geo::estimated_rtt_us(user, p.location))
-            .collect();
+        self.request.user_latency_us =
+            self.cluster.pops.iter().map(|p| geo::estimated_rtt_us(user, p.location)).collect();
         self
     }
 
@@ -197,11 +181,7 @@ impl<'a> RequestBuilder<'a> {
                 }
             }
         }
-        self.request.group = Some(Group {
-            kind,
-            members_on_host: on_host,
-            members_in_pop: in_pop,
-        });
+        self.request.group = Some(Group { kind, members_on_host: on_host, members_in_pop: in_pop });
         self
     }
 
@@ -232,13 +212,7 @@ impl PartitionBuilder {
         ] {
             column.iter_mut().for_each(|v| *v = 0);
         }
-        Self {
-            partition: Partition {
-                cluster,
-                vms: Vms::default(),
-                groups: Vec::new(),
-            },
-        }
+        Self { partition: Partition { cluster, vms: Vms::default(), groups: Vec::new() } }
     }
 
     /// Declares a group and returns the builder; its index is the number of
@@ -254,13 +228,7 @@ impl PartitionBuilder {
     }
 
     /// Adds a VM that belongs to group `group`.
-    pub fn vm_in_group(
-        mut self,
-        host: u32,
-        size: Resources,
-        load_cpu_milli: u32,
-        group: u32,
-    ) -> Self {
+    pub fn vm_in_group(mut self, host: u32, size: Resources, load_cpu_milli: u32, group: u32) -> Self {
         let p = &mut self.partition;
         let h = host as usize;
         let hosts = &mut p.cluster.hosts;
@@ -286,10 +254,7 @@ impl PartitionBuilder {
     /// Fences the last VM added to these jurisdiction indexes.
     pub fn fenced_to(mut self, jurisdictions: &[u32]) -> Self {
         if let Some(mask) = self.partition.vms.allowed_jurisdictions.last_mut() {
-            *mask = jurisdictions
-                .iter()
-                .filter(|&&j| j < 64)
-                .fold(0, |m, &j| m | (1u64 << j));
+            *mask = jurisdictions.iter().filter(|&&j| j < 64).fold(0, |m, &j| m | (1u64 << j));
         }
         self
     }
@@ -312,11 +277,7 @@ pub fn synthetic_cluster(hosts: usize) -> Cluster {
         .pop("ES", 40.42, -3.70)
         .energy(20_000, 190);
     for i in 0..hosts {
-        let used = Resources::new(
-            (i * 7 % 29) as u32,
-            (i * 4099 % 60_000) as u32,
-            (i * 13 % 900) as u32,
-        );
+        let used = Resources::new((i * 7 % 29) as u32, (i * 4099 % 60_000) as u32, (i * 13 % 900) as u32);
         b = b.host_used((i % 3) as u32, Resources::new(32, 65_536, 1000), used);
     }
     b.build()
@@ -325,14 +286,9 @@ pub fn synthetic_cluster(hosts: usize) -> Cluster {
 /// A deterministic synthetic partition over `hosts` hosts with four VMs
 /// each, where every fifth host is overloaded, for benchmarks.
 pub fn synthetic_partition(hosts: usize) -> Partition {
-    let base = ClusterBuilder::new()
-        .pop("FR", 48.86, 2.35)
-        .pop("DE", 52.52, 13.40);
-    let cluster = (0..hosts)
-        .fold(base, |b, i| {
-            b.host((i % 2) as u32, Resources::new(32, 65_536, 1000))
-        })
-        .build();
+    let base = ClusterBuilder::new().pop("FR", 48.86, 2.35).pop("DE", 52.52, 13.40);
+    let cluster =
+        (0..hosts).fold(base, |b, i| b.host((i % 2) as u32, Resources::new(32, 65_536, 1000))).build();
     let mut p = PartitionBuilder::new(cluster);
     for h in 0..hosts as u32 {
         let demand = if h % 5 == 0 { 9_000 } else { 3_000 };
@@ -356,14 +312,8 @@ fn intern(table: &mut Vec<String>, value: &str) -> u32 {
 /// Runs `f` with `config` as the policy configuration seen by
 /// [`config`](crate::config) on this thread (native builds only).
 pub fn with_config<R>(config: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
-    let previous = context::CONFIG.with(|c| {
-        c.replace(
-            config
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    });
+    let previous = context::CONFIG
+        .with(|c| c.replace(config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()));
     let out = f();
     context::CONFIG.with(|c| c.replace(previous));
     out
@@ -424,11 +374,7 @@ mod tests {
 
     #[test]
     fn explicit_latency_overrides_the_estimate_both_ways() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .pop("DE", 52.0, 13.0)
-            .latency(0, 1, 7)
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).pop("DE", 52.0, 13.0).latency(0, 1, 7).build();
         assert_eq!(c.pop_latency(0, 1), Some(7));
         assert_eq!(c.pop_latency(1, 0), Some(7));
         assert_eq!(c.pop_latency(0, 5), None);
@@ -440,10 +386,7 @@ mod tests {
             .pop("FR", 48.0, 2.0)
             .host_used(0, Resources::new(8, 1000, 10), Resources::new(8, 1000, 10))
             .build();
-        let p = PartitionBuilder::new(c)
-            .vm(0, Resources::new(2, 100, 1), 1500)
-            .fenced_to(&[0])
-            .build();
+        let p = PartitionBuilder::new(c).vm(0, Resources::new(2, 100, 1), 1500).fenced_to(&[0]).build();
         assert_eq!(p.cluster.hosts.allocated(0), Resources::new(2, 100, 1));
         assert_eq!(p.cluster.hosts.load_cpu_milli[0], 1500);
         assert!(p.vms.may_run_in(0, 0));

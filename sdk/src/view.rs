@@ -24,18 +24,12 @@ pub struct Resources {
 impl Resources {
     /// Builds a quantity from its three parts.
     pub const fn new(vcpus: u32, memory_mib: u32, disk_gib: u32) -> Self {
-        Self {
-            vcpus,
-            memory_mib,
-            disk_gib,
-        }
+        Self { vcpus, memory_mib, disk_gib }
     }
 
     /// True when `self` fits inside `room` in every dimension.
     pub fn fits_in(&self, room: Resources) -> bool {
-        self.vcpus <= room.vcpus
-            && self.memory_mib <= room.memory_mib
-            && self.disk_gib <= room.disk_gib
+        self.vcpus <= room.vcpus && self.memory_mib <= room.memory_mib && self.disk_gib <= room.disk_gib
     }
 
     /// Component-wise sum, saturating at `u32::MAX`.
@@ -66,6 +60,13 @@ pub struct Coordinates {
     pub latitude: f32,
     /// Longitude, -180 (west) to 180 (east).
     pub longitude: f32,
+}
+
+impl Coordinates {
+    /// A point from its latitude and longitude.
+    pub const fn new(latitude: f32, longitude: f32) -> Self {
+        Self { latitude, longitude }
+    }
 }
 
 /// A point of presence (PoP): one small data centre, summarised.
@@ -172,11 +173,7 @@ impl Hosts {
 
     /// Resources allocated on host `i`.
     pub fn allocated(&self, i: usize) -> Resources {
-        Resources::new(
-            self.allocated_vcpus[i],
-            self.allocated_memory_mib[i],
-            self.allocated_disk_gib[i],
-        )
+        Resources::new(self.allocated_vcpus[i], self.allocated_memory_mib[i], self.allocated_disk_gib[i])
     }
 
     /// Resources still free on host `i`.
@@ -293,18 +290,13 @@ impl Cluster {
         if a >= n || b >= n {
             return None;
         }
-        self.pop_latency_us
-            .get(a * n + b)
-            .copied()
-            .filter(|&l| l != ABSENT)
+        self.pop_latency_us.get(a * n + b).copied().filter(|&l| l != ABSENT)
     }
 
     /// The jurisdiction code of PoP `pop`, if both indexes are valid.
     pub fn jurisdiction_of(&self, pop: u32) -> Option<&str> {
         let pop = self.pops.get(pop as usize)?;
-        self.jurisdictions
-            .get(pop.jurisdiction as usize)
-            .map(String::as_str)
+        self.jurisdictions.get(pop.jurisdiction as usize).map(String::as_str)
     }
 }
 
@@ -353,10 +345,7 @@ pub struct Request {
 impl Request {
     /// Estimated user round-trip latency to PoP `pop` in microseconds, if known.
     pub fn user_latency(&self, pop: u32) -> Option<u32> {
-        self.user_latency_us
-            .get(pop as usize)
-            .copied()
-            .filter(|&l| l != ABSENT)
+        self.user_latency_us.get(pop as usize).copied().filter(|&l| l != ABSENT)
     }
 }
 

@@ -5,9 +5,7 @@
 //! WebAssembly policy, and an adversary that answers at random.
 
 use locus_core::filter::Resolved;
-use locus_core::{
-    HostId, HostState, Model, Outcome, Placer, Policy, PolicyError, Verdict, VmRequest,
-};
+use locus_core::{HostId, HostState, Model, Outcome, Placer, Policy, PolicyError, Verdict, VmRequest};
 use locus_policy::{Runtime, RuntimeConfig, Slot};
 use locus_sdk::{
     Cluster, Coordinates, GroupKind, Migration, Partition, Placement, Request, Resources, Score,
@@ -17,12 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 const JURISDICTIONS: [&str; 4] = ["FR", "DE", "ES", "JP"];
-const SITES: [(f32, f32); 4] = [
-    (48.86, 2.35),
-    (52.52, 13.40),
-    (40.42, -3.70),
-    (35.68, 139.69),
-];
+const SITES: [(f32, f32); 4] = [(48.86, 2.35), (52.52, 13.40), (40.42, -3.70), (35.68, 139.69)];
 
 /// Answers with whatever it is told to: any row, any number of scores.
 struct Adversary {
@@ -36,23 +29,12 @@ impl Policy for Adversary {
     fn place(&self, cluster: &Cluster, _: &Request) -> Result<Verdict<Placement>, PolicyError> {
         let (row, scores) = self.answers.lock().expect("lock").pop().unwrap_or((0, 0));
         let scores = (0..scores)
-            .map(|i| Score {
-                host: i as u32 % (cluster.hosts.len() as u32 + 2),
-                value: 0.0,
-            })
+            .map(|i| Score { host: i as u32 % (cluster.hosts.len() as u32 + 2), value: 0.0 })
             .collect();
-        Ok(Verdict {
-            value: Placement::on_with_scores(row, scores),
-            decided_by: self.name(),
-            failure: None,
-        })
+        Ok(Verdict { value: Placement::on_with_scores(row, scores), decided_by: self.name(), failure: None })
     }
     fn plan(&self, _: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError> {
-        Ok(Verdict {
-            value: vec![],
-            decided_by: self.name(),
-            failure: None,
-        })
+        Ok(Verdict { value: vec![], decided_by: self.name(), failure: None })
     }
 }
 
@@ -97,20 +79,9 @@ struct ReqGen {
 }
 
 fn host_gen(pops: usize) -> impl Strategy<Value = HostGen> {
-    (
-        0..pops,
-        1u32..32,
-        512u32..65_536,
-        0u32..500,
-        proptest::bool::weighted(0.1),
+    (0..pops, 1u32..32, 512u32..65_536, 0u32..500, proptest::bool::weighted(0.1)).prop_map(
+        |(pop, vcpus, memory_mib, disk_gib, down)| HostGen { pop, vcpus, memory_mib, disk_gib, down },
     )
-        .prop_map(|(pop, vcpus, memory_mib, disk_gib, down)| HostGen {
-            pop,
-            vcpus,
-            memory_mib,
-            disk_gib,
-            down,
-        })
 }
 
 fn req_gen() -> impl Strategy<Value = ReqGen> {
@@ -129,14 +100,7 @@ fn req_gen() -> impl Strategy<Value = ReqGen> {
         (0u32..40, 0usize..45),
     )
         .prop_map(
-            |(
-                (vcpus, memory_mib, disk_gib),
-                jurisdictions,
-                user,
-                max_latency_ms,
-                group,
-                adversary,
-            )| ReqGen {
+            |((vcpus, memory_mib, disk_gib), jurisdictions, user, max_latency_ms, group, adversary)| ReqGen {
                 vcpus,
                 memory_mib,
                 disk_gib,
@@ -153,28 +117,13 @@ fn build(pops: usize, hosts: &[HostGen]) -> Model {
     let mut m = Model::new();
     for p in 0..pops {
         let (lat, lon) = SITES[p];
-        m.add_pop(
-            &format!("pop{p}"),
-            JURISDICTIONS[p],
-            Coordinates {
-                latitude: lat,
-                longitude: lon,
-            },
-            0,
-            100 * p as u32,
-        )
-        .expect("pop");
+        m.add_pop(&format!("pop{p}"), JURISDICTIONS[p], Coordinates::new(lat, lon), 0, 100 * p as u32)
+            .expect("pop");
     }
     for (i, h) in hosts.iter().enumerate() {
         let cap = Resources::new(h.vcpus, h.memory_mib, h.disk_gib);
         let id = m
-            .add_host(
-                &format!("h{i}"),
-                &format!("pop{}", h.pop),
-                cap,
-                h.vcpus * 1000,
-                (100, 250),
-            )
+            .add_host(&format!("h{i}"), &format!("pop{}", h.pop), cap, h.vcpus * 1000, (100, 250))
             .expect("host");
         if h.down {
             m.set_host_state(id, HostState::Down);
@@ -199,15 +148,8 @@ fn request(i: usize, r: &ReqGen) -> VmRequest {
                 GroupKind::Spread => locus_core::request::GroupKindSpec::Spread,
             },
         }),
-        jurisdictions: r
-            .jurisdictions
-            .iter()
-            .map(|&j| codes[j].to_owned())
-            .collect(),
-        user: r.user.map(|s| locus_core::Location {
-            lat: SITES[s].0 + 1.0,
-            lon: SITES[s].1 - 1.0,
-        }),
+        jurisdictions: r.jurisdictions.iter().map(|&j| codes[j].to_owned()).collect(),
+        user: r.user.map(|s| locus_core::Location { lat: SITES[s].0 + 1.0, lon: SITES[s].1 - 1.0 }),
         max_latency_ms: r.max_latency_ms,
     }
 }
@@ -216,60 +158,28 @@ fn request(i: usize, r: &ReqGen) -> VmRequest {
 fn check_and_apply(m: &mut Model, req: &VmRequest, host: HostId) {
     let h = &m.hosts[host.0 as usize];
     assert_eq!(h.state, HostState::Up, "placed on a host that is not up");
-    assert!(
-        req.size().fits_in(h.free()),
-        "overcommitted {}: {:?} into {:?}",
-        h.name,
-        req.size(),
-        h.free()
-    );
+    assert!(req.size().fits_in(h.free()), "overcommitted {}: {:?} into {:?}", h.name, req.size(), h.free());
     let pop = &m.pops[h.pop.0 as usize];
     if !req.jurisdictions.is_empty() {
-        assert!(
-            req.jurisdictions
-                .contains(&m.jurisdictions[pop.jurisdiction as usize]),
-            "fence crossed"
-        );
+        assert!(req.jurisdictions.contains(&m.jurisdictions[pop.jurisdiction as usize]), "fence crossed");
     }
     let resolved = Resolved::new(m, req);
-    if let (Some(bound), Some(&rtt)) = (
-        resolved.max_latency_us,
-        resolved.user_latency_us.get(h.pop.0 as usize),
-    ) {
+    if let (Some(bound), Some(&rtt)) =
+        (resolved.max_latency_us, resolved.user_latency_us.get(h.pop.0 as usize))
+    {
         assert!(rtt <= bound, "latency bound broken: {rtt} > {bound}");
     }
-    let group = req.group.as_ref().map(|g| {
-        m.group(&g.name, g.kind.into())
-            .expect("group kinds are consistent")
-    });
+    let group =
+        req.group.as_ref().map(|g| m.group(&g.name, g.kind.into()).expect("group kinds are consistent"));
     if let (Some(g), Some(spec)) = (group, &req.group)
         && spec.kind == locus_core::request::GroupKindSpec::AntiAffinity
     {
-        assert_eq!(
-            m.groups[g.0 as usize].members.get(&host),
-            None,
-            "anti-affinity broken"
-        );
+        assert_eq!(m.groups[g.0 as usize].members.get(&host), None, "anti-affinity broken");
     }
-    let jurisdictions = req
-        .jurisdictions
-        .iter()
-        .filter_map(|j| m.find_jurisdiction(j))
-        .collect();
-    m.add_vm(
-        &req.name,
-        host,
-        req.size(),
-        req.expected_load(),
-        group,
-        jurisdictions,
-    )
-    .expect("recorded");
+    let jurisdictions = req.jurisdictions.iter().filter_map(|j| m.find_jurisdiction(j)).collect();
+    m.add_vm(&req.name, host, req.size(), req.expected_load(), group, jurisdictions).expect("recorded");
     let h = &m.hosts[host.0 as usize];
-    assert!(
-        h.allocated.fits_in(h.capacity),
-        "capacity exceeded after placement"
-    );
+    assert!(h.allocated.fits_in(h.capacity), "capacity exceeded after placement");
 }
 
 proptest! {

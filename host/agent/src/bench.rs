@@ -41,11 +41,7 @@ struct Measure {
     max_us: f64,
 }
 
-fn measure(
-    variant: &str,
-    budget: Duration,
-    mut decide: impl FnMut() -> Result<()>,
-) -> Result<Measure> {
+fn measure(variant: &str, budget: Duration, mut decide: impl FnMut() -> Result<()>) -> Result<Measure> {
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     // Warm up: instance pool, caches.
     for _ in 0..10 {
@@ -97,10 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         for (variant, policy) in variants {
             results.push(measure(&format!("{variant} place"), budget, || {
-                policy
-                    .place(&cluster, &request)
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
+                policy.place(&cluster, &request).map(drop).map_err(anyhow::Error::from)
             })?);
         }
     }
@@ -112,10 +105,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         for (variant, policy) in variants {
             results.push(measure(&format!("{variant} plan"), budget, || {
-                policy
-                    .plan(&partition)
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
+                policy.plan(&partition).map(drop).map_err(anyhow::Error::from)
             })?);
         }
     }
@@ -125,22 +115,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{} on {} synthetic hosts ({} s per variant)",
-        loaded.id(),
-        args.hosts,
-        args.seconds
-    );
+    println!("{} on {} synthetic hosts ({} s per variant)", loaded.id(), args.hosts, args.seconds);
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header([
-        "variant",
-        "decisions/s",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "max µs",
-    ]);
+    table.set_header(["variant", "decisions/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"]);
     for m in &results {
         table.add_row([
             m.variant.clone(),
@@ -153,10 +131,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     println!("{table}");
     if let [wasm, native, ..] = &results[..] {
-        println!(
-            "wasm/native time ratio at p50: {:.2}",
-            wasm.p50_us / native.p50_us.max(0.001)
-        );
+        println!("wasm/native time ratio at p50: {:.2}", wasm.p50_us / native.p50_us.max(0.001));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,10 +46,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("  id            {}", info.id());
     println!("  sha256        {}", info.hash);
     println!("  size          {} bytes", info.size);
-    println!(
-        "  compile time  {:.1} ms",
-        info.compile_time.as_secs_f64() * 1000.0
-    );
+    println!("  compile time  {:.1} ms", info.compile_time.as_secs_f64() * 1000.0);
     println!("  exports       {}", info.exports.join(", "));
     println!("  imports       {}", info.imports.join(", "));
     Ok(ExitCode::SUCCESS)

@@ -25,8 +25,7 @@ pub fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>> {
 /// Parses a TOML (or, with a `.json` extension, JSON) description.
 pub fn parse<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = read_capped(path, MAX_DESCRIPTION)?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     } else {

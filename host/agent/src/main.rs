@@ -14,11 +14,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "locus",
-    version,
-    about = "Locus: decentralised VM scheduling across points of presence"
-)]
+#[command(name = "locus", version, about = "Locus: decentralised VM scheduling across points of presence")]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `locus_policy=debug`.
     #[arg(long, global = true, env = "LOCUS_LOG", default_value = "warn")]
@@ -51,17 +47,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
-        Command::Policy {
-            command: PolicyCommand::Check(args),
-        } => check::run(args),
-        Command::Policy {
-            command: PolicyCommand::Bench(args),
-        } => bench::run(args),
+        Command::Policy { command: PolicyCommand::Check(args) } => check::run(args),
+        Command::Policy { command: PolicyCommand::Bench(args) } => bench::run(args),
         Command::Place(args) => place::run(args),
     };
     match result {

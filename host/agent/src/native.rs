@@ -5,10 +5,7 @@ use locus_core::Native;
 
 /// The native build of the built-in policy whose component is `bytes`.
 pub fn native(bytes: &[u8]) -> Option<Native> {
-    let name = locus_builtin::BUILTINS
-        .iter()
-        .find(|(_, b)| *b == bytes)
-        .map(|(n, _)| *n)?;
+    let name = locus_builtin::BUILTINS.iter().find(|(_, b)| *b == bytes).map(|(n, _)| *n)?;
     Some(match name {
         "first-fit" => Native::placement::<policy_first_fit::FirstFit>("first-fit"),
         "best-fit" => Native::placement::<policy_best_fit::BestFit>("best-fit"),

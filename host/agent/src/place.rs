@@ -73,25 +73,17 @@ struct Run {
 pub fn run(args: Args) -> Result<ExitCode> {
     let cluster: ClusterSpec = files::parse(&args.cluster)?;
     let requests: RequestsSpec = files::parse(&args.requests)?;
-    let requests = requests
-        .expand()
-        .with_context(|| format!("in {}", args.requests.display()))?;
-    let base = cluster
-        .build()
-        .with_context(|| format!("in {}", args.cluster.display()))?;
+    let requests = requests.expand().with_context(|| format!("in {}", args.requests.display()))?;
+    let base = cluster.build().with_context(|| format!("in {}", args.cluster.display()))?;
     let config = source::config(&args.config)?;
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let mut runs = Vec::new();
     for spec in &args.policies {
         let src = source::resolve(spec, runtime.config().max_component_size)?;
-        let loaded = runtime
-            .load(&src.bytes, &src.name, config.clone())
-            .with_context(|| format!("loading {spec}"))?;
+        let loaded =
+            runtime.load(&src.bytes, &src.name, config.clone()).with_context(|| format!("loading {spec}"))?;
         if !loaded.info().world.places() {
-            anyhow::bail!(
-                "{spec} is a {}, not a placement policy",
-                loaded.info().world.as_str()
-            );
+            anyhow::bail!("{spec} is a {}, not a placement policy", loaded.info().world.as_str());
         }
         let slot = Slot::new("placement", 1);
         slot.activate(loaded);
@@ -131,36 +123,11 @@ fn place_all(mut model: Model, requests: &[VmRequest], slot: &Slot) -> Result<Ru
                 .user_latency_us
                 .get(pop.0 as usize)
                 .map(|&us| f64::from(us) / 1000.0);
-            record(&mut model, req, host).with_context(|| format!("recording {}", req.name))?;
+            model.record_placement(req, host).with_context(|| format!("recording {}", req.name))?;
         }
         rows.push(row);
     }
-    Ok(Run {
-        summary: summarise(&model, slot, &rows),
-        rows,
-    })
-}
-
-/// Records a placed VM in the model, as the agent will once it runs.
-fn record(model: &mut Model, req: &VmRequest, host: locus_core::HostId) -> Result<()> {
-    let group = match &req.group {
-        Some(g) => Some(model.group(&g.name, g.kind.into())?),
-        None => None,
-    };
-    let jurisdictions = req
-        .jurisdictions
-        .iter()
-        .filter_map(|j| model.find_jurisdiction(j))
-        .collect();
-    model.add_vm(
-        &req.name,
-        host,
-        req.size(),
-        req.expected_load(),
-        group,
-        jurisdictions,
-    )?;
-    Ok(())
+    Ok(Run { summary: summarise(&model, slot, &rows), rows })
 }
 
 fn why(d: &Decision) -> String {
@@ -174,30 +141,19 @@ fn why(d: &Decision) -> String {
         (Outcome::Placed { .. }, DecidedBy::Fallback { failure }) => {
             format!("fallback after {failure}")
         }
-        (
-            Outcome::Placed { .. },
-            DecidedBy::Policy {
-                failure: Some(f),
-                name,
-            },
-        ) => format!("{name} after {f}"),
+        (Outcome::Placed { .. }, DecidedBy::Policy { failure: Some(f), name }) => format!("{name} after {f}"),
         (Outcome::Placed { .. }, _) => format!("best of {} candidates{excluded}", d.candidates),
     }
 }
 
 fn summarise(model: &Model, slot: &Slot, rows: &[Row]) -> Summary {
     let placed = rows.iter().filter(|r| r.host.is_some()).count() as u32;
-    let fallbacks = rows
-        .iter()
-        .filter(|r| matches!(r.decision.decided_by, DecidedBy::Fallback { .. }))
-        .count() as u32;
+    let fallbacks =
+        rows.iter().filter(|r| matches!(r.decision.decided_by, DecidedBy::Fallback { .. })).count() as u32;
     let mut latencies: Vec<f64> = rows.iter().filter_map(|r| r.user_latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
-    let mean =
-        (!latencies.is_empty()).then(|| latencies.iter().sum::<f64>() / latencies.len() as f64);
-    let p95 = latencies
-        .get((latencies.len() * 95).div_ceil(100).saturating_sub(1))
-        .copied();
+    let mean = (!latencies.is_empty()).then(|| latencies.iter().sum::<f64>() / latencies.len() as f64);
+    let p95 = latencies.get((latencies.len() * 95).div_ceil(100).saturating_sub(1)).copied();
     // Hosts without VMs are assumed powered down; renewable power offsets a
     // PoP's draw before the grid's carbon counts.
     let mut power_w = 0u64;
@@ -216,17 +172,11 @@ fn summarise(model: &Model, slot: &Slot, rows: &[Row]) -> Summary {
         carbon_g_per_h += grid as f64 * f64::from(pop.carbon_g_per_kwh) / 1000.0;
     }
     Summary {
-        policy: slot
-            .active()
-            .map_or_else(String::new, |p| p.id().to_owned()),
+        policy: slot.active().map_or_else(String::new, |p| p.id().to_owned()),
         placed,
         rejected: rows.len() as u32 - placed,
         fallbacks,
-        vms_per_pop: model
-            .pops
-            .iter()
-            .map(|p| (p.name.clone(), p.vm_count))
-            .collect(),
+        vms_per_pop: model.pops.iter().map(|p| (p.name.clone(), p.vm_count)).collect(),
         hosts_in_use: model.hosts.iter().filter(|h| h.vm_count > 0).count() as u32,
         hosts: model.hosts.len() as u32,
         mean_user_latency_ms: mean,
@@ -252,8 +202,7 @@ fn print_rows(run: &Run) {
             r.request.clone(),
             r.host.clone().unwrap_or_else(|| "—".into()),
             r.pop.clone().unwrap_or_else(|| "—".into()),
-            r.user_latency_ms
-                .map_or_else(|| "—".into(), |l| format!("{l:.1}")),
+            r.user_latency_ms.map_or_else(|| "—".into(), |l| format!("{l:.1}")),
             r.why.clone(),
         ]);
     }
@@ -276,19 +225,13 @@ fn print_summaries(runs: &[Run]) {
     row("rejected", &|s| s.rejected.to_string());
     row("fallback decisions", &|s| s.fallbacks.to_string());
     for (i, (pop, _)) in first.summary.vms_per_pop.iter().enumerate() {
-        row(&format!("VMs in {pop}"), &|s| {
-            s.vms_per_pop.get(i).map_or(0, |p| p.1).to_string()
-        });
+        row(&format!("VMs in {pop}"), &|s| s.vms_per_pop.get(i).map_or(0, |p| p.1).to_string());
     }
-    row("hosts in use", &|s| {
-        format!("{} / {}", s.hosts_in_use, s.hosts)
-    });
+    row("hosts in use", &|s| format!("{} / {}", s.hosts_in_use, s.hosts));
     row("mean user RTT ms", &|s| opt(s.mean_user_latency_ms));
     row("p95 user RTT ms", &|s| opt(s.p95_user_latency_ms));
     row("power kW (busy hosts)", &|s| format!("{:.2}", s.power_kw));
     row("grid power kW", &|s| format!("{:.2}", s.grid_power_kw));
-    row("carbon kg CO2/h", &|s| {
-        format!("{:.2}", s.carbon_kg_per_hour)
-    });
+    row("carbon kg CO2/h", &|s| format!("{:.2}", s.carbon_kg_per_hour));
     println!("{t}");
 }

@@ -17,16 +17,11 @@ pub fn resolve(spec: &str, max_size: usize) -> Result<Source> {
     let path = Path::new(spec);
     if path.exists() {
         let bytes = crate::files::read_capped(path, max_size)?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
+        let name = path.file_stem().map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned());
         return Ok(Source { name, bytes });
     }
     match locus_builtin::builtin(spec) {
-        Some(bytes) => Ok(Source {
-            name: spec.to_owned(),
-            bytes: bytes.to_vec(),
-        }),
+        Some(bytes) => Ok(Source { name: spec.to_owned(), bytes: bytes.to_vec() }),
         None => bail!(
             "{spec}: no such file, and not a built-in policy (built-ins: {})",
             locus_builtin::names().collect::<Vec<_>>().join(", ")
@@ -39,9 +34,7 @@ pub fn config(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .with_context(|| format!("--config {p:?}: expected key=value"))?;
+            let (k, v) = p.split_once('=').with_context(|| format!("--config {p:?}: expected key=value"))?;
             if k.is_empty() {
                 bail!("--config {p:?}: the key is empty");
             }

@@ -13,9 +13,7 @@ pub use components::BUILTINS;
 
 /// The built-in policies' components.
 pub mod policies {
-    pub use super::components::{
-        BEST_FIT, CONSOLIDATE, FIRST_FIT, GREEN, NEAREST, RELIEVE_OVERLOAD, SPREAD,
-    };
+    pub use super::components::{BEST_FIT, CONSOLIDATE, FIRST_FIT, GREEN, NEAREST, RELIEVE_OVERLOAD, SPREAD};
 }
 
 /// Components that misbehave on purpose, for tests.
@@ -28,10 +26,7 @@ pub mod hostile {
 
 /// The component of built-in policy `name`.
 pub fn builtin(name: &str) -> Option<&'static [u8]> {
-    BUILTINS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, bytes)| *bytes)
+    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
 
 /// The names of the built-in policies.

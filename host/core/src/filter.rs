@@ -28,22 +28,14 @@ pub struct Resolved {
 impl Resolved {
     /// Resolves `request` against `model`.
     pub fn new(model: &Model, request: &VmRequest) -> Self {
-        let (known, unknown): (Vec<_>, Vec<_>) = request
-            .jurisdictions
-            .iter()
-            .partition(|code| model.find_jurisdiction(code).is_some());
-        let jurisdictions = (!request.jurisdictions.is_empty()).then(|| {
-            known
-                .iter()
-                .filter_map(|code| model.find_jurisdiction(code))
-                .collect()
-        });
+        let (known, unknown): (Vec<_>, Vec<_>) =
+            request.jurisdictions.iter().partition(|code| model.find_jurisdiction(code).is_some());
+        let jurisdictions = (!request.jurisdictions.is_empty())
+            .then(|| known.iter().filter_map(|code| model.find_jurisdiction(code)).collect());
         let user_latency_us = match request.user {
-            Some(user) => model
-                .pops
-                .iter()
-                .map(|p| locus_sdk::geo::estimated_rtt_us(user.into(), p.location))
-                .collect(),
+            Some(user) => {
+                model.pops.iter().map(|p| locus_sdk::geo::estimated_rtt_us(user.into(), p.location)).collect()
+            }
             None => Vec::new(),
         };
         Self {
@@ -52,10 +44,7 @@ impl Resolved {
             unknown_jurisdictions: unknown.into_iter().cloned().collect(),
             user_latency_us,
             max_latency_us: request.max_latency_us(),
-            group: request
-                .group
-                .as_ref()
-                .map(|g| (model.group_id(&g.name), g.kind.into())),
+            group: request.group.as_ref().map(|g| (model.group_id(&g.name), g.kind.into())),
         }
     }
 
@@ -90,21 +79,14 @@ impl Exclusions {
             (self.not_up, "not up"),
             (self.jurisdiction, "outside the allowed jurisdictions"),
             (self.latency, "beyond the latency bound"),
-            (
-                self.anti_affinity,
-                "already running a member of the anti-affinity group",
-            ),
+            (self.anti_affinity, "already running a member of the anti-affinity group"),
             (self.capacity, "without room"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, why)| format!("{n} {why}"))
         .collect();
-        if parts.is_empty() {
-            "no hosts".to_owned()
-        } else {
-            parts.join(", ")
-        }
+        if parts.is_empty() { "no hosts".to_owned() } else { parts.join(", ") }
     }
 
     /// True when hosts were excluded only for lack of room or being down,
@@ -119,25 +101,16 @@ impl Exclusions {
 pub fn candidates(model: &Model, request: &Resolved, out: &mut Vec<HostId>) -> Exclusions {
     out.clear();
     let mut ex = Exclusions::default();
-    let anti = request
-        .anti_affinity_group()
-        .and_then(|g| model.groups.get(g.0 as usize));
+    let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
     for (i, host) in model.hosts.iter().enumerate() {
         let id = HostId(i as u32);
         let pop = &model.pops[host.pop.0 as usize];
         if host.state != HostState::Up {
             ex.not_up += 1;
-        } else if request
-            .jurisdictions
-            .as_ref()
-            .is_some_and(|allowed| !allowed.contains(&pop.jurisdiction))
-        {
+        } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
             ex.jurisdiction += 1;
         } else if request.max_latency_us.is_some_and(|bound| {
-            request
-                .user_latency_us
-                .get(host.pop.0 as usize)
-                .is_some_and(|&rtt| rtt > bound)
+            request.user_latency_us.get(host.pop.0 as usize).is_some_and(|&rtt| rtt > bound)
         }) {
             ex.latency += 1;
         } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
@@ -159,36 +132,10 @@ mod tests {
 
     fn model() -> Model {
         let mut m = Model::new();
-        m.add_pop(
-            "paris",
-            "FR",
-            Coordinates {
-                latitude: 48.86,
-                longitude: 2.35,
-            },
-            0,
-            50,
-        )
-        .expect("pop");
-        m.add_pop(
-            "tokyo",
-            "JP",
-            Coordinates {
-                latitude: 35.68,
-                longitude: 139.69,
-            },
-            0,
-            450,
-        )
-        .expect("pop");
-        for (name, pop) in [
-            ("p1", "paris"),
-            ("p2", "paris"),
-            ("p3", "paris"),
-            ("t1", "tokyo"),
-        ] {
-            m.add_host(name, pop, Resources::new(4, 4096, 100), 4000, (100, 200))
-                .expect("host");
+        m.add_pop("paris", "FR", Coordinates::new(48.86, 2.35), 0, 50).expect("pop");
+        m.add_pop("tokyo", "JP", Coordinates::new(35.68, 139.69), 0, 450).expect("pop");
+        for (name, pop) in [("p1", "paris"), ("p2", "paris"), ("p3", "paris"), ("t1", "tokyo")] {
+            m.add_host(name, pop, Resources::new(4, 4096, 100), 4000, (100, 200)).expect("host");
         }
         m
     }
@@ -202,47 +149,22 @@ mod tests {
         let mut m = model();
         m.set_host_state(HostId(0), HostState::Draining);
         let g = m.group("db", GroupKind::AntiAffinity).expect("group");
-        m.add_vm(
-            "x",
-            HostId(1),
-            Resources::new(1, 512, 1),
-            0,
-            Some(g),
-            vec![],
-        )
-        .expect("vm");
+        m.add_vm("x", HostId(1), Resources::new(1, 512, 1), 0, Some(g), vec![]).expect("vm");
         let mut r = request();
-        r.group = Some(GroupRef {
-            name: "db".into(),
-            kind: GroupKindSpec::AntiAffinity,
-        });
-        r.user = Some(Location {
-            lat: 48.0,
-            lon: 2.0,
-        });
+        r.group = Some(GroupRef { name: "db".into(), kind: GroupKindSpec::AntiAffinity });
+        r.user = Some(Location { lat: 48.0, lon: 2.0 });
         r.max_latency_ms = Some(20.0);
         let mut out = Vec::new();
         let ex = candidates(&m, &Resolved::new(&m, &r), &mut out);
         assert_eq!(out, vec![HostId(2)]);
-        assert_eq!(
-            ex,
-            Exclusions {
-                not_up: 1,
-                latency: 1,
-                anti_affinity: 1,
-                ..Default::default()
-            }
-        );
+        assert_eq!(ex, Exclusions { not_up: 1, latency: 1, anti_affinity: 1, ..Default::default() });
 
         r.jurisdictions = vec!["JP".into()];
         r.max_latency_ms = None;
         let ex = candidates(&m, &Resolved::new(&m, &r), &mut out);
         assert_eq!(out, vec![HostId(3)]);
         assert_eq!(ex.jurisdiction, 2);
-        assert!(
-            ex.describe()
-                .contains("2 outside the allowed jurisdictions")
-        );
+        assert!(ex.describe().contains("2 outside the allowed jurisdictions"));
     }
 
     #[test]
@@ -260,15 +182,7 @@ mod tests {
     #[test]
     fn full_hosts_are_excluded_for_capacity() {
         let mut m = model();
-        m.add_vm(
-            "big",
-            HostId(0),
-            Resources::new(4, 4096, 1),
-            0,
-            None,
-            vec![],
-        )
-        .expect("vm");
+        m.add_vm("big", HostId(0), Resources::new(4, 4096, 1), 0, None, vec![]).expect("vm");
         let mut out = Vec::new();
         let ex = candidates(&m, &Resolved::new(&m, &request()), &mut out);
         assert_eq!(ex.capacity, 1);

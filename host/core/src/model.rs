@@ -195,10 +195,7 @@ impl Model {
     fn claim(&mut self, kind: &'static str, name: &str, id: u32) -> Result<(), ModelError> {
         let key = (kind, name.to_owned());
         if self.names.contains_key(&key) {
-            return Err(ModelError::Duplicate {
-                kind,
-                name: name.to_owned(),
-            });
+            return Err(ModelError::Duplicate { kind, name: name.to_owned() });
         }
         self.names.insert(key, id);
         Ok(())
@@ -210,9 +207,7 @@ impl Model {
             return Ok(i as u32);
         }
         if self.jurisdictions.len() == 64 {
-            return Err(ModelError::TooManyJurisdictions {
-                name: code.to_owned(),
-            });
+            return Err(ModelError::TooManyJurisdictions { name: code.to_owned() });
         }
         self.jurisdictions.push(code.to_owned());
         Ok((self.jurisdictions.len() - 1) as u32)
@@ -220,10 +215,7 @@ impl Model {
 
     /// The index of jurisdiction `code`, if known.
     pub fn find_jurisdiction(&self, code: &str) -> Option<u32> {
-        self.jurisdictions
-            .iter()
-            .position(|j| j == code)
-            .map(|i| i as u32)
+        self.jurisdictions.iter().position(|j| j == code).map(|i| i as u32)
     }
 
     /// Adds a PoP. Latencies to it are estimated from coordinates until
@@ -328,20 +320,14 @@ impl Model {
     pub fn pop_id(&self, name: &str) -> Result<PopId, ModelError> {
         self.lookup("pop", name)
             .map(PopId)
-            .ok_or_else(|| ModelError::Unknown {
-                kind: "pop",
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| ModelError::Unknown { kind: "pop", name: name.to_owned() })
     }
 
     /// The id of host `name`.
     pub fn host_id(&self, name: &str) -> Result<HostId, ModelError> {
         self.lookup("host", name)
             .map(HostId)
-            .ok_or_else(|| ModelError::Unknown {
-                kind: "host",
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| ModelError::Unknown { kind: "host", name: name.to_owned() })
     }
 
     /// The id of VM `name`, if it exists.
@@ -369,11 +355,7 @@ impl Model {
         }
         let id = self.groups.len() as u32;
         self.claim("group", name, id)?;
-        self.groups.push(Group {
-            name: name.to_owned(),
-            kind,
-            members: HashMap::new(),
-        });
+        self.groups.push(Group { name: name.to_owned(), kind, members: HashMap::new() });
         Ok(GroupId(id))
     }
 
@@ -389,52 +371,41 @@ impl Model {
         jurisdictions: Vec<u32>,
     ) -> Result<VmId, ModelError> {
         if host.0 as usize >= self.hosts.len() {
-            return Err(ModelError::Unknown {
-                kind: "host",
-                name: host.0.to_string(),
-            });
+            return Err(ModelError::Unknown { kind: "host", name: host.0.to_string() });
         }
         let id = self.vms.len() as u32;
         self.claim("vm", name, id)?;
-        self.vms.push(Some(Vm {
-            name: name.to_owned(),
-            host,
-            size,
-            load_cpu_milli,
-            group,
-            jurisdictions,
-        }));
+        self.vms.push(Some(Vm { name: name.to_owned(), host, size, load_cpu_milli, group, jurisdictions }));
         self.account(host, size, load_cpu_milli, group, true);
         Ok(VmId(id))
+    }
+
+    /// Records a VM placed on `host` for `request`: its group (created on
+    /// first use) and its jurisdiction fence come from the request.
+    pub fn record_placement(&mut self, request: &crate::VmRequest, host: HostId) -> Result<VmId, ModelError> {
+        let group = match &request.group {
+            Some(g) => Some(self.group(&g.name, g.kind.into())?),
+            None => None,
+        };
+        let jurisdictions = request.jurisdictions.iter().filter_map(|j| self.find_jurisdiction(j)).collect();
+        self.add_vm(&request.name, host, request.size(), request.expected_load(), group, jurisdictions)
     }
 
     /// Removes a VM, releasing its resources.
     pub fn remove_vm(&mut self, vm: VmId) -> Option<Vm> {
         let removed = self.vms.get_mut(vm.0 as usize)?.take()?;
         self.names.remove(&("vm", removed.name.clone()));
-        self.account(
-            removed.host,
-            removed.size,
-            removed.load_cpu_milli,
-            removed.group,
-            false,
-        );
+        self.account(removed.host, removed.size, removed.load_cpu_milli, removed.group, false);
         Some(removed)
     }
 
     /// Moves a VM to another host.
     pub fn move_vm(&mut self, vm: VmId, to: HostId) -> Result<(), ModelError> {
         if to.0 as usize >= self.hosts.len() {
-            return Err(ModelError::Unknown {
-                kind: "host",
-                name: to.0.to_string(),
-            });
+            return Err(ModelError::Unknown { kind: "host", name: to.0.to_string() });
         }
         let Some(Some(v)) = self.vms.get(vm.0 as usize) else {
-            return Err(ModelError::Unknown {
-                kind: "vm",
-                name: vm.0.to_string(),
-            });
+            return Err(ModelError::Unknown { kind: "vm", name: vm.0.to_string() });
         };
         let (from, size, load, group) = (v.host, v.size, v.load_cpu_milli, v.group);
         self.account(from, size, load, group, false);
@@ -445,14 +416,7 @@ impl Model {
         Ok(())
     }
 
-    fn account(
-        &mut self,
-        host: HostId,
-        size: Resources,
-        load: u32,
-        group: Option<GroupId>,
-        add: bool,
-    ) {
+    fn account(&mut self, host: HostId, size: Resources, load: u32, group: Option<GroupId>, add: bool) {
         let h = &mut self.hosts[host.0 as usize];
         let p = &mut self.pops[h.pop.0 as usize];
         if add {
@@ -483,10 +447,7 @@ impl Model {
 
     /// The VMs that exist, with their ids.
     pub fn live_vms(&self) -> impl Iterator<Item = (VmId, &Vm)> {
-        self.vms
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|v| (VmId(i as u32), v)))
+        self.vms.iter().enumerate().filter_map(|(i, v)| v.as_ref().map(|v| (VmId(i as u32), v)))
     }
 }
 
@@ -496,44 +457,10 @@ mod tests {
 
     fn model() -> Model {
         let mut m = Model::new();
-        m.add_pop(
-            "paris",
-            "FR",
-            Coordinates {
-                latitude: 48.86,
-                longitude: 2.35,
-            },
-            0,
-            50,
-        )
-        .expect("pop");
-        m.add_pop(
-            "berlin",
-            "DE",
-            Coordinates {
-                latitude: 52.52,
-                longitude: 13.4,
-            },
-            0,
-            400,
-        )
-        .expect("pop");
-        m.add_host(
-            "p1",
-            "paris",
-            Resources::new(8, 8192, 100),
-            8000,
-            (100, 250),
-        )
-        .expect("host");
-        m.add_host(
-            "b1",
-            "berlin",
-            Resources::new(8, 8192, 100),
-            8000,
-            (100, 250),
-        )
-        .expect("host");
+        m.add_pop("paris", "FR", Coordinates::new(48.86, 2.35), 0, 50).expect("pop");
+        m.add_pop("berlin", "DE", Coordinates::new(52.52, 13.4), 0, 400).expect("pop");
+        m.add_host("p1", "paris", Resources::new(8, 8192, 100), 8000, (100, 250)).expect("host");
+        m.add_host("b1", "berlin", Resources::new(8, 8192, 100), 8000, (100, 250)).expect("host");
         m
     }
 
@@ -541,16 +468,7 @@ mod tests {
     fn totals_follow_vms_in_and_out() {
         let mut m = model();
         let g = m.group("web", GroupKind::AntiAffinity).expect("group");
-        let vm = m
-            .add_vm(
-                "a",
-                HostId(0),
-                Resources::new(2, 1024, 10),
-                1500,
-                Some(g),
-                vec![],
-            )
-            .expect("vm");
+        let vm = m.add_vm("a", HostId(0), Resources::new(2, 1024, 10), 1500, Some(g), vec![]).expect("vm");
         assert_eq!(m.hosts[0].allocated, Resources::new(2, 1024, 10));
         assert_eq!(m.pops[0].vm_count, 1);
         assert_eq!(m.groups[0].members.get(&HostId(0)), Some(&1));
@@ -567,15 +485,10 @@ mod tests {
     fn names_are_unique_and_lookups_fail_clearly() {
         let mut m = model();
         assert_eq!(
-            m.add_pop("paris", "FR", Coordinates::default(), 0, 0)
-                .unwrap_err()
-                .to_string(),
+            m.add_pop("paris", "FR", Coordinates::default(), 0, 0).unwrap_err().to_string(),
             "pop \"paris\" already exists"
         );
-        assert_eq!(
-            m.host_id("nope").unwrap_err().to_string(),
-            "unknown host \"nope\""
-        );
+        assert_eq!(m.host_id("nope").unwrap_err().to_string(), "unknown host \"nope\"");
     }
 
     #[test]
@@ -585,22 +498,8 @@ mod tests {
         assert!((10_000..20_000).contains(&estimated), "{estimated}");
         m.set_latency(PopId(0), PopId(1), 9_000);
         assert_eq!(m.latency(PopId(1), PopId(0)), 9_000);
-        m.add_pop(
-            "madrid",
-            "ES",
-            Coordinates {
-                latitude: 40.4,
-                longitude: -3.7,
-            },
-            0,
-            200,
-        )
-        .expect("pop");
-        assert_eq!(
-            m.latency(PopId(0), PopId(1)),
-            9_000,
-            "adding a PoP keeps measurements"
-        );
+        m.add_pop("madrid", "ES", Coordinates::new(40.4, -3.7), 0, 200).expect("pop");
+        assert_eq!(m.latency(PopId(0), PopId(1)), 9_000, "adding a PoP keeps measurements");
     }
 
     #[test]

@@ -101,20 +101,14 @@ impl Placer {
             scores: Vec::new(),
         };
         if !resolved.unknown_jurisdictions.is_empty() {
-            let message = format!(
-                "unknown jurisdiction(s) {}",
-                resolved.unknown_jurisdictions.join(", ")
-            );
+            let message = format!("unknown jurisdiction(s) {}", resolved.unknown_jurisdictions.join(", "));
             if resolved.jurisdictions.as_ref().is_none_or(Vec::is_empty) {
                 return reject(RejectReason::Constraints, message, DecidedBy::Filters);
             }
         }
         if self.rows.is_empty() {
-            let reason = if excluded.only_capacity() {
-                RejectReason::NoCapacity
-            } else {
-                RejectReason::Constraints
-            };
+            let reason =
+                if excluded.only_capacity() { RejectReason::NoCapacity } else { RejectReason::Constraints };
             return reject(
                 reason,
                 format!("no host passed the filters: {}", excluded.describe()),
@@ -128,46 +122,25 @@ impl Placer {
         let answer = policy.place(&self.view, &req).and_then(|v| {
             match validate::placement(&self.view, &req, &v.value) {
                 Ok(()) => Ok(v),
-                Err(why) => Err(PolicyError::new(
-                    v.decided_by,
-                    crate::ErrorKind::InvalidDecision,
-                    why,
-                )),
+                Err(why) => Err(PolicyError::new(v.decided_by, crate::ErrorKind::InvalidDecision, why)),
             }
         });
         let (placement, decided_by) = match answer {
-            Ok(v) => (
-                v.value,
-                DecidedBy::Policy {
-                    name: v.decided_by,
-                    failure: v.failure,
-                },
-            ),
+            Ok(v) => (v.value, DecidedBy::Policy { name: v.decided_by, failure: v.failure }),
             Err(failure) => (fallback(&self.view, &req), DecidedBy::Fallback { failure }),
         };
         self.decision(placement, decided_by, excluded)
     }
 
-    fn decision(
-        &self,
-        placement: Placement,
-        decided_by: DecidedBy,
-        excluded: Exclusions,
-    ) -> Decision {
+    fn decision(&self, placement: Placement, decided_by: DecidedBy, excluded: Exclusions) -> Decision {
         let candidates = self.rows.len() as u32;
         match placement {
             Placement::Place(choice) => Decision {
-                outcome: Outcome::Placed {
-                    host: self.rows[choice.host as usize],
-                },
+                outcome: Outcome::Placed { host: self.rows[choice.host as usize] },
                 decided_by,
                 candidates,
                 excluded,
-                scores: choice
-                    .scores
-                    .iter()
-                    .map(|s| (self.rows[s.host as usize], s.value))
-                    .collect(),
+                scores: choice.scores.iter().map(|s| (self.rows[s.host as usize], s.value)).collect(),
             },
             Placement::Reject(r) => Decision {
                 outcome: Outcome::Rejected {
@@ -186,21 +159,14 @@ impl Placer {
 /// The built-in safe fallback: the first filtered host with room.
 pub fn fallback(cluster: &Cluster, request: &Request) -> Placement {
     let hosts = &cluster.hosts;
-    let choice = (0..hosts.len())
-        .find(|&i| request.size.fits_in(hosts.free(i)))
-        .map(|i| Placement::on(i as u32));
+    let choice =
+        (0..hosts.len()).find(|&i| request.size.fits_in(hosts.free(i))).map(|i| Placement::on(i as u32));
     let placement = choice.unwrap_or_else(|| {
-        Placement::reject(
-            RejectReason::NoCapacity,
-            "fallback: no filtered host has room",
-        )
+        Placement::reject(RejectReason::NoCapacity, "fallback: no filtered host has room")
     });
     match validate::placement(cluster, request, &placement) {
         Ok(()) => placement,
-        Err(e) => Placement::reject(
-            RejectReason::Other,
-            format!("fallback refused its own choice: {e}"),
-        ),
+        Err(e) => Placement::reject(RejectReason::Other, format!("fallback refused its own choice: {e}")),
     }
 }
 
@@ -216,18 +182,10 @@ mod tests {
             "broken@test".into()
         }
         fn place(&self, _: &Cluster, _: &Request) -> Result<Verdict<Placement>, PolicyError> {
-            Err(PolicyError::new(
-                self.name(),
-                ErrorKind::Trap,
-                "unreachable executed",
-            ))
+            Err(PolicyError::new(self.name(), ErrorKind::Trap, "unreachable executed"))
         }
         fn plan(&self, _: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError> {
-            Err(PolicyError::new(
-                self.name(),
-                ErrorKind::Trap,
-                "unreachable executed",
-            ))
+            Err(PolicyError::new(self.name(), ErrorKind::Trap, "unreachable executed"))
         }
     }
 
@@ -240,46 +198,11 @@ mod tests {
 
     fn model() -> Model {
         let mut m = Model::new();
-        m.add_pop(
-            "paris",
-            "FR",
-            Coordinates {
-                latitude: 48.86,
-                longitude: 2.35,
-            },
-            0,
-            50,
-        )
-        .expect("pop");
-        m.add_pop(
-            "berlin",
-            "DE",
-            Coordinates {
-                latitude: 52.52,
-                longitude: 13.4,
-            },
-            0,
-            400,
-        )
-        .expect("pop");
-        m.add_host("p1", "paris", Resources::new(4, 4096, 10), 4000, (100, 200))
-            .expect("host");
-        m.add_host(
-            "b1",
-            "berlin",
-            Resources::new(4, 4096, 10),
-            4000,
-            (100, 200),
-        )
-        .expect("host");
-        m.add_host(
-            "b2",
-            "berlin",
-            Resources::new(4, 4096, 10),
-            4000,
-            (100, 200),
-        )
-        .expect("host");
+        m.add_pop("paris", "FR", Coordinates::new(48.86, 2.35), 0, 50).expect("pop");
+        m.add_pop("berlin", "DE", Coordinates::new(52.52, 13.4), 0, 400).expect("pop");
+        m.add_host("p1", "paris", Resources::new(4, 4096, 10), 4000, (100, 200)).expect("host");
+        m.add_host("b1", "berlin", Resources::new(4, 4096, 10), 4000, (100, 200)).expect("host");
+        m.add_host("b2", "berlin", Resources::new(4, 4096, 10), 4000, (100, 200)).expect("host");
         m
     }
 
@@ -290,11 +213,7 @@ mod tests {
     #[test]
     fn rows_map_back_to_model_hosts() {
         let m = model();
-        let d = Placer::new().place(
-            &m,
-            &request("jurisdictions=['FR']"),
-            &Native::placement::<Last>("last"),
-        );
+        let d = Placer::new().place(&m, &request("jurisdictions=['FR']"), &Native::placement::<Last>("last"));
         assert_eq!(d.outcome, Outcome::Placed { host: HostId(0) });
         assert_eq!(d.candidates, 1);
         assert_eq!(d.excluded.jurisdiction, 2);
@@ -320,12 +239,6 @@ mod tests {
         let mut big = request("");
         big.vcpus = 64;
         let d = Placer::new().place(&m, &big, &Broken);
-        assert!(matches!(
-            d.outcome,
-            Outcome::Rejected {
-                reason: RejectReason::NoCapacity,
-                ..
-            }
-        ));
+        assert!(matches!(d.outcome, Outcome::Rejected { reason: RejectReason::NoCapacity, .. }));
     }
 }

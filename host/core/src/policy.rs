@@ -66,11 +66,7 @@ pub struct PolicyError {
 impl PolicyError {
     /// A new error.
     pub fn new(policy: impl Into<String>, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            policy: policy.into(),
-            kind,
-            message: message.into(),
-        }
+        Self { policy: policy.into(), kind, message: message.into() }
     }
 }
 
@@ -95,11 +91,7 @@ pub trait Policy: Send + Sync {
     fn name(&self) -> String;
 
     /// Chooses a host among `cluster.hosts` for `request`, or declines.
-    fn place(
-        &self,
-        cluster: &Cluster,
-        request: &Request,
-    ) -> Result<Verdict<Placement>, PolicyError>;
+    fn place(&self, cluster: &Cluster, request: &Request) -> Result<Verdict<Placement>, PolicyError>;
 
     /// Plans migrations on `partition`.
     fn plan(&self, partition: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError>;
@@ -115,29 +107,19 @@ pub struct Native {
 
 impl fmt::Debug for Native {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Native")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Native").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl Native {
     /// A native placement policy.
     pub fn placement<P: locus_sdk::PlacementPolicy>(name: &'static str) -> Self {
-        Self {
-            name,
-            place: Some(P::place),
-            plan: None,
-        }
+        Self { name, place: Some(P::place), plan: None }
     }
 
     /// A native migration policy.
     pub fn migration<M: locus_sdk::MigrationPolicy>(name: &'static str) -> Self {
-        Self {
-            name,
-            place: None,
-            plan: Some(M::plan),
-        }
+        Self { name, place: None, plan: Some(M::plan) }
     }
 }
 
@@ -146,20 +128,12 @@ impl Policy for Native {
         format!("{}@native", self.name)
     }
 
-    fn place(
-        &self,
-        cluster: &Cluster,
-        request: &Request,
-    ) -> Result<Verdict<Placement>, PolicyError> {
+    fn place(&self, cluster: &Cluster, request: &Request) -> Result<Verdict<Placement>, PolicyError> {
         let place = self.place.ok_or_else(|| self.unsupported("placement"))?;
         let value = place(cluster, request);
         validate::placement(cluster, request, &value)
             .map_err(|e| PolicyError::new(self.name(), ErrorKind::InvalidDecision, e))?;
-        Ok(Verdict {
-            value,
-            decided_by: self.name(),
-            failure: None,
-        })
+        Ok(Verdict { value, decided_by: self.name(), failure: None })
     }
 
     fn plan(&self, partition: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError> {
@@ -167,20 +141,12 @@ impl Policy for Native {
         let value = plan(partition);
         validate::plan(partition, &value)
             .map_err(|e| PolicyError::new(self.name(), ErrorKind::InvalidDecision, e))?;
-        Ok(Verdict {
-            value,
-            decided_by: self.name(),
-            failure: None,
-        })
+        Ok(Verdict { value, decided_by: self.name(), failure: None })
     }
 }
 
 impl Native {
     fn unsupported(&self, what: &str) -> PolicyError {
-        PolicyError::new(
-            self.name(),
-            ErrorKind::Unsupported,
-            format!("it is not a {what} policy"),
-        )
+        PolicyError::new(self.name(), ErrorKind::Unsupported, format!("it is not a {what} policy"))
     }
 }

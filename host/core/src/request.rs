@@ -18,10 +18,7 @@ pub struct Location {
 
 impl From<Location> for locus_sdk::Coordinates {
     fn from(l: Location) -> Self {
-        locus_sdk::Coordinates {
-            latitude: l.lat,
-            longitude: l.lon,
-        }
+        locus_sdk::Coordinates::new(l.lat, l.lon)
     }
 }
 
@@ -91,9 +88,7 @@ pub struct VmRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The name breaks the naming rule.
-    #[error(
-        "invalid name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-    )]
+    #[error("invalid name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
     Name(String),
     /// A size of zero.
     #[error("{0} must be at least 1")]
@@ -121,9 +116,7 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl VmRequest {
@@ -144,15 +137,9 @@ impl VmRequest {
             return Err(RequestError::Zero("memory-mib"));
         }
         if let Some(l) = self.user
-            && !(l.lat.is_finite()
-                && l.lon.is_finite()
-                && l.lat.abs() <= 90.0
-                && l.lon.abs() <= 180.0)
+            && !(l.lat.is_finite() && l.lon.is_finite() && l.lat.abs() <= 90.0 && l.lon.abs() <= 180.0)
         {
-            return Err(RequestError::Location {
-                lat: l.lat.to_string(),
-                lon: l.lon.to_string(),
-            });
+            return Err(RequestError::Location { lat: l.lat.to_string(), lon: l.lon.to_string() });
         }
         match self.max_latency_ms {
             Some(ms) if !(ms.is_finite() && ms > 0.0) => Err(RequestError::Latency(ms.to_string())),
@@ -168,14 +155,12 @@ impl VmRequest {
 
     /// Expected CPU demand, milli-CPUs.
     pub fn expected_load(&self) -> u32 {
-        self.load_cpu_milli
-            .unwrap_or_else(|| self.vcpus.saturating_mul(500))
+        self.load_cpu_milli.unwrap_or_else(|| self.vcpus.saturating_mul(500))
     }
 
     /// The latency bound in microseconds.
     pub fn max_latency_us(&self) -> Option<u32> {
-        self.max_latency_ms
-            .map(|ms| (f64::from(ms) * 1000.0).min(f64::from(u32::MAX - 1)) as u32)
+        self.max_latency_ms.map(|ms| (f64::from(ms) * 1000.0).min(f64::from(u32::MAX - 1)) as u32)
     }
 }
 
@@ -201,10 +186,7 @@ mod tests {
     fn names_follow_the_rule() {
         assert!(vm("web-1.prod_a").validate().is_ok());
         for bad in ["", "-x", "a<b>", "a b", "é", &"x".repeat(65)] {
-            assert!(
-                matches!(vm(bad).validate(), Err(RequestError::Name(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(vm(bad).validate(), Err(RequestError::Name(_))), "{bad:?}");
         }
     }
 
@@ -212,15 +194,9 @@ mod tests {
     fn sizes_locations_and_bounds_are_checked() {
         let mut r = vm("a");
         r.vcpus = 0;
-        assert_eq!(
-            r.validate().unwrap_err().to_string(),
-            "vcpus must be at least 1"
-        );
+        assert_eq!(r.validate().unwrap_err().to_string(), "vcpus must be at least 1");
         let mut r = vm("a");
-        r.user = Some(Location {
-            lat: 95.0,
-            lon: 0.0,
-        });
+        r.user = Some(Location { lat: 95.0, lon: 0.0 });
         assert!(matches!(r.validate(), Err(RequestError::Location { .. })));
         let mut r = vm("a");
         r.max_latency_ms = Some(10.0);
@@ -243,8 +219,6 @@ colour = "red""#,
     }
 
     fn serde_json_like(toml_text: &str) -> String {
-        toml::from_str::<VmRequest>(toml_text)
-            .unwrap_err()
-            .to_string()
+        toml::from_str::<VmRequest>(toml_text).unwrap_err().to_string()
     }
 }

@@ -158,12 +158,10 @@ pub const MAX_COUNT: u32 = 1_000_000;
 fn expand(name: &str, count: Option<u32>) -> Result<Vec<String>, SpecError> {
     match count {
         None => Ok(vec![name.to_owned()]),
-        Some(0) => Err(SpecError::Invalid(format!(
-            "{name}: count must be at least 1"
-        ))),
-        Some(n) if n > MAX_COUNT => Err(SpecError::Invalid(format!(
-            "{name}: count {n} is above {MAX_COUNT}"
-        ))),
+        Some(0) => Err(SpecError::Invalid(format!("{name}: count must be at least 1"))),
+        Some(n) if n > MAX_COUNT => {
+            Err(SpecError::Invalid(format!("{name}: count {n} is above {MAX_COUNT}")))
+        }
         Some(n) => Ok((1..=n).map(|i| format!("{name}-{i}")).collect()),
     }
 }
@@ -174,23 +172,10 @@ impl ClusterSpec {
         let mut m = Model::new();
         for p in &self.pops {
             let l = p.location;
-            if !(l.lat.is_finite()
-                && l.lon.is_finite()
-                && l.lat.abs() <= 90.0
-                && l.lon.abs() <= 180.0)
-            {
-                return Err(SpecError::Invalid(format!(
-                    "pop {}: location is not on Earth",
-                    p.name
-                )));
+            if !(l.lat.is_finite() && l.lon.is_finite() && l.lat.abs() <= 90.0 && l.lon.abs() <= 180.0) {
+                return Err(SpecError::Invalid(format!("pop {}: location is not on Earth", p.name)));
             }
-            m.add_pop(
-                &p.name,
-                &p.jurisdiction,
-                l.into(),
-                p.renewable_watts,
-                p.carbon_g_per_kwh,
-            )?;
+            m.add_pop(&p.name, &p.jurisdiction, l.into(), p.renewable_watts, p.carbon_g_per_kwh)?;
         }
         for h in &self.hosts {
             if h.vcpus == 0 || h.memory_mib == 0 {
@@ -200,30 +185,18 @@ impl ClusterSpec {
                 )));
             }
             if h.max_watts < h.idle_watts {
-                return Err(SpecError::Invalid(format!(
-                    "host {}: max-watts is below idle-watts",
-                    h.name
-                )));
+                return Err(SpecError::Invalid(format!("host {}: max-watts is below idle-watts", h.name)));
             }
             let capacity = Resources::new(h.vcpus, h.memory_mib, h.disk_gib);
             let cpu_milli = h.cpus.unwrap_or(h.vcpus).saturating_mul(1000);
             for name in expand(&h.name, h.count)? {
-                let id = m.add_host(
-                    &name,
-                    &h.pop,
-                    capacity,
-                    cpu_milli,
-                    (h.idle_watts, h.max_watts),
-                )?;
+                let id = m.add_host(&name, &h.pop, capacity, cpu_milli, (h.idle_watts, h.max_watts))?;
                 m.set_host_state(id, h.state);
             }
         }
         for l in &self.latencies {
             if !(l.rtt_ms.is_finite() && l.rtt_ms >= 0.0) {
-                return Err(SpecError::Invalid(format!(
-                    "latency {}-{}: rtt-ms must be positive",
-                    l.a, l.b
-                )));
+                return Err(SpecError::Invalid(format!("latency {}-{}: rtt-ms must be positive", l.a, l.b)));
             }
             let (a, b) = (m.pop_id(&l.a)?, m.pop_id(&l.b)?);
             m.set_latency(a, b, (f64::from(l.rtt_ms) * 1000.0) as u32);
@@ -237,28 +210,14 @@ impl ClusterSpec {
 
 fn place_existing(m: &mut Model, v: &VmSpec) -> Result<(), SpecError> {
     let r = &v.vm;
-    r.validate().map_err(|error| SpecError::Request {
-        what: format!("vm {}", r.name),
-        error,
-    })?;
+    r.validate().map_err(|error| SpecError::Request { what: format!("vm {}", r.name), error })?;
     let host = m.host_id(&v.host)?;
     let group = match &r.group {
         Some(g) => Some(m.group(&g.name, g.kind.into())?),
         None => None,
     };
-    let jurisdictions = r
-        .jurisdictions
-        .iter()
-        .map(|j| m.jurisdiction(j))
-        .collect::<Result<_, _>>()?;
-    m.add_vm(
-        &r.name,
-        host,
-        r.size(),
-        r.expected_load(),
-        group,
-        jurisdictions,
-    )?;
+    let jurisdictions = r.jurisdictions.iter().map(|j| m.jurisdiction(j)).collect::<Result<_, _>>()?;
+    m.add_vm(&r.name, host, r.size(), r.expected_load(), group, jurisdictions)?;
     Ok(())
 }
 
@@ -268,17 +227,12 @@ impl RequestsSpec {
         let mut out = self.requests.clone();
         for b in &self.batches {
             for name in expand(&b.vm.name, Some(b.count))? {
-                out.push(VmRequest {
-                    name,
-                    ..b.vm.clone()
-                });
+                out.push(VmRequest { name, ..b.vm.clone() });
             }
         }
         for r in &out {
-            r.validate().map_err(|error| SpecError::Request {
-                what: format!("request {}", r.name),
-                error,
-            })?;
+            r.validate()
+                .map_err(|error| SpecError::Request { what: format!("request {}", r.name), error })?;
         }
         Ok(out)
     }
@@ -344,16 +298,10 @@ group = { name = "dbs", kind = "anti-affinity" }
     #[test]
     fn mistakes_are_named() {
         let bad = CLUSTER.replace("pop = \"berlin\"", "pop = \"bonn\"");
-        let err = toml::from_str::<ClusterSpec>(&bad)
-            .expect("parses")
-            .build()
-            .unwrap_err();
+        let err = toml::from_str::<ClusterSpec>(&bad).expect("parses").build().unwrap_err();
         assert_eq!(err.to_string(), "unknown pop \"bonn\"");
         let bad = CLUSTER.replace("count = 3", "count = 0");
-        let err = toml::from_str::<ClusterSpec>(&bad)
-            .expect("parses")
-            .build()
-            .unwrap_err();
+        let err = toml::from_str::<ClusterSpec>(&bad).expect("parses").build().unwrap_err();
         assert!(err.to_string().contains("count must be at least 1"));
     }
 
@@ -363,12 +311,7 @@ group = { name = "dbs", kind = "anti-affinity" }
             "[[request]]\nname='a'\nvcpus=1\nmemory-mib=1\n[[batch]]\ncount=2\nvm={name='web',vcpus=2,memory-mib=2}",
         )
         .expect("parses");
-        let names: Vec<_> = spec
-            .expand()
-            .expect("valid")
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
+        let names: Vec<_> = spec.expand().expect("valid").into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["a", "web-1", "web-2"]);
     }
 }

@@ -16,58 +16,35 @@ pub fn placement(cluster: &Cluster, request: &Request, decision: &Placement) -> 
         Placement::Place(choice) => choice,
     };
     if choice.scores.len() > hosts.len() {
-        return Err(format!(
-            "returned {} scores for {} hosts",
-            choice.scores.len(),
-            hosts.len()
-        ));
+        return Err(format!("returned {} scores for {} hosts", choice.scores.len(), hosts.len()));
     }
-    if let Some(s) = choice
-        .scores
-        .iter()
-        .find(|s| s.host as usize >= hosts.len())
-    {
-        return Err(format!(
-            "scored host row {} but there are {} hosts",
-            s.host,
-            hosts.len()
-        ));
+    if let Some(s) = choice.scores.iter().find(|s| s.host as usize >= hosts.len()) {
+        return Err(format!("scored host row {} but there are {} hosts", s.host, hosts.len()));
     }
     let row = choice.host as usize;
     if row >= hosts.len() {
-        return Err(format!(
-            "chose host row {row} but there are {} hosts",
-            hosts.len()
-        ));
+        return Err(format!("chose host row {row} but there are {} hosts", hosts.len()));
     }
     if !request.size.fits_in(hosts.free(row)) {
-        return Err(format!(
-            "chose host row {row}, which has no room for the VM"
-        ));
+        return Err(format!("chose host row {row}, which has no room for the VM"));
     }
     let pop = hosts.pop[row];
     let jurisdiction = cluster.pops.get(pop as usize).map(|p| p.jurisdiction);
     if !request.allowed_jurisdictions.is_empty()
         && !jurisdiction.is_some_and(|j| request.allowed_jurisdictions.contains(&j))
     {
-        return Err(format!(
-            "chose host row {row}, outside the allowed jurisdictions"
-        ));
+        return Err(format!("chose host row {row}, outside the allowed jurisdictions"));
     }
     if let (Some(bound), Some(rtt)) = (request.max_latency_us, request.user_latency(pop))
         && rtt > bound
     {
-        return Err(format!(
-            "chose host row {row}, {rtt} µs from the users, above the {bound} µs bound"
-        ));
+        return Err(format!("chose host row {row}, {rtt} µs from the users, above the {bound} µs bound"));
     }
     if let Some(g) = &request.group
         && g.kind == GroupKind::AntiAffinity
         && g.members_on_host.get(row).is_some_and(|&n| n > 0)
     {
-        return Err(format!(
-            "chose host row {row}, which already runs a member of the anti-affinity group"
-        ));
+        return Err(format!("chose host row {row}, which already runs a member of the anti-affinity group"));
     }
     Ok(())
 }
@@ -75,17 +52,11 @@ pub fn placement(cluster: &Cluster, request: &Request, decision: &Placement) -> 
 /// Checks a migration plan against the partition it was made on.
 pub fn plan(partition: &Partition, plan: &[Migration]) -> Result<(), String> {
     if plan.len() > partition.vms.len() {
-        return Err(format!(
-            "returned {} migrations for {} VMs",
-            plan.len(),
-            partition.vms.len()
-        ));
+        return Err(format!("returned {} migrations for {} VMs", plan.len(), partition.vms.len()));
     }
     let mut builder = PlanBuilder::new(partition);
     for (i, m) in plan.iter().enumerate() {
-        builder
-            .try_move(m.vm, m.to)
-            .map_err(|e| format!("migration {i}: {e}"))?;
+        builder.try_move(m.vm, m.to).map_err(|e| format!("migration {i}: {e}"))?;
     }
     Ok(())
 }
@@ -127,70 +98,35 @@ mod tests {
     #[test]
     fn placement_rules() {
         let c = cluster();
-        let r = RequestBuilder::new(&c, Resources::new(1, 512, 1))
-            .jurisdictions(&["FR"])
-            .build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 512, 1)).jurisdictions(&["FR"]).build();
         assert!(placement(&c, &r, &Placement::on(0)).is_ok());
         assert_eq!(
             placement(&c, &r, &Placement::on(3)).unwrap_err(),
             "chose host row 3 but there are 3 hosts"
         );
-        assert!(
-            placement(&c, &r, &Placement::on(1))
-                .unwrap_err()
-                .contains("no room")
-        );
-        assert!(
-            placement(&c, &r, &Placement::on(2))
-                .unwrap_err()
-                .contains("jurisdictions")
-        );
-        let many = vec![
-            Score {
-                host: 0,
-                value: 0.0
-            };
-            4
-        ];
-        assert!(
-            placement(&c, &r, &Placement::on_with_scores(0, many))
-                .unwrap_err()
-                .contains("4 scores")
-        );
-        let anti = RequestBuilder::new(&c, Resources::new(1, 512, 1))
-            .group(GroupKind::AntiAffinity, &[0])
-            .build();
-        assert!(
-            placement(&c, &anti, &Placement::on(0))
-                .unwrap_err()
-                .contains("anti-affinity")
-        );
+        assert!(placement(&c, &r, &Placement::on(1)).unwrap_err().contains("no room"));
+        assert!(placement(&c, &r, &Placement::on(2)).unwrap_err().contains("jurisdictions"));
+        let many = vec![Score { host: 0, value: 0.0 }; 4];
+        assert!(placement(&c, &r, &Placement::on_with_scores(0, many)).unwrap_err().contains("4 scores"));
+        let anti =
+            RequestBuilder::new(&c, Resources::new(1, 512, 1)).group(GroupKind::AntiAffinity, &[0]).build();
+        assert!(placement(&c, &anti, &Placement::on(0)).unwrap_err().contains("anti-affinity"));
         let far = RequestBuilder::new(&c, Resources::new(1, 512, 1))
             .user_at(48.0, 2.0)
             .max_latency_us(5000)
             .build();
-        assert!(
-            placement(&c, &far, &Placement::on(2))
-                .unwrap_err()
-                .contains("bound")
-        );
+        assert!(placement(&c, &far, &Placement::on(2)).unwrap_err().contains("bound"));
     }
 
     #[test]
     fn plan_rules() {
-        let p = PartitionBuilder::new(cluster())
-            .vm(0, Resources::new(1, 512, 1), 100)
-            .build();
+        let p = PartitionBuilder::new(cluster()).vm(0, Resources::new(1, 512, 1), 100).build();
         assert!(plan(&p, &[Migration { vm: 0, to: 2 }]).is_ok());
         assert_eq!(
             plan(&p, &[Migration { vm: 0, to: 9 }]).unwrap_err(),
             "migration 0: host row 9 does not exist (the partition has 3 hosts)"
         );
-        assert!(
-            plan(&p, &[Migration { vm: 0, to: 1 }; 2])
-                .unwrap_err()
-                .contains("2 migrations for 1 VMs")
-        );
+        assert!(plan(&p, &[Migration { vm: 0, to: 1 }; 2]).unwrap_err().contains("2 migrations for 1 VMs"));
     }
 
     #[test]

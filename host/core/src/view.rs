@@ -22,23 +22,21 @@ pub fn fill_cluster(model: &Model, rows: &[HostId], view: &mut Cluster) {
         view.jurisdictions.clone_from(&model.jurisdictions);
     }
     view.pop_latency_us.clone_from(&model.pop_latency_us);
-    let h = &mut view.hosts;
-    h.clear();
+    view.hosts.clear();
     for &HostId(i) in rows {
         let host = &model.hosts[i as usize];
-        h.pop.push(host.pop.0);
-        h.vcpus.push(host.capacity.vcpus);
-        h.memory_mib.push(host.capacity.memory_mib);
-        h.disk_gib.push(host.capacity.disk_gib);
-        h.allocated_vcpus.push(host.allocated.vcpus);
-        h.allocated_memory_mib.push(host.allocated.memory_mib);
-        h.allocated_disk_gib.push(host.allocated.disk_gib);
-        h.cpu_milli.push(host.cpu_milli);
-        h.load_cpu_milli.push(host.load_cpu_milli);
-        h.vm_count.push(host.vm_count);
-        h.idle_watts.push(host.idle_watts);
-        h.max_watts.push(host.max_watts);
-        h.current_watts.push(host.current_watts());
+        view.hosts.push(&locus_sdk::Host {
+            row: 0,
+            pop: host.pop.0,
+            capacity: host.capacity,
+            allocated: host.allocated,
+            cpu_milli: host.cpu_milli,
+            load_cpu_milli: host.load_cpu_milli,
+            vm_count: host.vm_count,
+            idle_watts: host.idle_watts,
+            max_watts: host.max_watts,
+            current_watts: host.current_watts(),
+        });
     }
 }
 
@@ -51,23 +49,14 @@ pub fn request(
 ) -> Request {
     let group = resolved.group.map(|(id, kind)| {
         let members = id.and_then(|g| model.groups.get(g.0 as usize));
-        let on = |h: HostId| {
-            members
-                .and_then(|g| g.members.get(&h))
-                .copied()
-                .unwrap_or(0)
-        };
+        let on = |h: HostId| members.and_then(|g| g.members.get(&h)).copied().unwrap_or(0);
         let mut in_pop = vec![0; model.pops.len()];
         if let Some(g) = members {
             for (&host, &n) in &g.members {
                 in_pop[model.hosts[host.0 as usize].pop.0 as usize] += n;
             }
         }
-        Group {
-            kind,
-            members_on_host: rows.iter().map(|&h| on(h)).collect(),
-            members_in_pop: in_pop,
-        }
+        Group { kind, members_on_host: rows.iter().map(|&h| on(h)).collect(), members_in_pop: in_pop }
     });
     Request {
         size: resolved.size,
@@ -102,26 +91,15 @@ pub fn partition(model: &Model, rows: &[HostId]) -> (Partition, Vec<VmId>) {
         vms.disk_gib.push(vm.size.disk_gib);
         vms.load_cpu_milli.push(vm.load_cpu_milli);
         vms.group.push(vm.group.map_or(ABSENT, |g| g.0));
-        vms.allowed_jurisdictions
-            .push(if vm.jurisdictions.is_empty() {
-                u64::MAX
-            } else {
-                vm.jurisdictions
-                    .iter()
-                    .filter(|&&j| j < 64)
-                    .fold(0, |m, &j| m | (1u64 << j))
-            });
+        vms.allowed_jurisdictions.push(if vm.jurisdictions.is_empty() {
+            u64::MAX
+        } else {
+            vm.jurisdictions.iter().filter(|&&j| j < 64).fold(0, |m, &j| m | (1u64 << j))
+        });
         vms.migration_cost.push(vm.size.memory_mib);
     }
     let groups = model.groups.iter().map(|g| g.kind).collect();
-    (
-        Partition {
-            cluster,
-            vms,
-            groups,
-        },
-        ids,
-    )
+    (Partition { cluster, vms, groups }, ids)
 }
 
 #[cfg(test)]
@@ -132,42 +110,12 @@ mod tests {
     #[test]
     fn views_carry_rows_in_order_and_group_counts() {
         let mut m = Model::new();
-        m.add_pop(
-            "paris",
-            "FR",
-            Coordinates {
-                latitude: 48.86,
-                longitude: 2.35,
-            },
-            0,
-            50,
-        )
-        .expect("pop");
-        m.add_pop(
-            "rome",
-            "IT",
-            Coordinates {
-                latitude: 41.9,
-                longitude: 12.5,
-            },
-            0,
-            300,
-        )
-        .expect("pop");
-        m.add_host("a", "paris", Resources::new(4, 4096, 10), 4000, (100, 200))
-            .expect("host");
-        m.add_host("b", "rome", Resources::new(8, 8192, 10), 8000, (100, 200))
-            .expect("host");
+        m.add_pop("paris", "FR", Coordinates::new(48.86, 2.35), 0, 50).expect("pop");
+        m.add_pop("rome", "IT", Coordinates::new(41.9, 12.5), 0, 300).expect("pop");
+        m.add_host("a", "paris", Resources::new(4, 4096, 10), 4000, (100, 200)).expect("host");
+        m.add_host("b", "rome", Resources::new(8, 8192, 10), 8000, (100, 200)).expect("host");
         let g = m.group("g", GroupKind::Spread).expect("group");
-        m.add_vm(
-            "v",
-            HostId(1),
-            Resources::new(1, 512, 1),
-            800,
-            Some(g),
-            vec![1],
-        )
-        .expect("vm");
+        m.add_vm("v", HostId(1), Resources::new(1, 512, 1), 800, Some(g), vec![1]).expect("vm");
         let rows = [HostId(1), HostId(0)];
         let mut c = Cluster::default();
         fill_cluster(&m, &rows, &mut c);

@@ -21,10 +21,7 @@ fn request(c: &Cluster) -> Request {
 fn placement(crit: &mut Criterion) {
     let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let wasm = Slot::new("placement", 1);
-    wasm.activate(
-        rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new())
-            .expect("loads"),
-    );
+    wasm.activate(rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new()).expect("loads"));
     let native = Native::placement::<policy_best_fit::BestFit>("best-fit");
     let mut group = crit.benchmark_group("placement");
     for hosts in [10usize, 100, 1000, 10_000] {
@@ -36,29 +33,20 @@ fn placement(crit: &mut Criterion) {
             "both decide the same"
         );
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(
-            BenchmarkId::new("wasm/best-fit", hosts),
-            &(&c, &r),
-            |b, (c, r)| b.iter(|| black_box(wasm.place(c, r).expect("decides"))),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("native/best-fit", hosts),
-            &(&c, &r),
-            |b, (c, r)| b.iter(|| black_box(native.place(c, r).expect("decides"))),
-        );
+        group.bench_with_input(BenchmarkId::new("wasm/best-fit", hosts), &(&c, &r), |b, (c, r)| {
+            b.iter(|| black_box(wasm.place(c, r).expect("decides")))
+        });
+        group.bench_with_input(BenchmarkId::new("native/best-fit", hosts), &(&c, &r), |b, (c, r)| {
+            b.iter(|| black_box(native.place(c, r).expect("decides")))
+        });
     }
     group.finish();
 }
 
 fn fresh_instance(crit: &mut Criterion) {
-    let rt = Runtime::new(RuntimeConfig {
-        reuse_instances: false,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
-    let p = rt
-        .load(policies::BEST_FIT, "best-fit", BTreeMap::new())
-        .expect("loads");
+    let rt =
+        Runtime::new(RuntimeConfig { reuse_instances: false, ..RuntimeConfig::default() }).expect("runtime");
+    let p = rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new()).expect("loads");
     let c = cluster(100);
     let r = request(&c);
     crit.bench_function("instantiate+call/best-fit/100", |b| {
@@ -73,20 +61,10 @@ fn hot_swap(crit: &mut Criterion) {
     let mut group = crit.benchmark_group("swap");
     group.sample_size(20);
     group.bench_function("precompiled", |b| {
-        b.iter(|| {
-            slot.activate(
-                rt.load_precompiled(&pre, "best-fit", BTreeMap::new())
-                    .expect("loads"),
-            )
-        })
+        b.iter(|| slot.activate(rt.load_precompiled(&pre, "best-fit", BTreeMap::new()).expect("loads")))
     });
     group.bench_function("uncompiled", |b| {
-        b.iter(|| {
-            slot.activate(
-                rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new())
-                    .expect("loads"),
-            )
-        })
+        b.iter(|| slot.activate(rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new()).expect("loads")))
     });
     group.finish();
 }

@@ -5,11 +5,7 @@ use crate::bindings::locus::policy::types as wit;
 use locus_sdk as sdk;
 
 pub fn resources(r: sdk::Resources) -> wit::Resources {
-    wit::Resources {
-        vcpus: r.vcpus,
-        memory_mib: r.memory_mib,
-        disk_gib: r.disk_gib,
-    }
+    wit::Resources { vcpus: r.vcpus, memory_mib: r.memory_mib, disk_gib: r.disk_gib }
 }
 
 pub fn hosts(h: &sdk::Hosts) -> wit::Hosts<'_> {
@@ -34,10 +30,7 @@ pub fn pops(pops: &[sdk::Pop]) -> Vec<wit::Pop> {
     pops.iter()
         .map(|p| wit::Pop {
             jurisdiction: p.jurisdiction,
-            location: wit::Coordinates {
-                latitude: p.location.latitude,
-                longitude: p.location.longitude,
-            },
+            location: wit::Coordinates { latitude: p.location.latitude, longitude: p.location.longitude },
             capacity: resources(p.capacity),
             allocated: resources(p.allocated),
             vm_count: p.vm_count,
@@ -52,12 +45,7 @@ pub fn cluster<'a>(
     pops: &'a [wit::Pop],
     jurisdictions: &'a [&'a str],
 ) -> wit::Cluster<'a> {
-    wit::Cluster {
-        pops,
-        jurisdictions,
-        pop_latency_us: &c.pop_latency_us,
-        hosts: hosts(&c.hosts),
-    }
+    wit::Cluster { pops, jurisdictions, pop_latency_us: &c.pop_latency_us, hosts: hosts(&c.hosts) }
 }
 
 pub fn group_kind(k: sdk::GroupKind) -> wit::GroupKind {
@@ -81,10 +69,9 @@ pub fn request(r: &sdk::Request) -> wit::Request<'_> {
             members_in_pop: &g.members_in_pop,
         }),
         allowed_jurisdictions: &r.allowed_jurisdictions,
-        user_location: r.user_location.map(|c| wit::Coordinates {
-            latitude: c.latitude,
-            longitude: c.longitude,
-        }),
+        user_location: r
+            .user_location
+            .map(|c| wit::Coordinates { latitude: c.latitude, longitude: c.longitude }),
         max_latency_us: r.max_latency_us,
         user_latency_us: &r.user_latency_us,
     }
@@ -119,21 +106,11 @@ pub fn placement(p: wit::Placement, hosts: usize) -> Result<sdk::Placement, Stri
     Ok(match p {
         wit::Placement::Place(c) => {
             if c.scores.len() > hosts {
-                return Err(format!(
-                    "returned {} scores for {hosts} hosts",
-                    c.scores.len()
-                ));
+                return Err(format!("returned {} scores for {hosts} hosts", c.scores.len()));
             }
             sdk::Placement::Place(sdk::Choice {
                 host: c.host,
-                scores: c
-                    .scores
-                    .into_iter()
-                    .map(|s| sdk::Score {
-                        host: s.host,
-                        value: s.value,
-                    })
-                    .collect(),
+                scores: c.scores.into_iter().map(|s| sdk::Score { host: s.host, value: s.value }).collect(),
             })
         }
         wit::Placement::Reject(r) => sdk::Placement::Reject(sdk::Rejection {

@@ -15,9 +15,7 @@ pub enum LoadError {
         cap: usize,
     },
     /// Not WebAssembly at all.
-    #[error(
-        "not a WebAssembly component: the file does not start with the wasm magic bytes \\0asm"
-    )]
+    #[error("not a WebAssembly component: the file does not start with the wasm magic bytes \\0asm")]
     NotWasm,
     /// A core module, not a component.
     #[error(
@@ -31,10 +29,7 @@ pub enum LoadError {
     #[error("component does not compile: {0}")]
     Compile(String),
     /// Built against another version of the contract.
-    #[error(
-        "component exports {found}, but this agent speaks locus:policy@{}",
-        crate::CONTRACT_VERSION
-    )]
+    #[error("component exports {found}, but this agent speaks locus:policy@{}", crate::CONTRACT_VERSION)]
     WrongVersion {
         /// The export found.
         found: String,
@@ -58,10 +53,6 @@ struct List<'a>(&'a [String]);
 
 impl fmt::Display for List<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("nothing")
-        } else {
-            f.write_str(&self.0.join(", "))
-        }
+        if self.0.is_empty() { f.write_str("nothing") } else { f.write_str(&self.0.join(", ")) }
     }
 }

@@ -113,9 +113,7 @@ pub struct Loaded {
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loaded")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("Loaded").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -125,16 +123,8 @@ impl Loaded {
         pre: InstancePre<State>,
         limits: CallLimits,
     ) -> Result<Self, crate::LoadError> {
-        let placement = info
-            .world
-            .places()
-            .then(|| placement::GuestIndices::new(&pre))
-            .transpose();
-        let migration = info
-            .world
-            .plans()
-            .then(|| migration::GuestIndices::new(&pre))
-            .transpose();
+        let placement = info.world.places().then(|| placement::GuestIndices::new(&pre)).transpose();
+        let migration = info.world.plans().then(|| migration::GuestIndices::new(&pre)).transpose();
         let (placement, migration) = match (placement, migration) {
             (Ok(p), Ok(m)) => (p, m),
             (Err(e), _) | (_, Err(e)) => {
@@ -155,9 +145,7 @@ impl Loaded {
         };
         // Instantiate once now: type mismatches and trapping start functions
         // are load errors, not first-call surprises.
-        let instance = loaded
-            .instantiate()
-            .map_err(|e| crate::LoadError::Instantiate(e.message))?;
+        let instance = loaded.instantiate().map_err(|e| crate::LoadError::Instantiate(e.message))?;
         loaded.release(instance);
         Ok(loaded)
     }
@@ -178,35 +166,17 @@ impl Loaded {
     }
 
     fn instantiate(&self) -> Result<Instance, PolicyError> {
-        let state = State::new(
-            self.id.as_str().into(),
-            self.config.clone(),
-            self.limits.memory_cap,
-        );
+        let state = State::new(self.id.as_str().into(), self.config.clone(), self.limits.memory_cap);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.cap);
         store.set_epoch_deadline(self.limits.deadline_ticks);
-        let fail = |e: wasmtime::Error| {
-            PolicyError::new(&self.id, ErrorKind::Instantiate, format!("{e:#}"))
-        };
+        let fail = |e: wasmtime::Error| PolicyError::new(&self.id, ErrorKind::Instantiate, format!("{e:#}"));
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;
-        let placement = self
-            .placement
-            .as_ref()
-            .map(|i| i.load(&mut store, &instance))
-            .transpose()
-            .map_err(fail)?;
-        let migration = self
-            .migration
-            .as_ref()
-            .map(|i| i.load(&mut store, &instance))
-            .transpose()
-            .map_err(fail)?;
-        Ok(Instance {
-            store,
-            placement,
-            migration,
-        })
+        let placement =
+            self.placement.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?;
+        let migration =
+            self.migration.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?;
+        Ok(Instance { store, placement, migration })
     }
 
     fn release(&self, instance: Instance) {
@@ -232,31 +202,24 @@ impl Loaded {
         let result = match pooled.map_or_else(|| self.instantiate(), Ok) {
             Err(e) => Err(e),
             Ok(mut instance) => {
-                instance
-                    .store
-                    .set_epoch_deadline(self.limits.deadline_ticks);
+                instance.store.set_epoch_deadline(self.limits.deadline_ticks);
                 instance.store.data_mut().log_lines = 0;
                 match f(&mut instance) {
-                    None => Err(PolicyError::new(
-                        &self.id,
-                        ErrorKind::Unsupported,
-                        "capability not exported",
-                    )),
+                    None => {
+                        Err(PolicyError::new(&self.id, ErrorKind::Unsupported, "capability not exported"))
+                    }
                     Some(Ok(value)) => match finish(value) {
                         Ok(value) => {
                             self.release(instance);
                             Ok(value)
                         }
-                        Err(why) => {
-                            Err(PolicyError::new(&self.id, ErrorKind::InvalidDecision, why))
-                        }
+                        Err(why) => Err(PolicyError::new(&self.id, ErrorKind::InvalidDecision, why)),
                     },
                     Some(Err(e)) => Err(self.classify(e, &instance, start.elapsed())),
                 }
             }
         };
-        self.metrics
-            .record(start.elapsed(), result.as_ref().err().map(|e| e.kind));
+        self.metrics.record(start.elapsed(), result.as_ref().err().map(|e| e.kind));
         if let Err(e) = &result {
             tracing::warn!(policy = %self.id, kind = e.kind.as_str(), "policy call failed: {}", e.message);
         }
@@ -284,11 +247,7 @@ impl Loaded {
                 ),
                 Some(trap) => {
                     let stderr = state.stderr_text();
-                    let detail = if stderr.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {stderr}")
-                    };
+                    let detail = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
                     (ErrorKind::Trap, format!("trapped ({trap}){detail}"))
                 }
                 None => (ErrorKind::Trap, format!("{e:#}")),
@@ -308,11 +267,7 @@ impl Loaded {
         let wit_cluster = convert::cluster(cluster, &pops, &jurisdictions);
         let wit_request = convert::request(request);
         self.call(
-            |i| {
-                i.placement
-                    .as_ref()
-                    .map(|g| g.call_place(&mut i.store, wit_cluster, wit_request))
-            },
+            |i| i.placement.as_ref().map(|g| g.call_place(&mut i.store, wit_cluster, wit_request)),
             |answer: wit::Placement| {
                 let placement = convert::placement(answer, cluster.hosts.len())?;
                 validate::placement(cluster, request, &placement)?;
@@ -324,20 +279,11 @@ impl Loaded {
     /// Calls the policy's `plan` and validates the answer.
     pub fn plan(&self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
         let pops = convert::pops(&partition.cluster.pops);
-        let jurisdictions: Vec<&str> = partition
-            .cluster
-            .jurisdictions
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let jurisdictions: Vec<&str> = partition.cluster.jurisdictions.iter().map(String::as_str).collect();
         let groups = convert::group_kinds(&partition.groups);
         let wit_partition = convert::partition(partition, &pops, &jurisdictions, &groups);
         self.call(
-            |i| {
-                i.migration
-                    .as_ref()
-                    .map(|g| g.call_plan(&mut i.store, wit_partition))
-            },
+            |i| i.migration.as_ref().map(|g| g.call_plan(&mut i.store, wit_partition)),
             |answer: Vec<wit::Migration>| {
                 if answer.len() > partition.vms.len() {
                     return Err(format!(
@@ -346,10 +292,8 @@ impl Loaded {
                         partition.vms.len()
                     ));
                 }
-                let plan: Vec<sdk::Migration> = answer
-                    .into_iter()
-                    .map(|m| sdk::Migration { vm: m.vm, to: m.to })
-                    .collect();
+                let plan: Vec<sdk::Migration> =
+                    answer.into_iter().map(|m| sdk::Migration { vm: m.vm, to: m.to }).collect();
                 validate::plan(partition, &plan)?;
                 Ok(plan)
             },

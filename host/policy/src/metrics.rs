@@ -50,9 +50,7 @@ impl Metrics {
         if let Some(kind) = error {
             self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
-        let ns = u64::try_from(took.as_nanos())
-            .unwrap_or(u64::MAX)
-            .clamp(1, 60_000_000_000);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).clamp(1, 60_000_000_000);
         if let Ok(mut h) = self.latency_ns.lock() {
             let _ = h.record(ns);
         }
@@ -66,9 +64,7 @@ impl Metrics {
             .filter(|(_, n)| *n > 0)
             .collect();
         let (p50, p99, max) = match self.latency_ns.lock() {
-            Ok(h) if !h.is_empty() => {
-                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
-            }
+            Ok(h) if !h.is_empty() => (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
             _ => (0, 0, 0),
         };
         MetricsSnapshot {

@@ -96,9 +96,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -125,24 +123,14 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (engine, stop, tick) = (engine.clone(), stop.clone(), config.tick);
-            std::thread::Builder::new()
-                .name("locus-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })?
+            std::thread::Builder::new().name("locus-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?
         };
-        Ok(Self {
-            engine,
-            linker,
-            config,
-            _ticker: Ticker {
-                stop,
-                thread: Some(thread),
-            },
-        })
+        Ok(Self { engine, linker, config, _ticker: Ticker { stop, thread: Some(thread) } })
     }
 
     /// The settings.
@@ -166,10 +154,7 @@ impl Runtime {
     /// Checks size and binary format, and hashes the bytes.
     fn screen(&self, bytes: &[u8]) -> Result<String, LoadError> {
         if bytes.len() > self.config.max_component_size {
-            return Err(LoadError::TooLarge {
-                size: bytes.len(),
-                cap: self.config.max_component_size,
-            });
+            return Err(LoadError::TooLarge { size: bytes.len(), cap: self.config.max_component_size });
         }
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(LoadError::NotWasm);
@@ -191,8 +176,8 @@ impl Runtime {
     ) -> Result<Arc<Loaded>, LoadError> {
         let hash = self.screen(bytes)?;
         let start = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         self.finish(component, hash, bytes.len(), start.elapsed(), name, config)
     }
 
@@ -200,15 +185,9 @@ impl Runtime {
     /// [`Runtime::load_precompiled`] later.
     pub fn precompile(&self, bytes: &[u8]) -> Result<Precompiled, LoadError> {
         let hash = self.screen(bytes)?;
-        let artifact = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        Ok(Precompiled {
-            artifact,
-            hash,
-            size: bytes.len(),
-        })
+        let artifact =
+            self.engine.precompile_component(bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        Ok(Precompiled { artifact, hash, size: bytes.len() })
     }
 
     /// Loads a component compiled by [`Runtime::precompile`].
@@ -224,14 +203,7 @@ impl Runtime {
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.engine, &p.artifact) }
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.finish(
-            component,
-            p.hash.clone(),
-            p.size,
-            start.elapsed(),
-            name,
-            config,
-        )
+        self.finish(component, p.hash.clone(), p.size, start.elapsed(), name, config)
     }
 
     fn finish(
@@ -244,35 +216,14 @@ impl Runtime {
         config: BTreeMap<String, String>,
     ) -> Result<Arc<Loaded>, LoadError> {
         let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_owned())
-            .collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
         let world = detect_world(&exports)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        let info = Info {
-            name: name.to_owned(),
-            hash,
-            world,
-            size,
-            compile_time,
-            imports,
-            exports,
-            config,
-        };
+        let pre =
+            self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let info = Info { name: name.to_owned(), hash, world, size, compile_time, imports, exports, config };
         let loaded = Loaded::new(info, pre, self.limits())?;
-        tracing::info!(
-            policy = loaded.id(),
-            world = world.as_str(),
-            "policy loaded"
-        );
+        tracing::info!(policy = loaded.id(), world = world.as_str(), "policy loaded");
         Ok(Arc::new(loaded))
     }
 }
@@ -286,9 +237,7 @@ fn detect_world(exports: &[String]) -> Result<World, LoadError> {
         (true, false) => Ok(World::Placement),
         (false, true) => Ok(World::Migration),
         (false, false) => match exports.iter().find(|e| e.starts_with("locus:policy/")) {
-            Some(other) => Err(LoadError::WrongVersion {
-                found: other.clone(),
-            }),
+            Some(other) => Err(LoadError::WrongVersion { found: other.clone() }),
             None => Err(LoadError::NoPolicyExport(exports.to_vec())),
         },
     }
@@ -301,26 +250,15 @@ mod tests {
     #[test]
     fn worlds_are_detected_by_their_exports() {
         let e = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(detect_world(&e(&["locus:policy/placement@0.1.0"])), Ok(World::Placement));
         assert_eq!(
-            detect_world(&e(&["locus:policy/placement@0.1.0"])),
-            Ok(World::Placement)
-        );
-        assert_eq!(
-            detect_world(&e(&[
-                "locus:policy/migration@0.1.0",
-                "locus:policy/placement@0.1.0"
-            ])),
+            detect_world(&e(&["locus:policy/migration@0.1.0", "locus:policy/placement@0.1.0"])),
             Ok(World::Scheduler)
         );
         assert_eq!(
-            detect_world(&e(&["locus:policy/placement@0.2.0"]))
-                .unwrap_err()
-                .to_string(),
+            detect_world(&e(&["locus:policy/placement@0.2.0"])).unwrap_err().to_string(),
             "component exports locus:policy/placement@0.2.0, but this agent speaks locus:policy@0.1.0"
         );
-        assert!(matches!(
-            detect_world(&e(&["run"])),
-            Err(LoadError::NoPolicyExport(_))
-        ));
+        assert!(matches!(detect_world(&e(&["run"])), Err(LoadError::NoPolicyExport(_))));
     }
 }

@@ -37,12 +37,7 @@ pub struct Slot {
 impl Slot {
     /// An empty slot called `name` keeping `keep` earlier versions.
     pub fn new(name: impl Into<String>, keep: usize) -> Self {
-        Self {
-            name: name.into(),
-            active: ArcSwapOption::empty(),
-            history: Mutex::default(),
-            keep,
-        }
+        Self { name: name.into(), active: ArcSwapOption::empty(), history: Mutex::default(), keep }
     }
 
     /// The slot's name.
@@ -57,10 +52,7 @@ impl Slot {
 
     /// Earlier versions, newest first.
     pub fn history(&self) -> Vec<Arc<Loaded>> {
-        self.history
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+        self.history.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Makes `policy` active; the version it replaces becomes the newest
@@ -99,20 +91,11 @@ impl Slot {
     }
 
     fn previous(&self, capable: impl Fn(&Loaded) -> bool) -> Option<Arc<Loaded>> {
-        self.history
-            .lock()
-            .ok()?
-            .iter()
-            .find(|p| capable(p))
-            .cloned()
+        self.history.lock().ok()?.iter().find(|p| capable(p)).cloned()
     }
 
     fn empty(&self) -> PolicyError {
-        PolicyError::new(
-            format!("slot {}", self.name),
-            ErrorKind::Unsupported,
-            "no policy is active",
-        )
+        PolicyError::new(format!("slot {}", self.name), ErrorKind::Unsupported, "no policy is active")
     }
 
     /// Calls the active version, or the newest capable earlier version when
@@ -124,21 +107,13 @@ impl Slot {
     ) -> Result<Verdict<T>, PolicyError> {
         let active = self.active.load_full().ok_or_else(|| self.empty())?;
         match call(&active) {
-            Ok(value) => Ok(Verdict {
-                value,
-                decided_by: active.id().to_owned(),
-                failure: None,
-            }),
+            Ok(value) => Ok(Verdict { value, decided_by: active.id().to_owned(), failure: None }),
             Err(failure) => {
                 let Some(previous) = self.previous(capable) else {
                     return Err(failure);
                 };
                 let value = call(&previous).map_err(|_| failure.clone())?;
-                Ok(Verdict {
-                    value,
-                    decided_by: previous.id().to_owned(),
-                    failure: Some(failure),
-                })
+                Ok(Verdict { value, decided_by: previous.id().to_owned(), failure: Some(failure) })
             }
         }
     }
@@ -146,17 +121,10 @@ impl Slot {
 
 impl Policy for Slot {
     fn name(&self) -> String {
-        self.active().map_or_else(
-            || format!("slot {} (empty)", self.name),
-            |p| p.id().to_owned(),
-        )
+        self.active().map_or_else(|| format!("slot {} (empty)", self.name), |p| p.id().to_owned())
     }
 
-    fn place(
-        &self,
-        cluster: &Cluster,
-        request: &Request,
-    ) -> Result<Verdict<Placement>, PolicyError> {
+    fn place(&self, cluster: &Cluster, request: &Request) -> Result<Verdict<Placement>, PolicyError> {
         self.decide(|p| p.info().world.places(), |p| p.place(cluster, request))
     }
 

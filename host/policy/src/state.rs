@@ -46,10 +46,7 @@ impl State {
         Self {
             wasi,
             table: ResourceTable::new(),
-            cap: MemoryCap {
-                max: memory_cap,
-                hit: None,
-            },
+            cap: MemoryCap { max: memory_cap, hit: None },
             stderr,
             policy,
             config,
@@ -59,18 +56,13 @@ impl State {
 
     /// What the policy wrote to stderr, as text (a panic message, usually).
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents())
-            .trim()
-            .to_owned()
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
     }
 }
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -82,29 +74,15 @@ pub struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.max {
             self.hit = Some(desired);
-            wasmtime::bail!(
-                "memory cap of {} MiB reached (asked for {} MiB)",
-                self.max >> 20,
-                desired >> 20
-            );
+            wasmtime::bail!("memory cap of {} MiB reached (asked for {} MiB)", self.max >> 20, desired >> 20);
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }

@@ -51,11 +51,8 @@ fn policies_native_best_fit(c: &locus_sdk::Cluster, r: &locus_sdk::Request) -> O
 
 #[test]
 fn an_infinite_loop_is_interrupted_at_the_deadline() {
-    let rt = Runtime::new(RuntimeConfig {
-        deadline: Duration::from_millis(20),
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
+    let rt = Runtime::new(RuntimeConfig { deadline: Duration::from_millis(20), ..RuntimeConfig::default() })
+        .expect("runtime");
     let spin = load(&rt, hostile::SPIN, "hostile-spin");
     let c = cluster(10);
     let start = Instant::now();
@@ -65,32 +62,17 @@ fn an_infinite_loop_is_interrupted_at_the_deadline() {
     assert!(err.message.contains("past its 20 ms deadline"), "{err}");
     // Deadline plus a tick and scheduling noise; what matters is that it ends.
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    attack(
-        hostile::SPIN,
-        "hostile-spin",
-        ErrorKind::Deadline,
-        "deadline",
-    );
+    attack(hostile::SPIN, "hostile-spin", ErrorKind::Deadline, "deadline");
 }
 
 #[test]
 fn a_memory_hog_is_stopped_at_the_cap() {
-    attack(
-        hostile::HOG,
-        "hostile-hog",
-        ErrorKind::MemoryCap,
-        "the cap is 64 MiB",
-    );
+    attack(hostile::HOG, "hostile-hog", ErrorKind::MemoryCap, "the cap is 64 MiB");
 }
 
 #[test]
 fn a_panic_is_contained_and_its_message_reported() {
-    attack(
-        hostile::PANIC,
-        "hostile-panic",
-        ErrorKind::Trap,
-        "policy bug: cannot handle 10 hosts",
-    );
+    attack(hostile::PANIC, "hostile-panic", ErrorKind::Trap, "policy bug: cannot handle 10 hosts");
 }
 
 #[test]
@@ -109,11 +91,8 @@ fn a_huge_returned_list_is_refused() {
     // (the guest frees it afterwards), so with a tight deadline a huge list
     // is refused as a deadline overrun. A generous deadline shows the check
     // on the list itself.
-    let rt = Runtime::new(RuntimeConfig {
-        deadline: Duration::from_secs(10),
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
+    let rt = Runtime::new(RuntimeConfig { deadline: Duration::from_secs(10), ..RuntimeConfig::default() })
+        .expect("runtime");
     let slot = Slot::new("migration", 4);
     slot.activate(load(&rt, policies::RELIEVE_OVERLOAD, "relieve-overload"));
     slot.activate(load(&rt, hostile::HUGE_LIST, "hostile-huge-list"));
@@ -121,47 +100,28 @@ fn a_huge_returned_list_is_refused() {
     let verdict = slot.plan(&p).expect("the previous version takes over");
     let failure = verdict.failure.expect("the hostile version failed");
     assert_eq!(failure.kind, ErrorKind::InvalidDecision);
-    assert!(
-        failure
-            .message
-            .contains("returned 1000000 migrations for 3 VMs"),
-        "{failure}"
-    );
-    assert!(
-        !verdict.value.is_empty(),
-        "relieve-overload fixed the overload"
-    );
+    assert!(failure.message.contains("returned 1000000 migrations for 3 VMs"), "{failure}");
+    assert!(!verdict.value.is_empty(), "relieve-overload fixed the overload");
 }
 
 #[test]
 fn a_component_importing_the_clock_is_refused_at_load() {
-    let err = runtime()
-        .load(hostile::CLOCK, "hostile-clock", BTreeMap::new())
-        .expect_err("refused");
+    let err = runtime().load(hostile::CLOCK, "hostile-clock", BTreeMap::new()).expect_err("refused");
     assert!(matches!(err, LoadError::Imports(_)), "{err}");
     assert!(err.to_string().contains("wasi:clocks/"), "{err}");
 }
 
 #[test]
 fn malformed_bytes_are_refused_with_a_reason() {
-    let rt = Runtime::new(RuntimeConfig {
-        max_component_size: 200_000,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
+    let rt = Runtime::new(RuntimeConfig { max_component_size: 200_000, ..RuntimeConfig::default() })
+        .expect("runtime");
     let refuse = |bytes: &[u8]| rt.load(bytes, "bad", BTreeMap::new()).expect_err("refused");
     assert_eq!(refuse(b"garbage, not wasm at all"), LoadError::NotWasm);
     assert_eq!(refuse(b""), LoadError::NotWasm);
     let core = wat::parse_str("(module (func (export \"place\")))").expect("wat");
     assert_eq!(refuse(&core), LoadError::CoreModule);
     assert!(refuse(&core).to_string().contains("wasm32-wasip2"));
-    assert_eq!(
-        refuse(&vec![0; 300_000]),
-        LoadError::TooLarge {
-            size: 300_000,
-            cap: 200_000
-        }
-    );
+    assert_eq!(refuse(&vec![0; 300_000]), LoadError::TooLarge { size: 300_000, cap: 200_000 });
     let mut truncated = policies::BEST_FIT[..1000].to_vec();
     truncated.extend_from_slice(&[0xff; 16]);
     assert!(matches!(refuse(&truncated), LoadError::Compile(_)));
@@ -179,10 +139,7 @@ fn malformed_bytes_are_refused_with_a_reason() {
         r#"(component (component $c) (instance $i (instantiate $c)) (export "locus:policy/placement@0.1.0" (instance $i)))"#,
     )
     .expect("wat");
-    assert!(
-        refuse(&wrong_shape).to_string().contains("place"),
-        "a placement export without `place`"
-    );
+    assert!(refuse(&wrong_shape).to_string().contains("place"), "a placement export without `place`");
 }
 
 #[test]
@@ -191,32 +148,10 @@ fn without_a_previous_version_the_pipeline_falls_back() {
     let slot = Slot::new("placement", 4);
     slot.activate(load(&rt, hostile::PANIC, "hostile-panic"));
     let mut model = locus_core::Model::new();
-    model
-        .add_pop(
-            "paris",
-            "FR",
-            locus_sdk::Coordinates {
-                latitude: 48.86,
-                longitude: 2.35,
-            },
-            0,
-            50,
-        )
-        .expect("pop");
-    model
-        .add_host(
-            "h1",
-            "paris",
-            locus_sdk::Resources::new(8, 8192, 100),
-            8000,
-            (100, 200),
-        )
-        .expect("host");
-    let req: VmRequest =
-        serde_json::from_str(r#"{"name":"v","vcpus":1,"memory-mib":512}"#).expect("request");
+    model.add_pop("paris", "FR", locus_sdk::Coordinates::new(48.86, 2.35), 0, 50).expect("pop");
+    model.add_host("h1", "paris", locus_sdk::Resources::new(8, 8192, 100), 8000, (100, 200)).expect("host");
+    let req: VmRequest = serde_json::from_str(r#"{"name":"v","vcpus":1,"memory-mib":512}"#).expect("request");
     let d = locus_core::Placer::new().place(&model, &req, &slot);
     assert!(matches!(d.outcome, Outcome::Placed { .. }));
-    assert!(
-        matches!(d.decided_by, DecidedBy::Fallback { ref failure } if failure.kind == ErrorKind::Trap)
-    );
+    assert!(matches!(d.decided_by, DecidedBy::Fallback { ref failure } if failure.kind == ErrorKind::Trap));
 }

@@ -62,20 +62,14 @@ fn configuration_reaches_the_policy() {
     let c = locus_sdk::testing::ClusterBuilder::new()
         .pop("FR", 48.0, 2.0)
         .host(0, locus_sdk::Resources::new(16, 32_768, 500))
-        .host_used(
-            0,
-            locus_sdk::Resources::new(16, 32_768, 500),
-            locus_sdk::Resources::new(2, 4096, 10),
-        )
+        .host_used(0, locus_sdk::Resources::new(16, 32_768, 500), locus_sdk::Resources::new(2, 4096, 10))
         .build();
     let r = locus_sdk::testing::RequestBuilder::new(&c, locus_sdk::Resources::new(1, 1024, 1))
         .group(locus_sdk::GroupKind::Spread, &[0])
         .build();
     let default = load(&rt, policies::SPREAD, "spread");
     assert_eq!(default.place(&c, &r).expect("places").host(), Some(1));
-    let config = [("group-penalty".to_owned(), "0".to_owned())]
-        .into_iter()
-        .collect();
+    let config = [("group-penalty".to_owned(), "0".to_owned())].into_iter().collect();
     let tuned = rt.load(policies::SPREAD, "spread", config).expect("loads");
     assert_eq!(tuned.place(&c, &r).expect("places").host(), Some(0));
 }

@@ -33,13 +33,7 @@ fn swapping_under_load_never_fails_a_call() {
     let calls = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (slot, stop, calls, c, r) = (
-                slot.clone(),
-                stop.clone(),
-                calls.clone(),
-                c.clone(),
-                r.clone(),
-            );
+            let (slot, stop, calls, c, r) = (slot.clone(), stop.clone(), calls.clone(), c.clone(), r.clone());
             let (first_id, best_id) = (first.id().to_owned(), best.id().to_owned());
             let (ef, eb) = (expect_first.clone(), expect_best.clone());
             std::thread::spawn(move || {
@@ -58,11 +52,7 @@ fn swapping_under_load_never_fails_a_call() {
         })
         .collect();
     for i in 0..200 {
-        slot.activate(if i % 2 == 0 {
-            best.clone()
-        } else {
-            first.clone()
-        });
+        slot.activate(if i % 2 == 0 { best.clone() } else { first.clone() });
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);
@@ -78,51 +68,30 @@ fn earlier_versions_are_kept_for_rollback() {
     let slot = Slot::new("placement", 2);
     assert_eq!(slot.rollback(None).unwrap_err(), SlotError::NoHistory);
     let names = ["first-fit", "best-fit", "spread"];
-    let versions: Vec<_> = names
-        .iter()
-        .map(|n| load(&rt, locus_builtin::builtin(n).expect("builtin"), n))
-        .collect();
+    let versions: Vec<_> =
+        names.iter().map(|n| load(&rt, locus_builtin::builtin(n).expect("builtin"), n)).collect();
     for v in &versions {
         slot.activate(v.clone());
     }
     slot.activate(versions[2].clone()); // the same version again changes nothing
-    let history: Vec<_> = slot
-        .history()
-        .iter()
-        .map(|p| p.info().name.clone())
-        .collect();
+    let history: Vec<_> = slot.history().iter().map(|p| p.info().name.clone()).collect();
     assert_eq!(history, ["best-fit", "first-fit"]);
     let hash = versions[0].info().hash.clone();
-    assert_eq!(
-        slot.rollback(Some(&hash[..8])).expect("kept").info().name,
-        "first-fit"
-    );
+    assert_eq!(slot.rollback(Some(&hash[..8])).expect("kept").info().name, "first-fit");
     assert_eq!(slot.active().expect("active").info().name, "first-fit");
-    let history: Vec<_> = slot
-        .history()
-        .iter()
-        .map(|p| p.info().name.clone())
-        .collect();
+    let history: Vec<_> = slot.history().iter().map(|p| p.info().name.clone()).collect();
     assert_eq!(history, ["spread", "best-fit"]);
-    assert!(matches!(
-        slot.rollback(Some("ffffffff")),
-        Err(SlotError::NoSuchVersion(_))
-    ));
+    assert!(matches!(slot.rollback(Some("ffffffff")), Err(SlotError::NoSuchVersion(_))));
 }
 
 #[test]
 fn a_precompiled_component_loads_and_decides_the_same() {
     let rt = runtime();
     let pre = rt.precompile(policies::BEST_FIT).expect("precompiles");
-    let fast = rt
-        .load_precompiled(&pre, "best-fit", BTreeMap::new())
-        .expect("loads");
+    let fast = rt.load_precompiled(&pre, "best-fit", BTreeMap::new()).expect("loads");
     let slow = load(&rt, policies::BEST_FIT, "best-fit");
     assert_eq!(fast.info().hash, slow.info().hash);
     let c = cluster(50);
     let r = request(&c);
-    assert_eq!(
-        fast.place(&c, &r).expect("places"),
-        slow.place(&c, &r).expect("places")
-    );
+    assert_eq!(fast.place(&c, &r).expect("places"), slow.place(&c, &r).expect("places"));
 }

@@ -42,11 +42,7 @@ impl PlacementPolicy for BestFit {
 }
 
 fn fraction(part: u32, whole: u32) -> f32 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f32 / whole as f32
-    }
+    if whole == 0 { 0.0 } else { part as f32 / whole as f32 }
 }
 
 locus_sdk::export!(placement: BestFit);
@@ -84,10 +80,7 @@ mod tests {
 
     #[test]
     fn rejects_when_nothing_fits() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .host(0, Resources::new(1, 512, 10))
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, Resources::new(1, 512, 10)).build();
         let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).build();
         assert!(
             matches!(BestFit::place(&c, &r), Placement::Reject(r) if r.reason == RejectReason::NoCapacity)
@@ -96,11 +89,7 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_lowest_row() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .host(0, BIG)
-            .host(0, BIG)
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, BIG).host(0, BIG).build();
         let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).build();
         assert_eq!(BestFit::place(&c, &r).host(), Some(0));
     }

@@ -21,11 +21,7 @@ use locus_sdk::{Migration, MigrationPolicy, Partition, PlanBuilder, config_or};
 pub struct Consolidate;
 
 fn percent_of(part: u32, whole: u32) -> u64 {
-    if whole == 0 {
-        u64::MAX
-    } else {
-        u64::from(part) * 100 / u64::from(whole)
-    }
+    if whole == 0 { u64::MAX } else { u64::from(part) * 100 / u64::from(whole) }
 }
 
 /// Moves every VM off `host` in `plan`, or returns false (leaving `plan` in
@@ -59,10 +55,7 @@ impl MigrationPolicy for Consolidate {
         let mut candidates: Vec<u32> = (0..hosts.len() as u32)
             .filter(|&h| hosts.vm_count[h as usize] > 0)
             .filter(|&h| {
-                percent_of(
-                    hosts.load_cpu_milli[h as usize],
-                    hosts.cpu_milli[h as usize],
-                ) < underload
+                percent_of(hosts.load_cpu_milli[h as usize], hosts.cpu_milli[h as usize]) < underload
             })
             .collect();
         candidates.sort_by_key(|&h| (hosts.load_cpu_milli[h as usize], h));
@@ -104,18 +97,10 @@ mod tests {
 
     #[test]
     fn empties_the_lightest_host_onto_the_busier_ones() {
-        let p = hosts(3)
-            .vm(0, VM, 8000)
-            .vm(1, VM, 6000)
-            .vm(2, VM, 1000)
-            .vm(2, VM, 1000)
-            .build();
+        let p = hosts(3).vm(0, VM, 8000).vm(1, VM, 6000).vm(2, VM, 1000).vm(2, VM, 1000).build();
         let plan = Consolidate::plan(&p);
         assert_eq!(plan.len(), 2);
-        assert!(
-            plan.iter().all(|m| m.to == 0),
-            "busiest host first: {plan:?}"
-        );
+        assert!(plan.iter().all(|m| m.to == 0), "busiest host first: {plan:?}");
         let mut after = PlanBuilder::new(&p);
         for m in &plan {
             after.try_move(m.vm, m.to).expect("valid");
@@ -135,11 +120,7 @@ mod tests {
     #[test]
     fn a_host_is_emptied_completely_or_not_at_all() {
         // Host 1's two VMs: only one fits on host 0 under the target.
-        let p = hosts(2)
-            .vm(0, VM, 10_000)
-            .vm(1, VM, 2000)
-            .vm(1, VM, 2000)
-            .build();
+        let p = hosts(2).vm(0, VM, 10_000).vm(1, VM, 2000).vm(1, VM, 2000).build();
         assert!(Consolidate::plan(&p).is_empty());
     }
 

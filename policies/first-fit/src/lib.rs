@@ -18,9 +18,7 @@ impl PlacementPolicy for FirstFit {
         (0..hosts.len())
             .find(|&i| request.size.fits_in(hosts.free(i)))
             .map(|i| Placement::on(i as u32))
-            .unwrap_or_else(|| {
-                Placement::reject(RejectReason::NoCapacity, "no host has room for the VM")
-            })
+            .unwrap_or_else(|| Placement::reject(RejectReason::NoCapacity, "no host has room for the VM"))
     }
 }
 

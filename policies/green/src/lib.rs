@@ -31,11 +31,7 @@ fn extra_watts(cluster: &Cluster, i: usize, vcpus: u32) -> u32 {
     } else {
         (u64::from(dynamic) * u64::from(vcpus) / u64::from(h.vcpus[i])) as u32
     };
-    let wake = if h.vm_count[i] == 0 {
-        h.idle_watts[i]
-    } else {
-        0
-    };
+    let wake = if h.vm_count[i] == 0 { h.idle_watts[i] } else { 0 };
     share + wake
 }
 
@@ -57,15 +53,9 @@ impl PlacementPolicy for Green {
             let renewable = u32::from(u64::from(pop.renewable_watts) < needed);
             let latency = request.user_latency(hosts.pop[i]).unwrap_or(0);
             let key = (renewable, pop.carbon_g_per_kwh, extra, latency);
-            let grams_per_hour = if renewable == 0 {
-                0.0
-            } else {
-                extra as f32 * pop.carbon_g_per_kwh as f32 / 1000.0
-            };
-            scores.push(Score {
-                host: i as u32,
-                value: -grams_per_hour,
-            });
+            let grams_per_hour =
+                if renewable == 0 { 0.0 } else { extra as f32 * pop.carbon_g_per_kwh as f32 / 1000.0 };
+            scores.push(Score { host: i as u32, value: -grams_per_hour });
             if best.is_none_or(|(b, _)| key < b) {
                 best = Some((key, i as u32));
             }
@@ -118,11 +108,7 @@ mod tests {
 
     #[test]
     fn a_busy_host_is_preferred_to_waking_an_idle_one() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .host(0, CAP)
-            .host_used(0, CAP, SOME)
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, CAP).host_used(0, CAP, SOME).build();
         let r = RequestBuilder::new(&c, Resources::new(2, 2048, 10)).build();
         assert_eq!(Green::place(&c, &r).host(), Some(1));
     }
@@ -141,10 +127,7 @@ mod tests {
         let r = RequestBuilder::new(&c, Resources::new(2, 2048, 10)).build();
         assert_eq!(Green::place(&c, &r).host(), Some(1));
         assert_eq!(
-            with_config(&[("renewable-margin-percent", "0")], || Green::place(
-                &c, &r
-            )
-            .host()),
+            with_config(&[("renewable-margin-percent", "0")], || Green::place(&c, &r).host()),
             Some(0)
         );
     }

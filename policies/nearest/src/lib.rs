@@ -28,10 +28,7 @@ impl PlacementPolicy for Nearest {
             }
             let latency = request.user_latency(hosts.pop[i]).unwrap_or(0);
             let used = hosts.memory_mib[i] - free.memory_mib;
-            scores.push(Score {
-                host: i as u32,
-                value: -(latency as f32),
-            });
+            scores.push(Score { host: i as u32, value: -(latency as f32) });
             let key = (latency, used, i as u32);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
@@ -75,18 +72,14 @@ mod tests {
     #[test]
     fn a_user_in_lisbon_gets_madrid_on_its_emptier_host() {
         let c = europe();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
-            .user_at(38.72, -9.14)
-            .build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).user_at(38.72, -9.14).build();
         assert_eq!(Nearest::place(&c, &r).host(), Some(3));
     }
 
     #[test]
     fn a_user_in_hamburg_gets_berlin() {
         let c = europe();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
-            .user_at(53.55, 9.99)
-            .build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).user_at(53.55, 9.99).build();
         assert_eq!(Nearest::place(&c, &r).host(), Some(1));
     }
 

@@ -30,54 +30,35 @@ fn destination(plan: &PlanBuilder<'_>, vm: u32) -> Option<u32> {
     let p = plan.partition();
     let hosts = &p.cluster.hosts;
     let from_pop = hosts.pop[plan.host_of(vm) as usize];
-    (0..hosts.len() as u32)
-        .filter(|&h| plan.check(vm, h).is_ok())
-        .min_by_key(|&h| {
-            let latency = p
-                .cluster
-                .pop_latency(from_pop, hosts.pop[h as usize])
-                .unwrap_or(u32::MAX);
-            let headroom = hosts.cpu_milli[h as usize]
-                .saturating_sub(plan.load(h))
-                .saturating_sub(p.vms.load_cpu_milli[vm as usize]);
-            (latency, std::cmp::Reverse(headroom), h)
-        })
+    (0..hosts.len() as u32).filter(|&h| plan.check(vm, h).is_ok()).min_by_key(|&h| {
+        let latency = p.cluster.pop_latency(from_pop, hosts.pop[h as usize]).unwrap_or(u32::MAX);
+        let headroom = hosts.cpu_milli[h as usize]
+            .saturating_sub(plan.load(h))
+            .saturating_sub(p.vms.load_cpu_milli[vm as usize]);
+        (latency, std::cmp::Reverse(headroom), h)
+    })
 }
 
 fn relieve(plan: &mut PlanBuilder<'_>, host: u32) -> bool {
     let p = plan.partition();
     let hosts = &p.cluster.hosts;
     while plan.is_overloaded(host) {
-        let cpu_excess = plan
-            .load(host)
-            .saturating_sub(hosts.cpu_milli[host as usize]);
-        let mem_excess = plan
-            .allocated(host)
-            .memory_mib
-            .saturating_sub(hosts.memory_mib[host as usize]);
+        let cpu_excess = plan.load(host).saturating_sub(hosts.cpu_milli[host as usize]);
+        let mem_excess = plan.allocated(host).memory_mib.saturating_sub(hosts.memory_mib[host as usize]);
         let movable: Vec<(u32, u32)> = plan
             .vms_on(host)
             .filter(|&v| !plan.is_moved(v))
             .filter_map(|v| destination(plan, v).map(|to| (v, to)))
             .collect();
         let covers = |v: u32| {
-            p.vms.load_cpu_milli[v as usize] >= cpu_excess
-                && p.vms.memory_mib[v as usize] >= mem_excess
+            p.vms.load_cpu_milli[v as usize] >= cpu_excess && p.vms.memory_mib[v as usize] >= mem_excess
         };
         let pick = movable
             .iter()
             .filter(|(v, _)| covers(*v))
-            .min_by_key(|(v, _)| {
-                (
-                    p.vms.migration_cost[*v as usize],
-                    p.vms.load_cpu_milli[*v as usize],
-                    *v,
-                )
-            })
+            .min_by_key(|(v, _)| (p.vms.migration_cost[*v as usize], p.vms.load_cpu_milli[*v as usize], *v))
             .or_else(|| {
-                movable
-                    .iter()
-                    .max_by_key(|(v, _)| (p.vms.load_cpu_milli[*v as usize], std::cmp::Reverse(*v)))
+                movable.iter().max_by_key(|(v, _)| (p.vms.load_cpu_milli[*v as usize], std::cmp::Reverse(*v)))
             });
         let Some(&(vm, to)) = pick else { return false };
         if plan.try_move(vm, to).is_err() {
@@ -91,18 +72,12 @@ impl MigrationPolicy for RelieveOverload {
     fn plan(partition: &Partition) -> Vec<Migration> {
         let mut plan = PlanBuilder::new(partition);
         let hosts = &partition.cluster.hosts;
-        let mut overloaded: Vec<u32> = (0..hosts.len() as u32)
-            .filter(|&h| plan.is_overloaded(h))
-            .collect();
-        overloaded.sort_by_key(|&h| {
-            std::cmp::Reverse(plan.load(h).saturating_sub(hosts.cpu_milli[h as usize]))
-        });
+        let mut overloaded: Vec<u32> = (0..hosts.len() as u32).filter(|&h| plan.is_overloaded(h)).collect();
+        overloaded
+            .sort_by_key(|&h| std::cmp::Reverse(plan.load(h).saturating_sub(hosts.cpu_milli[h as usize])));
         for host in overloaded {
             if !relieve(&mut plan, host) {
-                log(
-                    Level::Warn,
-                    &format!("host row {host} stays overloaded: no VM on it can move anywhere"),
-                );
+                log(Level::Warn, &format!("host row {host} stays overloaded: no VM on it can move anywhere"));
             }
         }
         plan.finish()
@@ -121,9 +96,7 @@ mod tests {
     const VM: Resources = Resources::new(2, 2048, 10);
 
     fn hosts(n: usize) -> PartitionBuilder {
-        let mut c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .pop("DE", 52.0, 13.0);
+        let mut c = ClusterBuilder::new().pop("FR", 48.0, 2.0).pop("DE", 52.0, 13.0);
         for i in 0..n {
             c = c.host(u32::from(i >= 2), CAP);
         }
@@ -133,8 +106,7 @@ mod tests {
     fn apply<'a>(p: &'a Partition, plan: &[Migration]) -> PlanBuilder<'a> {
         let mut b = PlanBuilder::new(p);
         for m in plan {
-            b.try_move(m.vm, m.to)
-                .expect("the plan passes the agent's rules");
+            b.try_move(m.vm, m.to).expect("the plan passes the agent's rules");
         }
         b
     }
@@ -148,17 +120,10 @@ mod tests {
     #[test]
     fn one_vm_that_covers_the_excess_is_enough() {
         // Host 0: 16000 milli capacity, demand 18000 → excess 2000.
-        let p = hosts(2)
-            .vm(0, VM, 9000)
-            .vm(0, VM, 6000)
-            .vm(0, VM, 3000)
-            .build();
+        let p = hosts(2).vm(0, VM, 9000).vm(0, VM, 6000).vm(0, VM, 3000).build();
         let plan = RelieveOverload::plan(&p);
         assert_eq!(plan.len(), 1, "{plan:?}");
-        assert_eq!(
-            plan[0].vm, 2,
-            "the smallest VM that covers the excess is the cheapest"
-        );
+        assert_eq!(plan[0].vm, 2, "the smallest VM that covers the excess is the cheapest");
         assert!(!apply(&p, &plan).is_overloaded(0));
     }
 

@@ -12,8 +12,7 @@
 //!   host (half of it per member elsewhere in the PoP).
 
 use locus_sdk::{
-    Cluster, GroupKind, Placement, PlacementPolicy, RejectReason, Request, Resources, Score,
-    config_or,
+    Cluster, GroupKind, Placement, PlacementPolicy, RejectReason, Request, Resources, Score, config_or,
 };
 
 /// The spread placement policy.
@@ -31,10 +30,7 @@ impl PlacementPolicy for Spread {
         let pop_weight: f32 = config_or("pop-weight", 1.0);
         let group_penalty: f32 = config_or("group-penalty", 0.5);
         let hosts = &cluster.hosts;
-        let spread_group = request
-            .group
-            .as_ref()
-            .filter(|g| g.kind == GroupKind::Spread);
+        let spread_group = request.group.as_ref().filter(|g| g.kind == GroupKind::Spread);
         let mut scores = Vec::with_capacity(hosts.len());
         let mut best: Option<(f32, u32)> = None;
         for host in hosts.iter() {
@@ -46,23 +42,11 @@ impl PlacementPolicy for Spread {
                 cost += pop_weight * load(pop.allocated.plus(request.size), pop.capacity);
             }
             if let Some(group) = spread_group {
-                let on_host = group
-                    .members_on_host
-                    .get(host.row as usize)
-                    .copied()
-                    .unwrap_or(0);
-                let in_pop = group
-                    .members_in_pop
-                    .get(host.pop as usize)
-                    .copied()
-                    .unwrap_or(0);
-                cost +=
-                    group_penalty * (on_host as f32 + 0.5 * in_pop.saturating_sub(on_host) as f32);
+                let on_host = group.members_on_host.get(host.row as usize).copied().unwrap_or(0);
+                let in_pop = group.members_in_pop.get(host.pop as usize).copied().unwrap_or(0);
+                cost += group_penalty * (on_host as f32 + 0.5 * in_pop.saturating_sub(on_host) as f32);
             }
-            scores.push(Score {
-                host: host.row,
-                value: -cost,
-            });
+            scores.push(Score { host: host.row, value: -cost });
             if best.is_none_or(|(b, _)| cost < b) {
                 best = Some((cost, host.row));
             }
@@ -106,14 +90,8 @@ mod tests {
 
     #[test]
     fn spreads_a_group_away_from_its_members() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .host(0, CAP)
-            .host(0, CAP)
-            .build();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
-            .group(GroupKind::Spread, &[0])
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, CAP).host(0, CAP).build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).group(GroupKind::Spread, &[0]).build();
         assert_eq!(Spread::place(&c, &r).host(), Some(1));
     }
 
@@ -124,23 +102,14 @@ mod tests {
             .host(0, CAP)
             .host_used(0, CAP, Resources::new(2, 4096, 10))
             .build();
-        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1))
-            .group(GroupKind::Spread, &[0])
-            .build();
+        let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).group(GroupKind::Spread, &[0]).build();
         assert_eq!(Spread::place(&c, &r).host(), Some(1));
-        assert_eq!(
-            with_config(&[("group-penalty", "0")], || Spread::place(&c, &r).host()),
-            Some(0)
-        );
+        assert_eq!(with_config(&[("group-penalty", "0")], || Spread::place(&c, &r).host()), Some(0));
     }
 
     #[test]
     fn scores_explain_every_fitting_host() {
-        let c = ClusterBuilder::new()
-            .pop("FR", 48.0, 2.0)
-            .host(0, CAP)
-            .host(0, CAP)
-            .build();
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, CAP).host(0, CAP).build();
         let r = RequestBuilder::new(&c, Resources::new(1, 1024, 1)).build();
         match Spread::place(&c, &r) {
             Placement::Place(choice) => assert_eq!(choice.scores.len(), 2),

@@ -12,14 +12,11 @@ pub fn runtime() -> Runtime {
 }
 
 pub fn load(rt: &Runtime, bytes: &[u8], name: &str) -> Arc<Loaded> {
-    rt.load(bytes, name, BTreeMap::new())
-        .unwrap_or_else(|e| panic!("{name} loads: {e}"))
+    rt.load(bytes, name, BTreeMap::new()).unwrap_or_else(|e| panic!("{name} loads: {e}"))
 }
 
 pub fn cluster(hosts: usize) -> Cluster {
-    let mut b = ClusterBuilder::new()
-        .pop("FR", 48.86, 2.35)
-        .pop("DE", 52.52, 13.40);
+    let mut b = ClusterBuilder::new().pop("FR", 48.86, 2.35).pop("DE", 52.52, 13.40);
     for i in 0..hosts {
         let used = Resources::new((i % 7) as u32, ((i % 5) * 4096) as u32, (i % 3) as u32 * 50);
         b = b.host_used((i % 2) as u32, Resources::new(32, 65_536, 1000), used);
