@@ -16,12 +16,13 @@ ls -l target/policies/{first-fit,best-fit,spread,nearest,green,relieve-overload,
 step "A hostile component is refused with the reason"
 "$locus" policy check target/policies/hostile-clock.wasm || true
 
-step "Where 300 VMs land in $cluster with the nearest policy (first and last rows)"
+step "Where 300 VMs land in $cluster with the nearest policy (one row per kind of request)"
 "$locus" place --policy nearest --cluster "$cluster" --requests "$requests" > target/demo-nearest.txt
-head -n 8 target/demo-nearest.txt
-echo "   …"
-grep -E "too-big|swiss-only|sydney-users" target/demo-nearest.txt
-echo "(full table: target/demo-nearest.txt)"
+head -n 3 target/demo-nearest.txt
+grep -E "│ (too-big|swiss-only|sydney-users|bank-1|shop-1|shop-60|game-1|game-50|batch-1|batch-80|db-1|db-12|web-1|web-50) " \
+    target/demo-nearest.txt
+tail -n 18 target/demo-nearest.txt
+echo "(every row: target/demo-nearest.txt)"
 
 step "Same requests, spread (load balancing) against green (renewables, then clean grids)"
 "$locus" place --policy spread --policy green --cluster "$cluster" --requests "$requests"
