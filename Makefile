@@ -2,9 +2,8 @@
 # Both install what is missing first (scripts/setup.sh).
 
 CARGO ?= cargo
-EXAMPLE_TARGET := $(CURDIR)/target/example
 
-.PHONY: setup build demo test lint example bench clean
+.PHONY: setup build demo test lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -20,16 +19,10 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The out-of-tree example policy, built and checked the way the policy
-# author's guide says.
-example: setup
-	cd examples/my-policy && CARGO_TARGET_DIR=$(EXAMPLE_TARGET) $(CARGO) test --quiet
-	cd examples/my-policy && CARGO_TARGET_DIR=$(EXAMPLE_TARGET) $(CARGO) build --quiet --release --target wasm32-wasip2
-	$(CARGO) run --quiet -p locus -- policy check $(EXAMPLE_TARGET)/wasm32-wasip2/release/least_power.wasm
-
+# Every test, including the out-of-tree example policy built by a nested
+# cargo (host/agent/tests/example_policy.rs).
 test: lint
 	$(CARGO) test --workspace
-	$(MAKE) --no-print-directory example
 
 bench: setup
 	$(CARGO) bench -p locus-policy --bench placement
