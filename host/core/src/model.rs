@@ -179,7 +179,28 @@ pub struct Model {
     pub groups: Vec<Group>,
     /// Round-trip latency between PoPs, µs, row-major (see the WIT docs).
     pub pop_latency_us: Vec<u32>,
-    names: HashMap<(&'static str, String), u32>,
+    /// Name → index, one table per kind of object.
+    names: [HashMap<String, u32>; 4],
+}
+
+/// The kinds of named objects, indexing `Model::names`.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Pop,
+    Host,
+    Vm,
+    Group,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pop => "pop",
+            Kind::Host => "host",
+            Kind::Vm => "vm",
+            Kind::Group => "group",
+        }
+    }
 }
 
 impl Model {
@@ -188,16 +209,16 @@ impl Model {
         Self::default()
     }
 
-    fn lookup(&self, kind: &'static str, name: &str) -> Option<u32> {
-        self.names.get(&(kind, name.to_owned())).copied()
+    fn lookup(&self, kind: Kind, name: &str) -> Option<u32> {
+        self.names[kind as usize].get(name).copied()
     }
 
-    fn claim(&mut self, kind: &'static str, name: &str, id: u32) -> Result<(), ModelError> {
-        let key = (kind, name.to_owned());
-        if self.names.contains_key(&key) {
-            return Err(ModelError::Duplicate { kind, name: name.to_owned() });
+    fn claim(&mut self, kind: Kind, name: &str, id: u32) -> Result<(), ModelError> {
+        let table = &mut self.names[kind as usize];
+        if table.contains_key(name) {
+            return Err(ModelError::Duplicate { kind: kind.as_str(), name: name.to_owned() });
         }
-        self.names.insert(key, id);
+        table.insert(name.to_owned(), id);
         Ok(())
     }
 
@@ -230,7 +251,7 @@ impl Model {
     ) -> Result<PopId, ModelError> {
         let jurisdiction = self.jurisdiction(jurisdiction)?;
         let id = self.pops.len() as u32;
-        self.claim("pop", name, id)?;
+        self.claim(Kind::Pop, name, id)?;
         self.pops.push(Pop {
             name: name.to_owned(),
             jurisdiction,
@@ -283,7 +304,7 @@ impl Model {
     ) -> Result<HostId, ModelError> {
         let pop = self.pop_id(pop)?;
         let id = self.hosts.len() as u32;
-        self.claim("host", name, id)?;
+        self.claim(Kind::Host, name, id)?;
         self.hosts.push(Host {
             name: name.to_owned(),
             pop,
@@ -318,26 +339,26 @@ impl Model {
 
     /// The id of PoP `name`.
     pub fn pop_id(&self, name: &str) -> Result<PopId, ModelError> {
-        self.lookup("pop", name)
+        self.lookup(Kind::Pop, name)
             .map(PopId)
             .ok_or_else(|| ModelError::Unknown { kind: "pop", name: name.to_owned() })
     }
 
     /// The id of host `name`.
     pub fn host_id(&self, name: &str) -> Result<HostId, ModelError> {
-        self.lookup("host", name)
+        self.lookup(Kind::Host, name)
             .map(HostId)
             .ok_or_else(|| ModelError::Unknown { kind: "host", name: name.to_owned() })
     }
 
     /// The id of VM `name`, if it exists.
     pub fn vm_id(&self, name: &str) -> Option<VmId> {
-        self.lookup("vm", name).map(VmId)
+        self.lookup(Kind::Vm, name).map(VmId)
     }
 
     /// The id of group `name`, if it exists.
     pub fn group_id(&self, name: &str) -> Option<GroupId> {
-        self.lookup("group", name).map(GroupId)
+        self.lookup(Kind::Group, name).map(GroupId)
     }
 
     /// The group `name`, created with `kind` if new.
@@ -354,7 +375,7 @@ impl Model {
             return Ok(id);
         }
         let id = self.groups.len() as u32;
-        self.claim("group", name, id)?;
+        self.claim(Kind::Group, name, id)?;
         self.groups.push(Group { name: name.to_owned(), kind, members: HashMap::new() });
         Ok(GroupId(id))
     }
@@ -374,7 +395,7 @@ impl Model {
             return Err(ModelError::Unknown { kind: "host", name: host.0.to_string() });
         }
         let id = self.vms.len() as u32;
-        self.claim("vm", name, id)?;
+        self.claim(Kind::Vm, name, id)?;
         self.vms.push(Some(Vm { name: name.to_owned(), host, size, load_cpu_milli, group, jurisdictions }));
         self.account(host, size, load_cpu_milli, group, true);
         Ok(VmId(id))
@@ -394,7 +415,7 @@ impl Model {
     /// Removes a VM, releasing its resources.
     pub fn remove_vm(&mut self, vm: VmId) -> Option<Vm> {
         let removed = self.vms.get_mut(vm.0 as usize)?.take()?;
-        self.names.remove(&("vm", removed.name.clone()));
+        self.names[Kind::Vm as usize].remove(&removed.name);
         self.account(removed.host, removed.size, removed.load_cpu_milli, removed.group, false);
         Some(removed)
     }
