@@ -206,6 +206,7 @@ impl Loaded {
                 instance.store.data_mut().log_lines = 0;
                 match f(&mut instance) {
                     None => {
+                        self.release(instance);
                         Err(PolicyError::new(&self.id, ErrorKind::Unsupported, "capability not exported"))
                     }
                     Some(Ok(value)) => match finish(value) {
