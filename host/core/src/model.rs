@@ -408,7 +408,10 @@ impl Model {
             Some(g) => Some(self.group(&g.name, g.kind.into())?),
             None => None,
         };
-        let jurisdictions = request.jurisdictions.iter().filter_map(|j| self.find_jurisdiction(j)).collect();
+        // Interned, not looked up: the fence keeps every code the tenant
+        // named, even one no PoP has yet.
+        let jurisdictions =
+            request.jurisdictions.iter().map(|j| self.jurisdiction(j)).collect::<Result<_, _>>()?;
         self.add_vm(&request.name, host, request.size(), request.expected_load(), group, jurisdictions)
     }
 

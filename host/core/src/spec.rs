@@ -212,12 +212,7 @@ fn place_existing(m: &mut Model, v: &VmSpec) -> Result<(), SpecError> {
     let r = &v.vm;
     r.validate().map_err(|error| SpecError::Request { what: format!("vm {}", r.name), error })?;
     let host = m.host_id(&v.host)?;
-    let group = match &r.group {
-        Some(g) => Some(m.group(&g.name, g.kind.into())?),
-        None => None,
-    };
-    let jurisdictions = r.jurisdictions.iter().map(|j| m.jurisdiction(j)).collect::<Result<_, _>>()?;
-    m.add_vm(&r.name, host, r.size(), r.expected_load(), group, jurisdictions)?;
+    m.record_placement(r, host)?;
     Ok(())
 }
 
