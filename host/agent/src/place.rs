@@ -6,7 +6,6 @@
 
 use crate::{files, source};
 use anyhow::{Context, Result};
-use locus_core::filter::Resolved;
 use locus_core::spec::{ClusterSpec, RequestsSpec};
 use locus_core::{DecidedBy, Decision, Model, Outcome, Placer, VmRequest};
 use locus_policy::{Runtime, RuntimeConfig, Slot};
@@ -111,7 +110,7 @@ fn place_all(mut model: Model, requests: &[VmRequest], slot: &Slot) -> Result<Ru
             request: req.name.clone(),
             host: None,
             pop: None,
-            user_latency_ms: None,
+            user_latency_ms: decision.user_rtt_us.map(|us| f64::from(us) / 1000.0),
             why: why(&decision),
             decision,
         };
@@ -119,10 +118,6 @@ fn place_all(mut model: Model, requests: &[VmRequest], slot: &Slot) -> Result<Ru
             let pop = model.hosts[host.0 as usize].pop;
             row.host = Some(model.hosts[host.0 as usize].name.clone());
             row.pop = Some(model.pops[pop.0 as usize].name.clone());
-            row.user_latency_ms = Resolved::new(&model, req)
-                .user_latency_us
-                .get(pop.0 as usize)
-                .map(|&us| f64::from(us) / 1000.0);
             model.record_placement(req, host).with_context(|| format!("recording {}", req.name))?;
         }
         rows.push(row);

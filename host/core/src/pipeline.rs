@@ -73,6 +73,9 @@ pub struct Decision {
     pub excluded: Exclusions,
     /// The policy's scores, by host, if it gave any.
     pub scores: Vec<(HostId, f32)>,
+    /// Estimated round-trip time between the users and the chosen host's
+    /// PoP, µs, when placed and the users' location is known.
+    pub user_rtt_us: Option<u32>,
 }
 
 /// Places requests; holds reusable buffers, so keep one per worker.
@@ -99,6 +102,7 @@ impl Placer {
             candidates: 0,
             excluded,
             scores: Vec::new(),
+            user_rtt_us: None,
         };
         if !resolved.unknown_jurisdictions.is_empty() {
             let message = format!("unknown jurisdiction(s) {}", resolved.unknown_jurisdictions.join(", "));
@@ -116,7 +120,7 @@ impl Placer {
             );
         }
         view::fill_cluster(model, &self.rows, &mut self.view);
-        let req = view::request(model, &resolved, request.user.map(Into::into), &self.rows);
+        let req = view::request(model, resolved, request.user.map(Into::into), &self.rows);
         // Implementations validate what they return; checking again here
         // means no `Policy` implementation is trusted more than a policy.
         let answer = policy.place(&self.view, &req).and_then(|v| {
@@ -129,10 +133,16 @@ impl Placer {
             Ok(v) => (v.value, DecidedBy::Policy { name: v.decided_by, failure: v.failure }),
             Err(failure) => (fallback(&self.view, &req), DecidedBy::Fallback { failure }),
         };
-        self.decision(placement, decided_by, excluded)
+        self.decision(&req, placement, decided_by, excluded)
     }
 
-    fn decision(&self, placement: Placement, decided_by: DecidedBy, excluded: Exclusions) -> Decision {
+    fn decision(
+        &self,
+        req: &Request,
+        placement: Placement,
+        decided_by: DecidedBy,
+        excluded: Exclusions,
+    ) -> Decision {
         let candidates = self.rows.len() as u32;
         match placement {
             Placement::Place(choice) => Decision {
@@ -141,6 +151,7 @@ impl Placer {
                 candidates,
                 excluded,
                 scores: choice.scores.iter().map(|s| (self.rows[s.host as usize], s.value)).collect(),
+                user_rtt_us: req.user_latency(self.view.hosts.pop[choice.host as usize]),
             },
             Placement::Reject(r) => Decision {
                 outcome: Outcome::Rejected {
@@ -151,6 +162,7 @@ impl Placer {
                 candidates,
                 excluded,
                 scores: Vec::new(),
+                user_rtt_us: None,
             },
         }
     }

@@ -43,7 +43,7 @@ pub fn fill_cluster(model: &Model, rows: &[HostId], view: &mut Cluster) {
 /// The request as the policy sees it, for a view whose hosts are `rows`.
 pub fn request(
     model: &Model,
-    resolved: &Resolved,
+    resolved: Resolved,
     user: Option<locus_sdk::Coordinates>,
     rows: &[HostId],
 ) -> Request {
@@ -61,10 +61,10 @@ pub fn request(
     Request {
         size: resolved.size,
         group,
-        allowed_jurisdictions: resolved.jurisdictions.clone().unwrap_or_default(),
+        allowed_jurisdictions: resolved.jurisdictions.unwrap_or_default(),
         user_location: user,
         max_latency_us: resolved.max_latency_us,
-        user_latency_us: resolved.user_latency_us.clone(),
+        user_latency_us: resolved.user_latency_us,
     }
 }
 
@@ -125,7 +125,7 @@ mod tests {
         let r: crate::VmRequest =
             toml::from_str("name='x'\nvcpus=1\nmemory-mib=1\ngroup={name='g',kind='spread'}")
                 .expect("request");
-        let req = request(&m, &Resolved::new(&m, &r), None, &rows);
+        let req = request(&m, Resolved::new(&m, &r), None, &rows);
         let group = req.group.expect("group");
         assert_eq!(group.members_on_host, vec![1, 0]);
         assert_eq!(group.members_in_pop, vec![0, 1]);
