@@ -84,14 +84,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let native = natives::native(&src.bytes);
     let budget = Duration::from_secs_f64(args.seconds);
     let mut results = Vec::new();
+    let mut variants: Vec<(&str, &dyn Policy)> = vec![("wasm", &slot)];
+    if let Some(n) = &native {
+        variants.push(("native", n));
+    }
     if world.places() {
         let cluster = synthetic_cluster(args.hosts);
         let request = RequestBuilder::new(&cluster, Resources::new(2, 4096, 20)).build();
-        let mut variants: Vec<(&str, &dyn Policy)> = vec![("wasm", &slot)];
-        if let Some(n) = &native {
-            variants.push(("native", n as &dyn Policy));
-        }
-        for (variant, policy) in variants {
+        for (variant, policy) in &variants {
             results.push(measure(&format!("{variant} place"), budget, || {
                 policy.place(&cluster, &request).map(drop).map_err(anyhow::Error::from)
             })?);
@@ -99,11 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if world.plans() {
         let partition = synthetic_partition(args.hosts);
-        let mut variants: Vec<(&str, &dyn Policy)> = vec![("wasm", &slot)];
-        if let Some(n) = &native {
-            variants.push(("native", n as &dyn Policy));
-        }
-        for (variant, policy) in variants {
+        for (variant, policy) in &variants {
             results.push(measure(&format!("{variant} plan"), budget, || {
                 policy.plan(&partition).map(drop).map_err(anyhow::Error::from)
             })?);
