@@ -151,6 +151,7 @@ fn request(i: usize, r: &ReqGen) -> VmRequest {
         jurisdictions: r.jurisdictions.iter().map(|&j| codes[j].to_owned()).collect(),
         user: r.user.map(|s| locus_core::Location { lat: SITES[s].0 + 1.0, lon: SITES[s].1 - 1.0 }),
         max_latency_ms: r.max_latency_ms,
+        ..VmRequest::default()
     }
 }
 

@@ -13,9 +13,15 @@
 //! - [`validate`]: the checks every decision passes.
 //! - [`pipeline`]: filter → policy → validate, with the safe fallback.
 //! - [`spec`]: the cluster description files are written in.
+//! - [`node`]: one host's state machine (API requests, hypervisor results
+//!   and samples in; intent changes, hypervisor commands and replies out),
+//!   with [`hypervisor`] and [`intent`] the values it exchanges.
 
 pub mod filter;
+pub mod hypervisor;
+pub mod intent;
 pub mod model;
+pub mod node;
 pub mod pipeline;
 pub mod policy;
 pub mod request;
@@ -26,4 +32,4 @@ pub mod view;
 pub use model::{GroupId, HostId, HostState, Model, ModelError, PopId, VmId};
 pub use pipeline::{DecidedBy, Decision, Outcome, Placer};
 pub use policy::{ErrorKind, Native, Policy, PolicyError, Verdict};
-pub use request::{Location, VmRequest};
+pub use request::{Location, RestartPolicy, VmRequest};

@@ -322,6 +322,30 @@ impl Model {
         Ok(HostId(id))
     }
 
+    /// Changes a host's allocatable resources and CPU capacity, as its
+    /// hypervisor reports them.
+    pub fn set_host_capacity(&mut self, host: HostId, capacity: Resources, cpu_milli: u32) {
+        let Some(h) = self.hosts.get_mut(host.0 as usize) else {
+            return;
+        };
+        let old = std::mem::replace(&mut h.capacity, capacity);
+        h.cpu_milli = cpu_milli;
+        if h.state != HostState::Down {
+            let p = &mut self.pops[h.pop.0 as usize];
+            p.capacity = p.capacity.minus(old).plus(capacity);
+        }
+    }
+
+    /// Records a VM's measured CPU demand.
+    pub fn set_vm_load(&mut self, vm: VmId, load_cpu_milli: u32) {
+        let Some(Some(v)) = self.vms.get_mut(vm.0 as usize) else {
+            return;
+        };
+        let old = std::mem::replace(&mut v.load_cpu_milli, load_cpu_milli);
+        let h = &mut self.hosts[v.host.0 as usize];
+        h.load_cpu_milli = h.load_cpu_milli.saturating_sub(old).saturating_add(load_cpu_milli);
+    }
+
     /// Changes a host's state, keeping PoP capacity to hosts that are up.
     pub fn set_host_state(&mut self, host: HostId, state: HostState) {
         let Some(h) = self.hosts.get_mut(host.0 as usize) else {

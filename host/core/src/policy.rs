@@ -97,6 +97,21 @@ pub trait Policy: Send + Sync {
     fn plan(&self, partition: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError>;
 }
 
+/// A shared policy (the agent shares its hot-swappable slots with the node).
+impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn place(&self, cluster: &Cluster, request: &Request) -> Result<Verdict<Placement>, PolicyError> {
+        (**self).place(cluster, request)
+    }
+
+    fn plan(&self, partition: &Partition) -> Result<Verdict<Vec<Migration>>, PolicyError> {
+        (**self).plan(partition)
+    }
+}
+
 /// A policy compiled into the process, from functions of the SDK's traits.
 #[derive(Clone, Copy)]
 pub struct Native {

@@ -2,12 +2,20 @@
 //! writes), and its checks. The pipeline resolves names into indexes.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Longest VM or group name accepted.
 pub const MAX_NAME_LEN: usize = 64;
+/// Most labels a VM may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+/// Longest disk image path, in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
 
 /// A point on Earth, in degrees, as written in requests and cluster files.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude, -90 to 90.
@@ -24,6 +32,7 @@ impl From<Location> for locus_sdk::Coordinates {
 
 /// How a group's members relate, as written in requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum GroupKindSpec {
     /// Prefer sharing a host.
@@ -46,6 +55,7 @@ impl From<GroupKindSpec> for locus_sdk::GroupKind {
 
 /// Membership of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupRef {
     /// The group's name; created on first use.
@@ -54,9 +64,22 @@ pub struct GroupRef {
     pub kind: GroupKindSpec,
 }
 
-/// A request for one VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the agent does when a VM that should run is found stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum RestartPolicy {
+    /// Start it again (with a growing delay if it keeps stopping).
+    #[default]
+    Always,
+    /// Report it and leave it stopped.
+    Never,
+}
+
+/// A request for one VM: what to run, and the constraints on where.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmRequest {
     /// Unique name: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
     pub name: String,
@@ -82,6 +105,20 @@ pub struct VmRequest {
     /// Largest acceptable round-trip latency to the users, in milliseconds.
     #[serde(default)]
     pub max_latency_ms: Option<f32>,
+    /// Absolute path of a disk image on the host (qcow2 when the name ends
+    /// in `.qcow2`, raw otherwise); none boots a diskless VM.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The libvirt network the VM's one interface joins; none means no NIC.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Free-form labels: up to 32, keys follow the naming rule, values up
+    /// to 256 bytes of any text.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What to do when the VM is found stopped while it should run.
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 /// What is wrong with a request.
@@ -109,6 +146,15 @@ pub enum RequestError {
     /// A latency bound without a user location to measure from.
     #[error("max-latency-ms needs a user location")]
     LatencyWithoutUser,
+    /// A disk image path that is not a plain absolute path.
+    #[error("image {0:?} must be an absolute path of at most 1024 bytes without control characters")]
+    Image(String),
+    /// A network name that breaks the naming rule.
+    #[error("invalid network name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
+    Network(String),
+    /// Too many labels, or a label that breaks its rule.
+    #[error("invalid labels: {0}")]
+    Labels(String),
 }
 
 /// True when `name` follows the naming rule for VMs and groups.
@@ -142,10 +188,38 @@ impl VmRequest {
             return Err(RequestError::Location { lat: l.lat.to_string(), lon: l.lon.to_string() });
         }
         match self.max_latency_ms {
-            Some(ms) if !(ms.is_finite() && ms > 0.0) => Err(RequestError::Latency(ms.to_string())),
-            Some(_) if self.user.is_none() => Err(RequestError::LatencyWithoutUser),
-            _ => Ok(()),
+            Some(ms) if !(ms.is_finite() && ms > 0.0) => return Err(RequestError::Latency(ms.to_string())),
+            Some(_) if self.user.is_none() => return Err(RequestError::LatencyWithoutUser),
+            _ => {}
         }
+        if let Some(image) = &self.image
+            && !(image.starts_with('/') && image.len() <= MAX_PATH_LEN && !image.chars().any(char::is_control))
+        {
+            return Err(RequestError::Image(image.clone()));
+        }
+        if let Some(network) = &self.network
+            && !valid_name(network)
+        {
+            return Err(RequestError::Network(network.clone()));
+        }
+        self.validate_labels()
+    }
+
+    fn validate_labels(&self) -> Result<(), RequestError> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(RequestError::Labels(format!("{} labels, at most {MAX_LABELS}", self.labels.len())));
+        }
+        for (key, value) in &self.labels {
+            if !valid_name(key) {
+                return Err(RequestError::Labels(format!("key {key:?} breaks the naming rule")));
+            }
+            if value.len() > MAX_LABEL_VALUE || value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(RequestError::Labels(format!(
+                    "value of {key:?} must be at most {MAX_LABEL_VALUE} bytes without control characters"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The size asked for.
@@ -169,17 +243,7 @@ mod tests {
     use super::*;
 
     fn vm(name: &str) -> VmRequest {
-        VmRequest {
-            name: name.to_owned(),
-            vcpus: 1,
-            memory_mib: 512,
-            disk_gib: 0,
-            load_cpu_milli: None,
-            group: None,
-            jurisdictions: vec![],
-            user: None,
-            max_latency_ms: None,
-        }
+        VmRequest { name: name.to_owned(), vcpus: 1, memory_mib: 512, ..VmRequest::default() }
     }
 
     #[test]
@@ -205,6 +269,21 @@ mod tests {
         assert_eq!(r.max_latency_us(), Some(10_000));
         r.max_latency_ms = Some(f32::NAN);
         assert!(matches!(r.validate(), Err(RequestError::Latency(_))));
+    }
+
+    #[test]
+    fn images_networks_and_labels_are_checked() {
+        let mut r = vm("a");
+        r.image = Some("relative.qcow2".into());
+        assert!(matches!(r.validate(), Err(RequestError::Image(_))));
+        r.image = Some("/var/lib/images/a.qcow2".into());
+        r.network = Some("default net".into());
+        assert!(matches!(r.validate(), Err(RequestError::Network(_))));
+        r.network = Some("default".into());
+        r.labels.insert("owner".into(), "<team & \"ops\">".into());
+        assert!(r.validate().is_ok(), "label values may hold any printable text");
+        r.labels.insert("bad key".into(), "x".into());
+        assert!(matches!(r.validate(), Err(RequestError::Labels(_))));
     }
 
     #[test]

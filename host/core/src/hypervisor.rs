@@ -1,0 +1,121 @@
+//! What the core asks of a host's hypervisor and what it hears back, as
+//! plain values. The agent carries these out with libvirt; the simulator
+//! with a model. Nothing here talks to a hypervisor.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one hypervisor command until its result comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// One thing to do to a domain. Each names the VM (the domain has the VM's name).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HvCommand {
+    /// Define a persistent domain for this request, marked as this agent's.
+    Define(Box<crate::VmRequest>),
+    /// Boot a defined domain.
+    Start(String),
+    /// Ask the guest to shut down (ACPI); returns at once.
+    Shutdown(String),
+    /// Power the domain off at once.
+    Destroy(String),
+    /// Remove the domain's definition.
+    Undefine(String),
+}
+
+impl HvCommand {
+    /// The VM it acts on.
+    pub fn vm(&self) -> &str {
+        match self {
+            HvCommand::Define(r) => &r.name,
+            HvCommand::Start(n) | HvCommand::Shutdown(n) | HvCommand::Destroy(n) | HvCommand::Undefine(n) => n,
+        }
+    }
+}
+
+/// A domain's run state as the hypervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum DomainState {
+    /// Not observed yet (the hypervisor has not answered since the agent started).
+    #[default]
+    Unknown,
+    /// Running.
+    Running,
+    /// Paused or suspended.
+    Paused,
+    /// Shutting down.
+    ShuttingDown,
+    /// Defined but not running.
+    Shutoff,
+    /// The guest crashed.
+    Crashed,
+    /// Defined by intent but absent from the hypervisor.
+    Missing,
+}
+
+impl DomainState {
+    /// True when the guest occupies the host (running, paused or on its way down).
+    pub fn is_active(self) -> bool {
+        matches!(self, DomainState::Running | DomainState::Paused | DomainState::ShuttingDown)
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HvErrorKind {
+    /// The hypervisor cannot be reached.
+    Unavailable,
+    /// No such domain.
+    NotFound,
+    /// The hypervisor refused (bad definition, no resources, wrong state…).
+    Refused,
+}
+
+/// A failed command, with the hypervisor's own message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HvError {
+    /// Its kind.
+    pub kind: HvErrorKind,
+    /// What the hypervisor said.
+    pub message: String,
+}
+
+/// The host as its hypervisor describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Inventory {
+    /// Physical CPUs (threads).
+    pub cpus: u32,
+    /// Physical memory, MiB.
+    pub memory_mib: u32,
+    /// The hypervisor's name for itself (driver and version).
+    pub hypervisor: String,
+}
+
+/// One of this agent's domains as sampled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSeen {
+    /// Its name (the VM's name).
+    pub name: String,
+    /// Run state.
+    pub state: DomainState,
+    /// CPU time used since it booted, ns.
+    pub cpu_time_ns: u64,
+    /// CPU use over the last sampling interval, milli-CPUs (None on the first sample).
+    pub cpu_milli: Option<u32>,
+    /// Memory the guest holds, KiB.
+    pub memory_kib: u64,
+}
+
+/// A complete listing of the hypervisor's domains.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observation {
+    /// Domains this agent created (marked with its owner name).
+    pub ours: Vec<DomainSeen>,
+    /// Names of every other domain, left alone but kept out of the VM namespace.
+    pub others: Vec<String>,
+}

@@ -1,0 +1,37 @@
+//! Durable intent: what tenants asked for, as stored. The agent's store
+//! keeps these records; libvirt keeps the truth about what runs. On start
+//! the node reconciles the two.
+
+use crate::VmRequest;
+use serde::{Deserialize, Serialize};
+
+/// What the tenant wants a VM to be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Desired {
+    /// Running.
+    Running,
+    /// Defined but stopped.
+    Stopped,
+    /// Being deleted: the record goes once the domain is gone.
+    Deleted,
+}
+
+/// One VM's stored intent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmIntent {
+    /// What was asked for.
+    pub spec: VmRequest,
+    /// What it should be doing.
+    pub desired: Desired,
+}
+
+/// A change to the stored intent, written before the actions that follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert or replace a VM's record.
+    Put(VmIntent),
+    /// Remove a VM's record.
+    Remove(String),
+}

@@ -1,0 +1,188 @@
+//! The requests a node answers and the answers it gives: the agent's API
+//! and CLI are thin shells over these values.
+
+use crate::hypervisor::{DomainState, Inventory};
+use crate::intent::Desired;
+use crate::VmRequest;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Identifies one API request until its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u64);
+
+/// A request to the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Place, define and boot a VM.
+    Create(Box<VmRequest>),
+    /// Every VM.
+    List,
+    /// One VM.
+    Show(String),
+    /// Boot a stopped VM.
+    Start(String),
+    /// Stop a VM: ask the guest, then power it off after `timeout` (the
+    /// node's default when None); `force` powers it off at once.
+    Stop {
+        /// The VM.
+        name: String,
+        /// Power off at once.
+        force: bool,
+        /// How long the guest gets to shut down.
+        timeout: Option<Duration>,
+    },
+    /// Power off and remove a VM, and forget it.
+    Delete(String),
+    /// The host's capacity, allocation and hypervisor state.
+    Host,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// One VM (create, show, start, stop).
+    Vm(Box<VmStatus>),
+    /// Every VM (list).
+    Vms(Vec<VmStatus>),
+    /// The VM that was deleted.
+    Deleted(String),
+    /// The host (status).
+    Host(Box<HostStatus>),
+}
+
+/// Why a request failed; the agent maps each kind to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiErrorKind {
+    /// The request itself is invalid (400).
+    BadRequest,
+    /// No such VM (404).
+    NotFound,
+    /// The name is taken or the VM is busy (409).
+    Conflict,
+    /// No host can take it: capacity or constraints (422).
+    Unplaceable,
+    /// The hypervisor refused or failed (502).
+    Hypervisor,
+    /// The hypervisor is unreachable or the agent is stopping (503).
+    Unavailable,
+}
+
+/// A failed request with a sentence that says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Its kind.
+    pub kind: ApiErrorKind,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(kind: ApiErrorKind, message: impl Into<String>) -> Self {
+        ApiError { kind, message: message.into() }
+    }
+}
+
+/// A quantity of resources, for status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Size {
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Disk, GiB.
+    pub disk_gib: u32,
+}
+
+impl From<locus_sdk::Resources> for Size {
+    fn from(r: locus_sdk::Resources) -> Self {
+        Size { vcpus: r.vcpus, memory_mib: r.memory_mib, disk_gib: r.disk_gib }
+    }
+}
+
+/// A VM as the node knows it: intent, observation and what it is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmStatus {
+    /// The VM's name (also its libvirt domain's name).
+    pub name: String,
+    /// What the hypervisor last reported.
+    pub state: DomainState,
+    /// What the tenant wants.
+    pub desired: Desired,
+    /// The host it is on.
+    pub host: String,
+    /// The host's PoP.
+    pub pop: String,
+    /// The operation in progress (creating, starting, stopping, deleting,
+    /// restarting, recreating), if any.
+    pub busy: Option<String>,
+    /// CPU use over the last sampling interval, milli-CPUs.
+    pub cpu_milli: Option<u32>,
+    /// CPU time used since boot, ns.
+    pub cpu_time_ns: u64,
+    /// Memory held, KiB.
+    pub memory_kib: u64,
+    /// Times the restart policy has started it again.
+    pub restarts: u32,
+    /// The last hypervisor error about it.
+    pub last_error: Option<String>,
+    /// What was asked for.
+    pub spec: VmRequest,
+}
+
+/// The hypervisor connection as the node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HypervisorStatus {
+    /// `connecting` (not reached yet), `up` or `down`.
+    pub state: String,
+    /// Why it is down, when it is.
+    pub reason: Option<String>,
+    /// What it reported when it came up.
+    pub inventory: Option<Inventory>,
+}
+
+/// VM counts by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmCounts {
+    /// All VMs the node holds intent for.
+    pub total: u32,
+    /// Running.
+    pub running: u32,
+    /// Defined and stopped.
+    pub stopped: u32,
+    /// Anything else (paused, crashed, missing, unknown).
+    pub other: u32,
+}
+
+/// The host: capacity, allocation, hypervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostStatus {
+    /// The host's name.
+    pub name: String,
+    /// Its PoP.
+    pub pop: String,
+    /// The PoP's jurisdiction code.
+    pub jurisdiction: String,
+    /// The hypervisor connection.
+    pub hypervisor: HypervisorStatus,
+    /// Allocatable resources.
+    pub capacity: Size,
+    /// Allocated to VMs.
+    pub allocated: Size,
+    /// Still free.
+    pub free: Size,
+    /// Measured CPU demand of its VMs, milli-CPUs.
+    pub load_cpu_milli: u32,
+    /// VMs by state.
+    pub vms: VmCounts,
+    /// Domains on the hypervisor that this agent did not create (left alone).
+    pub other_domains: u32,
+}

@@ -1,0 +1,1015 @@
+//! The node: one host's scheduling state machine, sans IO.
+//!
+//! The agent (or the simulator) feeds it [`Input`]s — API requests,
+//! hypervisor results and observations, timeouts — and drains [`Output`]s
+//! until it gets [`Output::Timeout`]: changes to persist, hypervisor
+//! commands, replies and events. The node never waits, never reads a clock
+//! and never touches libvirt, a socket or a disk; time comes in with every
+//! input.
+//!
+//! Ordering contract for the shell: the [`Output::Persist`] changes drained
+//! in one round are made durable before any command or reply of that round
+//! is carried out, so intent is always written before it is acted on.
+//!
+//! Commands to the hypervisor must be idempotent (starting a running
+//! domain, destroying a stopped one or undefining a missing one succeed):
+//! after a crash the node repeats whatever it cannot know was done.
+
+pub mod api;
+
+use crate::hypervisor::{DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId};
+use crate::intent::{Change, Desired, VmIntent};
+use crate::model::{HostId, HostState, Model, VmId};
+use crate::pipeline::{Outcome, Placer};
+use crate::policy::Policy;
+use crate::request::Location;
+pub use api::{ApiError, ApiErrorKind, Command, HostStatus, HypervisorStatus, Reply, ReqId, Size, VmCounts, VmStatus};
+use locus_sdk::Resources;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The PoP this node's host belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PopConfig {
+    /// The PoP's name, shared by every host in it.
+    pub name: String,
+    /// Jurisdiction code (e.g. an ISO country code) of the PoP.
+    pub jurisdiction: String,
+    /// Where the PoP is.
+    pub location: Location,
+    /// Unused renewable power available to the PoP, watts.
+    pub renewable_watts: u32,
+    /// Grid carbon intensity, gCO2/kWh.
+    pub carbon_g_per_kwh: u32,
+}
+
+impl Default for PopConfig {
+    fn default() -> Self {
+        PopConfig {
+            name: "local".into(),
+            jurisdiction: "XX".into(),
+            location: Location { lat: 0.0, lon: 0.0 },
+            renewable_watts: 0,
+            carbon_g_per_kwh: 300,
+        }
+    }
+}
+
+/// This host's resources as offered to VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HostConfig {
+    /// The host's name, unique in the cluster; also marks the domains it owns.
+    pub name: String,
+    /// vCPUs offered; default: the hypervisor's CPUs × `cpu-allocation-ratio`.
+    pub vcpus: Option<u32>,
+    /// Memory offered, MiB; default: the hypervisor's memory minus `reserved-memory-mib`.
+    pub memory_mib: Option<u32>,
+    /// Disk offered, GiB.
+    pub disk_gib: u32,
+    /// vCPUs offered per physical CPU when `vcpus` is not set.
+    pub cpu_allocation_ratio: f32,
+    /// Memory kept for the host itself when `memory-mib` is not set, MiB.
+    pub reserved_memory_mib: u32,
+    /// Power drawn idle, watts.
+    pub idle_watts: u32,
+    /// Power drawn at full load, watts.
+    pub max_watts: u32,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            name: "host".into(),
+            vcpus: None,
+            memory_mib: None,
+            disk_gib: 1024,
+            cpu_allocation_ratio: 4.0,
+            reserved_memory_mib: 0,
+            idle_watts: 100,
+            max_watts: 300,
+        }
+    }
+}
+
+/// Timing of the node's own decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TimingConfig {
+    /// How long a guest gets to shut down before it is powered off, ms.
+    pub stop_timeout_ms: u64,
+    /// Delay before the second restart of a VM that keeps stopping, ms;
+    /// it doubles with each restart.
+    pub restart_backoff_ms: u64,
+    /// Longest delay between restarts, ms.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        TimingConfig { stop_timeout_ms: 30_000, restart_backoff_ms: 1_000, restart_backoff_max_ms: 60_000 }
+    }
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeConfig {
+    /// Its PoP.
+    pub pop: PopConfig,
+    /// Its host.
+    pub host: HostConfig,
+    /// Its timers.
+    pub timing: TimingConfig,
+}
+
+/// What happens to the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An API request.
+    Api {
+        /// When it arrived.
+        now: Instant,
+        /// Its id, echoed in the reply.
+        req: ReqId,
+        /// What is asked.
+        cmd: Command,
+    },
+    /// A hypervisor command finished.
+    Hypervisor {
+        /// When its result arrived.
+        now: Instant,
+        /// The command's id.
+        op: OpId,
+        /// The domain's state afterwards, or the failure.
+        result: Result<DomainState, HvError>,
+    },
+    /// The hypervisor is reachable (at start or again): what it has.
+    HypervisorUp {
+        /// When.
+        now: Instant,
+        /// The host it describes.
+        inventory: Inventory,
+        /// Every domain.
+        domains: Observation,
+    },
+    /// The hypervisor cannot be reached any more (or could not be at start).
+    HypervisorDown {
+        /// When.
+        now: Instant,
+        /// Why.
+        reason: String,
+    },
+    /// A periodic sample of every domain (the Local Resources Tracker).
+    Sampled {
+        /// When.
+        now: Instant,
+        /// Every domain.
+        domains: Observation,
+    },
+    /// The deadline the node last asked for has passed.
+    Timeout(Instant),
+    /// Stop taking requests and finish what is in flight.
+    Shutdown(Instant),
+}
+
+/// What the node wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Make this change to the stored intent durable (before the commands
+    /// and replies that follow it).
+    Persist(Change),
+    /// Carry out a hypervisor command and report its result with `op`.
+    Hypervisor {
+        /// Echo in [`Input::Hypervisor`].
+        op: OpId,
+        /// What to do.
+        cmd: HvCommand,
+    },
+    /// Answer an API request.
+    Reply {
+        /// The request.
+        req: ReqId,
+        /// The answer.
+        reply: Result<Reply, ApiError>,
+    },
+    /// Something an operator should hear about.
+    Event(Event),
+    /// Nothing more for now; wake the node at this instant (None: only on input).
+    Timeout(Option<Instant>),
+    /// Shutting down and nothing is in flight: the shell may exit.
+    Closed,
+}
+
+/// Something worth a log line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The hypervisor came up with this inventory.
+    HypervisorUp(Inventory),
+    /// The hypervisor went away.
+    HypervisorDown(String),
+    /// A running domain matching intent was found (after a restart).
+    Adopted(String),
+    /// A VM with intent had no domain; it is being defined again.
+    Recreating(String),
+    /// A VM that should run was found stopped; the restart policy starts it.
+    Restarting {
+        /// The VM.
+        vm: String,
+        /// Restarts so far, this one included.
+        restarts: u32,
+    },
+    /// A VM that should run was found stopped and its policy says leave it.
+    LeftStopped(String),
+    /// A domain marked as this host's has no intent; it is left alone.
+    Orphan(String),
+    /// A hypervisor command failed outside any request.
+    Failed {
+        /// The VM.
+        vm: String,
+        /// The error.
+        error: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::HypervisorUp(i) => {
+                write!(f, "hypervisor up: {} ({} CPUs, {} MiB)", i.hypervisor, i.cpus, i.memory_mib)
+            }
+            Event::HypervisorDown(r) => write!(f, "hypervisor unavailable: {r}"),
+            Event::Adopted(vm) => write!(f, "vm {vm}: adopted its running domain"),
+            Event::Recreating(vm) => write!(f, "vm {vm}: intended but missing from the hypervisor; defining it again"),
+            Event::Restarting { vm, restarts } => {
+                write!(f, "vm {vm}: found stopped while it should run; restart {restarts}")
+            }
+            Event::LeftStopped(vm) => write!(f, "vm {vm}: found stopped; restart policy is never, left stopped"),
+            Event::Orphan(vm) => write!(f, "domain {vm} is marked as this host's but has no intent; left alone"),
+            Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
+        }
+    }
+}
+
+/// Why a VM is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Create,
+    Start,
+    Stop,
+    Delete,
+    Restart,
+    Recreate,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Create => "creating",
+            Purpose::Start => "starting",
+            Purpose::Stop => "stopping",
+            Purpose::Delete => "deleting",
+            Purpose::Restart => "restarting",
+            Purpose::Recreate => "recreating",
+        }
+    }
+}
+
+/// The step a task is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Define,
+    Start,
+    Shutdown,
+    /// The guest was asked to shut down; waiting for it to stop or for the deadline.
+    AwaitShutoff(Instant),
+    Destroy,
+    Undefine,
+}
+
+/// An operation on one VM, possibly several commands long.
+#[derive(Debug, Clone)]
+struct Task {
+    purpose: Purpose,
+    step: Step,
+    /// The command in flight, if one is.
+    op: Option<OpId>,
+    /// The request to answer when it ends.
+    req: Option<ReqId>,
+    /// How long a graceful stop may take.
+    stop_timeout: Duration,
+    /// The failure that ends a create after its rollback.
+    failure: Option<ApiError>,
+}
+
+/// One VM: intent, what was last seen, what is going on.
+#[derive(Debug, Clone)]
+struct VmRecord {
+    intent: VmIntent,
+    id: VmId,
+    seen: Option<DomainSeen>,
+    task: Option<Task>,
+    restarts: u32,
+    restart_not_before: Option<Instant>,
+    last_error: Option<String>,
+    /// A stopped VM with restart policy never was already reported.
+    reported_stopped: bool,
+}
+
+impl VmRecord {
+    fn state(&self) -> DomainState {
+        self.seen.as_ref().map_or(DomainState::Unknown, |d| d.state)
+    }
+}
+
+/// The hypervisor as the node last heard of it.
+#[derive(Debug, Clone, PartialEq)]
+enum Hypervisor {
+    Connecting,
+    Up(Inventory),
+    Down(String),
+}
+
+/// One host's state machine. See the module documentation.
+pub struct Node {
+    config: NodeConfig,
+    model: Model,
+    host: HostId,
+    placer: Placer,
+    policy: Box<dyn Policy + Send>,
+    vms: BTreeMap<String, VmRecord>,
+    /// Names of domains this node does not own.
+    others: BTreeSet<String>,
+    orphans: BTreeSet<String>,
+    hypervisor: Hypervisor,
+    ops: HashMap<OpId, String>,
+    next_op: u64,
+    now: Option<Instant>,
+    outputs: VecDeque<Output>,
+    closing: bool,
+    closed: bool,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("host", &self.config.host.name)
+            .field("vms", &self.vms.len())
+            .field("hypervisor", &self.hypervisor)
+            .field("ops", &self.ops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a node could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The PoP or host configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Node {
+    /// A node for one host, with the intent stored before (in any order)
+    /// and the placement policy it decides with.
+    pub fn new(
+        config: NodeConfig,
+        intents: Vec<VmIntent>,
+        policy: Box<dyn Policy + Send>,
+    ) -> Result<Self, NodeError> {
+        let mut model = Model::new();
+        let (pop, host) = (&config.pop, &config.host);
+        if !crate::request::valid_name(&host.name) {
+            return Err(NodeError::Config(format!("host name {:?} breaks the naming rule", host.name)));
+        }
+        model
+            .add_pop(&pop.name, &pop.jurisdiction, pop.location.into(), pop.renewable_watts, pop.carbon_g_per_kwh)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let host_id = model
+            .add_host(&host.name, &pop.name, Resources::default(), 0, (host.idle_watts, host.max_watts))
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        model.set_host_state(host_id, HostState::Down);
+        let mut node = Node {
+            config,
+            model,
+            host: host_id,
+            placer: Placer::new(),
+            policy,
+            vms: BTreeMap::new(),
+            others: BTreeSet::new(),
+            orphans: BTreeSet::new(),
+            hypervisor: Hypervisor::Connecting,
+            ops: HashMap::new(),
+            next_op: 0,
+            now: None,
+            outputs: VecDeque::new(),
+            closing: false,
+            closed: false,
+        };
+        for intent in intents {
+            // Stored intents were accepted once; they are restored, not re-placed.
+            match node.model.record_placement(&intent.spec, host_id) {
+                Ok(id) => {
+                    let name = intent.spec.name.clone();
+                    node.vms.insert(name, VmRecord::new(intent, id));
+                }
+                Err(e) => node.event(Event::Failed { vm: intent.spec.name.clone(), error: e.to_string() }),
+            }
+        }
+        Ok(node)
+    }
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Api { now, req, cmd } => {
+                self.tick(now);
+                self.api(req, cmd);
+            }
+            Input::Hypervisor { now, op, result } => {
+                self.tick(now);
+                self.hypervisor_result(now, op, result);
+            }
+            Input::HypervisorUp { now, inventory, domains } => {
+                self.tick(now);
+                self.hypervisor_up(inventory);
+                self.observe(now, domains, true);
+            }
+            Input::HypervisorDown { now, reason } => {
+                self.tick(now);
+                if self.hypervisor != Hypervisor::Down(reason.clone()) {
+                    self.event(Event::HypervisorDown(reason.clone()));
+                }
+                self.hypervisor = Hypervisor::Down(reason);
+                self.model.set_host_state(self.host, HostState::Down);
+            }
+            Input::Sampled { now, domains } => {
+                self.tick(now);
+                if matches!(self.hypervisor, Hypervisor::Up(_)) {
+                    self.observe(now, domains, false);
+                }
+            }
+            Input::Timeout(now) => {
+                self.tick(now);
+                self.expire(now);
+            }
+            Input::Shutdown(now) => {
+                self.tick(now);
+                self.closing = true;
+                self.abandon_waits();
+            }
+        }
+    }
+
+    /// The next output; [`Output::Timeout`] when there is nothing else.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.outputs.pop_front() {
+            return o;
+        }
+        if self.closing && self.ops.is_empty() && !self.closed {
+            self.closed = true;
+            return Output::Closed;
+        }
+        Output::Timeout(self.next_deadline())
+    }
+
+    /// The model the node places with (its PoP and host, and its VMs).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current intent of every VM, as the store should hold it.
+    pub fn intents(&self) -> impl Iterator<Item = &VmIntent> {
+        self.vms.values().map(|r| &r.intent)
+    }
+
+    /// Time only moves forward: an input older than the newest one seen is
+    /// treated as happening at the newest.
+    fn tick(&mut self, now: Instant) {
+        if self.now.is_none_or(|t| now > t) {
+            self.now = Some(now);
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn reply(&mut self, req: ReqId, reply: Result<Reply, ApiError>) {
+        self.outputs.push_back(Output::Reply { req, reply });
+    }
+
+    fn persist(&mut self, name: &str) {
+        if let Some(r) = self.vms.get(name) {
+            self.outputs.push_back(Output::Persist(Change::Put(r.intent.clone())));
+        }
+    }
+
+    fn issue(&mut self, name: &str, step: Step, cmd: HvCommand) {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        if let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) {
+            task.step = step;
+            task.op = Some(op);
+        }
+        self.ops.insert(op, name.to_owned());
+        self.outputs.push_back(Output::Hypervisor { op, cmd });
+    }
+
+    fn begin(&mut self, name: &str, purpose: Purpose, req: Option<ReqId>, stop_timeout: Duration) {
+        let Some(record) = self.vms.get_mut(name) else {
+            return;
+        };
+        record.task = Some(Task { purpose, step: Step::Define, op: None, req, stop_timeout, failure: None });
+        let cmd = match purpose {
+            Purpose::Create | Purpose::Recreate => (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone()))),
+            Purpose::Start | Purpose::Restart => (Step::Start, HvCommand::Start(name.to_owned())),
+            Purpose::Stop if stop_timeout.is_zero() => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
+            Purpose::Stop => (Step::Shutdown, HvCommand::Shutdown(name.to_owned())),
+            Purpose::Delete => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
+        };
+        self.issue(name, cmd.0, cmd.1);
+    }
+
+    // ---- API ----
+
+    fn api(&mut self, req: ReqId, cmd: Command) {
+        let result = match cmd {
+            Command::List => Ok(Some(Reply::Vms(self.vms.values().map(|r| self.status(r)).collect()))),
+            Command::Show(name) => self.show(&name).map(Some),
+            Command::Host => Ok(Some(Reply::Host(Box::new(self.host_status())))),
+            Command::Create(spec) => self.create(req, *spec),
+            Command::Start(name) => self.change(req, &name, Purpose::Start, Duration::ZERO),
+            Command::Stop { name, force, timeout } => {
+                let timeout = if force {
+                    Duration::ZERO
+                } else {
+                    timeout.unwrap_or(Duration::from_millis(self.config.timing.stop_timeout_ms))
+                };
+                self.change(req, &name, Purpose::Stop, timeout)
+            }
+            Command::Delete(name) => self.change(req, &name, Purpose::Delete, Duration::ZERO),
+        };
+        match result {
+            Ok(Some(reply)) => self.reply(req, Ok(reply)),
+            Ok(None) => {}
+            Err(e) => self.reply(req, Err(e)),
+        }
+    }
+
+    fn show(&self, name: &str) -> Result<Reply, ApiError> {
+        let r = self.vms.get(name).ok_or_else(|| not_found(name))?;
+        Ok(Reply::Vm(Box::new(self.status(r))))
+    }
+
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.closing {
+            return Err(ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down"));
+        }
+        match &self.hypervisor {
+            Hypervisor::Up(_) => Ok(()),
+            Hypervisor::Connecting => {
+                Err(ApiError::new(ApiErrorKind::Unavailable, "hypervisor unavailable: not connected yet"))
+            }
+            Hypervisor::Down(reason) => {
+                Err(ApiError::new(ApiErrorKind::Unavailable, format!("hypervisor unavailable: {reason}")))
+            }
+        }
+    }
+
+    fn create(&mut self, req: ReqId, spec: crate::VmRequest) -> Result<Option<Reply>, ApiError> {
+        spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
+        if self.vms.contains_key(&spec.name) {
+            return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {:?} already exists", spec.name)));
+        }
+        if self.others.contains(&spec.name) {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!("a domain named {:?} exists on the hypervisor and is not Locus's", spec.name),
+            ));
+        }
+        self.writable()?;
+        let decision = self.placer.place(&self.model, &spec, self.policy.as_ref());
+        let host = match decision.outcome {
+            Outcome::Placed { host } => host,
+            Outcome::Rejected { message, .. } => {
+                return Err(ApiError::new(ApiErrorKind::Unplaceable, format!("cannot place {}: {message}", spec.name)));
+            }
+        };
+        if host != self.host {
+            // One host per node for now: the pipeline only sees this one.
+            return Err(ApiError::new(ApiErrorKind::Unplaceable, "the policy chose a host this agent does not run"));
+        }
+        let id = self
+            .model
+            .record_placement(&spec, host)
+            .map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
+        let name = spec.name.clone();
+        self.vms.insert(name.clone(), VmRecord::new(VmIntent { spec, desired: Desired::Running }, id));
+        self.persist(&name);
+        self.begin(&name, Purpose::Create, Some(req), Duration::ZERO);
+        Ok(None)
+    }
+
+    fn change(
+        &mut self,
+        req: ReqId,
+        name: &str,
+        purpose: Purpose,
+        stop_timeout: Duration,
+    ) -> Result<Option<Reply>, ApiError> {
+        let record = self.vms.get(name).ok_or_else(|| not_found(name))?;
+        if let Some(task) = &record.task {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!("vm {name} is busy ({}); try again when it is done", task.purpose.as_str()),
+            ));
+        }
+        if record.intent.desired == Desired::Deleted {
+            return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {name} is being deleted")));
+        }
+        self.writable()?;
+        let desired = match purpose {
+            Purpose::Start => Desired::Running,
+            Purpose::Stop => Desired::Stopped,
+            _ => Desired::Deleted,
+        };
+        if let Some(r) = self.vms.get_mut(name) {
+            if purpose == Purpose::Start {
+                r.restarts = 0;
+                r.restart_not_before = None;
+                r.reported_stopped = false;
+            }
+            if r.intent.desired != desired {
+                r.intent.desired = desired;
+                self.persist(name);
+            }
+        }
+        self.begin(name, purpose, Some(req), stop_timeout);
+        Ok(None)
+    }
+
+    // ---- hypervisor ----
+
+    fn hypervisor_up(&mut self, inventory: Inventory) {
+        let h = &self.config.host;
+        let vcpus = h
+            .vcpus
+            .unwrap_or_else(|| (inventory.cpus as f32 * h.cpu_allocation_ratio.max(0.0)).floor() as u32);
+        let memory = h.memory_mib.unwrap_or_else(|| inventory.memory_mib.saturating_sub(h.reserved_memory_mib));
+        self.model.set_host_capacity(
+            self.host,
+            Resources::new(vcpus, memory, h.disk_gib),
+            inventory.cpus.saturating_mul(1000),
+        );
+        self.model.set_host_state(self.host, HostState::Up);
+        self.event(Event::HypervisorUp(inventory.clone()));
+        self.hypervisor = Hypervisor::Up(inventory);
+    }
+
+    fn hypervisor_result(&mut self, now: Instant, op: OpId, result: Result<DomainState, HvError>) {
+        let Some(name) = self.ops.remove(&op) else {
+            return;
+        };
+        let Some(record) = self.vms.get_mut(&name) else {
+            return;
+        };
+        let Some(task) = record.task.as_mut() else {
+            return;
+        };
+        if task.op != Some(op) {
+            return;
+        }
+        task.op = None;
+        let (purpose, step) = (task.purpose, task.step);
+        match result {
+            Ok(state) => {
+                record.last_error = None;
+                set_state(record, state);
+                self.advance(now, &name, purpose, step, state);
+            }
+            Err(error) => self.fail(&name, purpose, step, error),
+        }
+    }
+
+    /// The next step after `step` succeeded.
+    fn advance(&mut self, now: Instant, name: &str, purpose: Purpose, step: Step, state: DomainState) {
+        let desired = self.vms.get(name).map(|r| r.intent.desired);
+        match (step, purpose) {
+            (Step::Define, Purpose::Create) => self.issue(name, Step::Start, HvCommand::Start(name.to_owned())),
+            (Step::Define, _) if desired == Some(Desired::Running) => {
+                self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
+            }
+            (Step::Shutdown, _) if state.is_active() => {
+                if let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) {
+                    task.step = Step::AwaitShutoff(now + task.stop_timeout);
+                }
+            }
+            (Step::Destroy, Purpose::Delete) => self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned())),
+            (Step::Undefine, _) => self.forget(name),
+            _ => self.finish(name, None),
+        }
+    }
+
+    fn fail(&mut self, name: &str, purpose: Purpose, step: Step, error: HvError) {
+        let kind = match error.kind {
+            HvErrorKind::Unavailable => ApiErrorKind::Unavailable,
+            HvErrorKind::NotFound | HvErrorKind::Refused => ApiErrorKind::Hypervisor,
+        };
+        let api_error = ApiError::new(kind, format!("vm {name}: {} failed: {error}", step_name(step)));
+        if let Some(r) = self.vms.get_mut(name) {
+            r.last_error = Some(error.message.clone());
+        }
+        match (purpose, step) {
+            // A create leaves nothing behind: an undefined domain and no intent.
+            (Purpose::Create, Step::Define) => {
+                self.forget_with(name, Some(api_error));
+            }
+            (Purpose::Create, Step::Start) if error.kind != HvErrorKind::Unavailable => {
+                if let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) {
+                    task.failure = Some(api_error);
+                }
+                self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned()));
+            }
+            _ => {
+                if !matches!(purpose, Purpose::Create | Purpose::Start | Purpose::Stop | Purpose::Delete) {
+                    self.event(Event::Failed { vm: name.to_owned(), error: api_error.message.clone() });
+                }
+                self.finish(name, Some(api_error));
+            }
+        }
+    }
+
+    /// Ends a VM's task and answers its request.
+    fn finish(&mut self, name: &str, error: Option<ApiError>) {
+        let Some(record) = self.vms.get_mut(name) else {
+            return;
+        };
+        let Some(task) = record.task.take() else {
+            return;
+        };
+        let error = error.or(task.failure);
+        if let Some(req) = task.req {
+            let reply = match error {
+                Some(e) => Err(e),
+                None => Ok(Reply::Vm(Box::new(self.status_of(name)))),
+            };
+            self.reply(req, reply);
+        }
+    }
+
+    /// Removes a VM whose domain is gone: intent, model, record.
+    fn forget(&mut self, name: &str) {
+        let failure = self.vms.get_mut(name).and_then(|r| r.task.as_mut()).and_then(|t| t.failure.take());
+        self.forget_with(name, failure);
+    }
+
+    fn forget_with(&mut self, name: &str, failure: Option<ApiError>) {
+        let Some(record) = self.vms.remove(name) else {
+            return;
+        };
+        self.model.remove_vm(record.id);
+        self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
+        if let Some(req) = record.task.and_then(|t| t.req) {
+            let reply = match failure {
+                Some(e) => Err(e),
+                None => Ok(Reply::Deleted(name.to_owned())),
+            };
+            self.reply(req, reply);
+        }
+    }
+
+    /// Compares what the hypervisor has with the intent and acts on the
+    /// difference. `full` reports orphans (after a (re)connection).
+    fn observe(&mut self, now: Instant, domains: Observation, full: bool) {
+        self.others = domains.others.into_iter().collect();
+        let mut seen: HashMap<String, DomainSeen> = domains.ours.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let names: Vec<String> = self.vms.keys().cloned().collect();
+        for name in names {
+            let observed = seen.remove(&name);
+            self.reconcile(now, &name, observed, full);
+        }
+        for orphan in seen.into_keys() {
+            if self.orphans.insert(orphan.clone()) || full {
+                self.event(Event::Orphan(orphan));
+            }
+        }
+    }
+
+    fn reconcile(&mut self, now: Instant, name: &str, observed: Option<DomainSeen>, full: bool) {
+        let backoff = self.backoff_config();
+        let Some(record) = self.vms.get_mut(name) else {
+            return;
+        };
+        let before = record.state();
+        match observed {
+            Some(d) => {
+                if let Some(milli) = d.cpu_milli {
+                    self.model.set_vm_load(record.id, milli);
+                }
+                record.seen = Some(d);
+            }
+            None => set_state(record, DomainState::Missing),
+        }
+        let state = record.state();
+        if let Some(task) = &record.task {
+            if matches!(task.step, Step::AwaitShutoff(_)) && !state.is_active() {
+                self.finish(name, None);
+            }
+            return;
+        }
+        match (record.intent.desired, state) {
+            (Desired::Deleted, DomainState::Missing) => self.forget(name),
+            (Desired::Deleted, _) => self.begin(name, Purpose::Delete, None, Duration::ZERO),
+            (_, DomainState::Missing) => {
+                self.event(Event::Recreating(name.to_owned()));
+                self.begin(name, Purpose::Recreate, None, Duration::ZERO);
+            }
+            (Desired::Running, DomainState::Shutoff | DomainState::Crashed) => {
+                if record.intent.spec.restart == crate::request::RestartPolicy::Never {
+                    if !record.reported_stopped {
+                        record.reported_stopped = true;
+                        self.event(Event::LeftStopped(name.to_owned()));
+                    }
+                } else if record.restart_not_before.is_none_or(|t| now >= t) {
+                    record.restarts += 1;
+                    let restarts = record.restarts;
+                    record.restart_not_before = Some(now + backoff(restarts));
+                    self.event(Event::Restarting { vm: name.to_owned(), restarts });
+                    self.begin(name, Purpose::Restart, None, Duration::ZERO);
+                }
+            }
+            (_, s) if full && s.is_active() && before == DomainState::Unknown => {
+                self.event(Event::Adopted(name.to_owned()));
+            }
+            _ => {}
+        }
+    }
+
+    fn backoff_config(&self) -> impl Fn(u32) -> Duration + use<> {
+        let (base, max) = (self.config.timing.restart_backoff_ms, self.config.timing.restart_backoff_max_ms);
+        // The first restart is immediate; later ones wait base, 2·base, 4·base… up to max.
+        move |restarts| {
+            let factor = 1u64.checked_shl(restarts.saturating_sub(1)).unwrap_or(u64::MAX);
+            Duration::from_millis(base.saturating_mul(factor).min(max))
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(at)) if at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.issue(&name, Step::Destroy, HvCommand::Destroy(name.clone()));
+        }
+    }
+
+    fn abandon_waits(&mut self) {
+        let waiting: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(_))))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let e = ApiError::new(
+                ApiErrorKind::Unavailable,
+                format!("the agent is shutting down; vm {name} was asked to shut down and may still be running"),
+            );
+            self.finish(&name, Some(e));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.vms
+            .values()
+            .filter_map(|r| match r.task.as_ref().map(|t| t.step) {
+                Some(Step::AwaitShutoff(at)) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    // ---- status ----
+
+    fn status_of(&self, name: &str) -> VmStatus {
+        match self.vms.get(name) {
+            Some(r) => self.status(r),
+            None => VmStatus {
+                name: name.to_owned(),
+                state: DomainState::Missing,
+                desired: Desired::Deleted,
+                host: self.config.host.name.clone(),
+                pop: self.config.pop.name.clone(),
+                busy: None,
+                cpu_milli: None,
+                cpu_time_ns: 0,
+                memory_kib: 0,
+                restarts: 0,
+                last_error: None,
+                spec: crate::VmRequest::default(),
+            },
+        }
+    }
+
+    fn status(&self, r: &VmRecord) -> VmStatus {
+        let seen = r.seen.as_ref();
+        VmStatus {
+            name: r.intent.spec.name.clone(),
+            state: r.state(),
+            desired: r.intent.desired,
+            host: self.config.host.name.clone(),
+            pop: self.config.pop.name.clone(),
+            busy: r.task.as_ref().map(|t| t.purpose.as_str().to_owned()),
+            cpu_milli: seen.and_then(|d| d.cpu_milli),
+            cpu_time_ns: seen.map_or(0, |d| d.cpu_time_ns),
+            memory_kib: seen.map_or(0, |d| d.memory_kib),
+            restarts: r.restarts,
+            last_error: r.last_error.clone(),
+            spec: r.intent.spec.clone(),
+        }
+    }
+
+    fn host_status(&self) -> HostStatus {
+        let h = &self.model.hosts[self.host.0 as usize];
+        let (state, reason, inventory) = match &self.hypervisor {
+            Hypervisor::Connecting => ("connecting", None, None),
+            Hypervisor::Up(i) => ("up", None, Some(i.clone())),
+            Hypervisor::Down(r) => ("down", Some(r.clone()), None),
+        };
+        let mut vms = VmCounts::default();
+        for r in self.vms.values() {
+            vms.total += 1;
+            match r.state() {
+                DomainState::Running => vms.running += 1,
+                DomainState::Shutoff => vms.stopped += 1,
+                _ => vms.other += 1,
+            }
+        }
+        let jurisdiction = self.model.jurisdictions[self.model.pops[0].jurisdiction as usize].clone();
+        HostStatus {
+            name: h.name.clone(),
+            pop: self.config.pop.name.clone(),
+            jurisdiction,
+            hypervisor: HypervisorStatus { state: state.to_owned(), reason, inventory },
+            capacity: h.capacity.into(),
+            allocated: h.allocated.into(),
+            free: h.free().into(),
+            load_cpu_milli: h.load_cpu_milli,
+            vms,
+            other_domains: self.others.len() as u32,
+        }
+    }
+}
+
+impl VmRecord {
+    fn new(intent: VmIntent, id: VmId) -> Self {
+        VmRecord {
+            intent,
+            id,
+            seen: None,
+            task: None,
+            restarts: 0,
+            restart_not_before: None,
+            last_error: None,
+            reported_stopped: false,
+        }
+    }
+}
+
+fn set_state(record: &mut VmRecord, state: DomainState) {
+    match record.seen.as_mut() {
+        Some(d) => d.state = state,
+        None => {
+            record.seen = Some(DomainSeen {
+                name: record.intent.spec.name.clone(),
+                state,
+                cpu_time_ns: 0,
+                cpu_milli: None,
+                memory_kib: 0,
+            })
+        }
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(ApiErrorKind::NotFound, format!("no vm named {name:?}"))
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Define => "define",
+        Step::Start => "start",
+        Step::Shutdown | Step::AwaitShutoff(_) => "shutdown",
+        Step::Destroy => "power-off",
+        Step::Undefine => "undefine",
+    }
+}
+
+#[cfg(test)]
+mod tests;

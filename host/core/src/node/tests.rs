@@ -1,0 +1,356 @@
+//! The node driven by hand: a small in-memory hypervisor carries out its
+//! commands, and each test checks the outputs in order.
+
+use super::*;
+use crate::request::RestartPolicy;
+use crate::{Native, VmRequest};
+use locus_sdk::{Cluster, Placement, PlacementPolicy, Request};
+
+struct FirstCandidate;
+
+impl PlacementPolicy for FirstCandidate {
+    fn place(cluster: &Cluster, _: &Request) -> Placement {
+        match cluster.hosts.iter().next() {
+            Some(h) => Placement::on(h.row),
+            None => Placement::reject(locus_sdk::RejectReason::NoCapacity, "no candidate"),
+        }
+    }
+}
+
+/// Domains by name: (state, ours, ignores ACPI shutdown).
+#[derive(Default)]
+struct Hv {
+    domains: BTreeMap<String, (DomainState, bool)>,
+    deaf_to_acpi: bool,
+    refuse_start: bool,
+    down: bool,
+}
+
+impl Hv {
+    fn run(&mut self, cmd: &HvCommand) -> Result<DomainState, HvError> {
+        if self.down {
+            return Err(HvError { kind: HvErrorKind::Unavailable, message: "connection refused".into() });
+        }
+        let name = cmd.vm().to_owned();
+        let missing = || HvError { kind: HvErrorKind::NotFound, message: format!("no domain {name}") };
+        let state = match cmd {
+            HvCommand::Define(_) => {
+                self.domains.entry(name.clone()).or_insert((DomainState::Shutoff, true));
+                DomainState::Shutoff
+            }
+            HvCommand::Start(_) if self.refuse_start => {
+                return Err(HvError { kind: HvErrorKind::Refused, message: "no room for the guest".into() });
+            }
+            HvCommand::Start(_) => {
+                let d = self.domains.get_mut(&name).ok_or_else(missing)?;
+                d.0 = DomainState::Running;
+                d.0
+            }
+            HvCommand::Shutdown(_) => match self.domains.get_mut(&name) {
+                Some(d) if !self.deaf_to_acpi => {
+                    d.0 = DomainState::Shutoff;
+                    d.0
+                }
+                Some(d) => d.0,
+                None => DomainState::Missing,
+            },
+            HvCommand::Destroy(_) => match self.domains.get_mut(&name) {
+                Some(d) => {
+                    d.0 = DomainState::Shutoff;
+                    d.0
+                }
+                None => DomainState::Missing,
+            },
+            HvCommand::Undefine(_) => {
+                self.domains.remove(&name);
+                DomainState::Missing
+            }
+        };
+        Ok(state)
+    }
+
+    fn observation(&self) -> Observation {
+        let mut o = Observation::default();
+        for (name, (state, ours)) in &self.domains {
+            if *ours {
+                o.ours.push(DomainSeen {
+                    name: name.clone(),
+                    state: *state,
+                    cpu_time_ns: 1,
+                    cpu_milli: Some(250),
+                    memory_kib: 1024,
+                });
+            } else {
+                o.others.push(name.clone());
+            }
+        }
+        o
+    }
+}
+
+fn inventory() -> Inventory {
+    Inventory { cpus: 4, memory_mib: 8192, hypervisor: "test".into() }
+}
+
+fn node(intents: Vec<VmIntent>) -> Node {
+    let mut config = NodeConfig::default();
+    config.host.name = "h1".into();
+    config.timing.stop_timeout_ms = 5_000;
+    Node::new(config, intents, Box::new(Native::placement::<FirstCandidate>("first"))).expect("node")
+}
+
+fn spec(name: &str) -> VmRequest {
+    VmRequest { name: name.into(), vcpus: 1, memory_mib: 512, ..VmRequest::default() }
+}
+
+/// Drives a node against an in-memory hypervisor, recording what it says.
+struct Rig {
+    node: Node,
+    hv: Hv,
+    now: Instant,
+    next_req: u64,
+    log: Vec<Output>,
+}
+
+impl Rig {
+    fn new(node: Node, hv: Hv) -> Self {
+        let mut rig = Rig { node, hv, now: Instant::now(), next_req: 0, log: vec![] };
+        let domains = rig.hv.observation();
+        rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
+        rig
+    }
+
+    /// Feeds an input and carries out every hypervisor command until the node is idle.
+    fn input(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            self.node.handle_input(input);
+            loop {
+                match self.node.poll_output() {
+                    Output::Timeout(_) => break,
+                    Output::Hypervisor { op, cmd } => {
+                        let result = self.hv.run(&cmd);
+                        self.log.push(Output::Hypervisor { op, cmd });
+                        queue.push_back(Input::Hypervisor { now: self.now, op, result });
+                    }
+                    other => self.log.push(other),
+                }
+            }
+        }
+    }
+
+    fn api(&mut self, cmd: Command) -> Result<Reply, ApiError> {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.input(Input::Api { now: self.now, req, cmd });
+        self.take_reply(req).expect("a reply")
+    }
+
+    fn take_reply(&mut self, req: ReqId) -> Option<Result<Reply, ApiError>> {
+        let i = self.log.iter().position(|o| matches!(o, Output::Reply { req: r, .. } if *r == req))?;
+        match self.log.remove(i) {
+            Output::Reply { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    fn sample(&mut self) {
+        let domains = self.hv.observation();
+        self.input(Input::Sampled { now: self.now, domains });
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|o| match o {
+                Output::Hypervisor { cmd, .. } => Some(format!("{cmd:?}").split('(').next().unwrap_or("").to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<&Event> {
+        self.log.iter().filter_map(|o| if let Output::Event(e) = o { Some(e) } else { None }).collect()
+    }
+
+    fn state(&mut self, name: &str) -> VmStatus {
+        match self.api(Command::Show(name.into())) {
+            Ok(Reply::Vm(s)) => *s,
+            other => panic!("show {name}: {other:?}"),
+        }
+    }
+}
+
+fn error_kind(r: Result<Reply, ApiError>) -> ApiErrorKind {
+    r.expect_err("an error").kind
+}
+
+#[test]
+fn create_persists_intent_before_defining_then_boots() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.log.clear();
+    let reply = rig.api(Command::Create(Box::new(spec("web"))));
+    let Ok(Reply::Vm(status)) = reply else { panic!("{reply:?}") };
+    assert_eq!((status.state, status.desired), (DomainState::Running, Desired::Running));
+    let persist = rig.log.iter().position(|o| matches!(o, Output::Persist(Change::Put(_))));
+    let define = rig.log.iter().position(|o| matches!(o, Output::Hypervisor { cmd: HvCommand::Define(_), .. }));
+    assert!(persist < define, "intent is written before the domain is defined: {:?}", rig.log);
+    assert_eq!(rig.commands(), ["Define", "Start"]);
+    assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 512);
+}
+
+#[test]
+fn bad_requests_are_refused_before_the_hypervisor_hears_of_them() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hv.domains.insert("foreign".into(), (DomainState::Running, false));
+    rig.sample();
+    rig.api(Command::Create(Box::new(spec("web")))).expect("first create");
+    rig.log.clear();
+    let mut zero = spec("zero");
+    zero.vcpus = 0;
+    assert_eq!(error_kind(rig.api(Command::Create(Box::new(zero)))), ApiErrorKind::BadRequest);
+    assert_eq!(error_kind(rig.api(Command::Create(Box::new(spec("web"))))), ApiErrorKind::Conflict);
+    assert_eq!(error_kind(rig.api(Command::Create(Box::new(spec("foreign"))))), ApiErrorKind::Conflict);
+    let mut huge = spec("huge");
+    huge.memory_mib = 1 << 20;
+    let e = rig.api(Command::Create(Box::new(huge))).expect_err("too big");
+    assert_eq!(e.kind, ApiErrorKind::Unplaceable);
+    assert!(e.message.contains("huge"), "{}", e.message);
+    assert_eq!(error_kind(rig.api(Command::Start("nope".into()))), ApiErrorKind::NotFound);
+    assert!(rig.commands().is_empty(), "nothing reached the hypervisor: {:?}", rig.log);
+    assert!(!rig.log.iter().any(|o| matches!(o, Output::Persist(_))), "nothing was persisted");
+}
+
+#[test]
+fn an_unreachable_hypervisor_refuses_changes_but_still_answers_reads() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    rig.input(Input::HypervisorDown { now: rig.now, reason: "libvirtd is not running".into() });
+    let e = rig.api(Command::Create(Box::new(spec("b")))).expect_err("down");
+    assert_eq!(e.kind, ApiErrorKind::Unavailable);
+    assert!(e.message.contains("libvirtd is not running"), "{}", e.message);
+    let Ok(Reply::Host(host)) = rig.api(Command::Host) else { panic!("host status") };
+    assert_eq!(host.hypervisor.state, "down");
+    assert!(matches!(rig.api(Command::List), Ok(Reply::Vms(v)) if v.len() == 1));
+    let domains = rig.hv.observation();
+    rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
+    rig.api(Command::Create(Box::new(spec("b")))).expect("up again");
+}
+
+#[test]
+fn a_guest_that_ignores_shutdown_is_powered_off_at_the_deadline() {
+    let mut rig = Rig::new(node(vec![]), Hv { deaf_to_acpi: true, ..Hv::default() });
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    let req = ReqId(99);
+    rig.input(Input::Api { now: rig.now, req, cmd: Command::Stop { name: "a".into(), force: false, timeout: None } });
+    assert!(rig.take_reply(req).is_none(), "still waiting for the guest");
+    let deadline = match rig.node.poll_output() {
+        Output::Timeout(Some(at)) => at,
+        other => panic!("expected a deadline, got {other:?}"),
+    };
+    assert_eq!(deadline - rig.now, Duration::from_secs(5));
+    assert_eq!(error_kind(rig.api(Command::Start("a".into()))), ApiErrorKind::Conflict, "busy");
+    rig.now = deadline;
+    rig.input(Input::Timeout(deadline));
+    let Some(Ok(Reply::Vm(s))) = rig.take_reply(req) else { panic!("stop answered: {:?}", rig.log) };
+    assert_eq!((s.state, s.desired), (DomainState::Shutoff, Desired::Stopped));
+    assert_eq!(rig.commands(), ["Define", "Start", "Shutdown", "Destroy"]);
+}
+
+#[test]
+fn a_stopped_vm_that_should_run_is_restarted_with_backoff() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    let mut never = spec("b");
+    never.restart = RestartPolicy::Never;
+    rig.api(Command::Create(Box::new(never))).expect("create");
+    for d in rig.hv.domains.values_mut() {
+        d.0 = DomainState::Crashed;
+    }
+    rig.sample();
+    assert_eq!(rig.state("a").state, DomainState::Running, "restarted at once");
+    assert_eq!(rig.state("a").restarts, 1);
+    assert_eq!(rig.state("b").state, DomainState::Crashed, "restart = never");
+    rig.hv.domains.get_mut("a").expect("a").0 = DomainState::Shutoff;
+    rig.sample();
+    assert_eq!(rig.state("a").state, DomainState::Shutoff, "the second restart waits for the backoff");
+    rig.now += Duration::from_secs(1);
+    rig.sample();
+    assert_eq!((rig.state("a").state, rig.state("a").restarts), (DomainState::Running, 2));
+    let events = rig.events();
+    assert!(events.contains(&&Event::LeftStopped("b".into())), "{events:?}");
+}
+
+#[test]
+fn restart_reconciles_intent_with_what_runs() {
+    let intent = |name: &str, desired| VmIntent { spec: spec(name), desired };
+    let mut hv = Hv::default();
+    hv.domains.insert("running".into(), (DomainState::Running, true));
+    hv.domains.insert("stopped".into(), (DomainState::Shutoff, true));
+    hv.domains.insert("orphan".into(), (DomainState::Running, true));
+    hv.domains.insert("theirs".into(), (DomainState::Running, false));
+    hv.domains.insert("half-deleted".into(), (DomainState::Running, true));
+    let intents = vec![
+        intent("running", Desired::Running),
+        intent("missing", Desired::Running),
+        intent("stopped", Desired::Stopped),
+        intent("half-deleted", Desired::Deleted),
+    ];
+    let rig = Rig::new(node(intents), hv);
+    let mut domains: Vec<_> = rig.hv.domains.iter().map(|(n, d)| (n.as_str(), d.0)).collect();
+    domains.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(
+        domains,
+        [
+            ("missing", DomainState::Running),
+            ("orphan", DomainState::Running),
+            ("running", DomainState::Running),
+            ("stopped", DomainState::Shutoff),
+            ("theirs", DomainState::Running),
+        ]
+    );
+    let mut commands = rig.commands();
+    commands.sort();
+    assert_eq!(commands, ["Define", "Destroy", "Start", "Undefine"], "nothing created twice");
+    let events = rig.events();
+    for e in [Event::Adopted("running".into()), Event::Recreating("missing".into()), Event::Orphan("orphan".into())] {
+        assert!(events.contains(&&e), "{e:?} in {events:?}");
+    }
+    assert!(rig.log.contains(&Output::Persist(Change::Remove("half-deleted".into()))));
+    let names: Vec<_> = rig.node.intents().map(|i| i.spec.name.as_str()).collect();
+    assert_eq!(names, ["missing", "running", "stopped"]);
+}
+
+#[test]
+fn delete_writes_the_tombstone_first_and_forgets_after_undefine() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    rig.log.clear();
+    assert_eq!(rig.api(Command::Delete("a".into())), Ok(Reply::Deleted("a".into())));
+    let first = rig.log.first().expect("outputs");
+    assert!(matches!(first, Output::Persist(Change::Put(VmIntent { desired: Desired::Deleted, .. }))), "{first:?}");
+    assert!(rig.log.contains(&Output::Persist(Change::Remove("a".into()))));
+    assert!(rig.hv.domains.is_empty());
+    assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 0, "resources released");
+    assert_eq!(error_kind(rig.api(Command::Show("a".into()))), ApiErrorKind::NotFound);
+}
+
+#[test]
+fn a_failed_boot_rolls_the_create_back() {
+    let mut rig = Rig::new(node(vec![]), Hv { refuse_start: true, ..Hv::default() });
+    let e = rig.api(Command::Create(Box::new(spec("a")))).expect_err("boot fails");
+    assert_eq!(e.kind, ApiErrorKind::Hypervisor);
+    assert!(e.message.contains("start failed: no room for the guest"), "{}", e.message);
+    assert_eq!(rig.commands(), ["Define", "Start", "Undefine"]);
+    assert!(rig.hv.domains.is_empty(), "nothing left defined");
+    assert_eq!(rig.node.intents().count(), 0, "no intent left");
+    assert!(rig.log.contains(&Output::Persist(Change::Remove("a".into()))));
+}
+
+#[test]
+fn shutdown_closes_once_nothing_is_in_flight() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.input(Input::Shutdown(rig.now));
+    assert!(rig.log.contains(&Output::Closed));
+    assert_eq!(error_kind(rig.api(Command::Create(Box::new(spec("late"))))), ApiErrorKind::Unavailable);
+}
