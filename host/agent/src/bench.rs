@@ -3,7 +3,8 @@
 //! policy compiled natively when it is a built-in (the baseline, measured in
 //! the same run).
 
-use crate::{native as natives, source};
+use crate::native as natives;
+use locus::source;
 use anyhow::{Result, bail};
 use locus_core::Policy;
 use locus_policy::{Runtime, RuntimeConfig, Slot};

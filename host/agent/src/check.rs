@@ -1,7 +1,7 @@
 //! `locus policy check FILE`: what a component is and whether this agent
 //! would accept it.
 
-use crate::source;
+use locus::source;
 use anyhow::Result;
 use locus_policy::{Runtime, RuntimeConfig};
 use std::process::ExitCode;

@@ -1,30 +1,46 @@
-//! `locus`: the Locus command line. For now the offline verbs a policy
-//! author and an operator use before anything runs: check a policy
-//! component, benchmark it, and dry-run placements over a cluster
-//! description. The agent daemon joins these verbs in later work.
+//! `locus`: the Locus command line. `locus agent` runs the daemon; the
+//! `vm`, `host` and `policy load|list` verbs talk to a running agent; the
+//! other `policy` verbs and `place` work offline, for policy authors and
+//! operators before anything runs.
 
 mod bench;
 mod check;
-mod files;
 mod native;
 mod place;
-mod source;
 
 use clap::{Parser, Subcommand};
+use locus::config::{AgentConfig, LogFormat};
+use locus::control::{self, Connection, LoadArgs, VmCommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
 #[command(name = "locus", version, about = "Locus: decentralised VM scheduling across points of presence")]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `locus_policy=debug`.
-    #[arg(long, global = true, env = "LOCUS_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `locus=debug`;
+    /// for the agent it overrides the configured `log`.
+    #[arg(long, global = true, env = "LOCUS_LOG")]
+    log: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent daemon on this host.
+    Agent(AgentArgs),
+    /// Manage VMs on a running agent.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// The host a running agent manages.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
@@ -35,22 +51,99 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Capacity, allocation, VMs and the hypervisor connection.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Verify a component: format, world, imports, exports, size, compile time.
     Check(check::Args),
     /// Measure a component's decisions per second and latency percentiles on
     /// a synthetic cluster.
     Bench(bench::Args),
+    /// Load a component into a slot of the running agent (hot swap).
+    Load(LoadArgs),
+    /// The running agent's policies: active and earlier versions, with metrics.
+    List,
+}
+
+/// `locus agent`: every configuration field can be set by `--set`; the
+/// common ones have flags of their own.
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "LOCUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Set any configuration field, e.g. `--set host.vcpus=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// libvirt URI (`test:///default`, `qemu:///system`, …).
+    #[arg(long)]
+    libvirt_uri: Option<String>,
+    /// State directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// This host's name.
+    #[arg(long)]
+    host_name: Option<String>,
+    /// The PoP's name.
+    #[arg(long)]
+    pop: Option<String>,
+    /// Also serve the API on TCP at this address (needs a token file).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Bearer token file for TCP clients.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl AgentArgs {
+    fn overrides(&self, log: Option<&String>) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = vec![];
+        for s in &self.set {
+            let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected key=value"))?;
+            out.push((k.trim().to_owned(), v.to_owned()));
+        }
+        let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
+        let path = |p: &PathBuf| quoted(&p.to_string_lossy());
+        let flags = [
+            ("libvirt-uri", self.libvirt_uri.as_deref().map(quoted)),
+            ("state-dir", self.state_dir.as_ref().map(path)),
+            ("host.name", self.host_name.as_deref().map(quoted)),
+            ("pop.name", self.pop.as_deref().map(quoted)),
+            ("listen", self.listen.as_deref().map(quoted)),
+            ("token-file", self.token_file.as_ref().map(path)),
+            ("log-format", self.log_format.map(|f| quoted(if f == LogFormat::Json { "json" } else { "text" }))),
+            ("log", log.map(|l| quoted(l))),
+        ];
+        out.extend(flags.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
+        Ok(out)
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if !matches!(cli.command, Command::Agent(_)) {
+        let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or("warn"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    let conn = &cli.connection;
     let result = match cli.command {
+        Command::Agent(args) => agent(&args, cli.log.as_ref()).map(|()| ExitCode::SUCCESS),
+        Command::Vm { command } => control::vm(conn, command).map(|()| ExitCode::SUCCESS),
+        Command::Host { command: HostCommand::Status } => control::host_status(conn).map(|()| ExitCode::SUCCESS),
         Command::Policy { command: PolicyCommand::Check(args) } => check::run(args),
         Command::Policy { command: PolicyCommand::Bench(args) } => bench::run(args),
+        Command::Policy { command: PolicyCommand::Load(args) } => {
+            control::policy_load(conn, args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::List } => control::policy_list(conn).map(|()| ExitCode::SUCCESS),
         Command::Place(args) => place::run(args),
     };
     match result {
@@ -60,4 +153,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn agent(args: &AgentArgs, log: Option<&String>) -> anyhow::Result<()> {
+    let config = AgentConfig::load(args.config.as_deref(), &args.overrides(log)?)?;
+    locus::daemon::init_logging(&config);
+    locus::daemon::run(config)
 }

@@ -4,7 +4,7 @@
 //! the next request. With several `--policy`, each runs on its own copy of
 //! the cluster and the summaries are shown side by side.
 
-use crate::{files, source};
+use locus::{files, source};
 use anyhow::{Context, Result};
 use locus_core::spec::{ClusterSpec, RequestsSpec};
 use locus_core::{DecidedBy, Decision, Model, Outcome, Placer, VmRequest};

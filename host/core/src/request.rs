@@ -125,8 +125,8 @@ pub struct VmRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The name breaks the naming rule.
-    #[error("invalid name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
-    Name(String),
+    #[error("invalid name {0}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
+    Name(Shown),
     /// A size of zero.
     #[error("{0} must be at least 1")]
     Zero(&'static str),
@@ -157,6 +157,27 @@ pub enum RequestError {
     Labels(String),
 }
 
+/// A name as quoted in an error: in full when short, else its start and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown(pub String);
+
+impl Shown {
+    fn of(name: &str) -> Self {
+        if name.chars().count() <= MAX_NAME_LEN {
+            Shown(format!("{name:?}"))
+        } else {
+            let start: String = name.chars().take(16).collect();
+            Shown(format!("{start:?}… ({} characters)", name.chars().count()))
+        }
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// True when `name` follows the naming rule for VMs and groups.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -169,12 +190,12 @@ impl VmRequest {
     /// Checks everything that can be checked without the cluster.
     pub fn validate(&self) -> Result<(), RequestError> {
         if !valid_name(&self.name) {
-            return Err(RequestError::Name(self.name.clone()));
+            return Err(RequestError::Name(Shown::of(&self.name)));
         }
         if let Some(g) = &self.group
             && !valid_name(&g.name)
         {
-            return Err(RequestError::Name(g.name.clone()));
+            return Err(RequestError::Name(Shown::of(&g.name)));
         }
         if self.vcpus == 0 {
             return Err(RequestError::Zero("vcpus"));
@@ -252,6 +273,8 @@ mod tests {
         for bad in ["", "-x", "a<b>", "a b", "é", &"x".repeat(65)] {
             assert!(matches!(vm(bad).validate(), Err(RequestError::Name(_))), "{bad:?}");
         }
+        let long = vm(&"x".repeat(300)).validate().expect_err("too long").to_string();
+        assert!(long.contains("(300 characters)") && long.len() < 150, "{long}");
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct HostStatus {
     pub load_cpu_milli: u32,
     /// VMs by state.
     pub vms: VmCounts,
+    /// Domains on the hypervisor marked as this host's, at the last sample.
+    pub own_domains: u32,
     /// Domains on the hypervisor that this agent did not create (left alone).
     pub other_domains: u32,
 }

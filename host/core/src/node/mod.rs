@@ -342,6 +342,8 @@ pub struct Node {
     vms: BTreeMap<String, VmRecord>,
     /// Names of domains this node does not own.
     others: BTreeSet<String>,
+    /// Domains marked as this host's at the last observation.
+    own_domains: u32,
     orphans: BTreeSet<String>,
     hypervisor: Hypervisor,
     ops: HashMap<OpId, String>,
@@ -399,6 +401,7 @@ impl Node {
             policy,
             vms: BTreeMap::new(),
             others: BTreeSet::new(),
+            own_domains: 0,
             orphans: BTreeSet::new(),
             hypervisor: Hypervisor::Connecting,
             ops: HashMap::new(),
@@ -785,6 +788,7 @@ impl Node {
     /// difference. `full` reports orphans (after a (re)connection).
     fn observe(&mut self, now: Instant, domains: Observation, full: bool) {
         self.others = domains.others.into_iter().collect();
+        self.own_domains = domains.ours.len() as u32;
         let mut seen: HashMap<String, DomainSeen> = domains.ours.into_iter().map(|d| (d.name.clone(), d)).collect();
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
@@ -962,6 +966,7 @@ impl Node {
             free: h.free().into(),
             load_cpu_milli: h.load_cpu_milli,
             vms,
+            own_domains: self.own_domains,
             other_domains: self.others.len() as u32,
         }
     }

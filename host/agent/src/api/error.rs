@@ -1,0 +1,99 @@
+//! API failures as JSON bodies with the right status, and extractors whose
+//! rejections say what was wrong with the request in the same shape.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use locus_core::node::{ApiError, ApiErrorKind};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What kind of failure: bad-request, not-found, conflict, unplaceable,
+    /// hypervisor, unavailable, unauthorized, too-large.
+    pub kind: String,
+    /// What is wrong, for a person.
+    pub error: String,
+}
+
+/// A failed request.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl Failure {
+    /// A failure with this status, kind and message.
+    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        Failure { status, body: ErrorBody { kind: kind.into(), error: message.into() } }
+    }
+
+    /// The core task is gone: the agent is stopping.
+    pub fn stopping() -> Self {
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the agent is shutting down")
+    }
+
+    /// A request the client got wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        let (status, kind) = match e.kind {
+            ApiErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiErrorKind::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ApiErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ApiErrorKind::Unplaceable => (StatusCode::UNPROCESSABLE_ENTITY, "unplaceable"),
+            ApiErrorKind::Hypervisor => (StatusCode::BAD_GATEWAY, "hypervisor"),
+            ApiErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        Failure::new(status, kind, e.message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// A JSON body whose rejection is a [`Failure`] naming the problem
+/// (syntax, unknown field, wrong type, missing content type, too large).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(r) => {
+                let status = r.status();
+                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { "too-large" } else { "bad-request" };
+                Err(Failure::new(status, kind, r.body_text()))
+            }
+        }
+    }
+}
+
+/// Query parameters whose rejection is a [`Failure`].
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(QueryParams(v)),
+            Err(r) => Err(Failure::bad_request(r.body_text())),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The agent's HTTP/JSON API: one router served on a unix socket (mode
+//! 0600, no token: the file's permissions are the access control) and, when
+//! configured, on TCP behind a bearer token. Handlers parse a request into
+//! a node [`Command`], hand it to the core task with a oneshot for the
+//! answer, and map the answer to HTTP. The OpenAPI description is served at
+//! `/openapi.json`.
+
+mod error;
+mod openapi;
+mod policies;
+pub mod vms;
+
+pub use error::{ErrorBody, Failure};
+use locus_core::node::{ApiError, Command, Reply};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+
+/// Largest JSON body accepted (a VM request is well under 1 KiB).
+pub const MAX_JSON_BODY: usize = 64 << 10;
+
+/// A request for the core task and where to send its answer.
+#[derive(Debug)]
+pub struct Call {
+    /// What is asked.
+    pub cmd: Command,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Reply, ApiError>>,
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The core task's inbox.
+    pub core: mpsc::Sender<Call>,
+    /// The policy slots.
+    pub policies: Arc<crate::policies::Policies>,
+    /// The intent store (policies loaded by operators are kept there).
+    pub store: Arc<crate::store::Store>,
+}
+
+impl AppState {
+    /// Asks the core and waits for its answer.
+    pub async fn ask(&self, cmd: Command) -> Result<Reply, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.core.send(Call { cmd, reply }).await.map_err(|_| Failure::stopping())?;
+        answer.await.map_err(|_| Failure::stopping())?.map_err(Failure::from)
+    }
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    let policy_body = DefaultBodyLimit::max(state.policies.max_size());
+    Router::new()
+        .route("/v1/vms", get(vms::list).post(vms::create))
+        .route("/v1/vms/{name}", get(vms::show).delete(vms::delete))
+        .route("/v1/vms/{name}/start", post(vms::start))
+        .route("/v1/vms/{name}/stop", post(vms::stop))
+        .route("/v1/host", get(vms::host))
+        .route("/v1/policies", get(policies::list))
+        .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
+        .route("/openapi.json", get(openapi::document))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { Failure::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+/// The same routes behind `Authorization: Bearer <token>`, for TCP.
+pub fn with_token(router: Router, token: String) -> Router {
+    router.layer(middleware::from_fn_with_state(Arc::new(token), require_token))
+}
+
+async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Result<Response, Failure> {
+    use subtle::ConstantTimeEq;
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(next.run(request).await)
+    } else {
+        Err(Failure::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"))
+    }
+}

@@ -1,0 +1,31 @@
+//! The OpenAPI description of the API, generated from the handlers and types.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Locus agent API", description = "VMs, host status and policies of one Locus agent."),
+    paths(
+        super::vms::list,
+        super::vms::create,
+        super::vms::show,
+        super::vms::start,
+        super::vms::stop,
+        super::vms::delete,
+        super::vms::host,
+        super::policies::list,
+        super::policies::load,
+    )
+)]
+struct ApiDoc;
+
+/// The document.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(spec())
+}

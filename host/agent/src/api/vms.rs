@@ -1,0 +1,114 @@
+//! `/v1/vms` and `/v1/host`: VM lifecycle and host status, each a node command.
+
+use super::error::{ErrorBody, Failure, JsonBody, QueryParams};
+use super::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use locus_core::VmRequest;
+use locus_core::node::{Command, HostStatus, Reply, VmStatus};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The answer to a delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The VM that was deleted.
+    pub deleted: String,
+}
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    /// Power off at once instead of asking the guest.
+    #[serde(default)]
+    pub force: bool,
+    /// How long the guest gets to shut down before it is powered off, ms
+    /// (the agent's `timing.stop-timeout-ms` when absent).
+    pub timeout_ms: Option<u64>,
+}
+
+fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
+    match reply {
+        Reply::Vm(s) => Ok(Json(*s)),
+        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+    }
+}
+
+/// Every VM on this host.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms",
+    responses((status = 200, description = "Every VM", body = [VmStatus])))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Failure> {
+    match s.ask(Command::List).await? {
+        Reply::Vms(v) => Ok(Json(v)),
+        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+    }
+}
+
+/// Places, defines and boots a VM with the active placement policy.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmRequest,
+    responses(
+        (status = 201, description = "Created and running", body = VmStatus),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "No host can take it", body = ErrorBody),
+        (status = 502, description = "The hypervisor refused", body = ErrorBody),
+        (status = 503, description = "Hypervisor unavailable", body = ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    JsonBody(spec): JsonBody<VmRequest>,
+) -> Result<(StatusCode, Json<VmStatus>), Failure> {
+    let status = vm(s.ask(Command::Create(Box::new(spec))).await?)?;
+    Ok((StatusCode::CREATED, status))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody)))]
+pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<VmStatus>, Failure> {
+    vm(s.ask(Command::Show(name)).await?)
+}
+
+/// Boots a stopped VM (and resets its restart count).
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn start(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<VmStatus>, Failure> {
+    vm(s.ask(Command::Start(name)).await?)
+}
+
+/// Stops a VM: asks the guest, then powers it off at the deadline.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms",
+    params(("name" = String, Path, description = "VM name"), StopParams),
+    responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn stop(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    QueryParams(p): QueryParams<StopParams>,
+) -> Result<Json<VmStatus>, Failure> {
+    let timeout = p.timeout_ms.map(Duration::from_millis);
+    vm(s.ask(Command::Stop { name, force: p.force, timeout }).await?)
+}
+
+/// Powers a VM off, removes its domain and forgets it.
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Deleted>, Failure> {
+    match s.ask(Command::Delete(name)).await? {
+        Reply::Deleted(deleted) => Ok(Json(Deleted { deleted })),
+        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+    }
+}
+
+/// The host: capacity, allocation, VMs by state, hypervisor connection.
+#[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = HostStatus)))]
+pub async fn host(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure> {
+    match s.ask(Command::Host).await? {
+        Reply::Host(h) => Ok(Json(*h)),
+        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+    }
+}

@@ -1,0 +1,204 @@
+//! The agent's configuration: documented defaults, then a TOML file, then
+//! `LOCUS_*` environment variables, then command-line flags, each layer
+//! overriding the one before (figment does the layering).
+//!
+//! Every field can be set each way. In the environment, `__` separates a
+//! section from its key and `_` stands for `-`: `LOCUS_HOST__VCPUS=64` sets
+//! `host.vcpus`. On the command line, `--set host.vcpus=64` sets any field;
+//! the most used ones also have their own flags.
+
+use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use locus_core::node::{HostConfig, NodeConfig, PopConfig, TimingConfig};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Which policy each slot starts with: a built-in name or a `.wasm` path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PolicyConfig {
+    /// The placement policy.
+    pub placement: String,
+    /// The migration (rebalancing) policy.
+    pub migration: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { placement: "best-fit".into(), migration: "relieve-overload".into() }
+    }
+}
+
+/// Everything `locus agent` is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AgentConfig {
+    /// libvirt URI: `test:///default` (in-process test driver, no daemon) or
+    /// e.g. `qemu:///system`.
+    pub libvirt_uri: String,
+    /// Where the agent keeps its state (the intent store).
+    pub state_dir: PathBuf,
+    /// The API's unix socket (mode 0600); default `<state-dir>/agent.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve the API on this TCP address, with a bearer token.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token for TCP clients; required with `listen`.
+    pub token_file: Option<PathBuf>,
+    /// Time between samples of every VM's CPU and memory, ms.
+    pub sample_interval_ms: u64,
+    /// Log filter (tracing EnvFilter syntax).
+    pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Policies the slots start with.
+    pub policies: PolicyConfig,
+    /// The PoP this host is in.
+    pub pop: PopConfig,
+    /// This host.
+    pub host: HostConfig,
+    /// Timers.
+    pub timing: TimingConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            libvirt_uri: "test:///default".into(),
+            state_dir: default_state_dir(),
+            socket: None,
+            listen: None,
+            token_file: None,
+            sample_interval_ms: 2000,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            policies: PolicyConfig::default(),
+            pop: PopConfig::default(),
+            host: HostConfig { name: default_host_name(), ..HostConfig::default() },
+            timing: TimingConfig::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads defaults ← `file` ← environment ← `overrides` (`key=value`,
+    /// the value in TOML syntax or a bare string).
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(AgentConfig::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("LOCUS_").map(|k| k.as_str().replace("__", ".").replace('_', "-").into()));
+        for (key, value) in overrides {
+            figment = figment.merge(Toml::string(&toml_line(key, value)));
+        }
+        let config: AgentConfig = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.listen.is_some() && self.token_file.is_none() {
+            bail!("invalid configuration: `listen` needs `token-file` (TCP clients must present a bearer token)");
+        }
+        if self.sample_interval_ms == 0 {
+            bail!("invalid configuration: sample-interval-ms must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The unix socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.state_dir.join("agent.sock"))
+    }
+
+    /// What the node is configured with.
+    pub fn node(&self) -> NodeConfig {
+        NodeConfig { pop: self.pop.clone(), host: self.host.clone(), timing: self.timing.clone() }
+    }
+
+    /// The bearer token, read from `token-file`.
+    pub fn token(&self) -> Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+        let token = token.trim().to_owned();
+        if token.len() < 16 {
+            bail!("the token in {} is shorter than 16 characters", path.display());
+        }
+        Ok(Some(token))
+    }
+}
+
+/// `key = value` as a TOML line: the value as written when it parses as
+/// TOML (numbers, booleans, quoted strings, arrays), else as a string.
+fn toml_line(key: &str, value: &str) -> String {
+    let line = format!("{key} = {value}");
+    if toml::from_str::<toml::Table>(&line).is_ok() {
+        line
+    } else {
+        format!("{key} = {}", toml::Value::String(value.to_owned()))
+    }
+}
+
+/// `/var/lib/locus` for root, else `~/.local/state/locus`.
+pub fn default_state_dir() -> PathBuf {
+    let root = std::env::var_os("USER").is_some_and(|u| u == "root") || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+    match std::env::var_os("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/state/locus"),
+        _ => PathBuf::from("/var/lib/locus"),
+    }
+}
+
+/// The default API socket, where a client looks when not told.
+pub fn default_socket() -> PathBuf {
+    default_state_dir().join("agent.sock")
+}
+
+fn default_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| locus_core::request::valid_name(h))
+        .unwrap_or_else(|| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "libvirt-uri = 'qemu:///system'\n[host]\nvcpus = 8\nname = 'from-file'\n").expect("write");
+        let c = AgentConfig::load(
+            Some(&file),
+            &[("host.vcpus".into(), "64".into()), ("pop.name".into(), "paris".into())],
+        )
+        .expect("load");
+        assert_eq!(c.libvirt_uri, "qemu:///system");
+        assert_eq!((c.host.vcpus, c.host.name.as_str(), c.pop.name.as_str()), (Some(64), "from-file", "paris"));
+        assert_eq!(c.sample_interval_ms, 2000, "defaults fill the rest");
+        let e = AgentConfig::load(None, &[("host.colour".into(), "red".into())]).expect_err("unknown");
+        assert!(format!("{e:#}").contains("colour"), "{e:#}");
+        let e = AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into())]).expect_err("no token");
+        assert!(e.to_string().contains("token-file"), "{e}");
+    }
+}

@@ -1,0 +1,377 @@
+//! The CLI verbs that talk to a running agent: `locus vm …`, `locus host
+//! status`, `locus policy load|list`. Readable tables by default, the API's
+//! JSON with `--json`.
+
+use crate::api::vms::Deleted;
+use crate::client::{Client, Endpoint};
+use crate::policies::{PolicyVersion, SlotListing, SlotName};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use locus_core::node::{HostStatus, VmStatus};
+use locus_core::request::{GroupKindSpec, GroupRef};
+use locus_core::{Location, RestartPolicy, VmRequest};
+use std::path::PathBuf;
+
+/// How to reach the agent and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The agent's unix socket.
+    #[arg(long, global = true, env = "LOCUS_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The agent's TCP address (`host:port`) instead of its socket.
+    #[arg(long, global = true, env = "LOCUS_ADDR")]
+    pub addr: Option<String>,
+    /// File with the bearer token, for `--addr`.
+    #[arg(long, global = true, env = "LOCUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client> {
+        let endpoint = match &self.addr {
+            Some(addr) => {
+                let path = self.token_file.as_ref().context("--addr needs --token-file")?;
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .trim()
+                    .to_owned();
+                Endpoint::Tcp { addr: addr.clone(), token }
+            }
+            None => Endpoint::Unix(self.socket.clone().unwrap_or_else(crate::config::default_socket)),
+        };
+        Ok(Client::new(endpoint))
+    }
+}
+
+/// `locus vm …`
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Place, define and boot a VM.
+    Create(CreateArgs),
+    /// List the VMs.
+    List,
+    /// Show one VM.
+    Show {
+        /// The VM.
+        name: String,
+    },
+    /// Boot a stopped VM.
+    Start {
+        /// The VM.
+        name: String,
+    },
+    /// Stop a VM: ask the guest, power it off after the timeout.
+    Stop {
+        /// The VM.
+        name: String,
+        /// Power off at once.
+        #[arg(long)]
+        force: bool,
+        /// Seconds the guest gets before it is powered off.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Power off, remove and forget a VM.
+    Delete {
+        /// The VM.
+        name: String,
+    },
+}
+
+/// What to create.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The VM's name.
+    #[arg(required_unless_present = "from")]
+    pub name: Option<String>,
+    /// A whole request as a JSON file (the API's body); flags are ignored.
+    #[arg(long, conflicts_with = "name")]
+    pub from: Option<PathBuf>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_mib: u32,
+    /// Disk, GiB (accounting).
+    #[arg(long, default_value_t = 0)]
+    pub disk_gib: u32,
+    /// Disk image path on the host.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// libvirt network for the VM's interface.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// A label, `key=value` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A jurisdiction the VM may run in (repeatable).
+    #[arg(long = "jurisdiction")]
+    pub jurisdictions: Vec<String>,
+    /// The users' location, `LAT,LON`.
+    #[arg(long, value_name = "LAT,LON")]
+    pub user: Option<String>,
+    /// Largest round trip to the users, ms.
+    #[arg(long)]
+    pub max_latency_ms: Option<f32>,
+    /// A group to join.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// How the group's members relate.
+    #[arg(long, value_enum, default_value = "spread")]
+    pub group_kind: GroupKindArg,
+    /// Leave the VM stopped when found stopped, instead of restarting it.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+/// Group kinds on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GroupKindArg {
+    /// Prefer sharing a host.
+    Affinity,
+    /// Never share a host.
+    AntiAffinity,
+    /// Prefer spreading.
+    Spread,
+}
+
+impl CreateArgs {
+    fn request(&self) -> Result<VmRequest> {
+        if let Some(path) = &self.from {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text).with_context(|| format!("{} is not a valid VM request", path.display()));
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected key=value"))?;
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let user = match &self.user {
+            Some(u) => {
+                let (lat, lon) = u.split_once(',').with_context(|| format!("--user {u:?}: expected LAT,LON"))?;
+                Some(Location {
+                    lat: lat.trim().parse().with_context(|| format!("--user latitude {lat:?}"))?,
+                    lon: lon.trim().parse().with_context(|| format!("--user longitude {lon:?}"))?,
+                })
+            }
+            None => None,
+        };
+        let kind = match self.group_kind {
+            GroupKindArg::Affinity => GroupKindSpec::Affinity,
+            GroupKindArg::AntiAffinity => GroupKindSpec::AntiAffinity,
+            GroupKindArg::Spread => GroupKindSpec::Spread,
+        };
+        Ok(VmRequest {
+            name: self.name.clone().unwrap_or_default(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            load_cpu_milli: None,
+            group: self.group.clone().map(|name| GroupRef { name, kind }),
+            jurisdictions: self.jurisdictions.clone(),
+            user,
+            max_latency_ms: self.max_latency_ms,
+            image: self.image.clone(),
+            network: self.network.clone(),
+            labels,
+            restart: if self.no_restart { RestartPolicy::Never } else { RestartPolicy::Always },
+        })
+    }
+}
+
+/// `locus policy load|list` against a running agent.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// A `.wasm` component, or the name of a built-in policy.
+    pub policy: String,
+    /// The slot to load it into.
+    #[arg(long, value_enum)]
+    pub slot: SlotName,
+    /// The name to load it under (default: the file's stem or the built-in's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs a `locus vm` verb.
+pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
+    let client = conn.client()?;
+    runtime()?.block_on(async {
+        let status: VmStatus = match cmd {
+            VmCommand::List => {
+                let vms: Vec<VmStatus> = client.get("/v1/vms").await?;
+                return if conn.json { print_json(&vms) } else { print_vms(&vms) };
+            }
+            VmCommand::Delete { name } => {
+                let d: Deleted = client.delete(&format!("/v1/vms/{}", path_segment(&name)?)).await?;
+                return if conn.json { print_json(&d) } else { Ok(println!("deleted {}", d.deleted)) };
+            }
+            VmCommand::Create(args) => client.post("/v1/vms", Some(&args.request()?)).await?,
+            VmCommand::Show { name } => client.get(&format!("/v1/vms/{}", path_segment(&name)?)).await?,
+            VmCommand::Start { name } => {
+                client.post::<(), _>(&format!("/v1/vms/{}/start", path_segment(&name)?), None).await?
+            }
+            VmCommand::Stop { name, force, timeout } => {
+                let mut path = format!("/v1/vms/{}/stop?force={force}", path_segment(&name)?);
+                if let Some(t) = timeout {
+                    if !(t.is_finite() && t >= 0.0) {
+                        bail!("--timeout must be a number of seconds");
+                    }
+                    path.push_str(&format!("&timeout_ms={}", (t * 1000.0) as u64));
+                }
+                client.post::<(), _>(&path, None).await?
+            }
+        };
+        if conn.json { print_json(&status) } else { print_vm(&status) }
+    })
+}
+
+/// Names travel in URL paths; the naming rule keeps them URL-safe, and
+/// anything else is refused here with the rule rather than by the server.
+fn path_segment(name: &str) -> Result<&str> {
+    if locus_core::request::valid_name(name) {
+        Ok(name)
+    } else {
+        bail!("invalid VM name {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    }
+}
+
+/// Runs `locus host status`.
+pub fn host_status(conn: &Connection) -> Result<()> {
+    let client = conn.client()?;
+    let host: HostStatus = runtime()?.block_on(client.get("/v1/host"))?;
+    if conn.json {
+        return print_json(&host);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let hv = &host.hypervisor;
+    let hv_line = match (&hv.inventory, &hv.reason) {
+        (Some(i), _) => format!("{} — {} ({} CPUs, {} MiB)", hv.state, i.hypervisor, i.cpus, i.memory_mib),
+        (None, Some(r)) => format!("{} — {r}", hv.state),
+        (None, None) => hv.state.clone(),
+    };
+    let size = |s: locus_core::node::Size| format!("{} vCPU, {} MiB, {} GiB", s.vcpus, s.memory_mib, s.disk_gib);
+    for (k, v) in [
+        ("host", host.name.clone()),
+        ("pop", format!("{} ({})", host.pop, host.jurisdiction)),
+        ("hypervisor", hv_line),
+        ("capacity", size(host.capacity)),
+        ("allocated", size(host.allocated)),
+        ("free", size(host.free)),
+        ("cpu load", format!("{:.2} CPUs", f64::from(host.load_cpu_milli) / 1000.0)),
+        (
+            "vms",
+            format!(
+                "{} ({} running, {} stopped, {} other)",
+                host.vms.total, host.vms.running, host.vms.stopped, host.vms.other
+            ),
+        ),
+        ("other domains", format!("{} (not Locus's, left alone)", host.other_domains)),
+    ] {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Runs `locus policy load`.
+pub fn policy_load(conn: &Connection, args: LoadArgs) -> Result<()> {
+    let client = conn.client()?;
+    let source = crate::source::resolve(&args.policy, 16 << 20)?;
+    let name = args.name.unwrap_or(source.name);
+    let path = format!("/v1/policies/{}?name={}", args.slot.as_str(), path_segment(&name)?);
+    let v: PolicyVersion = runtime()?.block_on(client.put_bytes(&path, "application/wasm", source.bytes))?;
+    if conn.json { print_json(&v) } else { Ok(println!("{} is active in the {} slot ({})", v.id, args.slot.as_str(), v.world)) }
+}
+
+/// Runs `locus policy list`.
+pub fn policy_list(conn: &Connection) -> Result<()> {
+    let client = conn.client()?;
+    let slots: Vec<SlotListing> = runtime()?.block_on(client.get("/v1/policies"))?;
+    if conn.json {
+        return print_json(&slots);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["slot", "", "policy", "world", "calls", "errors", "p50 µs", "p99 µs"]);
+    for s in &slots {
+        let rows = s.active.iter().map(|v| ("active", v)).chain(s.previous.iter().map(|v| ("previous", v)));
+        for (role, v) in rows {
+            t.add_row(vec![
+                s.slot.as_str().to_owned(),
+                role.to_owned(),
+                v.id.clone(),
+                v.world.clone(),
+                v.calls.to_string(),
+                v.errors.to_string(),
+                format!("{:.1}", v.p50_us),
+                format!("{:.1}", v.p99_us),
+            ]);
+        }
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn state_text(s: &VmStatus) -> String {
+    serde_json::to_value(s.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn print_vms(vms: &[VmStatus]) -> Result<()> {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["name", "state", "desired", "vcpus", "memory", "cpu", "restarts", "busy"]);
+    for v in vms {
+        t.add_row(vec![
+            v.name.clone(),
+            state_text(v),
+            serde_json::to_value(v.desired)?.as_str().unwrap_or_default().to_owned(),
+            v.spec.vcpus.to_string(),
+            format!("{} MiB", v.spec.memory_mib),
+            v.cpu_milli.map_or("-".into(), |m| format!("{:.1}%", f64::from(m) / 10.0)),
+            v.restarts.to_string(),
+            v.busy.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    println!("{} vm(s)", vms.len());
+    Ok(())
+}
+
+fn print_vm(v: &VmStatus) -> Result<()> {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let labels: Vec<String> = v.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for (k, val) in [
+        ("name", v.name.clone()),
+        ("state", state_text(v)),
+        ("desired", serde_json::to_value(v.desired)?.as_str().unwrap_or_default().to_owned()),
+        ("host", format!("{} (pop {})", v.host, v.pop)),
+        ("size", format!("{} vCPU, {} MiB", v.spec.vcpus, v.spec.memory_mib)),
+        ("cpu", v.cpu_milli.map_or("-".into(), |m| format!("{:.1}% of one CPU", f64::from(m) / 10.0))),
+        ("cpu time", format!("{:.2} s", v.cpu_time_ns as f64 / 1e9)),
+        ("memory", format!("{} KiB", v.memory_kib)),
+        ("restarts", v.restarts.to_string()),
+        ("labels", labels.join(", ")),
+        ("busy", v.busy.clone().unwrap_or_default()),
+        ("last error", v.last_error.clone().unwrap_or_default()),
+    ] {
+        t.add_row(vec![k.to_owned(), val]);
+    }
+    println!("{t}");
+    Ok(())
+}

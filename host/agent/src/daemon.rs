@@ -1,0 +1,263 @@
+//! `locus agent`: the tokio shell around the node.
+//!
+//! One task owns the [`Node`] and loops: drain its outputs (persist the
+//! round's intent changes in one transaction, then send hypervisor commands
+//! and replies), then wait for the next input — an API call, a hypervisor
+//! report, the node's deadline or shutdown — taking a bounded batch of what
+//! is already queued. libvirt runs on its own thread; the API servers are
+//! tasks that talk to the core task over a channel.
+
+use crate::api::{self, AppState, Call};
+use crate::config::{AgentConfig, LogFormat};
+use crate::libvirt::{self, FromHypervisor, ToHypervisor};
+use crate::policies::Policies;
+use crate::store::Store;
+use anyhow::{Context, Result, bail};
+use locus_core::node::{ApiError, Input, Node, Output, Reply, ReqId};
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Inputs taken per wake-up before the outputs are drained again.
+const BATCH: usize = 64;
+
+/// Sets up logging as configured.
+pub fn init_logging(config: &AgentConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: AgentConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("locus-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: AgentConfig) -> Result<()> {
+    prepare_state_dir(&config.state_dir)?;
+    let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
+    let intents = store.intents()?;
+    let policies = Arc::new(Policies::start(&config.policies, &store)?);
+    let node = Node::new(config.node(), intents, Box::new(policies.placement.clone()))?;
+    tracing::info!(
+        host = %config.host.name,
+        pop = %config.pop.name,
+        vms = node.intents().count(),
+        libvirt = %config.libvirt_uri,
+        "agent starting"
+    );
+
+    let (hv_events, hv_rx) = mpsc::unbounded_channel();
+    let (hv_tx, hv_thread) = libvirt::spawn(
+        libvirt::Settings {
+            uri: config.libvirt_uri.clone(),
+            owner: config.host.name.clone(),
+            sample_interval: Duration::from_millis(config.sample_interval_ms),
+        },
+        hv_events,
+    )
+    .context("starting the libvirt thread")?;
+
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    let state = AppState { core: core_tx, policies: policies.clone(), store: store.clone() };
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let socket = config.socket_path();
+    let unix = bind_unix(&socket)?;
+    let router = api::router(state);
+    tracker.spawn(serve_api(unix, router.clone(), cancel.clone()));
+    if let Some(addr) = config.listen {
+        let token = config.token()?.context("listen needs a token")?;
+        let tcp = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, "API on TCP (bearer token required)");
+        tracker.spawn(serve_api(tcp, api::with_token(router, token), cancel.clone()));
+    }
+    tracing::info!(socket = %socket.display(), "API on unix socket");
+    tracker.spawn(signals(cancel.clone()));
+    tracker.close();
+
+    let core = Core { node, store, hv: hv_tx.clone(), replies: HashMap::new(), next_req: 0 };
+    let result = core.run(core_rx, hv_rx, cancel.clone()).await;
+    cancel.cancel();
+    tracker.wait().await;
+    let _ = hv_tx.send(ToHypervisor::Stop);
+    let _ = tokio::task::spawn_blocking(move || hv_thread.join()).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("agent stopped");
+    result
+}
+
+/// The task that owns the node.
+struct Core {
+    node: Node,
+    store: Arc<Store>,
+    hv: std::sync::mpsc::Sender<ToHypervisor>,
+    replies: HashMap<ReqId, oneshot::Sender<Result<Reply, ApiError>>>,
+    next_req: u64,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut api: mpsc::Receiver<Call>,
+        mut hv: mpsc::UnboundedReceiver<FromHypervisor>,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let mut stopping = false;
+        loop {
+            let (deadline, closed) = self.drain()?;
+            if closed {
+                return Ok(());
+            }
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !stopping => {
+                    stopping = true;
+                    tracing::info!("shutting down: finishing what is in flight");
+                    self.node.handle_input(Input::Shutdown(Instant::now()));
+                }
+                Some(event) = hv.recv() => {
+                    self.hypervisor(event);
+                    for _ in 1..BATCH {
+                        match hv.try_recv() {
+                            Ok(event) => self.hypervisor(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(call) = api.recv() => {
+                    self.call(call);
+                    for _ in 1..BATCH {
+                        match api.try_recv() {
+                            Ok(call) => self.call(call),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
+            }
+        }
+    }
+
+    /// Carries out everything the node asked for; returns its next deadline
+    /// and whether it has closed.
+    fn drain(&mut self) -> Result<(Option<Instant>, bool)> {
+        let (mut changes, mut commands, mut answers) = (vec![], vec![], vec![]);
+        let mut closed = false;
+        let deadline = loop {
+            match self.node.poll_output() {
+                Output::Persist(change) => changes.push(change),
+                Output::Hypervisor { op, cmd } => commands.push(ToHypervisor::Run(op, cmd)),
+                Output::Reply { req, reply } => answers.push((req, reply)),
+                Output::Event(e) => tracing::info!("{e}"),
+                Output::Closed => closed = true,
+                Output::Timeout(at) => break at,
+            }
+        };
+        // Intent is durable before anything acts on it.
+        tokio::task::block_in_place(|| self.store.apply(&changes))
+            .context("writing intent to the store; stopping rather than acting on unrecorded intent")?;
+        for command in commands {
+            if self.hv.send(command).is_err() {
+                bail!("the libvirt thread has stopped");
+            }
+        }
+        for (req, reply) in answers {
+            if let Some(tx) = self.replies.remove(&req) {
+                let _ = tx.send(reply);
+            }
+        }
+        Ok((deadline, closed))
+    }
+
+    fn call(&mut self, call: Call) {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.replies.insert(req, call.reply);
+        self.node.handle_input(Input::Api { now: Instant::now(), req, cmd: call.cmd });
+    }
+
+    fn hypervisor(&mut self, event: FromHypervisor) {
+        let now = Instant::now();
+        let input = match event {
+            FromHypervisor::Done(op, result) => Input::Hypervisor { now, op, result },
+            FromHypervisor::Up(inventory, domains) => Input::HypervisorUp { now, inventory, domains },
+            FromHypervisor::Down(reason) => Input::HypervisorDown { now, reason },
+            FromHypervisor::Sampled(domains) => Input::Sampled { now, domains },
+        };
+        self.node.handle_input(input);
+    }
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    Ok(())
+}
+
+/// Binds the API socket with mode 0600, replacing a stale socket file but
+/// never one another agent is listening on.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another agent is listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve_api<L>(listener: L, router: axum::Router, cancel: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let shutdown = cancel.clone().cancelled_owned();
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!("API server failed: {e}");
+        cancel.cancel();
+    }
+}
+
+async fn signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+        _ = cancel.cancelled() => {}
+    }
+    cancel.cancel();
+}

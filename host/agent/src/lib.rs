@@ -1,0 +1,21 @@
+//! # locus: the agent daemon and its clients
+//!
+//! - [`daemon`]: `locus agent`, the tokio shell around the core's node.
+//! - [`config`]: its configuration (defaults, TOML, environment, flags).
+//! - [`libvirt`]: the hypervisor thread (commands, sampling, reconnects).
+//! - [`store`]: durable intent (redb).
+//! - [`policies`]: the placement and migration slots on the agent.
+//! - [`api`]: the HTTP/JSON API and its OpenAPI description.
+//! - [`client`], [`control`]: the API client and the CLI verbs using it.
+//! - [`source`], [`files`]: where policy bytes come from on the command line.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod files;
+pub mod libvirt;
+pub mod policies;
+pub mod source;
+pub mod store;

@@ -1,0 +1,116 @@
+//! Domain XML for a Locus VM, and the mark that says which agent owns a
+//! domain. Every value from a request goes through quick-xml's writer, which
+//! escapes it; nothing is pasted into markup by hand.
+
+use locus_core::VmRequest;
+use quick_xml::Writer;
+use quick_xml::events::{BytesText, Event};
+use std::io;
+
+/// The XML namespace of Locus's domain metadata.
+pub const NAMESPACE: &str = "https://locus.invalid/xmlns/vm/1";
+
+/// The domain definition for `spec`, owned by host `owner`, of libvirt
+/// domain type `domain_type` (`kvm`, `qemu` or `test`).
+pub fn render(spec: &VmRequest, owner: &str, domain_type: &str) -> String {
+    // Writing into a Vec cannot fail.
+    write(spec, owner, domain_type).unwrap_or_default()
+}
+
+fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String> {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
+        w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
+        w.create_element("metadata").write_inner_content(|w| {
+            w.create_element("locus:vm")
+                .with_attribute(("xmlns:locus", NAMESPACE))
+                .with_attribute(("owner", owner))
+                .write_inner_content(|w| {
+                    for (key, value) in &spec.labels {
+                        w.create_element("locus:label")
+                            .with_attribute(("key", key.as_str()))
+                            .write_text_content(BytesText::new(value))?;
+                    }
+                    Ok(())
+                })?;
+            Ok(())
+        })?;
+        w.create_element("memory")
+            .with_attribute(("unit", "MiB"))
+            .write_text_content(BytesText::new(&spec.memory_mib.to_string()))?;
+        w.create_element("vcpu").write_text_content(BytesText::new(&spec.vcpus.to_string()))?;
+        w.create_element("os").write_inner_content(|w| {
+            w.create_element("type").write_text_content(BytesText::new("hvm"))?;
+            let boot = if spec.image.is_some() { "hd" } else { "network" };
+            w.create_element("boot").with_attribute(("dev", boot)).write_empty()?;
+            Ok(())
+        })?;
+        for (event, action) in [("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")] {
+            w.create_element(event).write_text_content(BytesText::new(action))?;
+        }
+        w.create_element("devices").write_inner_content(|w| devices(w, spec))?;
+        Ok(())
+    })?;
+    Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
+}
+
+fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest) -> io::Result<()> {
+    if let Some(image) = &spec.image {
+        let format = if image.ends_with(".qcow2") { "qcow2" } else { "raw" };
+        w.create_element("disk").with_attribute(("type", "file")).with_attribute(("device", "disk")).write_inner_content(
+            |w| {
+                w.create_element("driver").with_attribute(("name", "qemu")).with_attribute(("type", format)).write_empty()?;
+                w.create_element("source").with_attribute(("file", image.as_str())).write_empty()?;
+                w.create_element("target").with_attribute(("dev", "vda")).with_attribute(("bus", "virtio")).write_empty()?;
+                Ok(())
+            },
+        )?;
+    }
+    if let Some(network) = &spec.network {
+        w.create_element("interface").with_attribute(("type", "network")).write_inner_content(|w| {
+            w.create_element("source").with_attribute(("network", network.as_str())).write_empty()?;
+            w.create_element("model").with_attribute(("type", "virtio")).write_empty()?;
+            Ok(())
+        })?;
+    }
+    w.create_element("serial").with_attribute(("type", "pty")).write_empty()?;
+    Ok(())
+}
+
+/// The owner named in a domain's Locus metadata element (as libvirt returns
+/// it from `virDomainGetMetadata`), if it has one.
+pub fn owner(metadata: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(metadata);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == b"vm" => {
+                let attr = e.try_get_attribute("owner").ok()??;
+                return attr.unescape_value().ok().map(|v| v.into_owned());
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped_and_the_owner_reads_back() {
+        let mut spec = VmRequest { name: "web-1".into(), vcpus: 2, memory_mib: 64, ..VmRequest::default() };
+        spec.labels.insert("team".into(), "</locus:label><evil attr='1'>&".into());
+        spec.image = Some("/images/a&b.qcow2".into());
+        let xml = render(&spec, "host-a", "kvm");
+        assert!(xml.contains("&lt;/locus:label&gt;&lt;evil attr=&apos;1&apos;&gt;&amp;"), "{xml}");
+        assert!(xml.contains("file=\"/images/a&amp;b.qcow2\""), "{xml}");
+        assert!(xml.contains("<memory unit=\"MiB\">64</memory>"), "{xml}");
+        assert!(xml.contains("type=\"qcow2\""), "{xml}");
+        let start = xml.find("<locus:vm").expect("metadata");
+        let end = xml.find("</locus:vm>").expect("metadata end") + "</locus:vm>".len();
+        assert_eq!(owner(&xml[start..end]).as_deref(), Some("host-a"));
+        assert_eq!(owner("<other/>"), None);
+        assert_eq!(owner("not xml <"), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! The hypervisor layer: one thread that owns the libvirt connection,
+//! carries out the node's commands, samples every domain at an interval
+//! (the Local Resources Tracker) and reconnects when libvirt goes away.
+//!
+//! libvirt calls block, so they never run on the async runtime. Commands
+//! and samples share this one thread, in order: a sample taken after a
+//! command's result was sent reflects that command. Only domains marked
+//! with this host's name are ever changed; others are listed by name so
+//! the node keeps its VM names apart from theirs.
+
+pub mod domain_xml;
+
+use locus_core::hypervisor::{DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId};
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+
+/// What the hypervisor thread is told.
+#[derive(Debug)]
+pub enum ToHypervisor {
+    /// Carry out a command.
+    Run(OpId, HvCommand),
+    /// Close the connection and end the thread.
+    Stop,
+}
+
+/// What the hypervisor thread reports.
+#[derive(Debug)]
+pub enum FromHypervisor {
+    /// A command finished.
+    Done(OpId, Result<DomainState, HvError>),
+    /// Connected (at start or again), with what is there.
+    Up(Inventory, Observation),
+    /// Not reachable.
+    Down(String),
+    /// A periodic sample.
+    Sampled(Observation),
+}
+
+/// How to reach libvirt and how often to sample.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// libvirt URI, e.g. `test:///default` or `qemu:///system`.
+    pub uri: String,
+    /// This host's name, written into the domains it creates.
+    pub owner: String,
+    /// Time between samples.
+    pub sample_interval: Duration,
+}
+
+/// Starts the hypervisor thread.
+pub fn spawn(
+    settings: Settings,
+    events: UnboundedSender<FromHypervisor>,
+) -> std::io::Result<(mpsc::Sender<ToHypervisor>, thread::JoinHandle<()>)> {
+    // libvirt prints every error to stderr unless told not to; errors are
+    // reported through results and the log instead.
+    virt::error::clear_error_callback();
+    let (tx, rx) = mpsc::channel();
+    let handle = thread::Builder::new().name("libvirt".into()).spawn(move || run(settings, rx, events))?;
+    Ok((tx, handle))
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+fn run(settings: Settings, rx: mpsc::Receiver<ToHypervisor>, events: UnboundedSender<FromHypervisor>) {
+    let mut session: Option<Session> = None;
+    let mut down_reason: Option<String> = None;
+    let mut retry = RETRY_MIN;
+    let mut retry_at = Instant::now();
+    let mut next_sample = Instant::now() + settings.sample_interval;
+    loop {
+        let now = Instant::now();
+        if session.is_none() && now >= retry_at {
+            let opened = Session::open(&settings).and_then(|mut s| {
+                let inventory = s.inventory()?;
+                let observation = s.observe()?;
+                Ok((inventory, observation, s))
+            });
+            match opened {
+                Ok((inventory, observation, s)) => {
+                    tracing::info!(uri = %settings.uri, "connected to libvirt");
+                    session = Some(s);
+                    down_reason = None;
+                    retry = RETRY_MIN;
+                    next_sample = now + settings.sample_interval;
+                    let _ = events.send(FromHypervisor::Up(inventory, observation));
+                }
+                Err(e) => {
+                    let reason = format!("cannot connect to {}: {}", settings.uri, e.message());
+                    if down_reason.as_ref() != Some(&reason) {
+                        tracing::warn!("{reason}");
+                        let _ = events.send(FromHypervisor::Down(reason.clone()));
+                    }
+                    down_reason = Some(reason);
+                    retry_at = now + retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        let wake = if session.is_some() { next_sample } else { retry_at.min(next_sample) };
+        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(ToHypervisor::Run(op, cmd)) => {
+                let result = match session.as_mut() {
+                    Some(s) => s.run(&cmd),
+                    None => Err(HvError {
+                        kind: HvErrorKind::Unavailable,
+                        message: down_reason.clone().unwrap_or_else(|| "not connected".into()),
+                    }),
+                };
+                let lost = matches!(&result, Err(e) if e.kind == HvErrorKind::Unavailable) && session.is_some();
+                let _ = events.send(FromHypervisor::Done(op, result));
+                if lost {
+                    lose(&mut session, &mut down_reason, &events, "the connection to libvirt was lost".into());
+                    retry_at = Instant::now();
+                }
+            }
+            Ok(ToHypervisor::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= next_sample {
+            next_sample = Instant::now() + settings.sample_interval;
+            if let Some(s) = session.as_mut() {
+                match s.observe() {
+                    Ok(o) => {
+                        let _ = events.send(FromHypervisor::Sampled(o));
+                    }
+                    Err(e) => {
+                        let reason = format!("the connection to libvirt was lost: {}", e.message());
+                        lose(&mut session, &mut down_reason, &events, reason);
+                        retry_at = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+    drop(session);
+}
+
+fn lose(
+    session: &mut Option<Session>,
+    down_reason: &mut Option<String>,
+    events: &UnboundedSender<FromHypervisor>,
+    reason: String,
+) {
+    if let Some(s) = session.as_ref()
+        && s.alive()
+    {
+        return;
+    }
+    *session = None;
+    tracing::warn!("{reason}");
+    let _ = events.send(FromHypervisor::Down(reason.clone()));
+    *down_reason = Some(reason);
+}
+
+/// An open connection and what is remembered between samples.
+struct Session {
+    conn: Connect,
+    owner: String,
+    domain_type: &'static str,
+    /// Whether each domain (by UUID) is ours: its metadata never changes.
+    ours: HashMap<String, bool>,
+    /// Last CPU time and when it was read, by UUID.
+    cpu: HashMap<String, (u64, Instant)>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // virt 0.4.3's Connect has no Drop.
+        let _ = self.conn.close();
+    }
+}
+
+impl Session {
+    fn open(settings: &Settings) -> Result<Self, virt::error::Error> {
+        let conn = Connect::open(Some(&settings.uri))?;
+        let mut session =
+            Session { conn, owner: settings.owner.clone(), domain_type: "qemu", ours: HashMap::new(), cpu: HashMap::new() };
+        let caps = session.conn.get_capabilities()?;
+        session.domain_type = if caps.contains("<domain type='test'") {
+            "test"
+        } else if caps.contains("<domain type='kvm'") {
+            "kvm"
+        } else {
+            "qemu"
+        };
+        Ok(session)
+    }
+
+    fn inventory(&self) -> Result<Inventory, virt::error::Error> {
+        let info = self.conn.get_node_info()?;
+        let kind = self.conn.get_type()?;
+        let version = self.conn.get_hyp_version().unwrap_or(0);
+        Ok(Inventory {
+            cpus: info.cpus,
+            memory_mib: (info.memory / 1024) as u32,
+            hypervisor: format!(
+                "{kind} {}.{}.{} ({} guests)",
+                version / 1_000_000,
+                version / 1000 % 1000,
+                version % 1000,
+                self.domain_type
+            ),
+        })
+    }
+
+    fn observe(&mut self) -> Result<Observation, virt::error::Error> {
+        let mut o = Observation::default();
+        let now = Instant::now();
+        let mut cpu = HashMap::new();
+        for dom in self.conn.list_all_domains(0)? {
+            let name = dom.get_name()?;
+            let uuid = dom.get_uuid_string()?;
+            let ours = match self.ours.get(&uuid) {
+                Some(&o) => o,
+                None => *self.ours.entry(uuid.clone()).or_insert_with(|| is_ours(&dom, &self.owner)),
+            };
+            if !ours {
+                o.others.push(name);
+                continue;
+            }
+            let info = match dom.get_info() {
+                Ok(i) => i,
+                // Undefined between the listing and now.
+                Err(e) if e.code() == ErrorNumber::NoDomain => continue,
+                Err(e) => return Err(e),
+            };
+            let milli = self.cpu.get(&uuid).and_then(|&(prev, at)| {
+                let wall = now.duration_since(at).as_nanos();
+                (wall > 0 && info.cpu_time >= prev)
+                    .then(|| ((u128::from(info.cpu_time - prev) * 1000) / wall).min(u128::from(u32::MAX)) as u32)
+            });
+            cpu.insert(uuid, (info.cpu_time, now));
+            o.ours.push(seen(name, &info, milli));
+        }
+        self.cpu = cpu;
+        Ok(o)
+    }
+
+    fn alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
+    }
+
+    fn run(&mut self, cmd: &HvCommand) -> Result<DomainState, HvError> {
+        let name = cmd.vm();
+        let existing = match Domain::lookup_by_name(&self.conn, name) {
+            Ok(d) => Some(d),
+            Err(e) if e.code() == ErrorNumber::NoDomain => None,
+            Err(e) => return Err(self.error(e)),
+        };
+        if let Some(d) = &existing
+            && !is_ours(d, &self.owner)
+        {
+            return Err(HvError {
+                kind: HvErrorKind::Refused,
+                message: format!("domain {name} exists and was not created by this agent; it is left alone"),
+            });
+        }
+        let result = match (cmd, existing) {
+            // Idempotent: an existing domain of ours is the one defined before a crash.
+            (HvCommand::Define(_), Some(d)) => state(&d),
+            (HvCommand::Define(spec), None) => {
+                let xml = domain_xml::render(spec, &self.owner, self.domain_type);
+                Domain::define_xml(&self.conn, &xml).and_then(|d| state(&d))
+            }
+            (HvCommand::Start(_), None) => {
+                return Err(HvError { kind: HvErrorKind::NotFound, message: format!("no domain named {name}") });
+            }
+            (HvCommand::Start(_), Some(d)) => match d.is_active() {
+                Ok(true) => state(&d),
+                _ => d.create().and_then(|_| state(&d)),
+            },
+            (HvCommand::Shutdown(_) | HvCommand::Destroy(_) | HvCommand::Undefine(_), None) => {
+                Ok(DomainState::Missing)
+            }
+            (HvCommand::Shutdown(_), Some(d)) => match d.is_active() {
+                Ok(true) => d.shutdown().and_then(|_| state(&d)),
+                _ => state(&d),
+            },
+            (HvCommand::Destroy(_), Some(d)) => match d.is_active() {
+                Ok(true) => d.destroy().and_then(|_| state(&d)),
+                _ => state(&d),
+            },
+            (HvCommand::Undefine(_), Some(d)) => d.undefine().map(|_| DomainState::Missing),
+        };
+        result.map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: virt::error::Error) -> HvError {
+        let kind = if e.code() == ErrorNumber::NoDomain {
+            HvErrorKind::NotFound
+        } else if !self.alive() {
+            HvErrorKind::Unavailable
+        } else {
+            HvErrorKind::Refused
+        };
+        HvError { kind, message: e.message().to_owned() }
+    }
+}
+
+fn is_ours(dom: &Domain, owner: &str) -> bool {
+    dom.get_metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(domain_xml::NAMESPACE), 0)
+        .ok()
+        .and_then(|m| domain_xml::owner(&m))
+        .is_some_and(|o| o == owner)
+}
+
+fn state(d: &Domain) -> Result<DomainState, virt::error::Error> {
+    d.get_info().map(|i| map_state(i.state))
+}
+
+fn seen(name: String, info: &virt::domain::DomainInfo, cpu_milli: Option<u32>) -> DomainSeen {
+    DomainSeen { name, state: map_state(info.state), cpu_time_ns: info.cpu_time, cpu_milli, memory_kib: info.memory }
+}
+
+fn map_state(s: virt::sys::virDomainState) -> DomainState {
+    match s {
+        virt::sys::VIR_DOMAIN_RUNNING | virt::sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+        virt::sys::VIR_DOMAIN_PAUSED | virt::sys::VIR_DOMAIN_PMSUSPENDED => DomainState::Paused,
+        virt::sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+        virt::sys::VIR_DOMAIN_SHUTOFF => DomainState::Shutoff,
+        virt::sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+        _ => DomainState::Unknown,
+    }
+}
