@@ -4,8 +4,8 @@
 //! the same run).
 
 use crate::native as natives;
-use locus::source;
 use anyhow::{Result, bail};
+use locus::source;
 use locus_core::Policy;
 use locus_policy::{Runtime, RuntimeConfig, Slot};
 use locus_sdk::Resources;

@@ -1,8 +1,8 @@
 //! `locus policy check FILE`: what a component is and whether this agent
 //! would accept it.
 
-use locus::source;
 use anyhow::Result;
+use locus::source;
 use locus_policy::{Runtime, RuntimeConfig};
 use std::process::ExitCode;
 

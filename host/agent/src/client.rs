@@ -66,7 +66,12 @@ impl Client {
     }
 
     /// PUT raw bytes of `content_type` to `path`.
-    pub async fn put_bytes<T: DeserializeOwned>(&self, path: &str, content_type: &'static str, bytes: Vec<u8>) -> Result<T> {
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<T> {
         self.send(Method::PUT, path, Some((content_type, bytes))).await
     }
 
@@ -134,8 +139,9 @@ async fn exchange<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake with the agent")?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake with the agent")?;
     tokio::spawn(connection);
     sender.send_request(request).await.map_err(|e| anyhow!("request to the agent failed: {e}"))
 }

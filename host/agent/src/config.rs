@@ -103,18 +103,22 @@ impl AgentConfig {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("LOCUS_").map(|k| k.as_str().replace("__", ".").replace('_', "-").into()));
+        figment = figment
+            .merge(Env::prefixed("LOCUS_").map(|k| k.as_str().replace("__", ".").replace('_', "-").into()));
         for (key, value) in overrides {
             figment = figment.merge(Toml::string(&toml_line(key, value)));
         }
-        let config: AgentConfig = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: AgentConfig =
+            figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.check()?;
         Ok(config)
     }
 
     fn check(&self) -> Result<()> {
         if self.listen.is_some() && self.token_file.is_none() {
-            bail!("invalid configuration: `listen` needs `token-file` (TCP clients must present a bearer token)");
+            bail!(
+                "invalid configuration: `listen` needs `token-file` (TCP clients must present a bearer token)"
+            );
         }
         if self.sample_interval_ms == 0 {
             bail!("invalid configuration: sample-interval-ms must be at least 1");
@@ -137,7 +141,8 @@ impl AgentConfig {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading token file {}", path.display()))?;
         let token = token.trim().to_owned();
         if token.len() < 16 {
             bail!("the token in {} is shorter than 16 characters", path.display());
@@ -159,7 +164,8 @@ fn toml_line(key: &str, value: &str) -> String {
 
 /// `/var/lib/locus` for root, else `~/.local/state/locus`.
 pub fn default_state_dir() -> PathBuf {
-    let root = std::env::var_os("USER").is_some_and(|u| u == "root") || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+    let root = std::env::var_os("USER").is_some_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| h == "/root");
     match std::env::var_os("HOME") {
         Some(home) if !root => PathBuf::from(home).join(".local/state/locus"),
         _ => PathBuf::from("/var/lib/locus"),
@@ -187,18 +193,23 @@ mod tests {
     fn layers_override_in_order_and_unknown_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("agent.toml");
-        std::fs::write(&file, "libvirt-uri = 'qemu:///system'\n[host]\nvcpus = 8\nname = 'from-file'\n").expect("write");
+        std::fs::write(&file, "libvirt-uri = 'qemu:///system'\n[host]\nvcpus = 8\nname = 'from-file'\n")
+            .expect("write");
         let c = AgentConfig::load(
             Some(&file),
             &[("host.vcpus".into(), "64".into()), ("pop.name".into(), "paris".into())],
         )
         .expect("load");
         assert_eq!(c.libvirt_uri, "qemu:///system");
-        assert_eq!((c.host.vcpus, c.host.name.as_str(), c.pop.name.as_str()), (Some(64), "from-file", "paris"));
+        assert_eq!(
+            (c.host.vcpus, c.host.name.as_str(), c.pop.name.as_str()),
+            (Some(64), "from-file", "paris")
+        );
         assert_eq!(c.sample_interval_ms, 2000, "defaults fill the rest");
         let e = AgentConfig::load(None, &[("host.colour".into(), "red".into())]).expect_err("unknown");
         assert!(format!("{e:#}").contains("colour"), "{e:#}");
-        let e = AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into())]).expect_err("no token");
+        let e =
+            AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into())]).expect_err("no token");
         assert!(e.to_string().contains("token-file"), "{e}");
     }
 }

@@ -143,8 +143,10 @@ pub enum GroupKindArg {
 impl CreateArgs {
     fn request(&self) -> Result<VmRequest> {
         if let Some(path) = &self.from {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            return serde_json::from_str(&text).with_context(|| format!("{} is not a valid VM request", path.display()));
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid VM request", path.display()));
         }
         let mut labels = std::collections::BTreeMap::new();
         for l in &self.labels {
@@ -153,7 +155,8 @@ impl CreateArgs {
         }
         let user = match &self.user {
             Some(u) => {
-                let (lat, lon) = u.split_once(',').with_context(|| format!("--user {u:?}: expected LAT,LON"))?;
+                let (lat, lon) =
+                    u.split_once(',').with_context(|| format!("--user {u:?}: expected LAT,LON"))?;
                 Some(Location {
                     lat: lat.trim().parse().with_context(|| format!("--user latitude {lat:?}"))?,
                     lon: lon.trim().parse().with_context(|| format!("--user longitude {lon:?}"))?,
@@ -217,7 +220,11 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
             }
             VmCommand::Delete { name } => {
                 let d: Deleted = client.delete(&format!("/v1/vms/{}", path_segment(&name)?)).await?;
-                return if conn.json { print_json(&d) } else { Ok(println!("deleted {}", d.deleted)) };
+                if conn.json {
+                    return print_json(&d);
+                }
+                println!("deleted {}", d.deleted);
+                return Ok(());
             }
             VmCommand::Create(args) => client.post("/v1/vms", Some(&args.request()?)).await?,
             VmCommand::Show { name } => client.get(&format!("/v1/vms/{}", path_segment(&name)?)).await?,
@@ -264,7 +271,8 @@ pub fn host_status(conn: &Connection) -> Result<()> {
         (None, Some(r)) => format!("{} — {r}", hv.state),
         (None, None) => hv.state.clone(),
     };
-    let size = |s: locus_core::node::Size| format!("{} vCPU, {} MiB, {} GiB", s.vcpus, s.memory_mib, s.disk_gib);
+    let size =
+        |s: locus_core::node::Size| format!("{} vCPU, {} MiB, {} GiB", s.vcpus, s.memory_mib, s.disk_gib);
     for (k, v) in [
         ("host", host.name.clone()),
         ("pop", format!("{} ({})", host.pop, host.jurisdiction)),
@@ -295,7 +303,12 @@ pub fn policy_load(conn: &Connection, args: LoadArgs) -> Result<()> {
     let name = args.name.unwrap_or(source.name);
     let path = format!("/v1/policies/{}?name={}", args.slot.as_str(), path_segment(&name)?);
     let v: PolicyVersion = runtime()?.block_on(client.put_bytes(&path, "application/wasm", source.bytes))?;
-    if conn.json { print_json(&v) } else { Ok(println!("{} is active in the {} slot ({})", v.id, args.slot.as_str(), v.world)) }
+    if conn.json {
+        print_json(&v)
+    } else {
+        println!("{} is active in the {} slot ({})", v.id, args.slot.as_str(), v.world);
+        Ok(())
+    }
 }
 
 /// Runs `locus policy list`.

@@ -106,7 +106,8 @@ impl AgentArgs {
     fn overrides(&self, log: Option<&String>) -> anyhow::Result<Vec<(String, String)>> {
         let mut out = vec![];
         for s in &self.set {
-            let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected key=value"))?;
+            let (k, v) =
+                s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected key=value"))?;
             out.push((k.trim().to_owned(), v.to_owned()));
         }
         let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
@@ -118,7 +119,10 @@ impl AgentArgs {
             ("pop.name", self.pop.as_deref().map(quoted)),
             ("listen", self.listen.as_deref().map(quoted)),
             ("token-file", self.token_file.as_ref().map(path)),
-            ("log-format", self.log_format.map(|f| quoted(if f == LogFormat::Json { "json" } else { "text" }))),
+            (
+                "log-format",
+                self.log_format.map(|f| quoted(if f == LogFormat::Json { "json" } else { "text" })),
+            ),
             ("log", log.map(|l| quoted(l))),
         ];
         out.extend(flags.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
@@ -137,13 +141,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent(&args, cli.log.as_ref()).map(|()| ExitCode::SUCCESS),
         Command::Vm { command } => control::vm(conn, command).map(|()| ExitCode::SUCCESS),
-        Command::Host { command: HostCommand::Status } => control::host_status(conn).map(|()| ExitCode::SUCCESS),
+        Command::Host { command: HostCommand::Status } => {
+            control::host_status(conn).map(|()| ExitCode::SUCCESS)
+        }
         Command::Policy { command: PolicyCommand::Check(args) } => check::run(args),
         Command::Policy { command: PolicyCommand::Bench(args) } => bench::run(args),
         Command::Policy { command: PolicyCommand::Load(args) } => {
             control::policy_load(conn, args).map(|()| ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::List } => control::policy_list(conn).map(|()| ExitCode::SUCCESS),
+        Command::Policy { command: PolicyCommand::List } => {
+            control::policy_list(conn).map(|()| ExitCode::SUCCESS)
+        }
         Command::Place(args) => place::run(args),
     };
     match result {

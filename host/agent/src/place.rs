@@ -4,8 +4,8 @@
 //! the next request. With several `--policy`, each runs on its own copy of
 //! the cluster and the summaries are shown side by side.
 
-use locus::{files, source};
 use anyhow::{Context, Result};
+use locus::{files, source};
 use locus_core::spec::{ClusterSpec, RequestsSpec};
 use locus_core::{DecidedBy, Decision, Model, Outcome, Placer, VmRequest};
 use locus_policy::{Runtime, RuntimeConfig, Slot};

@@ -112,17 +112,22 @@ impl Policies {
             placement: Arc::new(Slot::new("placement", KEEP)),
             migration: Arc::new(Slot::new("migration", KEEP)),
         };
-        for (slot, configured) in [(SlotName::Placement, &config.placement), (SlotName::Migration, &config.migration)] {
+        for (slot, configured) in
+            [(SlotName::Placement, &config.placement), (SlotName::Migration, &config.migration)]
+        {
             let stored = store.policy(slot.as_str())?;
             let (name, bytes, cfg) = match stored {
                 Some(p) => (p.name, p.bytes, p.config),
                 None => {
-                    let source = crate::source::resolve(configured, policies.runtime.config().max_component_size)
-                        .with_context(|| format!("the {} policy", slot.as_str()))?;
+                    let source =
+                        crate::source::resolve(configured, policies.runtime.config().max_component_size)
+                            .with_context(|| format!("the {} policy", slot.as_str()))?;
                     (source.name, source.bytes, BTreeMap::new())
                 }
             };
-            policies.load(slot, &name, &bytes, cfg).with_context(|| format!("loading {name} into {}", slot.as_str()))?;
+            policies
+                .load(slot, &name, &bytes, cfg)
+                .with_context(|| format!("loading {name} into {}", slot.as_str()))?;
         }
         Ok(policies)
     }
@@ -138,7 +143,12 @@ impl Policies {
         let loaded = self.runtime.load(bytes, name, config)?;
         let world = loaded.info().world;
         if !slot.accepts(world) {
-            bail!("{} is a {} component; the {} slot needs one that exports it", loaded.id(), world.as_str(), slot.as_str());
+            bail!(
+                "{} is a {} component; the {} slot needs one that exports it",
+                loaded.id(),
+                world.as_str(),
+                slot.as_str()
+            );
         }
         self.slot(slot).activate(loaded.clone());
         Ok(loaded)

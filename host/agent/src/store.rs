@@ -48,7 +48,10 @@ impl Store {
     /// Opens (or creates) `path`. Fails if another agent has it open.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).with_context(|| {
-            format!("cannot open the state store {} (is another agent using this state directory?)", path.display())
+            format!(
+                "cannot open the state store {} (is another agent using this state directory?)",
+                path.display()
+            )
         })?;
         let txn = db.begin_write()?;
         txn.open_table(VMS)?;

@@ -28,7 +28,9 @@ impl HvCommand {
     pub fn vm(&self) -> &str {
         match self {
             HvCommand::Define(r) => &r.name,
-            HvCommand::Start(n) | HvCommand::Shutdown(n) | HvCommand::Destroy(n) | HvCommand::Undefine(n) => n,
+            HvCommand::Start(n) | HvCommand::Shutdown(n) | HvCommand::Destroy(n) | HvCommand::Undefine(n) => {
+                n
+            }
         }
     }
 }

@@ -214,7 +214,9 @@ impl VmRequest {
             _ => {}
         }
         if let Some(image) = &self.image
-            && !(image.starts_with('/') && image.len() <= MAX_PATH_LEN && !image.chars().any(char::is_control))
+            && !(image.starts_with('/')
+                && image.len() <= MAX_PATH_LEN
+                && !image.chars().any(char::is_control))
         {
             return Err(RequestError::Image(image.clone()));
         }

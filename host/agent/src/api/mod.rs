@@ -67,7 +67,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok" }))
-        .fallback(|| async { Failure::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
+        .fallback(|| async {
+            Failure::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+        })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
 }
@@ -77,7 +79,11 @@ pub fn with_token(router: Router, token: String) -> Router {
     router.layer(middleware::from_fn_with_state(Arc::new(token), require_token))
 }
 
-async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Result<Response, Failure> {
+async fn require_token(
+    State(token): State<Arc<String>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Failure> {
     use subtle::ConstantTimeEq;
     let presented = request
         .headers()
@@ -88,6 +94,10 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
     if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
         Ok(next.run(request).await)
     } else {
-        Err(Failure::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token"))
+        Err(Failure::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        ))
     }
 }

@@ -44,7 +44,13 @@ pub async fn load(
     let slot = match slot.as_str() {
         "placement" => SlotName::Placement,
         "migration" => SlotName::Migration,
-        other => return Err(Failure::new(StatusCode::NOT_FOUND, "not-found", format!("no slot {other:?}: use placement or migration"))),
+        other => {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no slot {other:?}: use placement or migration"),
+            ));
+        }
     };
     if !locus_core::request::valid_name(&p.name) {
         return Err(Failure::bad_request(format!("invalid policy name {:?}", p.name)));

@@ -1,7 +1,7 @@
 //! `/v1/vms` and `/v1/host`: VM lifecycle and host status, each a node command.
 
-use super::error::{ErrorBody, Failure, JsonBody, QueryParams};
 use super::AppState;
+use super::error::{ErrorBody, Failure, JsonBody, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -32,7 +32,11 @@ pub struct StopParams {
 fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
     match reply {
         Reply::Vm(s) => Ok(Json(*s)),
-        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+        _ => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer from the node",
+        )),
     }
 }
 
@@ -42,7 +46,11 @@ fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Failure> {
     match s.ask(Command::List).await? {
         Reply::Vms(v) => Ok(Json(v)),
-        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+        _ => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer from the node",
+        )),
     }
 }
 
@@ -100,7 +108,11 @@ pub async fn stop(
 pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Deleted>, Failure> {
     match s.ask(Command::Delete(name)).await? {
         Reply::Deleted(deleted) => Ok(Json(Deleted { deleted })),
-        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+        _ => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer from the node",
+        )),
     }
 }
 
@@ -109,6 +121,10 @@ pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Resu
 pub async fn host(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure> {
     match s.ask(Command::Host).await? {
         Reply::Host(h) => Ok(Json(*h)),
-        _ => Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")),
+        _ => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer from the node",
+        )),
     }
 }

@@ -45,7 +45,8 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String>
             w.create_element("boot").with_attribute(("dev", boot)).write_empty()?;
             Ok(())
         })?;
-        for (event, action) in [("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")] {
+        for (event, action) in [("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")]
+        {
             w.create_element(event).write_text_content(BytesText::new(action))?;
         }
         w.create_element("devices").write_inner_content(|w| devices(w, spec))?;
@@ -57,14 +58,21 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String>
 fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest) -> io::Result<()> {
     if let Some(image) = &spec.image {
         let format = if image.ends_with(".qcow2") { "qcow2" } else { "raw" };
-        w.create_element("disk").with_attribute(("type", "file")).with_attribute(("device", "disk")).write_inner_content(
-            |w| {
-                w.create_element("driver").with_attribute(("name", "qemu")).with_attribute(("type", format)).write_empty()?;
+        w.create_element("disk")
+            .with_attribute(("type", "file"))
+            .with_attribute(("device", "disk"))
+            .write_inner_content(|w| {
+                w.create_element("driver")
+                    .with_attribute(("name", "qemu"))
+                    .with_attribute(("type", format))
+                    .write_empty()?;
                 w.create_element("source").with_attribute(("file", image.as_str())).write_empty()?;
-                w.create_element("target").with_attribute(("dev", "vda")).with_attribute(("bus", "virtio")).write_empty()?;
+                w.create_element("target")
+                    .with_attribute(("dev", "vda"))
+                    .with_attribute(("bus", "virtio"))
+                    .write_empty()?;
                 Ok(())
-            },
-        )?;
+            })?;
     }
     if let Some(network) = &spec.network {
         w.create_element("interface").with_attribute(("type", "network")).write_inner_content(|w| {

@@ -10,7 +10,9 @@
 
 pub mod domain_xml;
 
-use locus_core::hypervisor::{DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId};
+use locus_core::hypervisor::{
+    DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
+};
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::thread;
@@ -114,10 +116,16 @@ fn run(settings: Settings, rx: mpsc::Receiver<ToHypervisor>, events: UnboundedSe
                         message: down_reason.clone().unwrap_or_else(|| "not connected".into()),
                     }),
                 };
-                let lost = matches!(&result, Err(e) if e.kind == HvErrorKind::Unavailable) && session.is_some();
+                let lost =
+                    matches!(&result, Err(e) if e.kind == HvErrorKind::Unavailable) && session.is_some();
                 let _ = events.send(FromHypervisor::Done(op, result));
                 if lost {
-                    lose(&mut session, &mut down_reason, &events, "the connection to libvirt was lost".into());
+                    lose(
+                        &mut session,
+                        &mut down_reason,
+                        &events,
+                        "the connection to libvirt was lost".into(),
+                    );
                     retry_at = Instant::now();
                 }
             }
@@ -181,8 +189,13 @@ impl Drop for Session {
 impl Session {
     fn open(settings: &Settings) -> Result<Self, virt::error::Error> {
         let conn = Connect::open(Some(&settings.uri))?;
-        let mut session =
-            Session { conn, owner: settings.owner.clone(), domain_type: "qemu", ours: HashMap::new(), cpu: HashMap::new() };
+        let mut session = Session {
+            conn,
+            owner: settings.owner.clone(),
+            domain_type: "qemu",
+            ours: HashMap::new(),
+            cpu: HashMap::new(),
+        };
         let caps = session.conn.get_capabilities()?;
         session.domain_type = if caps.contains("<domain type='test'") {
             "test"
@@ -234,8 +247,9 @@ impl Session {
             };
             let milli = self.cpu.get(&uuid).and_then(|&(prev, at)| {
                 let wall = now.duration_since(at).as_nanos();
-                (wall > 0 && info.cpu_time >= prev)
-                    .then(|| ((u128::from(info.cpu_time - prev) * 1000) / wall).min(u128::from(u32::MAX)) as u32)
+                (wall > 0 && info.cpu_time >= prev).then(|| {
+                    ((u128::from(info.cpu_time - prev) * 1000) / wall).min(u128::from(u32::MAX)) as u32
+                })
             });
             cpu.insert(uuid, (info.cpu_time, now));
             o.ours.push(seen(name, &info, milli));
@@ -271,7 +285,10 @@ impl Session {
                 Domain::define_xml(&self.conn, &xml).and_then(|d| state(&d))
             }
             (HvCommand::Start(_), None) => {
-                return Err(HvError { kind: HvErrorKind::NotFound, message: format!("no domain named {name}") });
+                return Err(HvError {
+                    kind: HvErrorKind::NotFound,
+                    message: format!("no domain named {name}"),
+                });
             }
             (HvCommand::Start(_), Some(d)) => match d.is_active() {
                 Ok(true) => state(&d),
@@ -317,7 +334,13 @@ fn state(d: &Domain) -> Result<DomainState, virt::error::Error> {
 }
 
 fn seen(name: String, info: &virt::domain::DomainInfo, cpu_milli: Option<u32>) -> DomainSeen {
-    DomainSeen { name, state: map_state(info.state), cpu_time_ns: info.cpu_time, cpu_milli, memory_kib: info.memory }
+    DomainSeen {
+        name,
+        state: map_state(info.state),
+        cpu_time_ns: info.cpu_time,
+        cpu_milli,
+        memory_kib: info.memory,
+    }
 }
 
 fn map_state(s: virt::sys::virDomainState) -> DomainState {

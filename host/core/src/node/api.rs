@@ -1,9 +1,9 @@
 //! The requests a node answers and the answers it gives: the agent's API
 //! and CLI are thin shells over these values.
 
+use crate::VmRequest;
 use crate::hypervisor::{DomainState, Inventory};
 use crate::intent::Desired;
-use crate::VmRequest;
 use serde::Serialize;
 use std::time::Duration;
 

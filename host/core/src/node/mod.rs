@@ -17,13 +17,17 @@
 
 pub mod api;
 
-use crate::hypervisor::{DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId};
+use crate::hypervisor::{
+    DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
+};
 use crate::intent::{Change, Desired, VmIntent};
 use crate::model::{HostId, HostState, Model, VmId};
 use crate::pipeline::{Outcome, Placer};
 use crate::policy::Policy;
 use crate::request::Location;
-pub use api::{ApiError, ApiErrorKind, Command, HostStatus, HypervisorStatus, Reply, ReqId, Size, VmCounts, VmStatus};
+pub use api::{
+    ApiError, ApiErrorKind, Command, HostStatus, HypervisorStatus, Reply, ReqId, Size, VmCounts, VmStatus,
+};
 use locus_sdk::Resources;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -242,12 +246,18 @@ impl fmt::Display for Event {
             }
             Event::HypervisorDown(r) => write!(f, "hypervisor unavailable: {r}"),
             Event::Adopted(vm) => write!(f, "vm {vm}: adopted its running domain"),
-            Event::Recreating(vm) => write!(f, "vm {vm}: intended but missing from the hypervisor; defining it again"),
+            Event::Recreating(vm) => {
+                write!(f, "vm {vm}: intended but missing from the hypervisor; defining it again")
+            }
             Event::Restarting { vm, restarts } => {
                 write!(f, "vm {vm}: found stopped while it should run; restart {restarts}")
             }
-            Event::LeftStopped(vm) => write!(f, "vm {vm}: found stopped; restart policy is never, left stopped"),
-            Event::Orphan(vm) => write!(f, "domain {vm} is marked as this host's but has no intent; left alone"),
+            Event::LeftStopped(vm) => {
+                write!(f, "vm {vm}: found stopped; restart policy is never, left stopped")
+            }
+            Event::Orphan(vm) => {
+                write!(f, "domain {vm} is marked as this host's but has no intent; left alone")
+            }
             Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
         }
     }
@@ -387,7 +397,13 @@ impl Node {
             return Err(NodeError::Config(format!("host name {:?} breaks the naming rule", host.name)));
         }
         model
-            .add_pop(&pop.name, &pop.jurisdiction, pop.location.into(), pop.renewable_watts, pop.carbon_g_per_kwh)
+            .add_pop(
+                &pop.name,
+                &pop.jurisdiction,
+                pop.location.into(),
+                pop.renewable_watts,
+                pop.carbon_g_per_kwh,
+            )
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let host_id = model
             .add_host(&host.name, &pop.name, Resources::default(), 0, (host.idle_watts, host.max_watts))
@@ -527,7 +543,9 @@ impl Node {
         };
         record.task = Some(Task { purpose, step: Step::Define, op: None, req, stop_timeout, failure: None });
         let cmd = match purpose {
-            Purpose::Create | Purpose::Recreate => (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone()))),
+            Purpose::Create | Purpose::Recreate => {
+                (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone())))
+            }
             Purpose::Start | Purpose::Restart => (Step::Start, HvCommand::Start(name.to_owned())),
             Purpose::Stop if stop_timeout.is_zero() => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
             Purpose::Stop => (Step::Shutdown, HvCommand::Shutdown(name.to_owned())),
@@ -598,12 +616,18 @@ impl Node {
         let host = match decision.outcome {
             Outcome::Placed { host } => host,
             Outcome::Rejected { message, .. } => {
-                return Err(ApiError::new(ApiErrorKind::Unplaceable, format!("cannot place {}: {message}", spec.name)));
+                return Err(ApiError::new(
+                    ApiErrorKind::Unplaceable,
+                    format!("cannot place {}: {message}", spec.name),
+                ));
             }
         };
         if host != self.host {
             // One host per node for now: the pipeline only sees this one.
-            return Err(ApiError::new(ApiErrorKind::Unplaceable, "the policy chose a host this agent does not run"));
+            return Err(ApiError::new(
+                ApiErrorKind::Unplaceable,
+                "the policy chose a host this agent does not run",
+            ));
         }
         let id = self
             .model
@@ -661,7 +685,8 @@ impl Node {
         let vcpus = h
             .vcpus
             .unwrap_or_else(|| (inventory.cpus as f32 * h.cpu_allocation_ratio.max(0.0)).floor() as u32);
-        let memory = h.memory_mib.unwrap_or_else(|| inventory.memory_mib.saturating_sub(h.reserved_memory_mib));
+        let memory =
+            h.memory_mib.unwrap_or_else(|| inventory.memory_mib.saturating_sub(h.reserved_memory_mib));
         self.model.set_host_capacity(
             self.host,
             Resources::new(vcpus, memory, h.disk_gib),
@@ -701,7 +726,9 @@ impl Node {
     fn advance(&mut self, now: Instant, name: &str, purpose: Purpose, step: Step, state: DomainState) {
         let desired = self.vms.get(name).map(|r| r.intent.desired);
         match (step, purpose) {
-            (Step::Define, Purpose::Create) => self.issue(name, Step::Start, HvCommand::Start(name.to_owned())),
+            (Step::Define, Purpose::Create) => {
+                self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
+            }
             (Step::Define, _) if desired == Some(Desired::Running) => {
                 self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
             }
@@ -710,7 +737,9 @@ impl Node {
                     task.step = Step::AwaitShutoff(now + task.stop_timeout);
                 }
             }
-            (Step::Destroy, Purpose::Delete) => self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned())),
+            (Step::Destroy, Purpose::Delete) => {
+                self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned()))
+            }
             (Step::Undefine, _) => self.forget(name),
             _ => self.finish(name, None),
         }
@@ -789,7 +818,8 @@ impl Node {
     fn observe(&mut self, now: Instant, domains: Observation, full: bool) {
         self.others = domains.others.into_iter().collect();
         self.own_domains = domains.ours.len() as u32;
-        let mut seen: HashMap<String, DomainSeen> = domains.ours.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let mut seen: HashMap<String, DomainSeen> =
+            domains.ours.into_iter().map(|d| (d.name.clone(), d)).collect();
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
             let observed = seen.remove(&name);
@@ -865,7 +895,9 @@ impl Node {
         let due: Vec<String> = self
             .vms
             .iter()
-            .filter(|(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(at)) if at <= now))
+            .filter(
+                |(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(at)) if at <= now),
+            )
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
@@ -883,7 +915,9 @@ impl Node {
         for name in waiting {
             let e = ApiError::new(
                 ApiErrorKind::Unavailable,
-                format!("the agent is shutting down; vm {name} was asked to shut down and may still be running"),
+                format!(
+                    "the agent is shutting down; vm {name} was asked to shut down and may still be running"
+                ),
             );
             self.finish(&name, Some(e));
         }

@@ -163,7 +163,9 @@ impl Rig {
         self.log
             .iter()
             .filter_map(|o| match o {
-                Output::Hypervisor { cmd, .. } => Some(format!("{cmd:?}").split('(').next().unwrap_or("").to_owned()),
+                Output::Hypervisor { cmd, .. } => {
+                    Some(format!("{cmd:?}").split('(').next().unwrap_or("").to_owned())
+                }
                 _ => None,
             })
             .collect()
@@ -193,7 +195,8 @@ fn create_persists_intent_before_defining_then_boots() {
     let Ok(Reply::Vm(status)) = reply else { panic!("{reply:?}") };
     assert_eq!((status.state, status.desired), (DomainState::Running, Desired::Running));
     let persist = rig.log.iter().position(|o| matches!(o, Output::Persist(Change::Put(_))));
-    let define = rig.log.iter().position(|o| matches!(o, Output::Hypervisor { cmd: HvCommand::Define(_), .. }));
+    let define =
+        rig.log.iter().position(|o| matches!(o, Output::Hypervisor { cmd: HvCommand::Define(_), .. }));
     assert!(persist < define, "intent is written before the domain is defined: {:?}", rig.log);
     assert_eq!(rig.commands(), ["Define", "Start"]);
     assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 512);
@@ -242,7 +245,11 @@ fn a_guest_that_ignores_shutdown_is_powered_off_at_the_deadline() {
     let mut rig = Rig::new(node(vec![]), Hv { deaf_to_acpi: true, ..Hv::default() });
     rig.api(Command::Create(Box::new(spec("a")))).expect("create");
     let req = ReqId(99);
-    rig.input(Input::Api { now: rig.now, req, cmd: Command::Stop { name: "a".into(), force: false, timeout: None } });
+    rig.input(Input::Api {
+        now: rig.now,
+        req,
+        cmd: Command::Stop { name: "a".into(), force: false, timeout: None },
+    });
     assert!(rig.take_reply(req).is_none(), "still waiting for the guest");
     let deadline = match rig.node.poll_output() {
         Output::Timeout(Some(at)) => at,
@@ -313,7 +320,11 @@ fn restart_reconciles_intent_with_what_runs() {
     commands.sort();
     assert_eq!(commands, ["Define", "Destroy", "Start", "Undefine"], "nothing created twice");
     let events = rig.events();
-    for e in [Event::Adopted("running".into()), Event::Recreating("missing".into()), Event::Orphan("orphan".into())] {
+    for e in [
+        Event::Adopted("running".into()),
+        Event::Recreating("missing".into()),
+        Event::Orphan("orphan".into()),
+    ] {
         assert!(events.contains(&&e), "{e:?} in {events:?}");
     }
     assert!(rig.log.contains(&Output::Persist(Change::Remove("half-deleted".into()))));
@@ -328,7 +339,10 @@ fn delete_writes_the_tombstone_first_and_forgets_after_undefine() {
     rig.log.clear();
     assert_eq!(rig.api(Command::Delete("a".into())), Ok(Reply::Deleted("a".into())));
     let first = rig.log.first().expect("outputs");
-    assert!(matches!(first, Output::Persist(Change::Put(VmIntent { desired: Desired::Deleted, .. }))), "{first:?}");
+    assert!(
+        matches!(first, Output::Persist(Change::Put(VmIntent { desired: Desired::Deleted, .. }))),
+        "{first:?}"
+    );
     assert!(rig.log.contains(&Output::Persist(Change::Remove("a".into()))));
     assert!(rig.hv.domains.is_empty());
     assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 0, "resources released");

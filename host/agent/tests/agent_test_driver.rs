@@ -1,0 +1,291 @@
+//! `locus agent` as a separate process on libvirt's test driver
+//! (`test:///default`, in the agent's own process): the VM lifecycle through
+//! the CLI and through the API, bad input, policy hot swap, the TCP token,
+//! SIGTERM, and a `kill -9` with VMs running.
+
+mod common;
+
+use common::{Agent, rt, wait_until};
+use hyper::{Method, StatusCode};
+use locus::api::vms::Deleted;
+use locus::client::{AgentError, Client, Endpoint};
+use locus::policies::{PolicyVersion, SlotListing};
+use locus_core::VmRequest;
+use locus_core::hypervisor::DomainState;
+use locus_core::intent::Desired;
+use locus_core::node::{HostStatus, VmStatus};
+use std::time::Duration;
+
+const TEST: &str = "test:///default";
+
+fn request(name: &str) -> VmRequest {
+    VmRequest { name: name.into(), vcpus: 1, memory_mib: 64, ..VmRequest::default() }
+}
+
+fn state(vms: &[VmStatus], name: &str) -> Option<(DomainState, Desired)> {
+    vms.iter().find(|v| v.name == name).map(|v| (v.state, v.desired))
+}
+
+#[test]
+fn lifecycle_through_the_cli() {
+    let agent = Agent::start(TEST, "cli-host", &[]);
+    let created: VmStatus =
+        agent.json(&["vm", "create", "web", "--vcpus", "2", "--memory-mib", "128", "--label", "team=ops"]);
+    assert_eq!((created.state, created.desired), (DomainState::Running, Desired::Running));
+    assert_eq!(created.spec.labels.get("team").map(String::as_str), Some("ops"));
+
+    let listed: Vec<VmStatus> = agent.json(&["vm", "list"]);
+    assert_eq!(state(&listed, "web"), Some((DomainState::Running, Desired::Running)));
+
+    let stopped: VmStatus = agent.json(&["vm", "stop", "web"]);
+    assert_eq!((stopped.state, stopped.desired), (DomainState::Shutoff, Desired::Stopped));
+    let started: VmStatus = agent.json(&["vm", "start", "web"]);
+    assert_eq!(started.state, DomainState::Running);
+    let forced: VmStatus = agent.json(&["vm", "stop", "web", "--force"]);
+    assert_eq!(forced.state, DomainState::Shutoff);
+
+    let deleted: Deleted = agent.json(&["vm", "delete", "web"]);
+    assert_eq!(deleted.deleted, "web");
+    let listed: Vec<VmStatus> = agent.json(&["vm", "list"]);
+    assert!(listed.is_empty(), "{listed:?}");
+
+    let table = agent.cli(&["vm", "show", "web"]);
+    assert!(!table.status.success());
+    assert!(String::from_utf8_lossy(&table.stderr).contains("no vm named \"web\""));
+    let host = agent.cli(&["host", "status"]);
+    let text = String::from_utf8_lossy(&host.stdout);
+    assert!(text.contains("cli-host") && text.contains("not Locus's, left alone"), "{text}");
+}
+
+#[test]
+fn lifecycle_through_the_api() {
+    let agent = Agent::start(TEST, "api-host", &[]);
+    let c = agent.client();
+    rt().block_on(async {
+        let created: VmStatus = c.post("/v1/vms", Some(&request("db"))).await.expect("create");
+        assert_eq!(created.state, DomainState::Running);
+        let (status, _) = c.raw(Method::GET, "/v1/vms/db", None).await.expect("show");
+        assert_eq!(status, StatusCode::OK);
+        let s: VmStatus = c.post::<(), _>("/v1/vms/db/stop?timeout_ms=1000", None).await.expect("stop");
+        assert_eq!(s.state, DomainState::Shutoff);
+        let s: VmStatus = c.post::<(), _>("/v1/vms/db/start", None).await.expect("start");
+        assert_eq!(s.state, DomainState::Running);
+        let vms: Vec<VmStatus> = c.get("/v1/vms").await.expect("list");
+        assert_eq!(vms.len(), 1);
+        let d: Deleted = c.delete("/v1/vms/db").await.expect("delete");
+        assert_eq!(d.deleted, "db");
+        let spec: serde_json::Value = c.get("/openapi.json").await.expect("openapi");
+        for path in ["/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/stop", "/v1/host", "/v1/policies/{slot}"] {
+            assert!(spec["paths"][path].is_object(), "{path} is described");
+        }
+        assert!(spec["components"]["schemas"]["VmRequest"].is_object());
+    });
+}
+
+/// Posts `body` as JSON and returns the status and the error's message.
+async fn refused(c: &Client, body: Vec<u8>) -> (StatusCode, String) {
+    let (status, bytes) =
+        c.raw(Method::POST, "/v1/vms", Some(("application/json", body))).await.expect("answer");
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes).expect("a JSON error body")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, message)
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_a_reason_and_defines_nothing() {
+    let agent = Agent::start(TEST, "bad-input-host", &["--set", "host.memory-mib=4096"]);
+    let c = agent.client();
+    rt().block_on(async {
+        let _: VmStatus = c.post("/v1/vms", Some(&request("taken"))).await.expect("create");
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).expect("json");
+        let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+            (
+                "zero vcpus",
+                json(serde_json::json!({"name": "a", "vcpus": 0, "memory-mib": 64})),
+                StatusCode::BAD_REQUEST,
+                "vcpus must be at least 1",
+            ),
+            (
+                "memory beyond the host",
+                json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 1_000_000})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "without room",
+            ),
+            (
+                "XML metacharacters in the name",
+                json(serde_json::json!({"name": "a<b>&'\"", "vcpus": 1, "memory-mib": 64})),
+                StatusCode::BAD_REQUEST,
+                "invalid name",
+            ),
+            (
+                "a 300-character name",
+                json(serde_json::json!({"name": "x".repeat(300), "vcpus": 1, "memory-mib": 64})),
+                StatusCode::BAD_REQUEST,
+                "(300 characters)",
+            ),
+            (
+                "a duplicate name",
+                json(serde_json::json!({"name": "taken", "vcpus": 1, "memory-mib": 64})),
+                StatusCode::CONFLICT,
+                "already exists",
+            ),
+            (
+                "the test driver's own domain's name",
+                json(serde_json::json!({"name": "test", "vcpus": 1, "memory-mib": 64})),
+                StatusCode::CONFLICT,
+                "not Locus's",
+            ),
+            (
+                "an unknown field",
+                json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "colour": "red"})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown field `colour`",
+            ),
+            ("malformed JSON", b"{\"name\": \"a\",".to_vec(), StatusCode::BAD_REQUEST, "EOF while parsing"),
+            // Just over the cap, so the whole body is written before the answer.
+            (
+                "an oversized body",
+                vec![b' '; locus::api::MAX_JSON_BODY + 1024],
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "length limit exceeded",
+            ),
+            (
+                "a relative image path",
+                json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "image": "disk.qcow2"})),
+                StatusCode::BAD_REQUEST,
+                "absolute path",
+            ),
+        ];
+        for (what, body, status, needle) in cases {
+            let (got, message) = refused(&c, body).await;
+            assert_eq!(got, status, "{what}: {message}");
+            assert!(message.contains(needle), "{what}: {message:?} should mention {needle:?}");
+        }
+        // Let a sample pass, then count what libvirt holds.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let host: HostStatus = c.get("/v1/host").await.expect("host");
+        assert_eq!((host.own_domains, host.vms.total, host.other_domains), (1, 1, 1), "{host:?}");
+        let vms: Vec<VmStatus> = c.get("/v1/vms").await.expect("list");
+        assert_eq!(vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["taken"]);
+    });
+    let bad_cli = agent.cli(&["vm", "create", "x", "--vcpus", "0"]);
+    assert!(!bad_cli.status.success());
+    assert!(String::from_utf8_lossy(&bad_cli.stderr).contains("vcpus must be at least 1"));
+}
+
+#[test]
+fn policies_hot_swap_on_the_running_agent_and_bad_components_are_refused() {
+    let agent = Agent::start(TEST, "policy-host", &[]);
+    let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
+    assert!(slots[0].active.as_ref().is_some_and(|p| p.name == "best-fit"), "{slots:?}");
+    let _: VmStatus = agent.json(&["vm", "create", "before"]);
+
+    let loaded: PolicyVersion = agent.json(&["policy", "load", "spread", "--slot", "placement"]);
+    assert_eq!(loaded.name, "spread");
+    let _: VmStatus = agent.json(&["vm", "create", "after"]);
+    let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
+    let placement = &slots[0];
+    assert_eq!(placement.active.as_ref().map(|p| (p.name.as_str(), p.calls)), Some(("spread", 1)));
+    assert_eq!(
+        placement.previous.iter().map(|p| (p.name.as_str(), p.calls)).collect::<Vec<_>>(),
+        [("best-fit", 1)]
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0 not really").expect("write");
+    for (what, policy, slot, needle) in [
+        ("garbage", garbage.to_str().unwrap_or_default(), "placement", "component"),
+        ("a migration policy in the placement slot", "consolidate", "placement", "placement slot needs"),
+        ("a component that imports a clock", "clock", "placement", "clock"),
+    ] {
+        let policy = if policy == "clock" { hostile("clock", &dir) } else { policy.to_owned() };
+        let out = agent.cli(&["policy", "load", &policy, "--slot", slot]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{what}: {err}");
+    }
+    let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
+    assert_eq!(slots[0].active.as_ref().map(|p| p.name.as_str()), Some("spread"), "still the last good one");
+    let _: VmStatus = agent.json(&["vm", "create", "still-serving"]);
+
+    // A component that loads but loops forever: its calls hit the deadline
+    // and the previous version (spread) decides instead.
+    let spin = hostile("spin", &dir);
+    let _: PolicyVersion = agent.json(&["policy", "load", &spin, "--slot", "placement"]);
+    let placed: VmStatus = agent.json(&["vm", "create", "despite-spin"]);
+    assert_eq!(placed.state, DomainState::Running);
+    let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
+    let spin = slots[0].active.as_ref().expect("spin is active");
+    assert_eq!((spin.calls, spin.errors), (1, 1), "{spin:?}");
+}
+
+/// Writes one of the hostile test components to `dir` and returns its path.
+fn hostile(name: &str, dir: &tempfile::TempDir) -> String {
+    let bytes = match name {
+        "clock" => locus_builtin::hostile::CLOCK,
+        "spin" => locus_builtin::hostile::SPIN,
+        _ => panic!("no hostile component {name}"),
+    };
+    let path = dir.path().join(format!("{name}.wasm"));
+    std::fs::write(&path, bytes).expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn the_tcp_api_needs_the_bearer_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-of-enough-length\n").expect("token");
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let addr = format!("127.0.0.1:{port}");
+    let token = token_file.display().to_string();
+    let agent = Agent::start(TEST, "tcp-host", &["--listen", &addr, "--token-file", &token]);
+    rt().block_on(async {
+        let good =
+            Client::new(Endpoint::Tcp { addr: addr.clone(), token: "s3cret-token-of-enough-length".into() });
+        let _: HostStatus = good.get("/v1/host").await.expect("with the token");
+        let bad = Client::new(Endpoint::Tcp { addr: addr.clone(), token: "wrong".into() });
+        let e = bad.get::<HostStatus>("/v1/host").await.expect_err("without it");
+        let e = e.downcast::<AgentError>().expect("an API error");
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+    });
+    drop(agent);
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() {
+    let mut agent = Agent::start(TEST, "term-host", &[]);
+    let _: VmStatus = agent.json(&["vm", "create", "keep"]);
+    let status = agent.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", agent.log());
+    assert!(!agent.socket().exists(), "the socket is removed");
+    assert!(agent.log().contains("agent stopped"));
+}
+
+#[test]
+fn kill_9_with_five_vms_then_restart_keeps_the_same_five() {
+    let mut agent = Agent::start(TEST, "crash-host", &[]);
+    for i in 0..5 {
+        let _: VmStatus = agent.json(&["vm", "create", &format!("vm{i}")]);
+    }
+    let _: VmStatus = agent.json(&["vm", "stop", "vm4", "--force"]);
+    agent.kill9();
+    // The test driver lived in the killed process: every domain is gone, so
+    // the restarted agent must define each VM again from its intent, once.
+    agent.spawn();
+    wait_until(Duration::from_secs(20), "the five VMs are back as intended", || {
+        let vms: Vec<VmStatus> = agent.json(&["vm", "list"]);
+        vms.len() == 5
+            && vms.iter().all(|v| v.busy.is_none())
+            && (0..4)
+                .all(|i| state(&vms, &format!("vm{i}")) == Some((DomainState::Running, Desired::Running)))
+            && state(&vms, "vm4") == Some((DomainState::Shutoff, Desired::Stopped))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let host: HostStatus = agent.json(&["host", "status"]);
+    assert_eq!((host.own_domains, host.vms.total), (5, 5), "none duplicated: {host:?}");
+    assert!(agent.log().contains("vm vm0: intended but missing from the hypervisor"), "{}", agent.log());
+}

@@ -1,0 +1,153 @@
+//! Starting real `locus agent` processes for end-to-end tests, and talking
+//! to them through the CLI binary and the API client.
+
+#![allow(dead_code)]
+
+use locus::client::{Client, Endpoint};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `locus` binary under test.
+pub fn locus_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_locus"))
+}
+
+/// A running agent process; killed when dropped.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+    pub host: String,
+}
+
+impl Agent {
+    /// Starts an agent for host `host` on libvirt `uri`, sampling every
+    /// 200 ms, with `extra` arguments, and waits until its API answers.
+    pub fn start(uri: &str, host: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--state-dir".into(),
+            dir.path().display().to_string(),
+            "--libvirt-uri".into(),
+            uri.into(),
+            "--host-name".into(),
+            host.into(),
+            "--set".into(),
+            "sample-interval-ms=200".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = Agent { dir, child: None, args, host: host.into() };
+        agent.spawn();
+        agent
+    }
+
+    /// (Re)starts the process with the same state directory and arguments.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log file");
+        let child = Command::new(locus_bin())
+            .args(&self.args)
+            .env("LOCUS_LOG", "info,locus=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.child = Some(child);
+        let socket = self.socket();
+        wait_until(Duration::from_secs(30), "the agent's API answers", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok() && self.cli_ok(&["host", "status"])
+        });
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(Endpoint::Unix(self.socket()))
+    }
+
+    /// Runs `locus ARGS --socket S`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(locus_bin()).args(args).arg("--socket").arg(self.socket()).output().expect("run locus")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> bool {
+        self.cli(args).status.success()
+    }
+
+    /// Runs `locus ARGS --json` and decodes its output, failing on an error.
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.cli(&[args, &["--json"]].concat());
+        assert!(
+            out.status.success(),
+            "locus {args:?} failed: {}\n--- agent log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("locus {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, failing after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tokio runtime for API calls from tests.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// The repository's root.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).expect("repo root")
+}
