@@ -3,10 +3,14 @@
 
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint bench clean
+.PHONY: setup libvirtd build demo test lint bench clean
 
 setup:
 	@scripts/setup.sh
+
+# A system libvirtd with QEMU for the tests with real guests (root; no systemd needed).
+libvirtd:
+	@scripts/libvirtd.sh start
 
 build: setup
 	$(CARGO) build --release -p locus
@@ -20,12 +24,14 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Every test, including the out-of-tree example policy built by a nested
-# cargo (host/agent/tests/example_policy.rs).
-test: lint
+# cargo (host/agent/tests/example_policy.rs) and the agent against a real
+# libvirtd with QEMU guests (host/agent/tests/agent_libvirtd_qemu.rs).
+test: lint libvirtd
 	$(CARGO) test --workspace
 
 bench: setup
 	$(CARGO) bench -p locus-policy --bench placement
+	$(CARGO) run --release -p locus -- bench vms --count 1000 --concurrency 16
 
 clean:
 	$(CARGO) clean

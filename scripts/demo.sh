@@ -29,3 +29,37 @@ step "Same requests, spread (load balancing) against green (renewables, then cle
 
 step "Decision cost of best-fit at 1000 hosts: the component against the same code compiled natively"
 "$locus" policy bench best-fit --hosts 1000 --seconds 1
+
+step "One agent on libvirt's test driver (in-process, no daemon): VMs through the CLI"
+state=$(mktemp -d /tmp/locus-demo.XXXXXX)
+export LOCUS_SOCKET="$state/agent.sock"
+"$locus" agent --state-dir "$state" --libvirt-uri test:///default --host-name paris-1 --pop paris \
+    --set pop.jurisdiction=FR --set host.vcpus=32 --set host.memory-mib=65536 2>"$state/agent.log" &
+agent=$!
+trap 'kill $agent 2>/dev/null || true; rm -rf "$state"' EXIT
+for _ in $(seq 100); do [[ -S $LOCUS_SOCKET ]] && break; sleep 0.1; done
+"$locus" host status
+"$locus" vm create web-1 --vcpus 2 --memory-mib 2048 --label tier=web
+"$locus" vm create db-1 --vcpus 4 --memory-mib 8192 --label tier=db >/dev/null
+"$locus" vm stop web-1 >/dev/null
+"$locus" vm list
+"$locus" vm start web-1 >/dev/null
+
+step "Bad input is refused with the reason, and nothing is defined"
+"$locus" vm create 'web<1>' || true
+"$locus" vm create huge --memory-mib 1000000 || true
+"$locus" vm create web-1 || true
+
+step "Hot swap: spread replaces best-fit in the running agent; the next VM is placed by it"
+"$locus" policy load spread --slot placement
+"$locus" vm create web-2 --vcpus 2 --memory-mib 2048 >/dev/null
+"$locus" policy list
+"$locus" vm list
+
+step "SIGTERM: the agent finishes what is in flight and stops; the VMs' intent stays in its store"
+kill -TERM "$agent"
+wait "$agent" && echo "agent exited cleanly"
+tail -n 4 "$state/agent.log"
+
+step "create+start throughput through the agent against libvirt called directly, and the agent's memory"
+"$locus" bench vms --count 1000 --concurrency 16

@@ -8,6 +8,7 @@
 //! - [`api`]: the HTTP/JSON API and its OpenAPI description.
 //! - [`client`], [`control`]: the API client and the CLI verbs using it.
 //! - [`source`], [`files`]: where policy bytes come from on the command line.
+//! - [`vmbench`]: `locus bench vms`, create+start throughput and memory.
 
 pub mod api;
 pub mod client;
@@ -19,3 +20,4 @@ pub mod libvirt;
 pub mod policies;
 pub mod source;
 pub mod store;
+pub mod vmbench;

@@ -48,6 +48,18 @@ enum Command {
     },
     /// Dry-run placements of requests over a cluster description, offline.
     Place(place::Args),
+    /// Measure the agent.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Create+start throughput of a real agent process on the test driver,
+    /// against libvirt called directly, and the agent's resident memory.
+    Vms(locus::vmbench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +165,9 @@ fn main() -> ExitCode {
             control::policy_list(conn).map(|()| ExitCode::SUCCESS)
         }
         Command::Place(args) => place::run(args),
+        Command::Bench { command: BenchCommand::Vms(args) } => {
+            locus::vmbench::run(args).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -51,7 +51,13 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(locus_bin())
+        let mut command = Command::new(locus_bin());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LOCUS_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
             .args(&self.args)
             .env("LOCUS_LOG", "info,locus=debug")
             .stdout(Stdio::null())
