@@ -256,13 +256,61 @@ fn the_tcp_api_needs_the_bearer_token() {
 }
 
 #[test]
-fn sigterm_stops_the_agent_cleanly() {
+fn sigterm_stops_the_agent_cleanly_and_a_restart_keeps_intent_and_the_loaded_policy() {
     let mut agent = Agent::start(TEST, "term-host", &[]);
     let _: VmStatus = agent.json(&["vm", "create", "keep"]);
+    let _: PolicyVersion = agent.json(&["policy", "load", "green", "--slot", "placement"]);
     let status = agent.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", agent.log());
     assert!(!agent.socket().exists(), "the socket is removed");
     assert!(agent.log().contains("agent stopped"));
+
+    agent.spawn();
+    let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
+    assert_eq!(slots[0].active.as_ref().map(|p| p.name.as_str()), Some("green"), "{slots:?}");
+    wait_until(Duration::from_secs(10), "the VM is back", || {
+        let vms: Vec<VmStatus> = agent.json(&["vm", "list"]);
+        state(&vms, "keep") == Some((DomainState::Running, Desired::Running))
+    });
+}
+
+#[test]
+fn configuration_layers_file_environment_and_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        "[pop]\nname = 'paris'\njurisdiction = 'FR'\nlocation = { lat = 48.86, lon = 2.35 }\n[host]\nvcpus = 3\n",
+    )
+    .expect("config");
+    let config = file.display().to_string();
+    let agent = Agent::start_with_env(
+        TEST,
+        "config-host",
+        &["--config", &config, "--set", "host.disk-gib=9"],
+        &[("LOCUS_HOST__VCPUS", "7"), ("LOCUS_HOST__MEMORY_MIB", "2048")],
+    );
+    let host: HostStatus = agent.json(&["host", "status"]);
+    assert_eq!((host.pop.as_str(), host.jurisdiction.as_str()), ("paris", "FR"));
+    let c = host.capacity;
+    assert_eq!(
+        (c.vcpus, c.memory_mib, c.disk_gib),
+        (7, 2048, 9),
+        "environment over file, flags over defaults"
+    );
+
+    let out = std::process::Command::new(common::locus_bin())
+        .args([
+            "agent",
+            "--state-dir",
+            &dir.path().join("s").display().to_string(),
+            "--set",
+            "host.colour=red",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("colour"), "{err}");
 }
 
 #[test]

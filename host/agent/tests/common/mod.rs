@@ -20,12 +20,19 @@ pub struct Agent {
     pub child: Option<Child>,
     pub args: Vec<String>,
     pub host: String,
+    /// Environment variables the process gets (nothing else `LOCUS_*`).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Starts an agent for host `host` on libvirt `uri`, sampling every
     /// 200 ms, with `extra` arguments, and waits until its API answers.
     pub fn start(uri: &str, host: &str, extra: &[&str]) -> Agent {
+        Agent::start_with_env(uri, host, extra, &[])
+    }
+
+    /// [`Agent::start`] with environment variables.
+    pub fn start_with_env(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -39,7 +46,8 @@ impl Agent {
             "sample-interval-ms=200".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut agent = Agent { dir, child: None, args, host: host.into() };
+        let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut agent = Agent { dir, child: None, args, host: host.into(), envs };
         agent.spawn();
         agent
     }
@@ -59,6 +67,7 @@ impl Agent {
         }
         let child = command
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("LOCUS_LOG", "info,locus=debug")
             .stdout(Stdio::null())
             .stderr(log)

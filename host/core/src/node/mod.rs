@@ -724,12 +724,17 @@ impl Node {
 
     /// The next step after `step` succeeded.
     fn advance(&mut self, now: Instant, name: &str, purpose: Purpose, step: Step, state: DomainState) {
-        let desired = self.vms.get(name).map(|r| r.intent.desired);
+        // A VM defined again after it went missing boots only if it should
+        // run and its restart policy allows it; otherwise it waits, defined.
+        let boot_again = self.vms.get(name).is_some_and(|r| {
+            r.intent.desired == Desired::Running
+                && r.intent.spec.restart == crate::request::RestartPolicy::Always
+        });
         match (step, purpose) {
             (Step::Define, Purpose::Create) => {
                 self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
             }
-            (Step::Define, _) if desired == Some(Desired::Running) => {
+            (Step::Define, _) if boot_again => {
                 self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
             }
             (Step::Shutdown, _) if state.is_active() => {

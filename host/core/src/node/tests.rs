@@ -297,9 +297,12 @@ fn restart_reconciles_intent_with_what_runs() {
     hv.domains.insert("orphan".into(), (DomainState::Running, true));
     hv.domains.insert("theirs".into(), (DomainState::Running, false));
     hv.domains.insert("half-deleted".into(), (DomainState::Running, true));
+    let mut never = intent("missing-never", Desired::Running);
+    never.spec.restart = RestartPolicy::Never;
     let intents = vec![
         intent("running", Desired::Running),
         intent("missing", Desired::Running),
+        never,
         intent("stopped", Desired::Stopped),
         intent("half-deleted", Desired::Deleted),
     ];
@@ -310,6 +313,7 @@ fn restart_reconciles_intent_with_what_runs() {
         domains,
         [
             ("missing", DomainState::Running),
+            ("missing-never", DomainState::Shutoff),
             ("orphan", DomainState::Running),
             ("running", DomainState::Running),
             ("stopped", DomainState::Shutoff),
@@ -318,7 +322,7 @@ fn restart_reconciles_intent_with_what_runs() {
     );
     let mut commands = rig.commands();
     commands.sort();
-    assert_eq!(commands, ["Define", "Destroy", "Start", "Undefine"], "nothing created twice");
+    assert_eq!(commands, ["Define", "Define", "Destroy", "Start", "Undefine"], "nothing created twice");
     let events = rig.events();
     for e in [
         Event::Adopted("running".into()),
@@ -329,7 +333,7 @@ fn restart_reconciles_intent_with_what_runs() {
     }
     assert!(rig.log.contains(&Output::Persist(Change::Remove("half-deleted".into()))));
     let names: Vec<_> = rig.node.intents().map(|i| i.spec.name.as_str()).collect();
-    assert_eq!(names, ["missing", "running", "stopped"]);
+    assert_eq!(names, ["missing", "missing-never", "running", "stopped"]);
 }
 
 #[test]
