@@ -37,6 +37,11 @@ impl Failure {
         Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the agent is shutting down")
     }
 
+    /// The node answered with a reply of the wrong kind (a bug).
+    pub fn unexpected() -> Self {
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected answer from the node")
+    }
+
     /// A request the client got wrong.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Failure::new(StatusCode::BAD_REQUEST, "bad-request", message)

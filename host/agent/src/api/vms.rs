@@ -32,11 +32,7 @@ pub struct StopParams {
 fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
     match reply {
         Reply::Vm(s) => Ok(Json(*s)),
-        _ => Err(Failure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer from the node",
-        )),
+        _ => Err(Failure::unexpected()),
     }
 }
 
@@ -46,11 +42,7 @@ fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Failure> {
     match s.ask(Command::List).await? {
         Reply::Vms(v) => Ok(Json(v)),
-        _ => Err(Failure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer from the node",
-        )),
+        _ => Err(Failure::unexpected()),
     }
 }
 
@@ -108,11 +100,7 @@ pub async fn stop(
 pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Deleted>, Failure> {
     match s.ask(Command::Delete(name)).await? {
         Reply::Deleted(deleted) => Ok(Json(Deleted { deleted })),
-        _ => Err(Failure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer from the node",
-        )),
+        _ => Err(Failure::unexpected()),
     }
 }
 
@@ -121,10 +109,6 @@ pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Resu
 pub async fn host(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure> {
     match s.ask(Command::Host).await? {
         Reply::Host(h) => Ok(Json(*h)),
-        _ => Err(Failure::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer from the node",
-        )),
+        _ => Err(Failure::unexpected()),
     }
 }
