@@ -7,9 +7,11 @@
 //! `host.vcpus`. On the command line, `--set host.vcpus=64` sets any field;
 //! the most used ones also have their own flags.
 
+use crate::overlay::shaping::EmulatedLatency;
 use anyhow::{Context, Result, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use locus_core::cluster::{MembershipConfig, PeerId};
 use locus_core::node::{HostConfig, NodeConfig, PopConfig, TimingConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -42,6 +44,40 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The overlay: how this agent joins the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct OverlayConfig {
+    /// Multiaddrs to listen on, e.g. `/ip4/0.0.0.0/tcp/7946` (QUIC
+    /// `/udp/PORT/quic-v1` only with `dev`: the cluster key wraps TCP only).
+    pub listen: Vec<String>,
+    /// Multiaddrs of agents to join through, e.g. `/ip4/10.0.0.5/tcp/7946`.
+    pub bootstrap: Vec<String>,
+    /// The cluster's pre-shared key file (`locus cluster keygen`); agents
+    /// without the same key cannot connect.
+    pub cluster_key_file: Option<PathBuf>,
+    /// Allow running without a cluster key (development only).
+    pub dev: bool,
+    /// Find agents on the LAN with mDNS.
+    pub mdns: bool,
+    /// Round trips added to connections dialled to matching addresses
+    /// (emulated WAN latency for tests on one machine).
+    pub emulated_latency: Vec<EmulatedLatency>,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/7946".into()],
+            bootstrap: vec![],
+            cluster_key_file: None,
+            dev: false,
+            mdns: false,
+            emulated_latency: vec![],
+        }
+    }
+}
+
 /// Everything `locus agent` is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -71,6 +107,10 @@ pub struct AgentConfig {
     pub host: HostConfig,
     /// Timers.
     pub timing: TimingConfig,
+    /// The overlay.
+    pub overlay: OverlayConfig,
+    /// Heartbeats and failure detection.
+    pub membership: MembershipConfig,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +128,8 @@ impl Default for AgentConfig {
             pop: PopConfig::default(),
             host: HostConfig { name: default_host_name(), ..HostConfig::default() },
             timing: TimingConfig::default(),
+            overlay: OverlayConfig::default(),
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -120,6 +162,15 @@ impl AgentConfig {
                 "invalid configuration: `listen` needs `token-file` (TCP clients must present a bearer token)"
             );
         }
+        if self.overlay.cluster_key_file.is_none() && !self.overlay.dev {
+            bail!(
+                "no cluster key: set overlay.cluster-key-file (make one with `locus cluster keygen`), or run with --dev"
+            );
+        }
+        let m = &self.membership;
+        if m.heartbeat_ms == 0 || m.suspect_ms <= m.heartbeat_ms || m.dead_ms <= m.suspect_ms {
+            bail!("invalid configuration: membership needs 0 < heartbeat-ms < suspect-ms < dead-ms");
+        }
         if self.sample_interval_ms == 0 {
             bail!("invalid configuration: sample-interval-ms must be at least 1");
         }
@@ -131,9 +182,15 @@ impl AgentConfig {
         self.socket.clone().unwrap_or_else(|| self.state_dir.join("agent.sock"))
     }
 
-    /// What the node is configured with.
-    pub fn node(&self) -> NodeConfig {
-        NodeConfig { pop: self.pop.clone(), host: self.host.clone(), timing: self.timing.clone() }
+    /// What the node is configured with, as peer `peer`.
+    pub fn node(&self, peer: PeerId) -> NodeConfig {
+        NodeConfig {
+            peer,
+            membership: self.membership.clone(),
+            pop: self.pop.clone(),
+            host: self.host.clone(),
+            timing: self.timing.clone(),
+        }
     }
 
     /// The bearer token, read from `token-file`.
@@ -195,9 +252,10 @@ mod tests {
         let file = dir.path().join("agent.toml");
         std::fs::write(&file, "libvirt-uri = 'qemu:///system'\n[host]\nvcpus = 8\nname = 'from-file'\n")
             .expect("write");
+        let dev = || ("overlay.dev".to_owned(), "true".to_owned());
         let c = AgentConfig::load(
             Some(&file),
-            &[("host.vcpus".into(), "64".into()), ("pop.name".into(), "paris".into())],
+            &[("host.vcpus".into(), "64".into()), ("pop.name".into(), "paris".into()), dev()],
         )
         .expect("load");
         assert_eq!(c.libvirt_uri, "qemu:///system");
@@ -206,10 +264,12 @@ mod tests {
             (Some(64), "from-file", "paris")
         );
         assert_eq!(c.sample_interval_ms, 2000, "defaults fill the rest");
-        let e = AgentConfig::load(None, &[("host.colour".into(), "red".into())]).expect_err("unknown");
+        let e = AgentConfig::load(None, &[("host.colour".into(), "red".into()), dev()]).expect_err("unknown");
         assert!(format!("{e:#}").contains("colour"), "{e:#}");
-        let e =
-            AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into())]).expect_err("no token");
+        let e = AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into()), dev()])
+            .expect_err("token");
         assert!(e.to_string().contains("token-file"), "{e}");
+        let e = AgentConfig::load(None, &[]).expect_err("no key");
+        assert!(e.to_string().contains("no cluster key"), "{e}");
     }
 }

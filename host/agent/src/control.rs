@@ -388,3 +388,63 @@ fn print_vm(v: &VmStatus) -> Result<()> {
     println!("{t}");
     Ok(())
 }
+
+/// Runs `locus cluster status`.
+pub fn cluster_status(conn: &Connection) -> Result<()> {
+    let client = conn.client()?;
+    let view: crate::api::cluster::ClusterView = runtime()?.block_on(client.get("/v1/cluster"))?;
+    if conn.json {
+        return print_json(&view);
+    }
+    let c = &view.cluster;
+    println!("this agent: host {} in PoP {} (peer {})", c.host, c.pop, c.peer);
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["pop", "jurisdiction", "hosts alive", "free vCPU", "free memory", "rtt"]);
+    for p in &c.pops {
+        t.add_row(vec![
+            p.pop.clone(),
+            p.jurisdiction.clone(),
+            format!("{}/{}", p.hosts_alive, p.hosts),
+            p.free.vcpus.to_string(),
+            format!("{} MiB", p.free.memory_mib),
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms")),
+        ]);
+    }
+    println!("{t}");
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["host", "pop", "state", "vms", "free", "rtt"]);
+    for h in &c.hosts {
+        t.add_row(vec![
+            h.host.clone(),
+            h.pop.clone(),
+            serde_json::to_value(h.liveness)?.as_str().unwrap_or_default().to_owned(),
+            h.vms.to_string(),
+            h.free.map_or("-".into(), |f| format!("{} vCPU, {} MiB", f.vcpus, f.memory_mib)),
+            h.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms")),
+        ]);
+    }
+    println!("{t}");
+    let o = &view.overlay;
+    println!(
+        "overlay: {} peers connected, listening on {}; gossip {:.1} KiB out, {:.1} KiB in over {:.0} s",
+        o.connected,
+        o.listening.join(" "),
+        o.gossip_out_bytes as f64 / 1024.0,
+        o.gossip_in_bytes as f64 / 1024.0,
+        o.uptime_s
+    );
+    Ok(())
+}
+
+/// Runs `locus cluster join ADDR`.
+pub fn cluster_join(conn: &Connection, addr: &str) -> Result<()> {
+    let client = conn.client()?;
+    let body = crate::api::cluster::Join { addr: addr.to_owned() };
+    let _: crate::api::cluster::Join = runtime()?.block_on(client.post("/v1/cluster/join", Some(&body)))?;
+    if !conn.json {
+        println!("dialling {addr}; `locus cluster status` shows the members as they are heard");
+    }
+    Ok(())
+}

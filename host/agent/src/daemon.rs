@@ -10,9 +10,11 @@
 use crate::api::{self, AppState, Call};
 use crate::config::{AgentConfig, LogFormat};
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
+use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
+use locus_core::cluster::PeerId as CorePeer;
 use locus_core::node::{ApiError, Input, Node, Output, Reply, ReqId};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -55,9 +57,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, &store)?);
-    let node = Node::new(config.node(), intents, Box::new(policies.placement.clone()))?;
+    let keypair = overlay::identity::load_or_create(&config.state_dir.join("node.key"))?;
+    let peer = keypair.public().to_peer_id();
+    let node =
+        Node::new(config.node(CorePeer(peer.to_string())), intents, Box::new(policies.placement.clone()))?;
     tracing::info!(
         host = %config.host.name,
+        %peer,
         pop = %config.pop.name,
         vms = node.intents().count(),
         libvirt = %config.libvirt_uri,
@@ -75,9 +81,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
     )
     .context("starting the libvirt thread")?;
 
-    let (core_tx, core_rx) = mpsc::channel(1024);
-    let state = AppState { core: core_tx, policies: policies.clone(), store: store.clone() };
     let cancel = CancellationToken::new();
+    let (ov_events, ov_rx) = mpsc::unbounded_channel();
+    let (ov_tx, ov_task) = overlay::spawn(overlay_settings(&config, keypair)?, ov_events, cancel.clone())?;
+
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    let state =
+        AppState { core: core_tx, policies: policies.clone(), store: store.clone(), overlay: ov_tx.clone() };
     let tracker = TaskTracker::new();
     let socket = config.socket_path();
     let unix = bind_unix(&socket)?;
@@ -93,10 +103,11 @@ async fn serve(config: AgentConfig) -> Result<()> {
     tracker.spawn(signals(cancel.clone()));
     tracker.close();
 
-    let core = Core { node, store, hv: hv_tx.clone(), replies: HashMap::new(), next_req: 0 };
-    let result = core.run(core_rx, hv_rx, cancel.clone()).await;
+    let core = Core { node, store, hv: hv_tx.clone(), overlay: ov_tx, replies: HashMap::new(), next_req: 0 };
+    let result = core.run(core_rx, hv_rx, ov_rx, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;
+    let _ = ov_task.await;
     let _ = hv_tx.send(ToHypervisor::Stop);
     let _ = tokio::task::spawn_blocking(move || hv_thread.join()).await;
     let _ = std::fs::remove_file(&socket);
@@ -109,6 +120,7 @@ struct Core {
     node: Node,
     store: Arc<Store>,
     hv: std::sync::mpsc::Sender<ToHypervisor>,
+    overlay: mpsc::UnboundedSender<ToOverlay>,
     replies: HashMap<ReqId, oneshot::Sender<Result<Reply, ApiError>>>,
     next_req: u64,
 }
@@ -118,6 +130,7 @@ impl Core {
         mut self,
         mut api: mpsc::Receiver<Call>,
         mut hv: mpsc::UnboundedReceiver<FromHypervisor>,
+        mut peers: mpsc::UnboundedReceiver<FromOverlay>,
         cancel: CancellationToken,
     ) -> Result<()> {
         let mut stopping = false;
@@ -148,6 +161,15 @@ impl Core {
                         }
                     }
                 }
+                Some(event) = peers.recv() => {
+                    self.peer(event);
+                    for _ in 1..BATCH {
+                        match peers.try_recv() {
+                            Ok(event) => self.peer(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Some(call) = api.recv() => {
                     self.call(call);
                     for _ in 1..BATCH {
@@ -165,7 +187,7 @@ impl Core {
     /// Carries out everything the node asked for; returns its next deadline
     /// and whether it has closed.
     fn drain(&mut self) -> Result<(Option<Instant>, bool)> {
-        let (mut changes, mut commands, mut answers) = (vec![], vec![], vec![]);
+        let (mut changes, mut commands, mut answers, mut overlay) = (vec![], vec![], vec![], vec![]);
         let mut closed = false;
         let deadline = loop {
             match self.node.poll_output() {
@@ -173,6 +195,10 @@ impl Core {
                 Output::Hypervisor { op, cmd } => commands.push(ToHypervisor::Run(op, cmd)),
                 Output::Reply { req, reply } => answers.push((req, reply)),
                 Output::Event(e) => tracing::info!("{e}"),
+                Output::Gossip { topic, msg } => overlay.push(ToOverlay::Gossip(topic, msg)),
+                Output::Request { id, to, req } => overlay.push(ToOverlay::Request(id, to, req)),
+                Output::Respond { id, resp } => overlay.push(ToOverlay::Respond(id, resp)),
+                Output::Dial(peer) => overlay.push(ToOverlay::Dial(peer)),
                 Output::Closed => closed = true,
                 Output::Timeout(at) => break at,
             }
@@ -184,6 +210,10 @@ impl Core {
             if self.hv.send(command).is_err() {
                 bail!("the libvirt thread has stopped");
             }
+        }
+        for message in overlay {
+            // The overlay task is gone only when the agent is stopping.
+            let _ = self.overlay.send(message);
         }
         for (req, reply) in answers {
             if let Some(tx) = self.replies.remove(&req) {
@@ -200,6 +230,17 @@ impl Core {
         self.node.handle_input(Input::Api { now: Instant::now(), req, cmd: call.cmd });
     }
 
+    fn peer(&mut self, event: FromOverlay) {
+        let now = Instant::now();
+        let input = match event {
+            FromOverlay::Gossip(from, msg) => Input::Gossip { now, from, msg },
+            FromOverlay::Request(from, id, req) => Input::PeerRequest { now, from, id, req },
+            FromOverlay::Response(id, result) => Input::PeerResponse { now, id, result },
+            FromOverlay::Rtt(peer, rtt) => Input::Rtt { now, peer, rtt },
+        };
+        self.node.handle_input(input);
+    }
+
     fn hypervisor(&mut self, event: FromHypervisor) {
         let now = Instant::now();
         let input = match event {
@@ -210,6 +251,32 @@ impl Core {
         };
         self.node.handle_input(input);
     }
+}
+
+fn overlay_settings(config: &AgentConfig, keypair: libp2p::identity::Keypair) -> Result<overlay::Settings> {
+    let parse = |what: &str, list: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
+        list.iter()
+            .map(|a| {
+                a.parse().with_context(|| {
+                    format!("{what} address {a:?} is not a multiaddr (e.g. /ip4/10.0.0.5/tcp/7946)")
+                })
+            })
+            .collect()
+    };
+    let o = &config.overlay;
+    let psk = o.cluster_key_file.as_deref().map(overlay::identity::cluster_key).transpose()?;
+    if psk.is_none() {
+        tracing::warn!("no cluster key (dev mode): any agent that can reach this one can join");
+    }
+    Ok(overlay::Settings {
+        keypair,
+        psk,
+        listen: parse("overlay.listen", &o.listen)?,
+        bootstrap: parse("overlay.bootstrap", &o.bootstrap)?,
+        pop: config.pop.name.clone(),
+        mdns: o.mdns,
+        emulated_latency: o.emulated_latency.clone(),
+    })
 }
 
 fn prepare_state_dir(dir: &Path) -> Result<()> {

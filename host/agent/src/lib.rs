@@ -3,6 +3,7 @@
 //! - [`daemon`]: `locus agent`, the tokio shell around the core's node.
 //! - [`config`]: its configuration (defaults, TOML, environment, flags).
 //! - [`libvirt`]: the hypervisor thread (commands, sampling, reconnects).
+//! - [`overlay`]: the libp2p swarm (membership gossip, agent-to-agent requests).
 //! - [`store`]: durable intent (redb).
 //! - [`policies`]: the placement and migration slots on the agent.
 //! - [`api`]: the HTTP/JSON API and its OpenAPI description.
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod files;
 pub mod libvirt;
+pub mod overlay;
 pub mod policies;
 pub mod source;
 pub mod store;

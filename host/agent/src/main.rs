@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// The cluster a running agent belongs to.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// The host a running agent manages.
     Host {
         #[command(subcommand)]
@@ -60,6 +65,19 @@ enum BenchCommand {
     /// Create+start throughput of a real agent process on the test driver,
     /// against libvirt called directly, and the agent's resident memory.
     Vms(locus::vmbench::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// PoPs (hosts alive, free capacity, measured latency) and hosts (liveness, VMs).
+    Status,
+    /// Dial an agent of a cluster, e.g. `/ip4/10.0.0.5/tcp/7946`.
+    Join {
+        /// Its multiaddr.
+        addr: String,
+    },
+    /// Print a new cluster key (give the same file to every agent).
+    Keygen,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +130,18 @@ struct AgentArgs {
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Overlay listen multiaddr (repeatable), e.g. `/ip4/0.0.0.0/tcp/7946`.
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    p2p_listen: Vec<String>,
+    /// An agent to join through (repeatable).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// The cluster key file.
+    #[arg(long)]
+    cluster_key: Option<PathBuf>,
+    /// Run without a cluster key (development only).
+    #[arg(long)]
+    dev: bool,
 }
 
 impl AgentArgs {
@@ -124,6 +154,10 @@ impl AgentArgs {
         }
         let quoted = |v: &str| toml::Value::String(v.to_owned()).to_string();
         let path = |p: &PathBuf| quoted(&p.to_string_lossy());
+        let list = |l: &[String]| {
+            (!l.is_empty())
+                .then(|| format!("[{}]", l.iter().map(|a| quoted(a)).collect::<Vec<_>>().join(", ")))
+        };
         let flags = [
             ("libvirt-uri", self.libvirt_uri.as_deref().map(quoted)),
             ("state-dir", self.state_dir.as_ref().map(path)),
@@ -136,6 +170,10 @@ impl AgentArgs {
                 self.log_format.map(|f| quoted(if f == LogFormat::Json { "json" } else { "text" })),
             ),
             ("log", log.map(|l| quoted(l))),
+            ("overlay.cluster-key-file", self.cluster_key.as_ref().map(path)),
+            ("overlay.dev", self.dev.then(|| "true".to_owned())),
+            ("overlay.listen", list(&self.p2p_listen)),
+            ("overlay.bootstrap", list(&self.bootstrap)),
         ];
         out.extend(flags.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         Ok(out)
@@ -156,6 +194,17 @@ fn main() -> ExitCode {
         Command::Host { command: HostCommand::Status } => {
             control::host_status(conn).map(|()| ExitCode::SUCCESS)
         }
+        Command::Cluster { command: ClusterCommand::Status } => {
+            control::cluster_status(conn).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Cluster { command: ClusterCommand::Join { addr } } => {
+            control::cluster_join(conn, &addr).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Cluster { command: ClusterCommand::Keygen } => locus::overlay::identity::new_cluster_key()
+            .map(|k| {
+                print!("{k}");
+                ExitCode::SUCCESS
+            }),
         Command::Policy { command: PolicyCommand::Check(args) } => check::run(args),
         Command::Policy { command: PolicyCommand::Bench(args) } => bench::run(args),
         Command::Policy { command: PolicyCommand::Load(args) } => {

@@ -55,6 +55,8 @@ pub enum DomainState {
     Crashed,
     /// Defined by intent but absent from the hypervisor.
     Missing,
+    /// On a host the cluster believes dead.
+    Lost,
 }
 
 impl DomainState {

@@ -17,6 +17,7 @@
 //!   and samples in; intent changes, hypervisor commands and replies out),
 //!   with [`hypervisor`] and [`intent`] the values it exchanges.
 
+pub mod cluster;
 pub mod filter;
 pub mod hypervisor;
 pub mod intent;

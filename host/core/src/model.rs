@@ -336,6 +336,21 @@ impl Model {
         }
     }
 
+    /// Sets what a host has allocated and its load, as its own agent reports
+    /// them (for hosts whose VMs this model does not hold one by one).
+    pub fn set_host_usage(&mut self, host: HostId, allocated: Resources, load_cpu_milli: u32, vm_count: u32) {
+        let Some(h) = self.hosts.get_mut(host.0 as usize) else {
+            return;
+        };
+        let (old, old_count) = (h.allocated, h.vm_count);
+        h.allocated = allocated;
+        h.load_cpu_milli = load_cpu_milli;
+        h.vm_count = vm_count;
+        let p = &mut self.pops[h.pop.0 as usize];
+        p.allocated = p.allocated.minus(old).plus(allocated);
+        p.vm_count = p.vm_count.saturating_sub(old_count).saturating_add(vm_count);
+    }
+
     /// Records a VM's measured CPU demand.
     pub fn set_vm_load(&mut self, vm: VmId, load_cpu_milli: u32) {
         let Some(Some(v)) = self.vms.get_mut(vm.0 as usize) else {

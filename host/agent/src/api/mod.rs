@@ -5,6 +5,7 @@
 //! answer, and map the answer to HTTP. The OpenAPI description is served at
 //! `/openapi.json`.
 
+pub mod cluster;
 mod error;
 mod openapi;
 mod policies;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub policies: Arc<crate::policies::Policies>,
     /// The intent store (policies loaded by operators are kept there).
     pub store: Arc<crate::store::Store>,
+    /// The overlay task's inbox.
+    pub overlay: mpsc::UnboundedSender<crate::overlay::ToOverlay>,
 }
 
 impl AppState {
@@ -63,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/start", post(vms::start))
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/host", get(vms::host))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/join", post(cluster::join))
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
         .route("/openapi.json", get(openapi::document))

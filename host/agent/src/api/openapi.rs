@@ -16,6 +16,8 @@ use utoipa::OpenApi;
         super::vms::host,
         super::policies::list,
         super::policies::load,
+        super::cluster::status,
+        super::cluster::join,
     )
 )]
 struct ApiDoc;

@@ -44,6 +44,9 @@ impl Agent {
             host.into(),
             "--set".into(),
             "sample-interval-ms=200".into(),
+            "--dev".into(),
+            "--p2p-listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

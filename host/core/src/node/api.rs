@@ -36,6 +36,41 @@ pub enum Command {
     Delete(String),
     /// The host's capacity, allocation and hypervisor state.
     Host,
+    /// Members of this PoP and summaries of the others.
+    Cluster,
+}
+
+/// Identifies a request from another agent until it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u64);
+
+/// Identifies a request to another agent until its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboundId(pub u64);
+
+/// What one agent asks another (request-response protocol, MessagePack).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub enum PeerRequest {
+    /// Run this VM on your host (your PoP's placement chose it); refuse if it does not fit.
+    Execute(Box<VmRequest>),
+    /// Place this VM in your PoP, or forward it on; `visited` PoPs were tried.
+    Forward {
+        /// The request.
+        spec: Box<VmRequest>,
+        /// PoPs already asked.
+        visited: Vec<String>,
+    },
+    /// Describe this VM, which runs on your host.
+    Show(String),
+}
+
+/// An agent's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub enum PeerResponse {
+    /// The VM, created or shown.
+    Vm(Box<VmStatus>),
+    /// Refused, with the reason.
+    Refused(ApiError),
 }
 
 /// A successful answer.
@@ -50,10 +85,12 @@ pub enum Reply {
     Deleted(String),
     /// The host (status).
     Host(Box<HostStatus>),
+    /// The cluster as this agent sees it.
+    Cluster(Box<ClusterStatus>),
 }
 
 /// Why a request failed; the agent maps each kind to an HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApiErrorKind {
     /// The request itself is invalid (400).
@@ -71,7 +108,7 @@ pub enum ApiErrorKind {
 }
 
 /// A failed request with a sentence that says what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     /// Its kind.
@@ -187,4 +224,60 @@ pub struct HostStatus {
     pub own_domains: u32,
     /// Domains on the hypervisor that this agent did not create (left alone).
     pub other_domains: u32,
+}
+
+/// A host of the cluster, as `locus cluster status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberStatus {
+    /// Its agent's peer id.
+    pub peer: String,
+    /// Its name.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// alive, suspect or dead.
+    pub liveness: crate::cluster::Liveness,
+    /// Free resources, when known (hosts of this PoP).
+    pub free: Option<Size>,
+    /// Measured round trip, ms.
+    pub rtt_ms: Option<f64>,
+    /// Its VMs.
+    pub vms: u32,
+}
+
+/// A PoP, as `locus cluster status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PopStatus {
+    /// Its name.
+    pub pop: String,
+    /// Its jurisdiction.
+    pub jurisdiction: String,
+    /// Hosts alive / known.
+    pub hosts_alive: u32,
+    /// Hosts known.
+    pub hosts: u32,
+    /// Free resources on its live hosts.
+    pub free: Size,
+    /// Measured round trip from this agent, ms (none for its own PoP).
+    pub rtt_ms: Option<f64>,
+    /// The agent that speaks for it.
+    pub speaker: String,
+}
+
+/// The cluster as one agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStatus {
+    /// This agent's peer id.
+    pub peer: String,
+    /// Its host.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// Every PoP, its own first.
+    pub pops: Vec<PopStatus>,
+    /// Every host known: this PoP's from their own summaries, the others' from their speakers.
+    pub hosts: Vec<MemberStatus>,
 }

@@ -16,17 +16,20 @@
 //! after a crash the node repeats whatever it cannot know was done.
 
 pub mod api;
+mod overlay;
 
+use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, Topic, Transition};
 use crate::hypervisor::{
     DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
 };
 use crate::intent::{Change, Desired, VmIntent};
 use crate::model::{HostId, HostState, Model, VmId};
-use crate::pipeline::{Outcome, Placer};
+use crate::pipeline::Placer;
 use crate::policy::Policy;
 use crate::request::Location;
 pub use api::{
-    ApiError, ApiErrorKind, Command, HostStatus, HypervisorStatus, Reply, ReqId, Size, VmCounts, VmStatus,
+    ApiError, ApiErrorKind, ClusterStatus, Command, HostStatus, HypervisorStatus, InboundId, MemberStatus,
+    OutboundId, PeerRequest, PeerResponse, PopStatus, Reply, ReqId, Size, VmCounts, VmStatus,
 };
 use locus_sdk::Resources;
 use serde::{Deserialize, Serialize};
@@ -121,6 +124,10 @@ impl Default for TimingConfig {
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeConfig {
+    /// Its overlay identity.
+    pub peer: PeerId,
+    /// Heartbeats and failure detection.
+    pub membership: MembershipConfig,
     /// Its PoP.
     pub pop: PopConfig,
     /// Its host.
@@ -173,6 +180,44 @@ pub enum Input {
         /// Every domain.
         domains: Observation,
     },
+    /// Gossip heard from a peer.
+    Gossip {
+        /// When.
+        now: Instant,
+        /// The peer that published it.
+        from: PeerId,
+        /// What it said.
+        msg: Gossip,
+    },
+    /// A request from another agent.
+    PeerRequest {
+        /// When.
+        now: Instant,
+        /// The sender.
+        from: PeerId,
+        /// Echo in [`Output::Respond`].
+        id: InboundId,
+        /// What it asks.
+        req: PeerRequest,
+    },
+    /// The answer to an [`Output::Request`], or why none came.
+    PeerResponse {
+        /// When.
+        now: Instant,
+        /// The request's id.
+        id: OutboundId,
+        /// The answer, or a transport failure.
+        result: Result<PeerResponse, String>,
+    },
+    /// A round trip to a peer was measured.
+    Rtt {
+        /// When.
+        now: Instant,
+        /// The peer.
+        peer: PeerId,
+        /// The round trip.
+        rtt: Duration,
+    },
     /// The deadline the node last asked for has passed.
     Timeout(Instant),
     /// Stop taking requests and finish what is in flight.
@@ -199,6 +244,31 @@ pub enum Output {
         /// The answer.
         reply: Result<Reply, ApiError>,
     },
+    /// Publish gossip.
+    Gossip {
+        /// Where.
+        topic: Topic,
+        /// What.
+        msg: Gossip,
+    },
+    /// Send a request to another agent; answer with [`Input::PeerResponse`].
+    Request {
+        /// Echo in the answer.
+        id: OutboundId,
+        /// The agent.
+        to: PeerId,
+        /// What to ask.
+        req: PeerRequest,
+    },
+    /// Answer a peer's request.
+    Respond {
+        /// The request.
+        id: InboundId,
+        /// The answer.
+        resp: PeerResponse,
+    },
+    /// Connect to this peer (to measure the latency to its PoP).
+    Dial(PeerId),
     /// Something an operator should hear about.
     Event(Event),
     /// Nothing more for now; wake the node at this instant (None: only on input).
@@ -229,6 +299,17 @@ pub enum Event {
     LeftStopped(String),
     /// A domain marked as this host's has no intent; it is left alone.
     Orphan(String),
+    /// A member's liveness changed.
+    Member(Transition),
+    /// A request was handed to another agent.
+    Handed {
+        /// The VM.
+        vm: String,
+        /// To whom.
+        to: String,
+        /// Why.
+        why: String,
+    },
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -259,6 +340,19 @@ impl fmt::Display for Event {
                 write!(f, "domain {vm} is marked as this host's but has no intent; left alone")
             }
             Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
+            Event::Handed { vm, to, why } => write!(f, "vm {vm}: handed to {to} ({why})"),
+            Event::Member(t) => {
+                let liveness = match t.liveness {
+                    crate::cluster::Liveness::Alive => "alive",
+                    crate::cluster::Liveness::Suspect => "suspect",
+                    crate::cluster::Liveness::Dead => "dead",
+                };
+                write!(f, "host {} (pop {}, peer {}) is {liveness}", t.host, t.pop, t.peer)?;
+                if t.liveness == crate::cluster::Liveness::Dead && !t.vms.is_empty() {
+                    write!(f, "; its {} VM(s) are lost: {}", t.vms.len(), t.vms.join(", "))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -306,12 +400,19 @@ struct Task {
     step: Step,
     /// The command in flight, if one is.
     op: Option<OpId>,
-    /// The request to answer when it ends.
-    req: Option<ReqId>,
+    /// Who to answer when it ends.
+    origin: Option<Origin>,
     /// How long a graceful stop may take.
     stop_timeout: Duration,
     /// The failure that ends a create after its rollback.
     failure: Option<ApiError>,
+}
+
+/// Who asked: a local API client or another agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Api(ReqId),
+    Peer(InboundId),
 }
 
 /// One VM: intent, what was last seen, what is going on.
@@ -356,6 +457,13 @@ pub struct Node {
     own_domains: u32,
     orphans: BTreeSet<String>,
     hypervisor: Hypervisor,
+    membership: Membership,
+    /// PoP-mates' hosts in the model, by peer.
+    remote_hosts: BTreeMap<PeerId, HostId>,
+    /// Requests sent to other agents and what they are for.
+    outbound: HashMap<OutboundId, overlay::Outbound>,
+    next_outbound: u64,
+    next_heartbeat: Option<Instant>,
     ops: HashMap<OpId, String>,
     next_op: u64,
     now: Option<Instant>,
@@ -409,6 +517,7 @@ impl Node {
             .add_host(&host.name, &pop.name, Resources::default(), 0, (host.idle_watts, host.max_watts))
             .map_err(|e| NodeError::Config(e.to_string()))?;
         model.set_host_state(host_id, HostState::Down);
+        let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone());
         let mut node = Node {
             config,
             model,
@@ -420,6 +529,11 @@ impl Node {
             own_domains: 0,
             orphans: BTreeSet::new(),
             hypervisor: Hypervisor::Connecting,
+            membership,
+            remote_hosts: BTreeMap::new(),
+            outbound: HashMap::new(),
+            next_outbound: 0,
+            next_heartbeat: None,
             ops: HashMap::new(),
             next_op: 0,
             now: None,
@@ -470,9 +584,27 @@ impl Node {
                     self.observe(now, domains, false);
                 }
             }
+            Input::Gossip { now, from, msg } => {
+                self.tick(now);
+                self.gossip(now, &from, msg);
+            }
+            Input::PeerRequest { now, from, id, req } => {
+                self.tick(now);
+                let _ = from;
+                self.peer_request(id, req);
+            }
+            Input::PeerResponse { now, id, result } => {
+                self.tick(now);
+                self.peer_response(id, result);
+            }
+            Input::Rtt { now, peer, rtt } => {
+                self.tick(now);
+                self.membership.measured(&peer, rtt);
+            }
             Input::Timeout(now) => {
                 self.tick(now);
                 self.expire(now);
+                self.heartbeat(now);
             }
             Input::Shutdown(now) => {
                 self.tick(now);
@@ -520,6 +652,23 @@ impl Node {
         self.outputs.push_back(Output::Reply { req, reply });
     }
 
+    /// Answers whoever asked: a local client or another agent.
+    fn answer(&mut self, origin: Origin, result: Result<Reply, ApiError>) {
+        match origin {
+            Origin::Api(req) => self.reply(req, result),
+            Origin::Peer(id) => {
+                let resp = match result {
+                    Ok(Reply::Vm(s)) => PeerResponse::Vm(s),
+                    Ok(_) => {
+                        PeerResponse::Refused(ApiError::new(ApiErrorKind::BadRequest, "unexpected answer"))
+                    }
+                    Err(e) => PeerResponse::Refused(e),
+                };
+                self.outputs.push_back(Output::Respond { id, resp });
+            }
+        }
+    }
+
     fn persist(&mut self, name: &str) {
         if let Some(r) = self.vms.get(name) {
             self.outputs.push_back(Output::Persist(Change::Put(r.intent.clone())));
@@ -537,11 +686,12 @@ impl Node {
         self.outputs.push_back(Output::Hypervisor { op, cmd });
     }
 
-    fn begin(&mut self, name: &str, purpose: Purpose, req: Option<ReqId>, stop_timeout: Duration) {
+    fn begin(&mut self, name: &str, purpose: Purpose, origin: Option<Origin>, stop_timeout: Duration) {
         let Some(record) = self.vms.get_mut(name) else {
             return;
         };
-        record.task = Some(Task { purpose, step: Step::Define, op: None, req, stop_timeout, failure: None });
+        record.task =
+            Some(Task { purpose, step: Step::Define, op: None, origin, stop_timeout, failure: None });
         let cmd = match purpose {
             Purpose::Create | Purpose::Recreate => {
                 (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone())))
@@ -559,9 +709,13 @@ impl Node {
     fn api(&mut self, req: ReqId, cmd: Command) {
         let result = match cmd {
             Command::List => Ok(Some(Reply::Vms(self.vms.values().map(|r| self.status(r)).collect()))),
-            Command::Show(name) => self.show(&name).map(Some),
+            Command::Show(name) => self.show_anywhere(Origin::Api(req), name),
             Command::Host => Ok(Some(Reply::Host(Box::new(self.host_status())))),
-            Command::Create(spec) => self.create(req, *spec),
+            Command::Cluster => Ok(Some(Reply::Cluster(Box::new(self.cluster_status())))),
+            Command::Create(spec) => {
+                self.route(Origin::Api(req), *spec, Vec::new());
+                Ok(None)
+            }
             Command::Start(name) => self.change(req, &name, Purpose::Start, Duration::ZERO),
             Command::Stop { name, force, timeout } => {
                 let timeout = if force {
@@ -600,7 +754,8 @@ impl Node {
         }
     }
 
-    fn create(&mut self, req: ReqId, spec: crate::VmRequest) -> Result<Option<Reply>, ApiError> {
+    /// Checks that can be made before deciding where a VM goes.
+    fn admissible(&self, spec: &crate::VmRequest) -> Result<(), ApiError> {
         spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         if self.vms.contains_key(&spec.name) {
             return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {:?} already exists", spec.name)));
@@ -611,33 +766,42 @@ impl Node {
                 format!("a domain named {:?} exists on the hypervisor and is not Locus's", spec.name),
             ));
         }
+        if let Some((_, host, _, _)) = self.membership.find_vm(&spec.name) {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!("vm {:?} already exists (on host {host})", spec.name),
+            ));
+        }
+        if self.closing {
+            return Err(ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// Creates a VM on this host, which the caller chose; refuses when this
+    /// host cannot take it (the authoritative check: a host never takes more
+    /// than it has, whoever asks).
+    fn create_here(&mut self, origin: Origin, spec: crate::VmRequest) -> Result<(), ApiError> {
+        self.admissible(&spec)?;
         self.writable()?;
-        let decision = self.placer.place(&self.model, &spec, self.policy.as_ref());
-        let host = match decision.outcome {
-            Outcome::Placed { host } => host,
-            Outcome::Rejected { message, .. } => {
-                return Err(ApiError::new(
-                    ApiErrorKind::Unplaceable,
-                    format!("cannot place {}: {message}", spec.name),
-                ));
-            }
-        };
-        if host != self.host {
-            // One host per node for now: the pipeline only sees this one.
+        let resolved = crate::filter::Resolved::new(&self.model, &spec);
+        let mut rows = Vec::new();
+        let excluded = crate::filter::candidates(&self.model, &resolved, &mut rows);
+        if !rows.contains(&self.host) {
             return Err(ApiError::new(
                 ApiErrorKind::Unplaceable,
-                "the policy chose a host this agent does not run",
+                format!("host {} cannot take {}: {}", self.config.host.name, spec.name, excluded.describe()),
             ));
         }
         let id = self
             .model
-            .record_placement(&spec, host)
+            .record_placement(&spec, self.host)
             .map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         let name = spec.name.clone();
         self.vms.insert(name.clone(), VmRecord::new(VmIntent { spec, desired: Desired::Running }, id));
         self.persist(&name);
-        self.begin(&name, Purpose::Create, Some(req), Duration::ZERO);
-        Ok(None)
+        self.begin(&name, Purpose::Create, Some(origin), Duration::ZERO);
+        Ok(())
     }
 
     fn change(
@@ -674,7 +838,7 @@ impl Node {
                 self.persist(name);
             }
         }
-        self.begin(name, purpose, Some(req), stop_timeout);
+        self.begin(name, purpose, Some(Origin::Api(req)), stop_timeout);
         Ok(None)
     }
 
@@ -788,12 +952,12 @@ impl Node {
             return;
         };
         let error = error.or(task.failure);
-        if let Some(req) = task.req {
+        if let Some(origin) = task.origin {
             let reply = match error {
                 Some(e) => Err(e),
                 None => Ok(Reply::Vm(Box::new(self.status_of(name)))),
             };
-            self.reply(req, reply);
+            self.answer(origin, reply);
         }
     }
 
@@ -809,12 +973,12 @@ impl Node {
         };
         self.model.remove_vm(record.id);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
-        if let Some(req) = record.task.and_then(|t| t.req) {
+        if let Some(origin) = record.task.and_then(|t| t.origin) {
             let reply = match failure {
                 Some(e) => Err(e),
                 None => Ok(Reply::Deleted(name.to_owned())),
             };
-            self.reply(req, reply);
+            self.answer(origin, reply);
         }
     }
 
@@ -929,13 +1093,13 @@ impl Node {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.vms
-            .values()
-            .filter_map(|r| match r.task.as_ref().map(|t| t.step) {
-                Some(Step::AwaitShutoff(at)) => Some(at),
-                _ => None,
-            })
-            .min()
+        let stops = self.vms.values().filter_map(|r| match r.task.as_ref().map(|t| t.step) {
+            Some(Step::AwaitShutoff(at)) => Some(at),
+            _ => None,
+        });
+        // The first heartbeat is due as soon as time is known.
+        let heartbeat = self.next_heartbeat.or(self.now);
+        stops.chain(heartbeat).min()
     }
 
     // ---- status ----
@@ -1055,5 +1219,7 @@ fn step_name(step: Step) -> &'static str {
     }
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;

@@ -19,15 +19,15 @@ impl PlacementPolicy for FirstCandidate {
 
 /// Domains by name: (state, ours, ignores ACPI shutdown).
 #[derive(Default)]
-struct Hv {
-    domains: BTreeMap<String, (DomainState, bool)>,
+pub(super) struct Hv {
+    pub(super) domains: BTreeMap<String, (DomainState, bool)>,
     deaf_to_acpi: bool,
     refuse_start: bool,
     down: bool,
 }
 
 impl Hv {
-    fn run(&mut self, cmd: &HvCommand) -> Result<DomainState, HvError> {
+    pub(super) fn run(&mut self, cmd: &HvCommand) -> Result<DomainState, HvError> {
         if self.down {
             return Err(HvError { kind: HvErrorKind::Unavailable, message: "connection refused".into() });
         }
@@ -69,7 +69,7 @@ impl Hv {
         Ok(state)
     }
 
-    fn observation(&self) -> Observation {
+    pub(super) fn observation(&self) -> Observation {
         let mut o = Observation::default();
         for (name, (state, ours)) in &self.domains {
             if *ours {
@@ -88,7 +88,7 @@ impl Hv {
     }
 }
 
-fn inventory() -> Inventory {
+pub(super) fn inventory() -> Inventory {
     Inventory { cpus: 4, memory_mib: 8192, hypervisor: "test".into() }
 }
 
@@ -96,6 +96,8 @@ fn node(intents: Vec<VmIntent>) -> Node {
     let mut config = NodeConfig::default();
     config.host.name = "h1".into();
     config.timing.stop_timeout_ms = 5_000;
+    // A heartbeat a minute keeps the timers these tests look at in front.
+    config.membership.heartbeat_ms = 60_000;
     Node::new(config, intents, Box::new(Native::placement::<FirstCandidate>("first"))).expect("node")
 }
 
@@ -117,6 +119,7 @@ impl Rig {
         let mut rig = Rig { node, hv, now: Instant::now(), next_req: 0, log: vec![] };
         let domains = rig.hv.observation();
         rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
+        rig.input(Input::Timeout(rig.now));
         rig
     }
 

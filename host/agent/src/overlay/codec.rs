@@ -1,0 +1,147 @@
+//! The request-response codec of Locus's agent-to-agent protocol: one
+//! MessagePack value per stream, behind a 4-byte big-endian length, in a
+//! versioned envelope. A frame over the size cap, or one that does not
+//! decode, fails that stream with an error saying so; the agent goes on.
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use locus_core::node::{PeerRequest, PeerResponse};
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// The protocol's name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/locus/rpc/1");
+/// Largest frame read or written, bytes.
+pub const MAX_FRAME: usize = 1 << 20;
+/// The envelope version written.
+const VERSION: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u8,
+    body: T,
+}
+
+/// Encodes one value as a versioned MessagePack envelope.
+pub fn encode<T: Serialize>(body: &T) -> io::Result<Vec<u8>> {
+    rmp_serde::to_vec_named(&Envelope { v: VERSION, body })
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Decodes a versioned MessagePack envelope.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
+    let e: Envelope<T> = rmp_serde::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable message: {e}")))?;
+    if e.v != VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message version {} unsupported", e.v),
+        ));
+    }
+    Ok(e.body)
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut buf = vec![0; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> io::Result<()> {
+    if bytes.len() > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message over the size limit"));
+    }
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+/// The codec.
+#[derive(Debug, Clone, Default)]
+pub struct Codec;
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = PeerRequest;
+    type Response = PeerResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<PeerRequest> {
+        decode(&read_frame(io).await?)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<PeerResponse> {
+        decode(&read_frame(io).await?)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: PeerRequest,
+    ) -> io::Result<()> {
+        write_frame(io, encode(&req)?).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: PeerResponse,
+    ) -> io::Result<()> {
+        write_frame(io, encode(&res)?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::request_response::Codec as _;
+
+    #[test]
+    fn frames_round_trip_and_bad_ones_are_refused() {
+        futures::executor::block_on(async {
+            let req = PeerRequest::Show("web".into());
+            let mut buf = vec![];
+            Codec
+                .write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req.clone())
+                .await
+                .expect("write");
+            let back =
+                Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&buf)).await.expect("read");
+            assert_eq!(back, req);
+
+            let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+            huge.extend([0; 16]);
+            let e = Codec
+                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&huge))
+                .await
+                .expect_err("too big");
+            assert!(e.to_string().contains("over the"), "{e}");
+
+            let mut garbage = 5u32.to_be_bytes().to_vec();
+            garbage.extend(b"\xc1\xc1\xc1\xc1\xc1");
+            let e = Codec
+                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&garbage))
+                .await
+                .expect_err("garbage");
+            assert!(e.to_string().contains("undecodable"), "{e}");
+        });
+    }
+}

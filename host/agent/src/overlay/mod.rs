@@ -1,0 +1,426 @@
+//! The overlay: the agent's libp2p swarm, in its own task, talking to the
+//! core task over channels (the Discovery Network Tracker's IO).
+//!
+//! TCP (with the cluster's pre-shared key, libp2p pnet, under noise and
+//! yamux) and, in dev mode only, QUIC; identify feeds Kademlia's routing
+//! table; ping measures round trips; gossipsub carries host summaries on a
+//! topic per PoP and PoP summaries on a global topic; request-response
+//! carries the agents' protocol messages in MessagePack. The swarm keeps a
+//! connection to every peer Kademlia knows (the clusters here are tens of
+//! agents), so gossip meshes form and every PoP's latency can be measured.
+
+pub mod codec;
+pub mod identity;
+pub mod shaping;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::core::{ConnectedPoint, Transport as _};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
+use locus_core::cluster::{Gossip, PeerId as CorePeer, Topic};
+use locus_core::node::{InboundId, OutboundId, PeerRequest, PeerResponse};
+use serde::Serialize;
+use shaping::EmulatedLatency;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What the overlay needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// The cluster key; None only in dev mode.
+    pub psk: Option<PreSharedKey>,
+    /// Addresses to listen on (TCP; QUIC too in dev mode).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and whenever alone.
+    pub bootstrap: Vec<Multiaddr>,
+    /// This agent's PoP.
+    pub pop: String,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Round trips to add to dialled connections (tests).
+    pub emulated_latency: Vec<EmulatedLatency>,
+}
+
+/// Commands for the overlay task.
+#[derive(Debug)]
+pub enum ToOverlay {
+    /// Publish gossip.
+    Gossip(Topic, Gossip),
+    /// Send a request.
+    Request(OutboundId, CorePeer, PeerRequest),
+    /// Answer a request.
+    Respond(InboundId, PeerResponse),
+    /// Connect to a peer Kademlia knows.
+    Dial(CorePeer),
+    /// Connect to an address (`locus cluster join`).
+    Join(Multiaddr, oneshot::Sender<Result<(), String>>),
+    /// Traffic and connection counts.
+    Stats(oneshot::Sender<OverlayStats>),
+}
+
+/// What the overlay reports to the core task.
+#[derive(Debug)]
+pub enum FromOverlay {
+    /// Gossip from a peer.
+    Gossip(CorePeer, Gossip),
+    /// A request from a peer.
+    Request(CorePeer, InboundId, PeerRequest),
+    /// The answer to a request, or why none came.
+    Response(OutboundId, Result<PeerResponse, String>),
+    /// A measured round trip.
+    Rtt(CorePeer, Duration),
+}
+
+/// Overlay counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct OverlayStats {
+    /// This agent's peer id.
+    pub peer: String,
+    /// Addresses it listens on.
+    pub listening: Vec<String>,
+    /// Peers connected now.
+    pub connected: u32,
+    /// Gossip payload bytes published.
+    pub gossip_out_bytes: u64,
+    /// Gossip payload bytes received.
+    pub gossip_in_bytes: u64,
+    /// Seconds since the overlay started.
+    pub uptime_s: f64,
+    /// Requests and gossip refused as undecodable or too large.
+    pub rejected_messages: u64,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    rpc: request_response::Behaviour<codec::Codec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Largest gossip message, bytes.
+const MAX_GOSSIP: usize = 256 << 10;
+/// Connections kept at most.
+const MAX_PEERS: usize = 128;
+
+fn topic(t: &Topic) -> IdentTopic {
+    match t {
+        Topic::Global => IdentTopic::new("locus/global/1"),
+        Topic::Pop(p) => IdentTopic::new(format!("locus/pop/{p}/1")),
+    }
+}
+
+fn build(settings: &Settings) -> Result<Swarm<Behaviour>> {
+    let psk = settings.psk;
+    let shaping = settings.emulated_latency.clone();
+    let builder = libp2p::SwarmBuilder::with_existing_identity(settings.keypair.clone()).with_tokio();
+    let behaviour =
+        |key: &Keypair| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let peer = key.public().to_peer_id();
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .max_transmit_size(MAX_GOSSIP)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()?;
+            let mut kad_config = kad::Config::new(StreamProtocol::new("/locus/kad/1"));
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new("/locus/1".into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+                kad,
+                gossipsub: gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?,
+                rpc: request_response::Behaviour::with_codec(
+                    codec::Codec,
+                    [(codec::PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+                mdns: Toggle::from(None),
+            })
+        };
+    let tcp_transport = |key: &Keypair| {
+        let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)).map(
+            move |stream, endpoint: ConnectedPoint| {
+                shaping::shape(stream, shaping::delay_for(&shaping, &endpoint))
+            },
+        );
+        let base = match psk {
+            Some(psk) => {
+                either::Either::Left(tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)))
+            }
+            None => either::Either::Right(tcp),
+        };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            base.upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()),
+        )
+    };
+    let mut swarm = if psk.is_some() {
+        builder
+            .with_other_transport(tcp_transport)?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    } else {
+        builder
+            .with_quic()
+            .with_other_transport(tcp_transport)?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    };
+    if settings.mdns {
+        let peer = *swarm.local_peer_id();
+        let m = mdns::tokio::Behaviour::new(mdns::Config::default(), peer).context("starting mDNS")?;
+        swarm.behaviour_mut().mdns = Toggle::from(Some(m));
+    }
+    for t in [Topic::Global, Topic::Pop(settings.pop.clone())] {
+        swarm.behaviour_mut().gossipsub.subscribe(&topic(&t)).context("subscribing")?;
+    }
+    for addr in &settings.listen {
+        swarm.listen_on(addr.clone()).with_context(|| format!("listening on {addr}"))?;
+    }
+    Ok(swarm)
+}
+
+/// Starts the overlay task; returns its inbox.
+pub fn spawn(
+    settings: Settings,
+    to_core: mpsc::UnboundedSender<FromOverlay>,
+    cancel: CancellationToken,
+) -> Result<(mpsc::UnboundedSender<ToOverlay>, tokio::task::JoinHandle<()>)> {
+    if settings.psk.is_some()
+        && settings.listen.iter().any(|a| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)))
+    {
+        bail!(
+            "QUIC cannot carry the cluster key (libp2p pnet wraps TCP only): listen on TCP, or run with --dev"
+        );
+    }
+    let swarm = build(&settings)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = Task {
+        swarm,
+        to_core,
+        channels: HashMap::new(),
+        pending: HashMap::new(),
+        next_inbound: 0,
+        stats: OverlayStats::default(),
+        started: std::time::Instant::now(),
+        bootstrap: settings.bootstrap.clone(),
+    };
+    let handle = tokio::spawn(task.run(rx, cancel));
+    Ok((tx, handle))
+}
+
+struct Task {
+    swarm: Swarm<Behaviour>,
+    to_core: mpsc::UnboundedSender<FromOverlay>,
+    channels: HashMap<u64, ResponseChannel<PeerResponse>>,
+    pending: HashMap<OutboundRequestId, OutboundId>,
+    next_inbound: u64,
+    stats: OverlayStats,
+    started: std::time::Instant,
+    bootstrap: Vec<Multiaddr>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToOverlay>, cancel: CancellationToken) {
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        let mut maintain = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = maintain.tick() => self.maintain(),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: ToOverlay) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            ToOverlay::Gossip(t, msg) => match codec::encode(&msg) {
+                Ok(bytes) => {
+                    let len = bytes.len() as u64;
+                    match b.gossipsub.publish(topic(&t), bytes) {
+                        Ok(_) => self.stats.gossip_out_bytes += len,
+                        // No peer on the topic yet: nothing to tell anyone.
+                        Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                        Err(e) => tracing::debug!("gossip not published: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!("cannot encode gossip: {e}"),
+            },
+            ToOverlay::Request(id, to, req) => match to.0.parse::<PeerId>() {
+                Ok(peer) => {
+                    let rid = b.rpc.send_request(&peer, req);
+                    self.pending.insert(rid, id);
+                }
+                Err(e) => {
+                    let _ =
+                        self.to_core.send(FromOverlay::Response(id, Err(format!("bad peer id {to}: {e}"))));
+                }
+            },
+            ToOverlay::Respond(id, resp) => {
+                if let Some(channel) = self.channels.remove(&id.0)
+                    && b.rpc.send_response(channel, resp).is_err()
+                {
+                    tracing::debug!("the asking peer went away before the answer");
+                }
+            }
+            ToOverlay::Dial(peer) => {
+                if let Ok(peer) = peer.0.parse::<PeerId>()
+                    && !self.swarm.is_connected(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            ToOverlay::Join(addr, done) => {
+                let result = self.swarm.dial(addr.clone()).map_err(|e| format!("cannot dial {addr}: {e}"));
+                if result.is_ok() {
+                    self.bootstrap.push(addr);
+                }
+                let _ = done.send(result);
+            }
+            ToOverlay::Stats(done) => {
+                let mut s = self.stats.clone();
+                s.peer = self.swarm.local_peer_id().to_string();
+                s.listening = self.swarm.listeners().map(ToString::to_string).collect();
+                s.connected = self.swarm.connected_peers().count() as u32;
+                s.uptime_s = self.started.elapsed().as_secs_f64();
+                let _ = done.send(s);
+            }
+        }
+    }
+
+    /// Keeps a connection to every peer Kademlia knows, up to a cap, and
+    /// re-dials the bootstrap peers when alone.
+    fn maintain(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected == 0 {
+            for addr in self.bootstrap.clone() {
+                let _ = self.swarm.dial(addr);
+            }
+            return;
+        }
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        let mut room = MAX_PEERS.saturating_sub(connected);
+        for peer in known {
+            if room == 0 {
+                break;
+            }
+            if !self.swarm.is_connected(&peer) {
+                let _ = self.swarm.dial(peer);
+                room -= 1;
+            }
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "overlay listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::debug!(%send_back_addr, "refused an incoming connection: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                let _ = self.to_core.send(FromOverlay::Rtt(CorePeer(peer.to_string()), rtt));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message, ..
+            })) => {
+                self.stats.gossip_in_bytes += message.data.len() as u64;
+                let Some(source) = message.source else { return };
+                match codec::decode::<Gossip>(&message.data) {
+                    Ok(msg) => {
+                        let _ = self.to_core.send(FromOverlay::Gossip(CorePeer(source.to_string()), msg));
+                    }
+                    Err(e) => {
+                        self.stats.rejected_messages += 1;
+                        tracing::warn!(peer = %source, "gossip refused: {e}");
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(event),
+            _ => {}
+        }
+    }
+
+    fn rpc(&mut self, event: request_response::Event<PeerRequest, PeerResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.next_inbound += 1;
+                self.channels.insert(self.next_inbound, channel);
+                let id = InboundId(self.next_inbound);
+                let _ = self.to_core.send(FromOverlay::Request(CorePeer(peer.to_string()), id, request));
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(id) = self.pending.remove(&request_id) {
+                    let _ = self.to_core.send(FromOverlay::Response(id, Ok(response)));
+                }
+            }
+            Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(id) = self.pending.remove(&request_id) {
+                    let _ =
+                        self.to_core.send(FromOverlay::Response(id, Err(format!("peer {peer}: {error}"))));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.stats.rejected_messages += 1;
+                tracing::warn!(%peer, "request refused: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

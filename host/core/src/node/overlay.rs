@@ -1,0 +1,416 @@
+//! The node's side of the overlay: heartbeats and gossip, liveness, and
+//! placement across hosts and PoPs.
+//!
+//! A VM request entering any agent is placed by the PoP's placement policy
+//! over the PoP's hosts (this agent's own and its PoP-mates', as their
+//! summaries describe them) and carried out on the chosen host: here, or
+//! handed to that host's agent, which checks again against its own exact
+//! state and refuses what does not fit (so concurrent requests from several
+//! agents never overcommit a host; a refused hand-off tries the next host).
+//! When the PoP cannot take the request, or its jurisdiction or latency
+//! constraints point elsewhere, it is forwarded to the nearest suitable PoP
+//! (by measured latency) that has not been asked yet.
+
+use super::{Event, Node, Origin, Output};
+use crate::VmRequest;
+use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, minus};
+use crate::hypervisor::DomainState;
+use crate::model::HostState;
+use crate::node::{
+    ApiError, ApiErrorKind, ClusterStatus, MemberStatus, OutboundId, PeerRequest, PeerResponse, PopStatus,
+    Reply, Size,
+};
+use crate::pipeline::Outcome;
+use locus_sdk::Resources;
+use std::time::{Duration, Instant};
+
+/// Hosts of this PoP tried for one request before it is forwarded.
+const MAX_HANDOFFS: usize = 3;
+/// PoPs a request may visit.
+const MAX_POPS: usize = 4;
+
+/// A request sent to another agent and what it is for.
+#[derive(Debug, Clone)]
+pub(super) struct Outbound {
+    origin: Origin,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone)]
+enum Purpose {
+    /// Handed to a PoP-mate's host.
+    Execute { spec: Box<VmRequest>, tried: Vec<PeerId>, visited: Vec<String> },
+    /// Forwarded to another PoP; `visited` includes it.
+    Forward { spec: Box<VmRequest>, visited: Vec<String> },
+    /// Asked where a VM is.
+    Show,
+}
+
+impl Node {
+    /// This host as gossiped to its PoP.
+    pub(super) fn host_summary(&self) -> HostSummary {
+        let h = &self.model.hosts[self.host.0 as usize];
+        HostSummary {
+            peer: self.config.peer.clone(),
+            host: self.config.host.name.clone(),
+            pop: self.config.pop.name.clone(),
+            capacity: h.capacity.into(),
+            allocated: h.allocated.into(),
+            cpu_milli: h.cpu_milli,
+            load_cpu_milli: h.load_cpu_milli,
+            watts: (h.idle_watts, h.max_watts),
+            up: h.state == HostState::Up,
+            vms: self.vms.keys().cloned().collect(),
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self, now: Instant) {
+        if self.next_heartbeat.is_some_and(|at| now < at) {
+            return;
+        }
+        let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
+        self.next_heartbeat = Some(now + period);
+        for t in self.membership.tick(now) {
+            self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
+            self.event(Event::Member(t));
+        }
+        let own = self.host_summary();
+        self.outputs.push_back(Output::Gossip {
+            topic: Topic::Pop(self.config.pop.name.clone()),
+            msg: Gossip::Host(own.clone()),
+        });
+        if self.membership.is_speaker() {
+            let summary = self.membership.pop_summary(&own, &self.config.pop);
+            self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg: Gossip::Pop(summary) });
+        }
+        // Latency to another PoP is measured by ping on a connection to one
+        // of its members: ask for one where there is none yet.
+        let unmeasured: Vec<PeerId> = self
+            .membership
+            .pops
+            .values()
+            .filter(|p| p.rtt.is_none())
+            .filter_map(|p| self.membership.contacts(&p.summary.pop).into_iter().next())
+            .collect();
+        for peer in unmeasured {
+            self.outputs.push_back(Output::Dial(peer));
+        }
+    }
+
+    pub(super) fn gossip(&mut self, now: Instant, from: &PeerId, msg: Gossip) {
+        match msg {
+            Gossip::Host(summary) => {
+                let s = summary.clone();
+                if let Some(t) = self.membership.heard_host(now, from, summary) {
+                    self.event(Event::Member(t));
+                }
+                if self.membership.members.contains_key(from) {
+                    self.learn_host(from, &s);
+                }
+            }
+            Gossip::Pop(summary) => {
+                for t in self.membership.heard_pop(now, from, summary) {
+                    self.event(Event::Member(t));
+                }
+            }
+        }
+    }
+
+    /// Keeps a PoP-mate's host in the model as its summary describes it.
+    fn learn_host(&mut self, peer: &PeerId, s: &HostSummary) {
+        let id = match self.remote_hosts.get(peer) {
+            Some(&id) => id,
+            None => {
+                let added =
+                    self.model.add_host(&s.host, &self.config.pop.name, Resources::default(), 0, s.watts);
+                match added {
+                    Ok(id) => {
+                        self.remote_hosts.insert(peer.clone(), id);
+                        id
+                    }
+                    // A host name already taken: the summary is ignored for placement.
+                    Err(_) => return,
+                }
+            }
+        };
+        let size = |z: Size| Resources::new(z.vcpus, z.memory_mib, z.disk_gib);
+        self.model.set_host_capacity(id, size(s.capacity), s.cpu_milli);
+        self.model.set_host_usage(id, size(s.allocated), s.load_cpu_milli, s.vms.len() as u32);
+        self.model.set_host_state(id, if s.up { HostState::Up } else { HostState::Down });
+    }
+
+    fn member_changed(&mut self, peer: &PeerId, liveness: Liveness, mine: bool) {
+        if !mine {
+            return;
+        }
+        if let Some(&id) = self.remote_hosts.get(peer) {
+            let state = match liveness {
+                Liveness::Alive => HostState::Up,
+                Liveness::Suspect => HostState::Draining,
+                Liveness::Dead => HostState::Down,
+            };
+            self.model.set_host_state(id, state);
+        }
+    }
+
+    // ---- placement across the cluster ----
+
+    /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
+    pub(super) fn route(&mut self, origin: Origin, spec: VmRequest, visited: Vec<String>) {
+        if let Err(e) = self.admissible(&spec) {
+            return self.answer(origin, Err(e));
+        }
+        self.place_in_pop(origin, Box::new(spec), Vec::new(), visited);
+    }
+
+    fn place_in_pop(
+        &mut self,
+        origin: Origin,
+        spec: Box<VmRequest>,
+        tried: Vec<PeerId>,
+        visited: Vec<String>,
+    ) {
+        // Hosts already tried for this request are not offered again.
+        let tried_ids: Vec<_> = tried.iter().filter_map(|p| self.remote_hosts.get(p).copied()).collect();
+        let saved: Vec<_> = tried_ids.iter().map(|&id| (id, self.model.hosts[id.0 as usize].state)).collect();
+        for &id in &tried_ids {
+            self.model.set_host_state(id, HostState::Draining);
+        }
+        let decision = self.placer.place(&self.model, &spec, self.policy.as_ref());
+        for (id, state) in saved {
+            self.model.set_host_state(id, state);
+        }
+        match decision.outcome {
+            Outcome::Placed { host } if host == self.host => {
+                if let Err(e) = self.create_here(origin, *spec) {
+                    self.answer(origin, Err(e));
+                }
+            }
+            Outcome::Placed { host } if tried.len() < MAX_HANDOFFS => {
+                let Some(peer) =
+                    self.remote_hosts.iter().find(|&(_, &id)| id == host).map(|(p, _)| p.clone())
+                else {
+                    return self.forward(origin, spec, visited, "the chosen host is unknown".into());
+                };
+                let to = self.model.hosts[host.0 as usize].name.clone();
+                self.event(Event::Handed { vm: spec.name.clone(), to, why: "chosen in this PoP".into() });
+                let mut tried = tried;
+                tried.push(peer.clone());
+                let req = PeerRequest::Execute(spec.clone());
+                self.send(peer, req, origin, Purpose::Execute { spec, tried, visited });
+            }
+            Outcome::Placed { .. } => {
+                self.forward(origin, spec, visited, "hosts of this PoP refused it".into());
+            }
+            Outcome::Rejected { message, .. } => self.forward(origin, spec, visited, message),
+        }
+    }
+
+    /// Hands a request to the nearest suitable PoP not asked yet, or refuses it.
+    fn forward(
+        &mut self,
+        origin: Origin,
+        spec: Box<VmRequest>,
+        mut visited: Vec<String>,
+        why_not_here: String,
+    ) {
+        if !visited.contains(&self.config.pop.name) {
+            visited.push(self.config.pop.name.clone());
+        }
+        let here = self.config.pop.location;
+        let mut options: Vec<(u64, String, PeerId)> = self
+            .membership
+            .pops
+            .values()
+            .filter(|p| visited.len() < MAX_POPS && !visited.contains(&p.summary.pop))
+            .filter(|p| suits(&spec, &p.summary))
+            .filter_map(|p| {
+                let contact = self.membership.contacts(&p.summary.pop).into_iter().next()?;
+                // Measured latency first; an estimate from coordinates until then.
+                let rtt = p.rtt.map(|d| d.as_micros() as u64).unwrap_or_else(|| {
+                    u64::from(locus_sdk::geo::estimated_rtt_us(here.into(), p.summary.location.into()))
+                });
+                Some((rtt, p.summary.pop.clone(), contact))
+            })
+            .collect();
+        options.sort();
+        let Some((_, pop, contact)) = options.into_iter().next() else {
+            // Alone, with its hypervisor away: say that, not "no room".
+            if self.remote_hosts.is_empty()
+                && let Err(e) = self.writable()
+            {
+                return self.answer(origin, Err(e));
+            }
+            let e = ApiError::new(
+                ApiErrorKind::Unplaceable,
+                format!(
+                    "cannot place {}: {why_not_here} in PoP {}, and no other PoP that was not asked ({}) suits it",
+                    spec.name,
+                    self.config.pop.name,
+                    visited.join(", ")
+                ),
+            );
+            return self.answer(origin, Err(e));
+        };
+        self.event(Event::Handed { vm: spec.name.clone(), to: format!("PoP {pop}"), why: why_not_here });
+        let req = PeerRequest::Forward { spec: spec.clone(), visited: visited.clone() };
+        visited.push(pop);
+        self.send(contact, req, origin, Purpose::Forward { spec, visited });
+    }
+
+    fn send(&mut self, to: PeerId, req: PeerRequest, origin: Origin, purpose: Purpose) {
+        let id = OutboundId(self.next_outbound);
+        self.next_outbound += 1;
+        self.outbound.insert(id, Outbound { origin, purpose });
+        self.outputs.push_back(Output::Request { id, to, req });
+    }
+
+    pub(super) fn peer_request(&mut self, id: crate::node::InboundId, req: PeerRequest) {
+        let origin = Origin::Peer(id);
+        match req {
+            PeerRequest::Execute(spec) => {
+                if let Err(e) = self.create_here(origin, *spec) {
+                    self.answer(origin, Err(e));
+                }
+            }
+            PeerRequest::Forward { spec, visited } => {
+                if visited.len() > MAX_POPS {
+                    let e = ApiError::new(ApiErrorKind::Unplaceable, "visited too many PoPs");
+                    return self.answer(origin, Err(e));
+                }
+                self.route(origin, *spec, visited)
+            }
+            PeerRequest::Show(name) => {
+                let result = self.show(&name);
+                self.answer(origin, result);
+            }
+        }
+    }
+
+    pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
+        let Some(Outbound { origin, purpose }) = self.outbound.remove(&id) else {
+            return;
+        };
+        match (purpose, result) {
+            (_, Ok(PeerResponse::Vm(status))) => self.answer(origin, Ok(Reply::Vm(status))),
+            (Purpose::Show, Ok(PeerResponse::Refused(e))) => self.answer(origin, Err(e)),
+            (Purpose::Show, Err(e)) => self
+                .answer(origin, Err(ApiError::new(ApiErrorKind::Unavailable, format!("the VM's host: {e}")))),
+            // A name taken elsewhere is final; anything else tries the next host or PoP.
+            (_, Ok(PeerResponse::Refused(e)))
+                if e.kind == ApiErrorKind::Conflict || e.kind == ApiErrorKind::BadRequest =>
+            {
+                self.answer(origin, Err(e))
+            }
+            (Purpose::Execute { spec, tried, visited }, _) => self.place_in_pop(origin, spec, tried, visited),
+            (Purpose::Forward { spec, visited }, result) => {
+                let why = match result {
+                    Ok(PeerResponse::Refused(e)) => e.message,
+                    Err(e) => e,
+                    Ok(PeerResponse::Vm(_)) => String::new(),
+                };
+                self.forward(origin, spec, visited, why);
+            }
+        }
+    }
+
+    /// Shows a VM wherever it runs: here, or on the host the summaries name.
+    pub(super) fn show_anywhere(&mut self, origin: Origin, name: String) -> Result<Option<Reply>, ApiError> {
+        if self.vms.contains_key(&name) {
+            return self.show(&name).map(Some);
+        }
+        match self.membership.find_vm(&name) {
+            Some((_, host, pop, Liveness::Dead)) => {
+                Ok(Some(Reply::Vm(Box::new(self.lost(&name, host, pop)))))
+            }
+            Some((peer, ..)) => {
+                self.send(peer, PeerRequest::Show(name.clone()), origin, Purpose::Show);
+                Ok(None)
+            }
+            None => {
+                Err(ApiError::new(ApiErrorKind::NotFound, format!("no vm named {name:?} in the cluster")))
+            }
+        }
+    }
+
+    fn lost(&self, name: &str, host: String, pop: String) -> crate::node::VmStatus {
+        let mut s = self.status_of(name);
+        s.state = DomainState::Lost;
+        s.host = host;
+        s.pop = pop;
+        s.desired = crate::intent::Desired::Running;
+        s.spec.name = name.to_owned();
+        s
+    }
+
+    pub(super) fn cluster_status(&self) -> ClusterStatus {
+        let own = self.host_summary();
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let mut hosts = vec![MemberStatus {
+            peer: own.peer.0.clone(),
+            host: own.host.clone(),
+            pop: own.pop.clone(),
+            liveness: Liveness::Alive,
+            free: Some(minus(own.capacity, own.allocated)),
+            rtt_ms: None,
+            vms: own.vms.len() as u32,
+        }];
+        for (peer, m) in &self.membership.members {
+            hosts.push(MemberStatus {
+                peer: peer.0.clone(),
+                host: m.summary.host.clone(),
+                pop: m.summary.pop.clone(),
+                liveness: m.liveness,
+                free: Some(minus(m.summary.capacity, m.summary.allocated)),
+                rtt_ms: ms(m.rtt),
+                vms: m.summary.vms.len() as u32,
+            });
+        }
+        let mine = self.membership.pop_summary(&own, &self.config.pop);
+        let mut pops = vec![PopStatus {
+            pop: mine.pop.clone(),
+            jurisdiction: mine.jurisdiction.clone(),
+            hosts_alive: mine.members.iter().filter(|m| m.liveness == Liveness::Alive).count() as u32,
+            hosts: mine.members.len() as u32,
+            free: mine.free,
+            rtt_ms: None,
+            speaker: if self.membership.is_speaker() { own.peer.0.clone() } else { String::new() },
+        }];
+        for p in self.membership.pops.values() {
+            let s = &p.summary;
+            pops.push(PopStatus {
+                pop: s.pop.clone(),
+                jurisdiction: s.jurisdiction.clone(),
+                hosts_alive: s.members.iter().filter(|m| m.liveness == Liveness::Alive).count() as u32,
+                hosts: s.members.len() as u32,
+                free: s.free,
+                rtt_ms: ms(p.rtt),
+                speaker: p.speaker.0.clone(),
+            });
+            for m in &s.members {
+                hosts.push(MemberStatus {
+                    peer: m.peer.0.clone(),
+                    host: m.host.clone(),
+                    pop: s.pop.clone(),
+                    liveness: m.liveness,
+                    free: None,
+                    rtt_ms: None,
+                    vms: m.vms.len() as u32,
+                });
+            }
+        }
+        ClusterStatus { peer: own.peer.0, host: own.host, pop: own.pop, pops, hosts }
+    }
+}
+
+/// Whether a PoP could take the request, from its summary: jurisdiction,
+/// latency to the users (estimated from coordinates) and room on one host.
+fn suits(spec: &VmRequest, p: &crate::cluster::PopSummary) -> bool {
+    let jurisdiction = spec.jurisdictions.is_empty() || spec.jurisdictions.contains(&p.jurisdiction);
+    let latency = match (spec.user, spec.max_latency_us()) {
+        (Some(user), Some(max)) => locus_sdk::geo::estimated_rtt_us(user.into(), p.location.into()) <= max,
+        _ => true,
+    };
+    let room = p.largest_free_memory_mib >= spec.memory_mib && p.largest_free_vcpus >= spec.vcpus;
+    jurisdiction && latency && room
+}
