@@ -8,6 +8,8 @@ use libp2p::StreamProtocol;
 use locus_core::node::{PeerRequest, PeerResponse};
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/locus/rpc/1");
@@ -65,9 +67,24 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -
     io.close().await
 }
 
-/// The codec.
+/// The codec; counts the messages it refuses (shared by its clones, one per stream).
 #[derive(Debug, Clone, Default)]
-pub struct Codec;
+pub struct Codec {
+    /// Undecodable or oversized messages refused so far.
+    pub rejected: Arc<AtomicU64>,
+}
+
+impl Codec {
+    fn refused<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r
+            && e.kind() == io::ErrorKind::InvalidData
+        {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("refused a protocol message: {e}");
+        }
+        r
+    }
+}
 
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
@@ -79,7 +96,11 @@ impl libp2p::request_response::Codec for Codec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<PeerRequest> {
-        decode(&read_frame(io).await?)
+        let r = match read_frame(io).await {
+            Ok(bytes) => decode(&bytes),
+            Err(e) => Err(e),
+        };
+        self.refused(r)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -87,7 +108,11 @@ impl libp2p::request_response::Codec for Codec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<PeerResponse> {
-        decode(&read_frame(io).await?)
+        let r = match read_frame(io).await {
+            Ok(bytes) => decode(&bytes),
+            Err(e) => Err(e),
+        };
+        self.refused(r)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -123,8 +148,10 @@ mod tests {
                 .write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req.clone())
                 .await
                 .expect("write");
-            let back =
-                Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&buf)).await.expect("read");
+            let back = Codec::default()
+                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&buf))
+                .await
+                .expect("read");
             assert_eq!(back, req);
 
             let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();

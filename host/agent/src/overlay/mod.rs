@@ -123,7 +123,7 @@ fn topic(t: &Topic) -> IdentTopic {
     }
 }
 
-fn build(settings: &Settings) -> Result<Swarm<Behaviour>> {
+fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviour>> {
     let psk = settings.psk;
     let shaping = settings.emulated_latency.clone();
     let builder = libp2p::SwarmBuilder::with_existing_identity(settings.keypair.clone()).with_tokio();
@@ -148,7 +148,7 @@ fn build(settings: &Settings) -> Result<Swarm<Behaviour>> {
                     gossip_config,
                 )?,
                 rpc: request_response::Behaviour::with_codec(
-                    codec::Codec,
+                    rpc_codec.clone(),
                     [(codec::PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 ),
@@ -214,7 +214,8 @@ pub fn spawn(
             "QUIC cannot carry the cluster key (libp2p pnet wraps TCP only): listen on TCP, or run with --dev"
         );
     }
-    let swarm = build(&settings)?;
+    let rpc_codec = codec::Codec::default();
+    let swarm = build(&settings, &rpc_codec)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
         swarm,
@@ -225,6 +226,7 @@ pub fn spawn(
         stats: OverlayStats::default(),
         started: std::time::Instant::now(),
         bootstrap: settings.bootstrap.clone(),
+        rejected: rpc_codec.rejected.clone(),
     };
     let handle = tokio::spawn(task.run(rx, cancel));
     Ok((tx, handle))
@@ -239,6 +241,8 @@ struct Task {
     stats: OverlayStats,
     started: std::time::Instant,
     bootstrap: Vec<Multiaddr>,
+    /// Protocol messages the codec refused.
+    rejected: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Task {
@@ -314,6 +318,7 @@ impl Task {
                 s.listening = self.swarm.listeners().map(ToString::to_string).collect();
                 s.connected = self.swarm.connected_peers().count() as u32;
                 s.uptime_s = self.started.elapsed().as_secs_f64();
+                s.rejected_messages += self.rejected.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = done.send(s);
             }
         }

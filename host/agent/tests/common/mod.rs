@@ -169,3 +169,84 @@ pub fn rt() -> tokio::runtime::Runtime {
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).expect("repo root")
 }
+
+/// A PoP of a test cluster: (name, jurisdiction, lat, lon, agents).
+pub type PopSpec = (&'static str, &'static str, f32, f32, usize);
+
+/// Agents as separate processes forming one cluster on loopback: PoP `p`'s
+/// agents listen on 127.`net+p`.0.`h+1`:7946, so a test's addresses are its
+/// own and latency between PoPs can be emulated by address prefix.
+pub struct Cluster {
+    pub agents: Vec<Agent>,
+    pub pops: Vec<usize>,
+    pub key: PathBuf,
+    _keydir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts every agent; `rtt_ms(a, b)` is the round trip to emulate
+    /// between PoPs `a` and `b` (0 for none); `extra` goes to every agent.
+    pub fn start(net: u8, pops: &[PopSpec], rtt_ms: impl Fn(usize, usize) -> u64, extra: &[&str]) -> Cluster {
+        let keydir = tempfile::tempdir().expect("tempdir");
+        let key = keydir.path().join("cluster.key");
+        let out = Command::new(locus_bin()).args(["cluster", "keygen"]).output().expect("keygen");
+        std::fs::write(&key, &out.stdout).expect("key");
+        let first = format!("/ip4/127.{net}.0.1/tcp/7946");
+        let mut agents = vec![];
+        let mut pop_of = vec![];
+        for (p, (name, jurisdiction, lat, lon, n)) in pops.iter().enumerate() {
+            for h in 0..*n {
+                let ip = format!("127.{}.0.{}", net as usize + p, h + 1);
+                let mut args: Vec<String> = vec![
+                    "--pop".into(),
+                    (*name).into(),
+                    "--set".into(),
+                    format!("pop.jurisdiction={jurisdiction}"),
+                    "--set".into(),
+                    format!("pop.location={{lat={lat},lon={lon}}}"),
+                    "--cluster-key".into(),
+                    key.display().to_string(),
+                    "--p2p-listen".into(),
+                    format!("/ip4/{ip}/tcp/7946"),
+                    "--bootstrap".into(),
+                    first.clone(),
+                ];
+                let rules: Vec<String> = (0..pops.len())
+                    .filter(|&q| rtt_ms(p, q) > 0)
+                    .map(|q| format!("{{prefix=\"/ip4/127.{}.\",rtt-ms={}}}", net as usize + q, rtt_ms(p, q)))
+                    .collect();
+                if !rules.is_empty() {
+                    args.push("--set".into());
+                    args.push(format!("overlay.emulated-latency=[{}]", rules.join(",")));
+                }
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                agents.push(Agent::start_cluster_member(&format!("{name}-{h}"), &args));
+                pop_of.push(p);
+            }
+        }
+        Cluster { agents, pops: pop_of, key, _keydir: keydir }
+    }
+}
+
+impl Agent {
+    /// An agent on the test driver that joins a cluster (no `--dev`).
+    pub fn start_cluster_member(host: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--state-dir".into(),
+            dir.path().display().to_string(),
+            "--libvirt-uri".into(),
+            "test:///default".into(),
+            "--host-name".into(),
+            host.into(),
+            "--set".into(),
+            "sample-interval-ms=1000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = Agent { dir, child: None, args, host: host.into(), envs: vec![] };
+        agent.spawn();
+        agent
+    }
+}

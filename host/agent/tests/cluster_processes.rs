@@ -1,0 +1,353 @@
+//! Clusters of `locus agent` processes on loopback, each on libvirt's test
+//! driver, joined by the real libp2p overlay with a cluster key: membership
+//! convergence and failure detection, placement across PoPs by jurisdiction
+//! and latency (with emulated WAN latency), concurrent requests, and
+//! strangers and garbage kept out.
+
+mod common;
+
+use common::{Agent, Cluster, PopSpec, rt, wait_until};
+use libp2p::futures::StreamExt;
+use locus::api::cluster::ClusterView;
+use locus::client::{AgentError, Client};
+use locus_core::cluster::Liveness;
+use locus_core::node::{HostStatus, VmStatus};
+use locus_core::{Location, VmRequest};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn view(c: &Client) -> Option<ClusterView> {
+    rt().block_on(c.get::<ClusterView>("/v1/cluster")).ok()
+}
+
+fn converged(c: &Client, pops: usize, hosts: usize) -> bool {
+    view(c).is_some_and(|v| {
+        v.cluster.pops.len() == pops
+            && v.cluster.hosts.iter().filter(|h| h.liveness == Liveness::Alive).count() == hosts
+    })
+}
+
+fn vm(name: &str) -> VmRequest {
+    VmRequest { name: name.into(), vcpus: 1, memory_mib: 1024, ..VmRequest::default() }
+}
+
+fn create(agent: &Agent, spec: &VmRequest) -> Result<VmStatus, anyhow::Error> {
+    rt().block_on(agent.client().post("/v1/vms", Some(spec)))
+}
+
+#[test]
+fn processes_20_agents_in_4_pops_converge_and_a_killed_agent_is_declared_dead_by_all() {
+    let pops: [PopSpec; 4] = [
+        ("paris", "FR", 48.86, 2.35, 5),
+        ("berlin", "DE", 52.52, 13.40, 5),
+        ("madrid", "ES", 40.42, -3.70, 5),
+        ("warsaw", "PL", 52.23, 21.01, 5),
+    ];
+    let mut cluster = Cluster::start(10, &pops, |_, _| 0, &[]);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    let started = Instant::now();
+    wait_until(Duration::from_secs(10), "every agent sees 4 PoPs and 20 live hosts", || {
+        clients.iter().all(|c| converged(c, 4, 20))
+    });
+    eprintln!("20 agents converged {:?} after the last one started", started.elapsed());
+
+    let placed = create(&cluster.agents[7], &vm("victim-vm")).expect("create");
+    let victim = cluster.agents.iter().position(|a| a.host == placed.host).expect("its host");
+    // The VM's name travels with the next summaries.
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.agents[victim].kill9();
+    let killed = Instant::now();
+    let others: Vec<&Client> =
+        clients.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, c)| c).collect();
+    let victim_host = cluster.agents[victim].host.clone();
+    wait_until(Duration::from_secs(5), "all 19 others see the killed agent dead", || {
+        others.iter().all(|c| {
+            view(c).is_some_and(|v| {
+                v.cluster.hosts.iter().any(|h| h.host == victim_host && h.liveness == Liveness::Dead)
+            })
+        })
+    });
+    eprintln!("declared dead by all after {:?}", killed.elapsed());
+    let lost: VmStatus = rt().block_on(others[3].get("/v1/vms/victim-vm")).expect("show");
+    assert_eq!(serde_json::to_value(lost.state).expect("state"), "lost");
+    let log = cluster.agents[(victim + 1) % 20].log();
+    assert!(log.contains("VM(s) are lost: victim-vm"), "{log}");
+}
+
+#[test]
+fn processes_requests_land_where_jurisdiction_and_latency_say_with_emulated_wan_latency() {
+    let pops: [PopSpec; 3] = [
+        ("paris", "FR", 48.86, 2.35, 2),
+        ("berlin", "DE", 52.52, 13.40, 2),
+        ("madrid", "ES", 40.42, -3.70, 2),
+    ];
+    // Round trips between PoPs: paris–berlin 20 ms, paris–madrid 30 ms, berlin–madrid 40 ms.
+    let rtt = |a: usize, b: usize| match (a.min(b), a.max(b)) {
+        (0, 1) => 20,
+        (0, 2) => 30,
+        (1, 2) => 40,
+        _ => 0,
+    };
+    let cluster = Cluster::start(20, &pops, rtt, &[]);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 3, 6)));
+    let berlin = &cluster.agents[2];
+    wait_until(Duration::from_secs(10), "latency to every PoP is measured", || {
+        view(&clients[2]).is_some_and(|v| v.cluster.pops.iter().skip(1).all(|p| p.rtt_ms.is_some()))
+    });
+    let v = view(&clients[2]).expect("view");
+    let rtt_to =
+        |pop: &str| v.cluster.pops.iter().find(|p| p.pop == pop).and_then(|p| p.rtt_ms).unwrap_or(0.0);
+    assert!(
+        rtt_to("paris") >= 19.0 && rtt_to("madrid") >= 39.0,
+        "measured, not configured: {:?}",
+        v.cluster.pops
+    );
+
+    let mut fr = vm("fr-only");
+    fr.jurisdictions = vec!["FR".into()];
+    let placed = create(berlin, &fr).expect("FR request entering Berlin");
+    assert_eq!(placed.pop, "paris", "{placed:?}");
+    assert!(placed.host.starts_with("paris-"));
+
+    let mut near = vm("near-madrid");
+    near.user = Some(Location { lat: 40.0, lon: -3.5 });
+    near.max_latency_ms = Some(5.0);
+    let placed = create(&cluster.agents[0], &near).expect("latency-bound request entering Paris");
+    assert_eq!(placed.pop, "madrid", "{placed:?}");
+
+    let mut nowhere = vm("tokyo-only");
+    nowhere.jurisdictions = vec!["JP".into()];
+    let e = create(berlin, &nowhere).expect_err("no PoP suits");
+    let e = e.downcast::<AgentError>().expect("API error");
+    assert_eq!(e.status.as_u16(), 422, "{e}");
+    assert!(e.message.contains("JP"), "{}", e.message);
+}
+
+#[test]
+fn processes_200_concurrent_requests_across_9_agents_never_overcommit_and_all_get_answers() {
+    let pops: [PopSpec; 3] = [
+        ("paris", "FR", 48.86, 2.35, 3),
+        ("berlin", "DE", 52.52, 13.40, 3),
+        ("madrid", "ES", 40.42, -3.70, 3),
+    ];
+    let cap = ["--set", "host.vcpus=8", "--set", "host.memory-mib=8192"];
+    let cluster = Cluster::start(30, &pops, |_, _| 0, &cap);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 3, 9)));
+
+    let results: Vec<(usize, Result<VmStatus, String>)> = rt().block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200usize {
+            let client = clients[i % clients.len()].clone();
+            tasks.spawn(async move {
+                let r = client.post::<_, VmStatus>("/v1/vms", Some(&vm(&format!("burst-{i}")))).await;
+                (i, r.map_err(|e| format!("{e:#}")))
+            });
+        }
+        let mut out = vec![];
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.expect("task"));
+        }
+        out
+    });
+    assert_eq!(results.len(), 200, "every request answered");
+    let placed: Vec<&VmStatus> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    for (i, r) in &results {
+        if let Err(e) = r {
+            assert!(e.contains("cannot place") || e.contains("cannot take"), "request {i}: {e}");
+        }
+    }
+    // 9 hosts × 8 VMs of 1 vCPU / 1 GiB.
+    assert!(placed.len() <= 72, "{} placed on 72 slots", placed.len());
+    assert!(placed.len() >= 60, "only {} of 72 slots used", placed.len());
+    let mut where_: HashMap<String, String> = HashMap::new();
+    for a in &cluster.agents {
+        let host: HostStatus = a.json(&["host", "status"]);
+        assert!(
+            host.allocated.vcpus <= 8 && host.allocated.memory_mib <= 8192,
+            "{} overcommitted: {host:?}",
+            a.host
+        );
+        let vms: Vec<VmStatus> = a.json(&["vm", "list"]);
+        for v in vms {
+            assert!(where_.insert(v.name.clone(), a.host.clone()).is_none(), "{} runs twice", v.name);
+        }
+    }
+    assert_eq!(where_.len(), placed.len(), "what was reported placed is what runs");
+    for p in placed {
+        assert_eq!(where_.get(&p.name), Some(&p.host), "{} is where its answer said", p.name);
+    }
+}
+
+/// A request-response codec that sends bytes as they are, to attack an agent.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+impl libp2p::request_response::Codec for Raw {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: libp2p::futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        use libp2p::futures::AsyncReadExt;
+        let mut v = vec![];
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T: libp2p::futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        p: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        self.read_request(p, io).await
+    }
+
+    async fn write_request<T: libp2p::futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        use libp2p::futures::AsyncWriteExt;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: libp2p::futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        p: &Self::Protocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()> {
+        self.write_request(p, io, res).await
+    }
+}
+
+#[test]
+fn processes_strangers_without_the_key_cannot_join_and_garbage_is_refused() {
+    let pops: [PopSpec; 1] = [("paris", "FR", 48.86, 2.35, 2)];
+    let cluster = Cluster::start(40, &pops, |_, _| 0, &[]);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 1, 2)));
+
+    // Another key, same bootstrap address.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other_key = dir.path().join("other.key");
+    let out =
+        std::process::Command::new(common::locus_bin()).args(["cluster", "keygen"]).output().expect("keygen");
+    std::fs::write(&other_key, &out.stdout).expect("key");
+    let key = other_key.display().to_string();
+    let stranger = Agent::start_cluster_member(
+        "stranger",
+        &[
+            "--pop",
+            "paris",
+            "--cluster-key",
+            &key,
+            "--p2p-listen",
+            "/ip4/127.40.0.9/tcp/7946",
+            "--bootstrap",
+            "/ip4/127.40.0.1/tcp/7946",
+        ],
+    );
+    // A config without a key refuses to start unless --dev.
+    let no_key = std::process::Command::new(common::locus_bin())
+        .args(["agent", "--state-dir", &dir.path().join("s").display().to_string()])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("no cluster key"));
+
+    // Garbage straight onto the overlay port: the key's handshake fails.
+    use std::io::Write;
+    let mut raw = std::net::TcpStream::connect("127.40.0.1:7946").expect("connect");
+    let _ = raw.write_all(&[0xde; 4096]);
+    drop(raw);
+
+    // Garbage and an oversized frame on the protocol stream, from a peer that has the key.
+    let target: ClusterView = rt().block_on(clients[0].get("/v1/cluster")).expect("view");
+    let psk: libp2p::pnet::PreSharedKey =
+        std::fs::read_to_string(&cluster.key).expect("key").parse().expect("psk");
+    let outcomes = rt().block_on(attack(psk, target.cluster.peer.parse().expect("peer id")));
+    // The agent drops each stream without an answer (an empty read or a reset here).
+    assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty) || o.is_err()), "{outcomes:?}");
+
+    std::thread::sleep(Duration::from_secs(3));
+    let s: ClusterView = rt().block_on(stranger.client().get("/v1/cluster")).expect("stranger view");
+    assert_eq!(s.cluster.hosts.len(), 1, "the stranger sees nobody: {:?}", s.cluster.hosts);
+    for c in &clients {
+        let v = view(c).expect("view");
+        assert!(v.cluster.hosts.iter().all(|h| h.host != "stranger"), "{:?}", v.cluster.hosts);
+        assert_eq!(
+            v.cluster.hosts.iter().filter(|h| h.liveness == Liveness::Alive).count(),
+            2,
+            "still healthy"
+        );
+    }
+    let v = view(&clients[0]).expect("view");
+    assert!(v.overlay.rejected_messages >= 2, "refusals are counted: {:?}", v.overlay);
+    create(&cluster.agents[0], &vm("after-attack")).expect("still serving");
+}
+
+async fn attack(psk: libp2p::pnet::PreSharedKey, target: libp2p::PeerId) -> Vec<Result<Vec<u8>, String>> {
+    use libp2p::core::Transport as _;
+    use libp2p::core::transport::upgrade::Version;
+    use libp2p::request_response::{self, ProtocolSupport};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+                .and_then(move |s, _| libp2p::pnet::PnetConfig::new(psk).handshake(s));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp.upgrade(Version::V1)
+                    .authenticate(libp2p::noise::Config::new(key)?)
+                    .multiplex(libp2p::yamux::Config::default()),
+            )
+        })
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                Raw,
+                [(libp2p::StreamProtocol::new("/locus/rpc/1"), ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    swarm.add_peer_address(target, "/ip4/127.40.0.1/tcp/7946".parse().expect("addr"));
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend([0xc1; 5]);
+    let oversized = [0x7f, 0xff, 0xff, 0xff, 1, 2, 3].to_vec();
+    let ids = [
+        swarm.behaviour_mut().send_request(&target, garbage),
+        swarm.behaviour_mut().send_request(&target, oversized),
+    ];
+    let mut out = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while out.len() < ids.len() {
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        if let libp2p::swarm::SwarmEvent::Behaviour(e) = event {
+            match e {
+                request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, response },
+                    ..
+                } => {
+                    out.insert(request_id, Ok(response));
+                }
+                request_response::Event::OutboundFailure { request_id, error, .. } => {
+                    out.insert(request_id, Err(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    ids.iter().map(|id| out.remove(id).unwrap_or_else(|| Err("no answer".into()))).collect()
+}
