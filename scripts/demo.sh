@@ -33,8 +33,9 @@ step "Decision cost of best-fit at 1000 hosts: the component against the same co
 step "One agent on libvirt's test driver (in-process, no daemon): VMs through the CLI"
 state=$(mktemp -d /tmp/locus-demo.XXXXXX)
 export LOCUS_SOCKET="$state/agent.sock"
-"$locus" agent --state-dir "$state" --libvirt-uri test:///default --host-name paris-1 --pop paris \
-    --set pop.jurisdiction=FR --set host.vcpus=32 --set host.memory-mib=65536 2>"$state/agent.log" &
+"$locus" agent --dev --p2p-listen /ip4/127.0.0.1/tcp/0 --state-dir "$state" --libvirt-uri test:///default \
+    --host-name paris-1 --pop paris --set pop.jurisdiction=FR --set host.vcpus=32 --set host.memory-mib=65536 \
+    2>"$state/agent.log" &
 agent=$!
 trap 'kill $agent 2>/dev/null || true; rm -rf "$state"' EXIT
 for _ in $(seq 100); do [[ -S $LOCUS_SOCKET ]] && break; sleep 0.1; done
@@ -63,3 +64,5 @@ tail -n 4 "$state/agent.log"
 
 step "create+start throughput through the agent against libvirt called directly, and the agent's memory"
 "$locus" bench vms --count 1000 --concurrency 16
+
+scripts/demo-cluster.sh

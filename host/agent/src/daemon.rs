@@ -199,6 +199,8 @@ impl Core {
                 Output::Request { id, to, req } => overlay.push(ToOverlay::Request(id, to, req)),
                 Output::Respond { id, resp } => overlay.push(ToOverlay::Respond(id, resp)),
                 Output::Dial(peer) => overlay.push(ToOverlay::Dial(peer)),
+                Output::Announce { vm, here } => overlay.push(ToOverlay::Announce(vm, here)),
+                Output::Locate(vm) => overlay.push(ToOverlay::Locate(vm)),
                 Output::Closed => closed = true,
                 Output::Timeout(at) => break at,
             }
@@ -237,6 +239,7 @@ impl Core {
             FromOverlay::Request(from, id, req) => Input::PeerRequest { now, from, id, req },
             FromOverlay::Response(id, result) => Input::PeerResponse { now, id, result },
             FromOverlay::Rtt(peer, rtt) => Input::Rtt { now, peer, rtt },
+            FromOverlay::Located(vm, peer) => Input::Located { now, vm, peer },
         };
         self.node.handle_input(input);
     }

@@ -10,9 +10,11 @@
 //! - [`client`], [`control`]: the API client and the CLI verbs using it.
 //! - [`source`], [`files`]: where policy bytes come from on the command line.
 //! - [`vmbench`]: `locus bench vms`, create+start throughput and memory.
+//! - [`clusterbench`]: `locus bench cluster`, convergence, gossip traffic, placement latency.
 
 pub mod api;
 pub mod client;
+pub mod clusterbench;
 pub mod config;
 pub mod control;
 pub mod daemon;

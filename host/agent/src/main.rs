@@ -65,6 +65,9 @@ enum BenchCommand {
     /// Create+start throughput of a real agent process on the test driver,
     /// against libvirt called directly, and the agent's resident memory.
     Vms(locus::vmbench::Args),
+    /// A cluster of agent processes on loopback: convergence, gossip bytes
+    /// per agent, and placement latency in-PoP against forwarded.
+    Cluster(locus::clusterbench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +219,9 @@ fn main() -> ExitCode {
         Command::Place(args) => place::run(args),
         Command::Bench { command: BenchCommand::Vms(args) } => {
             locus::vmbench::run(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Cluster(args) } => {
+            locus::clusterbench::run(args).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

@@ -87,6 +87,7 @@ impl Info {
 pub(crate) struct CallLimits {
     pub deadline: Duration,
     pub deadline_ticks: u64,
+    pub instantiate_ticks: u64,
     pub memory_cap: usize,
     pub pool_size: usize,
     pub reuse_instances: bool,
@@ -169,7 +170,7 @@ impl Loaded {
         let state = State::new(self.id.as_str().into(), self.config.clone(), self.limits.memory_cap);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.cap);
-        store.set_epoch_deadline(self.limits.deadline_ticks);
+        store.set_epoch_deadline(self.limits.instantiate_ticks);
         let fail = |e: wasmtime::Error| PolicyError::new(&self.id, ErrorKind::Instantiate, format!("{e:#}"));
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;
         let placement =

@@ -22,6 +22,10 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 pub struct RuntimeConfig {
     /// Wall-clock budget of one call (50 ms).
     pub deadline: Duration,
+    /// Wall-clock budget of instantiating a policy, its start code
+    /// included (1 s): rarer than calls, and it must not fail just because
+    /// a busy machine descheduled the thread for a moment.
+    pub instantiate_deadline: Duration,
     /// Most memory a policy instance may use (64 MiB).
     pub memory_cap: usize,
     /// Largest component accepted (16 MiB).
@@ -45,6 +49,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             deadline: Duration::from_millis(50),
+            instantiate_deadline: Duration::from_secs(1),
             memory_cap: 64 << 20,
             max_component_size: 16 << 20,
             pool_size: 8,
@@ -140,11 +145,11 @@ impl Runtime {
 
     fn limits(&self) -> CallLimits {
         let tick = self.config.tick.as_nanos().max(1);
+        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1);
         CallLimits {
             deadline: self.config.deadline,
-            deadline_ticks: u64::try_from(self.config.deadline.as_nanos().div_ceil(tick))
-                .unwrap_or(u64::MAX)
-                .max(1),
+            deadline_ticks: ticks(self.config.deadline),
+            instantiate_ticks: ticks(self.config.instantiate_deadline),
             memory_cap: self.config.memory_cap,
             pool_size: self.config.pool_size,
             reuse_instances: self.config.reuse_instances,

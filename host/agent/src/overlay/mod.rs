@@ -63,6 +63,10 @@ pub enum ToOverlay {
     Respond(InboundId, PeerResponse),
     /// Connect to a peer Kademlia knows.
     Dial(CorePeer),
+    /// Put (or remove) the record saying this agent runs a VM.
+    Announce(String, bool),
+    /// Look up which agent runs a VM.
+    Locate(String),
     /// Connect to an address (`locus cluster join`).
     Join(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Traffic and connection counts.
@@ -80,6 +84,8 @@ pub enum FromOverlay {
     Response(OutboundId, Result<PeerResponse, String>),
     /// A measured round trip.
     Rtt(CorePeer, Duration),
+    /// The agent a record names for a VM, if one was found.
+    Located(String, Option<CorePeer>),
 }
 
 /// Overlay counters.
@@ -116,6 +122,11 @@ const MAX_GOSSIP: usize = 256 << 10;
 /// Connections kept at most.
 const MAX_PEERS: usize = 128;
 
+/// The Kademlia key of the record saying where `vm` runs.
+fn record_key(vm: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("/locus/vm/{vm}"))
+}
+
 fn topic(t: &Topic) -> IdentTopic {
     match t {
         Topic::Global => IdentTopic::new("locus/global/1"),
@@ -131,7 +142,7 @@ fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviou
         |key: &Keypair| -> std::result::Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let peer = key.public().to_peer_id();
             let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
+                .heartbeat_interval(Duration::from_secs(1))
                 .max_transmit_size(MAX_GOSSIP)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .build()?;
@@ -141,7 +152,7 @@ fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviou
             kad.set_mode(Some(kad::Mode::Server));
             Ok(Behaviour {
                 identify: identify::Behaviour::new(identify::Config::new("/locus/1".into(), key.public())),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(2))),
                 kad,
                 gossipsub: gossipsub::Behaviour::new(
                     MessageAuthenticity::Signed(key.clone()),
@@ -227,6 +238,8 @@ pub fn spawn(
         started: std::time::Instant::now(),
         bootstrap: settings.bootstrap.clone(),
         rejected: rpc_codec.rejected.clone(),
+        lookups: HashMap::new(),
+        ticks: 0,
     };
     let handle = tokio::spawn(task.run(rx, cancel));
     Ok((tx, handle))
@@ -243,6 +256,10 @@ struct Task {
     bootstrap: Vec<Multiaddr>,
     /// Protocol messages the codec refused.
     rejected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// VM lookups in flight.
+    lookups: HashMap<kad::QueryId, String>,
+    /// Maintenance rounds so far.
+    ticks: u64,
 }
 
 impl Task {
@@ -305,6 +322,22 @@ impl Task {
                     let _ = self.swarm.dial(peer);
                 }
             }
+            ToOverlay::Announce(vm, here) => {
+                let key = record_key(&vm);
+                if here {
+                    let value = self.swarm.local_peer_id().to_bytes();
+                    let record = kad::Record::new(key, value);
+                    if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                        tracing::debug!(%vm, "location record not stored: {e}");
+                    }
+                } else {
+                    self.swarm.behaviour_mut().kad.remove_record(&key);
+                }
+            }
+            ToOverlay::Locate(vm) => {
+                let id = self.swarm.behaviour_mut().kad.get_record(record_key(&vm));
+                self.lookups.insert(id, vm);
+            }
             ToOverlay::Join(addr, done) => {
                 let result = self.swarm.dial(addr.clone()).map_err(|e| format!("cannot dial {addr}: {e}"));
                 if result.is_ok() {
@@ -334,6 +367,11 @@ impl Task {
             }
             return;
         }
+        // Walk the DHT now and then to learn peers beyond the ones connected.
+        self.ticks += 1;
+        if self.ticks % 15 == 1 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
         let known: Vec<PeerId> = self
             .swarm
             .behaviour_mut()
@@ -351,7 +389,6 @@ impl Task {
                 room -= 1;
             }
         }
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -397,6 +434,18 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                ..
+            })) => {
+                let Some(vm) = self.lookups.remove(&id) else { return };
+                let peer = match result {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => PeerId::from_bytes(&found.record.value).ok(),
+                    _ => None,
+                };
+                let _ = self.to_core.send(FromOverlay::Located(vm, peer.map(|p| CorePeer(p.to_string()))));
+            }
             _ => {}
         }
     }

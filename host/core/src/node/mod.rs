@@ -209,6 +209,15 @@ pub enum Input {
         /// The answer, or a transport failure.
         result: Result<PeerResponse, String>,
     },
+    /// Where a VM runs, as the overlay's records say (answer to [`Output::Locate`]).
+    Located {
+        /// When.
+        now: Instant,
+        /// The VM.
+        vm: String,
+        /// The agent whose host runs it, if a record was found.
+        peer: Option<PeerId>,
+    },
     /// A round trip to a peer was measured.
     Rtt {
         /// When.
@@ -269,6 +278,15 @@ pub enum Output {
     },
     /// Connect to this peer (to measure the latency to its PoP).
     Dial(PeerId),
+    /// Record in the overlay that this host runs `vm` (`here`), or no longer does.
+    Announce {
+        /// The VM.
+        vm: String,
+        /// Whether it runs here now.
+        here: bool,
+    },
+    /// Find which agent runs `vm`; answer with [`Input::Located`].
+    Locate(String),
     /// Something an operator should hear about.
     Event(Event),
     /// Nothing more for now; wake the node at this instant (None: only on input).
@@ -464,6 +482,8 @@ pub struct Node {
     outbound: HashMap<OutboundId, overlay::Outbound>,
     next_outbound: u64,
     next_heartbeat: Option<Instant>,
+    /// Shows waiting for the overlay's records, by VM.
+    locating: HashMap<String, Vec<Origin>>,
     ops: HashMap<OpId, String>,
     next_op: u64,
     now: Option<Instant>,
@@ -534,6 +554,7 @@ impl Node {
             outbound: HashMap::new(),
             next_outbound: 0,
             next_heartbeat: None,
+            locating: HashMap::new(),
             ops: HashMap::new(),
             next_op: 0,
             now: None,
@@ -596,6 +617,10 @@ impl Node {
             Input::PeerResponse { now, id, result } => {
                 self.tick(now);
                 self.peer_response(id, result);
+            }
+            Input::Located { now, vm, peer } => {
+                self.tick(now);
+                self.located(vm, peer);
             }
             Input::Rtt { now, peer, rtt } => {
                 self.tick(now);
@@ -800,6 +825,7 @@ impl Node {
         let name = spec.name.clone();
         self.vms.insert(name.clone(), VmRecord::new(VmIntent { spec, desired: Desired::Running }, id));
         self.persist(&name);
+        self.outputs.push_back(Output::Announce { vm: name.clone(), here: true });
         self.begin(&name, Purpose::Create, Some(origin), Duration::ZERO);
         Ok(())
     }
@@ -973,6 +999,7 @@ impl Node {
         };
         self.model.remove_vm(record.id);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
+        self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: false });
         if let Some(origin) = record.task.and_then(|t| t.origin) {
             let reply = match failure {
                 Some(e) => Err(e),

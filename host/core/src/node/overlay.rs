@@ -196,6 +196,9 @@ impl Node {
                 self.event(Event::Handed { vm: spec.name.clone(), to, why: "chosen in this PoP".into() });
                 let mut tried = tried;
                 tried.push(peer.clone());
+                // Reserve the room on our view of that host until its next
+                // summary, so requests placed meanwhile see it taken.
+                self.reserve(host, &spec, true);
                 let req = PeerRequest::Execute(spec.clone());
                 self.send(peer, req, origin, Purpose::Execute { spec, tried, visited });
             }
@@ -302,7 +305,12 @@ impl Node {
             {
                 self.answer(origin, Err(e))
             }
-            (Purpose::Execute { spec, tried, visited }, _) => self.place_in_pop(origin, spec, tried, visited),
+            (Purpose::Execute { spec, tried, visited }, _) => {
+                if let Some(&host) = tried.last().and_then(|p| self.remote_hosts.get(p)) {
+                    self.reserve(host, &spec, false);
+                }
+                self.place_in_pop(origin, spec, tried, visited)
+            }
             (Purpose::Forward { spec, visited }, result) => {
                 let why = match result {
                     Ok(PeerResponse::Refused(e)) => e.message,
@@ -312,6 +320,25 @@ impl Node {
                 self.forward(origin, spec, visited, why);
             }
         }
+    }
+
+    /// Adds (or gives back) a request's size to a PoP-mate's host in the model.
+    fn reserve(&mut self, host: crate::HostId, spec: &VmRequest, add: bool) {
+        let h = &self.model.hosts[host.0 as usize];
+        let (allocated, load, count) = if add {
+            (
+                h.allocated.plus(spec.size()),
+                h.load_cpu_milli.saturating_add(spec.expected_load()),
+                h.vm_count + 1,
+            )
+        } else {
+            (
+                h.allocated.minus(spec.size()),
+                h.load_cpu_milli.saturating_sub(spec.expected_load()),
+                h.vm_count.saturating_sub(1),
+            )
+        };
+        self.model.set_host_usage(host, allocated, load, count);
     }
 
     /// Shows a VM wherever it runs: here, or on the host the summaries name.
@@ -327,8 +354,29 @@ impl Node {
                 self.send(peer, PeerRequest::Show(name.clone()), origin, Purpose::Show);
                 Ok(None)
             }
+            // Not in any summary yet: ask the overlay's records.
             None => {
-                Err(ApiError::new(ApiErrorKind::NotFound, format!("no vm named {name:?} in the cluster")))
+                let waiting = self.locating.entry(name.clone()).or_default();
+                waiting.push(origin);
+                if waiting.len() == 1 {
+                    self.outputs.push_back(Output::Locate(name));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn located(&mut self, vm: String, peer: Option<PeerId>) {
+        for origin in self.locating.remove(&vm).unwrap_or_default() {
+            match &peer {
+                Some(p) if *p != self.config.peer => {
+                    self.send(p.clone(), PeerRequest::Show(vm.clone()), origin, Purpose::Show);
+                }
+                _ => {
+                    let e =
+                        ApiError::new(ApiErrorKind::NotFound, format!("no vm named {vm:?} in the cluster"));
+                    self.answer(origin, Err(e));
+                }
             }
         }
     }

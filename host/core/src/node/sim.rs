@@ -193,7 +193,15 @@ impl Sim {
                 Output::Reply { req, reply } => {
                     self.answers.insert(req, reply);
                 }
-                Output::Persist(_) | Output::Event(_) => {}
+                Output::Locate(vm) => {
+                    let peer = self
+                        .nodes
+                        .iter()
+                        .find(|n| n.node.vms.contains_key(&vm))
+                        .map(|n| n.node.config.peer.clone());
+                    self.at(2_000, Due::Input(i, Box::new(Input::Located { now, vm, peer })));
+                }
+                Output::Persist(_) | Output::Event(_) | Output::Announce { .. } => {}
             }
         }
     }

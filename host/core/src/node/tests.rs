@@ -136,6 +136,8 @@ impl Rig {
                         self.log.push(Output::Hypervisor { op, cmd });
                         queue.push_back(Input::Hypervisor { now: self.now, op, result });
                     }
+                    // A lone node: the overlay's records know nothing more.
+                    Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, peer: None }),
                     other => self.log.push(other),
                 }
             }

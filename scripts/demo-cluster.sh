@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The live-cluster part of the demo: 3 PoPs x 3 agents on loopback (test
+# driver), joined by libp2p with a cluster key, with emulated WAN latency
+# between PoPs; VM requests from users in different places; where they land
+# and why; then a policy hot swap on one PoP's running agents.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+locus=target/release/locus
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+dir=$(mktemp -d /tmp/locus-cluster-demo.XXXXXX)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+"$locus" cluster keygen >"$dir/cluster.key"
+chmod 600 "$dir/cluster.key"
+
+# name, jurisdiction, lat, lon, second octet of its agents' addresses
+pops=("paris FR 48.86 2.35 70" "frankfurt DE 50.11 8.68 71" "madrid ES 40.42 -3.70 72")
+# Round trips between PoPs (ms): paris-frankfurt 10, paris-madrid 20, frankfurt-madrid 25.
+rtt() { case "$1-$2" in 70-71|71-70) echo 10 ;; 70-72|72-70) echo 20 ;; 71-72|72-71) echo 25 ;; esac; }
+
+step "Starting 3 PoPs x 3 agents, joined through paris-1 with a cluster key"
+for pop in "${pops[@]}"; do
+    read -r name code lat lon net <<<"$pop"
+    rules=()
+    for other in 70 71 72; do
+        [[ $other == "$net" ]] || rules+=("{prefix=\"/ip4/127.$other.\",rtt-ms=$(rtt "$net" "$other")}")
+    done
+    latency=$(IFS=,; echo "[${rules[*]}]")
+    for h in 1 2 3; do
+        host="$name-$h"
+        "$locus" agent --state-dir "$dir/$host" --libvirt-uri test:///default --host-name "$host" --pop "$name" \
+            --set "pop.jurisdiction=$code" --set "pop.location={lat=$lat,lon=$lon}" \
+            --set host.vcpus=16 --set host.memory-mib=32768 --cluster-key "$dir/cluster.key" \
+            --p2p-listen "/ip4/127.$net.0.$h/tcp/7946" --bootstrap /ip4/127.70.0.1/tcp/7946 \
+            --set "overlay.emulated-latency=$latency" 2>"$dir/$host.log" &
+        pids+=($!)
+        echo "  $host in $name ($code) at /ip4/127.$net.0.$h/tcp/7946"
+    done
+done
+sock() { echo "$dir/$1/agent.sock"; }
+for _ in $(seq 300); do
+    alive=$("$locus" cluster status --json --socket "$(sock paris-1)" 2>/dev/null | grep -c '"liveness": "alive"' || true)
+    [[ $alive -ge 9 ]] && break
+    sleep 0.1
+done
+sleep 3 # a few pings, so latencies are measured
+"$locus" cluster status --socket "$(sock paris-1)"
+
+step "Requests from users in different places, all entering paris-1"
+place() { # name, why, then `vm create` flags
+    local name=$1 why=$2
+    shift 2
+    local out host pop
+    out=$("$locus" vm create "$name" --json --socket "$(sock paris-1)" "$@" 2>&1) || {
+        printf '  %-13s %-46s refused: %s\n' "$name" "$why" "$out"
+        return 0
+    }
+    host=$(sed -n 's/^  "host": "\(.*\)",$/\1/p' <<<"$out")
+    pop=$(sed -n 's/^  "pop": "\(.*\)",$/\1/p' <<<"$out")
+    printf '  %-13s %-46s -> %s (%s)\n' "$name" "$why" "$host" "$pop"
+}
+place web-paris "users in Paris, within 5 ms" --user 48.85,2.35 --max-latency-ms 5 --memory-mib 2048
+place web-lisbon "users in Lisbon, within 12 ms" --user 38.72,-9.14 --max-latency-ms 12 --memory-mib 2048
+place bank-de "data must stay in Germany (DE)" --jurisdiction DE --vcpus 2 --memory-mib 4096
+place game-madrid "players in Madrid, within 3 ms" --user 40.4,-3.7 --max-latency-ms 3
+place tokyo-only "jurisdiction JP: no such PoP" --jurisdiction JP
+echo
+echo "why, from paris-1's log:"
+grep -h "handed to" "$dir/paris-1.log" | sed 's/^.*INFO locus::daemon: /  /'
+
+step "best-fit (the default) packs paris's hosts; hot swap to spread on paris's three running agents"
+for i in 1 2 3; do place "batch-a$i" "no constraints (best-fit)" --vcpus 2 --memory-mib 4096; done
+for h in 1 2 3; do "$locus" policy load spread --slot placement --socket "$(sock "paris-$h")"; done
+for i in 1 2 3; do place "batch-b$i" "no constraints (spread, after the swap)" --vcpus 2 --memory-mib 4096; done
+sleep 1.5
+"$locus" cluster status --socket "$(sock frankfurt-1)" | sed -n '/host /,/└/p'
+
+step "paris-2 is killed (kill -9): the others declare it dead and report its VMs lost"
+kill -9 "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null || true
+sleep 4.5
+"$locus" cluster status --socket "$(sock madrid-1)" | sed -n '/host /,/└/p'
+grep -h "paris-2 .* is dead" "$dir/madrid-1.log" | head -n 1 | sed 's/^.*INFO locus::daemon: /  /'
