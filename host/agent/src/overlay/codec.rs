@@ -144,7 +144,7 @@ mod tests {
         futures::executor::block_on(async {
             let req = PeerRequest::Show("web".into());
             let mut buf = vec![];
-            Codec
+            Codec::default()
                 .write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req.clone())
                 .await
                 .expect("write");
@@ -156,7 +156,7 @@ mod tests {
 
             let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
             huge.extend([0; 16]);
-            let e = Codec
+            let e = Codec::default()
                 .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&huge))
                 .await
                 .expect_err("too big");
@@ -164,7 +164,7 @@ mod tests {
 
             let mut garbage = 5u32.to_be_bytes().to_vec();
             garbage.extend(b"\xc1\xc1\xc1\xc1\xc1");
-            let e = Codec
+            let e = Codec::default()
                 .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&garbage))
                 .await
                 .expect_err("garbage");
