@@ -122,7 +122,7 @@ impl Default for AgentConfig {
             listen: None,
             token_file: None,
             sample_interval_ms: 2000,
-            log: "info".into(),
+            log: "info,libp2p_kad=error".into(),
             log_format: LogFormat::Text,
             policies: PolicyConfig::default(),
             pop: PopConfig::default(),

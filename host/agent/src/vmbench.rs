@@ -190,9 +190,17 @@ impl AgentProcess {
             }
         }
         let child = command
-            .args(["agent", "--libvirt-uri", "test:///default", "--host-name", "bench", "--state-dir"])
+            .args(["agent", "--libvirt-uri", "test:///default", "--host-name", "bench"])
+            .args(["--dev", "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--state-dir"])
             .arg(dir)
-            .args(["--set", "host.vcpus=1000000", "--set", "host.memory-mib=1000000000", "--set", "log=warn"])
+            .args([
+                "--set",
+                "host.vcpus=1000000",
+                "--set",
+                "host.memory-mib=1000000000",
+                "--set",
+                "log=error",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
