@@ -33,6 +33,20 @@ impl Agent {
 
     /// [`Agent::start`] with environment variables.
     pub fn start_with_env(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> Agent {
+        let mut args =
+            vec!["--set", "sample-interval-ms=200", "--dev", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
+        args.extend(extra);
+        Agent::launch(uri, host, &args, envs)
+    }
+
+    /// An agent on the test driver that joins a cluster (no `--dev`).
+    pub fn start_cluster_member(host: &str, extra: &[&str]) -> Agent {
+        let mut args = vec!["--set", "sample-interval-ms=1000"];
+        args.extend(extra);
+        Agent::launch("test:///default", host, &args, &[])
+    }
+
+    fn launch(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -42,11 +56,6 @@ impl Agent {
             uri.into(),
             "--host-name".into(),
             host.into(),
-            "--set".into(),
-            "sample-interval-ms=200".into(),
-            "--dev".into(),
-            "--p2p-listen".into(),
-            "/ip4/127.0.0.1/tcp/0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -226,27 +235,5 @@ impl Cluster {
             }
         }
         Cluster { agents, pops: pop_of, key, _keydir: keydir }
-    }
-}
-
-impl Agent {
-    /// An agent on the test driver that joins a cluster (no `--dev`).
-    pub fn start_cluster_member(host: &str, extra: &[&str]) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut args: Vec<String> = vec![
-            "agent".into(),
-            "--state-dir".into(),
-            dir.path().display().to_string(),
-            "--libvirt-uri".into(),
-            "test:///default".into(),
-            "--host-name".into(),
-            host.into(),
-            "--set".into(),
-            "sample-interval-ms=1000".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut agent = Agent { dir, child: None, args, host: host.into(), envs: vec![] };
-        agent.spawn();
-        agent
     }
 }
