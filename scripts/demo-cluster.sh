@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 locus=target/release/locus
+# Every agent here is configured by its flags alone (LOCUS_* would configure all nine).
+unset $(compgen -e | grep '^LOCUS_') 2>/dev/null || true
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 dir=$(mktemp -d /tmp/locus-cluster-demo.XXXXXX)

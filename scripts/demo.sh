@@ -65,4 +65,5 @@ tail -n 4 "$state/agent.log"
 step "create+start throughput through the agent against libvirt called directly, and the agent's memory"
 "$locus" bench vms --count 1000 --concurrency 16
 
+unset LOCUS_SOCKET
 scripts/demo-cluster.sh
