@@ -152,33 +152,9 @@ impl Core {
                     tracing::info!("shutting down: finishing what is in flight");
                     self.node.handle_input(Input::Shutdown(Instant::now()));
                 }
-                Some(event) = hv.recv() => {
-                    self.hypervisor(event);
-                    for _ in 1..BATCH {
-                        match hv.try_recv() {
-                            Ok(event) => self.hypervisor(event),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Some(event) = peers.recv() => {
-                    self.peer(event);
-                    for _ in 1..BATCH {
-                        match peers.try_recv() {
-                            Ok(event) => self.peer(event),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Some(call) = api.recv() => {
-                    self.call(call);
-                    for _ in 1..BATCH {
-                        match api.try_recv() {
-                            Ok(call) => self.call(call),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(event) = hv.recv() => batch(event, || hv.try_recv().ok(), |e| self.hypervisor(e)),
+                Some(event) = peers.recv() => batch(event, || peers.try_recv().ok(), |e| self.peer(e)),
+                Some(call) = api.recv() => batch(call, || api.try_recv().ok(), |c| self.call(c)),
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
             }
         }
@@ -253,6 +229,17 @@ impl Core {
             FromHypervisor::Sampled(domains) => Input::Sampled { now, domains },
         };
         self.node.handle_input(input);
+    }
+}
+
+/// Feeds `first`, then what is already queued behind it, at most [`BATCH`] in all.
+fn batch<T>(first: T, mut queued: impl FnMut() -> Option<T>, mut feed: impl FnMut(T)) {
+    feed(first);
+    for _ in 1..BATCH {
+        match queued() {
+            Some(next) => feed(next),
+            None => break,
+        }
     }
 }
 
