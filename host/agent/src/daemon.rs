@@ -181,9 +181,12 @@ impl Core {
                 Output::Timeout(at) => break at,
             }
         };
-        // Intent is durable before anything acts on it.
-        tokio::task::block_in_place(|| self.store.apply(&changes))
-            .context("writing intent to the store; stopping rather than acting on unrecorded intent")?;
+        // Intent is durable before anything acts on it. Most wake-ups (gossip,
+        // pings, samples) change no intent and need not leave the runtime.
+        if !changes.is_empty() {
+            tokio::task::block_in_place(|| self.store.apply(&changes))
+                .context("writing intent to the store; stopping rather than acting on unrecorded intent")?;
+        }
         for command in commands {
             if self.hv.send(command).is_err() {
                 bail!("the libvirt thread has stopped");
