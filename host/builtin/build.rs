@@ -25,6 +25,7 @@ const COMPONENTS: &[(&str, &str, bool)] = &[
     ("hostile-bad-index", "hostile-bad-index", false),
     ("hostile-huge-list", "hostile-huge-list", false),
     ("hostile-clock", "hostile-clock", false),
+    ("hostile-misbehave", "hostile-misbehave", false),
 ];
 
 fn main() {

@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use locus_core::cluster::{MembershipConfig, PeerId};
 use locus_core::node::{HostConfig, NodeConfig, PopConfig, TimingConfig};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -28,19 +29,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which policy each slot starts with: a built-in name or a `.wasm` path.
+/// Which policy each slot starts with (a built-in name or a `.wasm` path)
+/// and its configuration, and how many threads run policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct PolicyConfig {
     /// The placement policy.
     pub placement: String,
+    /// Key/values the placement policy reads with `config(key)`.
+    pub placement_config: BTreeMap<String, String>,
     /// The migration (rebalancing) policy.
     pub migration: String,
+    /// Key/values the migration policy reads with `config(key)`.
+    pub migration_config: BTreeMap<String, String>,
+    /// Threads that run policy calls beside the node; 0 picks half the
+    /// CPUs (at least one), leaving the rest to the agent and its guests.
+    pub workers: usize,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { placement: "best-fit".into(), migration: "relieve-overload".into() }
+        PolicyConfig {
+            placement: "best-fit".into(),
+            placement_config: BTreeMap::new(),
+            migration: "relieve-overload".into(),
+            migration_config: BTreeMap::new(),
+            workers: 0,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
     }
 }
 

@@ -198,6 +198,21 @@ pub struct LoadArgs {
     /// The name to load it under (default: the file's stem or the built-in's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// A configuration entry for the policy, `key=value` (repeatable);
+    /// what its `config(key)` returns.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+}
+
+/// `locus policy rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The slot to roll back.
+    #[arg(long, value_enum)]
+    pub slot: SlotName,
+    /// A prefix of the hash of the version to make active (default: the
+    /// newest earlier version).
+    pub hash: Option<String>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -268,7 +283,7 @@ pub fn host_status(conn: &Connection) -> Result<()> {
     let hv = &host.hypervisor;
     let hv_line = match (&hv.inventory, &hv.reason) {
         (Some(i), _) => format!("{} — {} ({} CPUs, {} MiB)", hv.state, i.hypervisor, i.cpus, i.memory_mib),
-        (None, Some(r)) => format!("{} — {r}", hv.state),
+        (None, Some(r)) => format!("{} — {}", hv.state, clean(r)),
         (None, None) => hv.state.clone(),
     };
     let size =
@@ -292,7 +307,7 @@ pub fn host_status(conn: &Connection) -> Result<()> {
     ] {
         t.add_row(vec![k.to_owned(), v]);
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
     Ok(())
 }
 
@@ -301,14 +316,67 @@ pub fn policy_load(conn: &Connection, args: LoadArgs) -> Result<()> {
     let client = conn.client()?;
     let source = crate::source::resolve(&args.policy, 16 << 20)?;
     let name = args.name.unwrap_or(source.name);
-    let path = format!("/v1/policies/{}?name={}", args.slot.as_str(), path_segment(&name)?);
+    let config = crate::source::config(&args.config)?;
+    crate::policies::check_config(&config).map_err(anyhow::Error::msg)?;
+    let mut path = format!("/v1/policies/{}?name={}", args.slot.as_str(), path_segment(&name)?);
+    if !config.is_empty() {
+        path.push_str(&format!("&config={}", percent_encode(&serde_json::to_string(&config)?)));
+    }
     let v: PolicyVersion = runtime()?.block_on(client.put_bytes(&path, "application/wasm", source.bytes))?;
     if conn.json {
         print_json(&v)
     } else {
-        println!("{} is active in the {} slot ({})", v.id, args.slot.as_str(), v.world);
+        println!("{} is active in the {} slot ({})", clean(&v.id), args.slot.as_str(), clean(&v.world));
         Ok(())
     }
+}
+
+/// Runs `locus policy rollback`.
+pub fn policy_rollback(conn: &Connection, args: RollbackArgs) -> Result<()> {
+    let client = conn.client()?;
+    let mut path = format!("/v1/policies/{}/rollback", args.slot.as_str());
+    if let Some(hash) = &args.hash {
+        if hash.is_empty() || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("{hash:?} is not a hash prefix (hex digits, as `locus policy list` shows them)");
+        }
+        path.push_str(&format!("?hash={hash}"));
+    }
+    let v: PolicyVersion = runtime()?.block_on(client.post::<(), _>(&path, None))?;
+    if conn.json {
+        print_json(&v)
+    } else {
+        println!("{} is active again in the {} slot", clean(&v.id), args.slot.as_str());
+        Ok(())
+    }
+}
+
+/// A rendered table with any control character other than its own line
+/// breaks escaped (a second guard; remote free text is cleaned per cell).
+fn clean_table(t: &Table) -> String {
+    t.to_string().split('\n').map(clean).collect::<Vec<_>>().join("\n")
+}
+
+/// Escapes what a URL query may not hold as it is.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Text from the agent, made safe for a terminal: control characters
+/// (newlines, terminal escapes) are shown escaped, never sent raw. The agent
+/// repeats what policies, peers and clients wrote, and none of them may
+/// clear the operator's screen or forge lines on it.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// Runs `locus policy list`.
@@ -320,23 +388,31 @@ pub fn policy_list(conn: &Connection) -> Result<()> {
     }
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(vec!["slot", "", "policy", "world", "calls", "errors", "p50 µs", "p99 µs"]);
+    t.set_header(vec!["slot", "", "policy", "world", "config", "calls", "failures", "p50 µs", "p99 µs"]);
     for s in &slots {
         let rows = s.active.iter().map(|v| ("active", v)).chain(s.previous.iter().map(|v| ("previous", v)));
         for (role, v) in rows {
+            let config: Vec<String> = v.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let failures: Vec<String> = v.errors_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
             t.add_row(vec![
                 s.slot.as_str().to_owned(),
                 role.to_owned(),
-                v.id.clone(),
-                v.world.clone(),
+                clean(&v.id),
+                clean(&v.world),
+                clean(&config.join(", ")),
                 v.calls.to_string(),
-                v.errors.to_string(),
+                if failures.is_empty() { "0".into() } else { failures.join(", ") },
                 format!("{:.1}", v.p50_us),
                 format!("{:.1}", v.p99_us),
             ]);
         }
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
+    for s in &slots {
+        for problem in &s.problems {
+            println!("{} slot: {}", s.slot.as_str(), clean(problem));
+        }
+    }
     Ok(())
 }
 
@@ -360,7 +436,7 @@ fn print_vms(vms: &[VmStatus]) -> Result<()> {
             v.busy.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
     println!("{} vm(s)", vms.len());
     Ok(())
 }
@@ -379,13 +455,13 @@ fn print_vm(v: &VmStatus) -> Result<()> {
         ("cpu time", format!("{:.2} s", v.cpu_time_ns as f64 / 1e9)),
         ("memory", format!("{} KiB", v.memory_kib)),
         ("restarts", v.restarts.to_string()),
-        ("labels", labels.join(", ")),
+        ("labels", clean(&labels.join(", "))),
         ("busy", v.busy.clone().unwrap_or_default()),
-        ("last error", v.last_error.clone().unwrap_or_default()),
+        ("last error", clean(v.last_error.as_deref().unwrap_or_default())),
     ] {
         t.add_row(vec![k.to_owned(), val]);
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
     Ok(())
 }
 
@@ -397,7 +473,7 @@ pub fn cluster_status(conn: &Connection) -> Result<()> {
         return print_json(&view);
     }
     let c = &view.cluster;
-    println!("this agent: host {} in PoP {} (peer {})", c.host, c.pop, c.peer);
+    println!("this agent: host {} in PoP {} (peer {})", clean(&c.host), clean(&c.pop), clean(&c.peer));
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header(vec!["pop", "jurisdiction", "hosts alive", "free vCPU", "free memory", "rtt"]);
@@ -411,7 +487,7 @@ pub fn cluster_status(conn: &Connection) -> Result<()> {
             p.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms")),
         ]);
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header(vec!["host", "pop", "state", "vms", "free", "rtt"]);
@@ -425,7 +501,7 @@ pub fn cluster_status(conn: &Connection) -> Result<()> {
             h.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms")),
         ]);
     }
-    println!("{t}");
+    println!("{}", clean_table(&t));
     let o = &view.overlay;
     println!(
         "overlay: {} peers connected, listening on {}; gossip {:.1} KiB out, {:.1} KiB in over {:.0} s",

@@ -3,12 +3,14 @@
 //! One task owns the [`Node`] and loops: drain its outputs (persist the
 //! round's intent changes in one transaction, then send hypervisor commands
 //! and replies), then wait for the next input — an API call, a hypervisor
-//! report, the node's deadline or shutdown — taking a bounded batch of what
-//! is already queued. libvirt runs on its own thread; the API servers are
-//! tasks that talk to the core task over a channel.
+//! report, a policy's answer, the node's deadline or shutdown — taking a
+//! bounded batch of what is already queued. libvirt runs on its own thread,
+//! policies on worker threads of their own ([`crate::deciders`]); the API
+//! servers are tasks that talk to the core task over a channel.
 
 use crate::api::{self, AppState, Call};
 use crate::config::{AgentConfig, LogFormat};
+use crate::deciders::{Answered, Deciders};
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
 use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
@@ -56,11 +58,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
     prepare_state_dir(&config.state_dir)?;
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
     let intents = store.intents()?;
-    let policies = Arc::new(Policies::start(&config.policies, &store)?);
+    let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
     let keypair = overlay::identity::load_or_create(&config.state_dir.join("node.key"))?;
     let peer = keypair.public().to_peer_id();
-    let node =
-        Node::new(config.node(CorePeer(peer.to_string())), intents, Box::new(policies.placement.clone()))?;
+    let node = Node::new(config.node(CorePeer(peer.to_string())), intents)?;
     tracing::info!(
         host = %config.host.name,
         %peer,
@@ -85,6 +86,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let (ov_events, ov_rx) = mpsc::unbounded_channel();
     let (ov_tx, ov_task) = overlay::spawn(overlay_settings(&config, keypair)?, ov_events, cancel.clone())?;
 
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+    let workers = config.policies.worker_count();
+    let deciders = Deciders::spawn(workers, policies.placement.clone(), answers_tx)
+        .context("starting the policy workers")?;
+    tracing::info!(workers, "policy workers started");
+
     let (core_tx, core_rx) = mpsc::channel(1024);
     let state =
         AppState { core: core_tx, policies: policies.clone(), store: store.clone(), overlay: ov_tx.clone() };
@@ -103,8 +110,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
     tracker.spawn(signals(cancel.clone()));
     tracker.close();
 
-    let core = Core { node, store, hv: hv_tx.clone(), overlay: ov_tx, replies: HashMap::new(), next_req: 0 };
-    let result = core.run(core_rx, hv_rx, ov_rx, cancel.clone()).await;
+    let core = Core {
+        node,
+        store,
+        hv: hv_tx.clone(),
+        overlay: ov_tx,
+        deciders,
+        replies: HashMap::new(),
+        next_req: 0,
+    };
+    let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;
     let _ = ov_task.await;
@@ -121,6 +136,7 @@ struct Core {
     store: Arc<Store>,
     hv: std::sync::mpsc::Sender<ToHypervisor>,
     overlay: mpsc::UnboundedSender<ToOverlay>,
+    deciders: Deciders,
     replies: HashMap<ReqId, oneshot::Sender<Result<Reply, ApiError>>>,
     next_req: u64,
 }
@@ -131,6 +147,7 @@ impl Core {
         mut api: mpsc::Receiver<Call>,
         mut hv: mpsc::UnboundedReceiver<FromHypervisor>,
         mut peers: mpsc::UnboundedReceiver<FromOverlay>,
+        mut answers: mpsc::UnboundedReceiver<Vec<Answered>>,
         cancel: CancellationToken,
     ) -> Result<()> {
         let mut stopping = false;
@@ -155,6 +172,9 @@ impl Core {
                 Some(event) = hv.recv() => batch(event, || hv.try_recv().ok(), |e| self.hypervisor(e)),
                 Some(event) = peers.recv() => batch(event, || peers.try_recv().ok(), |e| self.peer(e)),
                 Some(call) = api.recv() => batch(call, || api.try_recv().ok(), |c| self.call(c)),
+                Some(answered) = answers.recv() => {
+                    batch(answered, || answers.try_recv().ok(), |list| list.into_iter().for_each(|a| self.decided(a)))
+                }
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
             }
         }
@@ -170,7 +190,8 @@ impl Core {
                 Output::Persist(change) => changes.push(change),
                 Output::Hypervisor { op, cmd } => commands.push(ToHypervisor::Run(op, cmd)),
                 Output::Reply { req, reply } => answers.push((req, reply)),
-                Output::Event(e) => tracing::info!("{e}"),
+                Output::Decide { id, question } => self.deciders.ask(id, question),
+                Output::Event(e) => tracing::info!("{}", crate::control::clean(&e.to_string())),
                 Output::Gossip { topic, msg } => overlay.push(ToOverlay::Gossip(topic, msg)),
                 Output::Request { id, to, req } => overlay.push(ToOverlay::Request(id, to, req)),
                 Output::Respond { id, resp } => overlay.push(ToOverlay::Respond(id, resp)),
@@ -209,6 +230,11 @@ impl Core {
         self.next_req += 1;
         self.replies.insert(req, call.reply);
         self.node.handle_input(Input::Api { now: Instant::now(), req, cmd: call.cmd });
+    }
+
+    fn decided(&mut self, a: Answered) {
+        let input = Input::Decided { now: Instant::now(), id: a.id, question: a.question, answer: a.answer };
+        self.node.handle_input(input);
     }
 
     fn peer(&mut self, event: FromOverlay) {

@@ -6,6 +6,7 @@
 //! - [`overlay`]: the libp2p swarm (membership gossip, agent-to-agent requests).
 //! - [`store`]: durable intent (redb).
 //! - [`policies`]: the placement and migration slots on the agent.
+//! - [`deciders`]: the worker threads that run placement policies beside the node.
 //! - [`api`]: the HTTP/JSON API and its OpenAPI description.
 //! - [`client`], [`control`]: the API client and the CLI verbs using it.
 //! - [`source`], [`files`]: where policy bytes come from on the command line.
@@ -18,6 +19,7 @@ pub mod clusterbench;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod deciders;
 pub mod files;
 pub mod libvirt;
 pub mod overlay;

@@ -10,7 +10,7 @@ mod place;
 
 use clap::{Parser, Subcommand};
 use locus::config::{AgentConfig, LogFormat};
-use locus::control::{self, Connection, LoadArgs, VmCommand};
+use locus::control::{self, Connection, LoadArgs, RollbackArgs, VmCommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -98,8 +98,11 @@ enum PolicyCommand {
     Bench(bench::Args),
     /// Load a component into a slot of the running agent (hot swap).
     Load(LoadArgs),
-    /// The running agent's policies: active and earlier versions, with metrics.
+    /// The running agent's policies: active and earlier versions, with
+    /// their configuration and failures by kind.
     List,
+    /// Make an earlier version of a slot active again on the running agent.
+    Rollback(RollbackArgs),
 }
 
 /// `locus agent`: every configuration field can be set by `--set`; the
@@ -216,6 +219,9 @@ fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::List } => {
             control::policy_list(conn).map(|()| ExitCode::SUCCESS)
         }
+        Command::Policy { command: PolicyCommand::Rollback(args) } => {
+            control::policy_rollback(conn, args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Place(args) => place::run(args),
         Command::Bench { command: BenchCommand::Vms(args) } => {
             locus::vmbench::run(args).map(|()| ExitCode::SUCCESS)
@@ -227,7 +233,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", control::clean(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -1,17 +1,30 @@
 //! The agent's two policy slots (placement and migration): filled at start
-//! from the configuration (built-in names need no files) or from what an
-//! operator loaded before a restart, and hot-swapped while the agent runs.
+//! from what was stored (the active version and the earlier ones, each with
+//! its configuration) or from the configuration, hot-swapped and rolled back
+//! while the agent runs, and every change stored before it is reported done.
+//!
+//! A stored version that no longer loads (a newer runtime refuses it, its
+//! bytes are gone) is reported in `policy list` and in the log, and the
+//! configured default takes its place: the agent always starts.
 
 use crate::config::PolicyConfig;
-use crate::store::Store;
+use crate::store::{Store, StoredSlot, Version};
 use anyhow::{Context, Result, bail};
 use locus_policy::{Loaded, Runtime, RuntimeConfig, Slot, World};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Earlier versions kept per slot, for rollback and as fallback.
 const KEEP: usize = 4;
+/// Most configuration entries a policy may be loaded with.
+pub const MAX_CONFIG_ENTRIES: usize = 64;
+/// Longest configuration key, bytes.
+pub const MAX_CONFIG_KEY: usize = 128;
+/// Longest configuration value, bytes.
+pub const MAX_CONFIG_VALUE: usize = 4096;
+/// Most bytes of keys and values together.
+pub const MAX_CONFIG_TOTAL: usize = 16 << 10;
 
 /// Which slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
@@ -32,12 +45,50 @@ impl SlotName {
         }
     }
 
+    /// Parses a slot name from a URL.
+    pub fn parse(name: &str) -> Option<SlotName> {
+        match name {
+            "placement" => Some(SlotName::Placement),
+            "migration" => Some(SlotName::Migration),
+            _ => None,
+        }
+    }
+
     fn accepts(self, world: World) -> bool {
         match self {
             SlotName::Placement => world.places(),
             SlotName::Migration => world.plans(),
         }
     }
+}
+
+/// Checks a policy's configuration against the size limits.
+pub fn check_config(config: &BTreeMap<String, String>) -> Result<(), String> {
+    if config.len() > MAX_CONFIG_ENTRIES {
+        return Err(format!(
+            "{} configuration entries; at most {MAX_CONFIG_ENTRIES} are allowed",
+            config.len()
+        ));
+    }
+    let mut total = 0;
+    for (k, v) in config {
+        if k.is_empty() || k.len() > MAX_CONFIG_KEY || k.chars().any(char::is_control) {
+            return Err(format!(
+                "configuration key {k:?}: keys are 1 to {MAX_CONFIG_KEY} bytes without control characters"
+            ));
+        }
+        if v.len() > MAX_CONFIG_VALUE {
+            return Err(format!(
+                "configuration value of {k:?} is {} bytes; at most {MAX_CONFIG_VALUE} are allowed",
+                v.len()
+            ));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_CONFIG_TOTAL {
+        return Err(format!("configuration is {total} bytes in all; at most {MAX_CONFIG_TOTAL} are allowed"));
+    }
+    Ok(())
 }
 
 /// One policy version, as listed.
@@ -53,10 +104,15 @@ pub struct PolicyVersion {
     pub world: String,
     /// Component size, bytes.
     pub size: usize,
-    /// Calls so far.
+    /// The configuration it was loaded with.
+    pub config: BTreeMap<String, String>,
+    /// Calls so far (since this agent started).
     pub calls: u64,
     /// Failed calls so far.
     pub errors: u64,
+    /// Failed calls by kind: trap, deadline, memory-cap, invalid-decision,
+    /// instantiate, unsupported.
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Median call latency, µs.
     pub p50_us: f64,
     /// 99th-percentile call latency, µs.
@@ -73,8 +129,10 @@ impl From<&Loaded> for PolicyVersion {
             hash: info.hash.clone(),
             world: info.world.as_str().to_owned(),
             size: info.size,
+            config: info.config.clone(),
             calls: m.calls,
             errors: m.errors.iter().map(|(_, n)| n).sum(),
+            errors_by_kind: m.errors.iter().map(|(k, n)| (k.as_str().to_owned(), *n)).collect(),
             p50_us: m.p50_us,
             p99_us: m.p99_us,
         }
@@ -90,49 +148,107 @@ pub struct SlotListing {
     pub active: Option<PolicyVersion>,
     /// Earlier versions, newest first.
     pub previous: Vec<PolicyVersion>,
+    /// Stored versions that did not load when the agent started, and why.
+    pub problems: Vec<String>,
+}
+
+/// The configured default of a slot, kept to store it once it is displaced.
+#[derive(Debug)]
+struct Default {
+    hash: String,
+    bytes: Vec<u8>,
+}
+
+/// Per-slot bookkeeping beside the runtime's [`Slot`].
+#[derive(Debug)]
+struct Book {
+    /// The active version was chosen by an operator (loaded or rolled back
+    /// to), not taken from the configuration.
+    chosen: bool,
+    default: Default,
+    problems: Vec<String>,
 }
 
 /// The runtime and the slots.
 #[derive(Debug)]
 pub struct Policies {
     runtime: Runtime,
+    store: Arc<Store>,
     /// Placement decisions.
     pub placement: Arc<Slot>,
     /// Migration plans.
     pub migration: Arc<Slot>,
+    /// One lock for both slots' bookkeeping; it also orders stores, so what
+    /// is stored is what the slots hold.
+    books: Mutex<[Book; 2]>,
 }
 
 impl Policies {
-    /// Fills both slots: the policy an operator loaded last (from the
-    /// store), else the configured one.
-    pub fn start(config: &PolicyConfig, store: &Store) -> Result<Self> {
+    /// Fills both slots: what was stored (earlier versions, then the active
+    /// one), else the configured policy.
+    pub fn start(config: &PolicyConfig, store: Arc<Store>) -> Result<Self> {
         let runtime = Runtime::new(RuntimeConfig::default()).context("starting the policy runtime")?;
-        let policies = Policies {
-            runtime,
-            placement: Arc::new(Slot::new("placement", KEEP)),
-            migration: Arc::new(Slot::new("migration", KEEP)),
-        };
-        for (slot, configured) in
-            [(SlotName::Placement, &config.placement), (SlotName::Migration, &config.migration)]
-        {
-            let stored = store.policy(slot.as_str())?;
-            let (name, bytes, cfg) = match stored {
-                Some(p) => (p.name, p.bytes, p.config),
-                None => {
-                    let source =
-                        crate::source::resolve(configured, policies.runtime.config().max_component_size)
-                            .with_context(|| format!("the {} policy", slot.as_str()))?;
-                    (source.name, source.bytes, BTreeMap::new())
+        let placement = Arc::new(Slot::new("placement", KEEP));
+        let migration = Arc::new(Slot::new("migration", KEEP));
+        let mut books = Vec::new();
+        for (slot, target, configured, cfg) in [
+            (SlotName::Placement, &placement, &config.placement, &config.placement_config),
+            (SlotName::Migration, &migration, &config.migration, &config.migration_config),
+        ] {
+            check_config(cfg).map_err(|e| anyhow::anyhow!("policies.{}-config: {e}", slot.as_str()))?;
+            let source = crate::source::resolve(configured, runtime.config().max_component_size)
+                .with_context(|| format!("the configured {} policy", slot.as_str()))?;
+            let default = runtime.load(&source.bytes, &source.name, cfg.clone()).with_context(|| {
+                format!("loading the configured {} policy {}", slot.as_str(), source.name)
+            })?;
+            if !slot.accepts(default.info().world) {
+                bail!("{}", wrong_slot(slot, &default));
+            }
+            let (stored, bytes) = store.slot(slot.as_str())?;
+            let mut problems = Vec::new();
+            let mut restore = |v: &Version| -> Option<Arc<Loaded>> {
+                let loaded = match bytes.get(&v.hash) {
+                    None => Err(anyhow::anyhow!("its component is missing from the store")),
+                    Some(b) => runtime.load(b, &v.name, v.config.clone()).map_err(anyhow::Error::from),
+                };
+                let loaded = loaded.and_then(|l| {
+                    if slot.accepts(l.info().world) { Ok(l) } else { bail!("{}", wrong_slot(slot, &l)) }
+                });
+                match loaded {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        let problem =
+                            format!("stored version {}@{} did not load: {e:#}", v.name, short(&v.hash));
+                        tracing::error!(slot = slot.as_str(), problem = ?problem, "stored policy version skipped");
+                        problems.push(problem);
+                        None
+                    }
                 }
             };
-            policies
-                .load(slot, &name, &bytes, cfg)
-                .with_context(|| format!("loading {name} into {}", slot.as_str()))?;
+            for v in stored.history.iter().rev() {
+                if let Some(l) = restore(v) {
+                    target.activate(l);
+                }
+            }
+            let active = stored.active.as_ref().and_then(&mut restore);
+            let chosen = active.is_some();
+            if stored.active.is_some() && !chosen {
+                tracing::warn!(
+                    slot = slot.as_str(),
+                    policy = default.id(),
+                    "the configured default takes the place of the stored version"
+                );
+            }
+            target.activate(active.unwrap_or(default));
+            let default = Default { hash: hex_hash(&source.bytes), bytes: source.bytes };
+            books.push(Book { chosen, default, problems });
         }
-        Ok(policies)
+        let books: [Book; 2] = books.try_into().map_err(|_| anyhow::anyhow!("two slots"))?;
+        Ok(Policies { runtime, store, placement, migration, books: Mutex::new(books) })
     }
 
-    /// Verifies, compiles and activates a component in `slot`.
+    /// Verifies, compiles and activates a component in `slot`, and stores
+    /// it (with the slot's history) before returning.
     pub fn load(
         &self,
         slot: SlotName,
@@ -140,18 +256,45 @@ impl Policies {
         bytes: &[u8],
         config: BTreeMap<String, String>,
     ) -> Result<Arc<Loaded>> {
+        check_config(&config).map_err(anyhow::Error::msg)?;
         let loaded = self.runtime.load(bytes, name, config)?;
-        let world = loaded.info().world;
-        if !slot.accepts(world) {
-            bail!(
-                "{} is a {} component; the {} slot needs one that exports it",
-                loaded.id(),
-                world.as_str(),
-                slot.as_str()
-            );
+        if !slot.accepts(loaded.info().world) {
+            bail!("{}", wrong_slot(slot, &loaded));
         }
+        let mut books = self.books.lock().map_err(|_| anyhow::anyhow!("policy bookkeeping poisoned"))?;
         self.slot(slot).activate(loaded.clone());
+        let book = &mut books[slot as usize];
+        book.chosen = true;
+        let new = BTreeMap::from([(loaded.info().hash.clone(), bytes.to_vec())]);
+        self.persist(slot, book, new)?;
         Ok(loaded)
+    }
+
+    /// Makes an earlier version active again: the one whose hash starts
+    /// with `hash`, or the newest earlier one; stored before returning.
+    pub fn rollback(&self, slot: SlotName, hash: Option<&str>) -> Result<Arc<Loaded>> {
+        let mut books = self.books.lock().map_err(|_| anyhow::anyhow!("policy bookkeeping poisoned"))?;
+        let loaded = self.slot(slot).rollback(hash)?;
+        let book = &mut books[slot as usize];
+        book.chosen = true;
+        self.persist(slot, book, BTreeMap::new())?;
+        Ok(loaded)
+    }
+
+    /// Stores what `slot` holds now.
+    fn persist(&self, slot: SlotName, book: &Book, mut new: BTreeMap<String, Vec<u8>>) -> Result<()> {
+        let version = |l: &Loaded| Version {
+            name: l.info().name.clone(),
+            hash: l.info().hash.clone(),
+            config: l.info().config.clone(),
+        };
+        let s = self.slot(slot);
+        let stored = StoredSlot {
+            active: s.active().filter(|_| book.chosen).map(|l| version(&l)),
+            history: s.history().iter().map(|l| version(l)).collect(),
+        };
+        new.insert(book.default.hash.clone(), book.default.bytes.clone());
+        self.store.set_slot(slot.as_str(), &stored, &new).context("storing the policy slot")
     }
 
     /// Largest component accepted, bytes.
@@ -168,6 +311,8 @@ impl Policies {
 
     /// Both slots.
     pub fn list(&self) -> Vec<SlotListing> {
+        let problems =
+            |slot: SlotName| self.books.lock().map(|b| b[slot as usize].problems.clone()).unwrap_or_default();
         [SlotName::Placement, SlotName::Migration]
             .into_iter()
             .map(|name| {
@@ -176,8 +321,51 @@ impl Policies {
                     slot: name,
                     active: slot.active().as_deref().map(PolicyVersion::from),
                     previous: slot.history().iter().map(|p| PolicyVersion::from(p.as_ref())).collect(),
+                    problems: problems(name),
                 }
             })
             .collect()
+    }
+}
+
+fn wrong_slot(slot: SlotName, loaded: &Loaded) -> String {
+    let needs = match slot {
+        SlotName::Placement => "locus:policy/placement",
+        SlotName::Migration => "locus:policy/migration",
+    };
+    format!(
+        "{} is a {} component; the {} slot needs one that exports {needs}@{}",
+        loaded.id(),
+        loaded.info().world.as_str(),
+        slot.as_str(),
+        locus_policy::CONTRACT_VERSION
+    )
+}
+
+fn hex_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..12.min(hash.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_limits_are_named() {
+        let cfg = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert!(check_config(&cfg(&[("weight", "3".into())])).is_ok());
+        let e = check_config(&cfg(&[("big", "x".repeat(5000))])).expect_err("value too long");
+        assert!(e.contains("4096"), "{e}");
+        let e = check_config(&cfg(&[("bad\\u{1b}key", "1".into())])).err();
+        assert!(e.is_none(), "an escaped backslash is not a control character");
+        let e = check_config(&cfg(&[("bad\u{1b}key", "1".into())])).expect_err("control");
+        assert!(e.contains("control"), "{e}");
+        let many: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(check_config(&many).expect_err("too many").contains("64"));
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's durable intent: requested VMs with their desired state, and
-//! the policies loaded into its slots, in one redb file under the state
-//! directory. Values are MessagePack in versioned envelopes, so a later
+//! each policy slot's active and earlier versions (components stored once
+//! by content hash), in one redb file under the state directory. Values are MessagePack in versioned envelopes, so a later
 //! agent can read what an earlier one wrote.
 //!
 //! The store never decides anything: the node says what to write
@@ -11,11 +11,17 @@ use anyhow::{Context, Result, bail};
 use locus_core::intent::{Change, VmIntent};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
-const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// Written by agents before slot history existed: slot → one StoredPolicy.
+const OLD_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// slot → [`StoredSlot`].
+const SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-slots");
+/// SHA-256 (hex) → component bytes, for every version a slot refers to.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-blobs");
 
 /// The envelope version this agent writes.
 const VERSION: u8 = 1;
@@ -26,16 +32,33 @@ struct Envelope<T> {
     value: T,
 }
 
-/// A policy loaded into a slot by an operator, kept across restarts.
+/// A policy loaded into a slot by an operator, as older agents kept it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredPolicy {
+struct StoredPolicy {
+    name: String,
+    config: BTreeMap<String, String>,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+/// One version of a policy: its component (by hash), name and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
     /// The name it was loaded under.
     pub name: String,
+    /// SHA-256 of the component, hex; the bytes are in the blob table.
+    pub hash: String,
     /// Its configuration.
     pub config: BTreeMap<String, String>,
-    /// The component (one MessagePack binary, not an array of numbers).
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+}
+
+/// What a slot held, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StoredSlot {
+    /// The active version; `None` when it is the configured default.
+    pub active: Option<Version>,
+    /// Earlier versions, newest first.
+    pub history: Vec<Version>,
 }
 
 /// The open store.
@@ -55,7 +78,8 @@ impl Store {
         })?;
         let txn = db.begin_write()?;
         txn.open_table(VMS)?;
-        txn.open_table(POLICIES)?;
+        txn.open_table(SLOTS)?;
+        txn.open_table(BLOBS)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -95,21 +119,81 @@ impl Store {
         Ok(())
     }
 
-    /// The policy an operator loaded into `slot`, if any.
-    pub fn policy(&self, slot: &str) -> Result<Option<StoredPolicy>> {
+    /// What `slot` held, with the bytes of every version it names that is
+    /// still stored (a missing blob leaves its version out, reported by the
+    /// caller's load). Reads what older agents kept, when that is all there is.
+    pub fn slot(&self, slot: &str) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(POLICIES)?;
-        let Some(value) = table.get(slot)? else {
-            return Ok(None);
+        let slots = txn.open_table(SLOTS)?;
+        let blobs = txn.open_table(BLOBS)?;
+        let Some(value) = slots.get(slot)? else {
+            return self.old_slot(&txn, slot);
         };
-        decode(value.value()).with_context(|| format!("stored policy of slot {slot}")).map(Some)
+        let stored: StoredSlot =
+            decode(value.value()).with_context(|| format!("stored policies of slot {slot}"))?;
+        let mut bytes = BTreeMap::new();
+        for v in stored.active.iter().chain(&stored.history) {
+            if let Some(b) = blobs.get(v.hash.as_str())? {
+                bytes.insert(v.hash.clone(), b.value().to_vec());
+            }
+        }
+        Ok((stored, bytes))
     }
 
-    /// Remembers the policy loaded into `slot`.
-    pub fn set_policy(&self, slot: &str, policy: &StoredPolicy) -> Result<()> {
+    fn old_slot(
+        &self,
+        txn: &redb::ReadTransaction,
+        slot: &str,
+    ) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
+        let table = match txn.open_table(OLD_POLICIES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(value) = table.get(slot)? else {
+            return Ok(Default::default());
+        };
+        let old: StoredPolicy =
+            decode(value.value()).with_context(|| format!("stored policy of slot {slot}"))?;
+        let hash = hex::encode(sha2::Sha256::digest(&old.bytes));
+        let version = Version { name: old.name, hash: hash.clone(), config: old.config };
+        Ok((StoredSlot { active: Some(version), history: vec![] }, BTreeMap::from([(hash, old.bytes)])))
+    }
+
+    /// Records what `slot` holds now, storing the bytes of versions not
+    /// stored yet (`new_bytes`, by hash) and dropping blobs no slot names.
+    pub fn set_slot(
+        &self,
+        slot: &str,
+        stored: &StoredSlot,
+        new_bytes: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<()> {
         let txn = self.db.begin_write()?;
-        txn.open_table(POLICIES)?.insert(slot, encode(policy)?.as_slice())?;
-        txn.commit()?;
+        {
+            let mut slots = txn.open_table(SLOTS)?;
+            slots.insert(slot, encode(stored)?.as_slice())?;
+            let mut named = std::collections::BTreeSet::new();
+            for row in slots.iter()? {
+                let (_, value) = row?;
+                let s: StoredSlot = decode(value.value())?;
+                named.extend(s.active.into_iter().chain(s.history).map(|v| v.hash));
+            }
+            let mut blobs = txn.open_table(BLOBS)?;
+            for (hash, bytes) in new_bytes {
+                if named.contains(hash) && blobs.get(hash.as_str())?.is_none() {
+                    blobs.insert(hash.as_str(), bytes.as_slice())?;
+                }
+            }
+            let unnamed: Vec<String> = blobs
+                .iter()?
+                .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
+                .filter(|h| !named.contains(h))
+                .collect();
+            for hash in unnamed {
+                blobs.remove(hash.as_str())?;
+            }
+        }
+        txn.commit().context("committing the policy slot")?;
         Ok(())
     }
 }
@@ -140,7 +224,17 @@ mod tests {
             spec: VmRequest { name: name.into(), vcpus: 1, memory_mib: 64, ..VmRequest::default() },
             desired,
         };
-        let policy = StoredPolicy { name: "p".into(), config: BTreeMap::new(), bytes: vec![0, 97, 115, 109] };
+        let v = |name: &str, hash: &str| Version {
+            name: name.into(),
+            hash: hash.into(),
+            config: BTreeMap::new(),
+        };
+        let slot = StoredSlot { active: Some(v("p", "aa")), history: vec![v("q", "bb")] };
+        let bytes = BTreeMap::from([
+            ("aa".to_owned(), vec![1]),
+            ("bb".to_owned(), vec![2]),
+            ("cc".to_owned(), vec![3]),
+        ]);
         {
             let store = Store::open(&path).expect("open");
             assert!(Store::open(&path).is_err(), "a second agent cannot open the same store");
@@ -152,11 +246,17 @@ mod tests {
                     Change::Remove("b".into()),
                 ])
                 .expect("apply");
-            store.set_policy("placement", &policy).expect("policy");
+            store.set_slot("placement", &slot, &bytes).expect("policy");
         }
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.intents().expect("intents"), vec![intent("a", Desired::Stopped)]);
-        assert_eq!(store.policy("placement").expect("read"), Some(policy));
-        assert_eq!(store.policy("migration").expect("read"), None);
+        let (read, blobs) = store.slot("placement").expect("read");
+        assert_eq!(read, slot);
+        assert_eq!(blobs.keys().collect::<Vec<_>>(), ["aa", "bb"], "unnamed blobs are not kept");
+        assert_eq!(store.slot("migration").expect("read").0, StoredSlot::default());
+        // Rolling back drops nothing still named; a version no slot names goes.
+        let rolled = StoredSlot { active: Some(v("q", "bb")), history: vec![] };
+        store.set_slot("placement", &rolled, &BTreeMap::new()).expect("rollback");
+        assert_eq!(store.slot("placement").expect("read").1.keys().collect::<Vec<_>>(), ["bb"]);
     }
 }

@@ -20,7 +20,8 @@ pub mod policies {
 pub mod hostile {
     pub use super::components::{
         HOSTILE_BAD_INDEX as BAD_INDEX, HOSTILE_CLOCK as CLOCK, HOSTILE_HOG as HOG,
-        HOSTILE_HUGE_LIST as HUGE_LIST, HOSTILE_PANIC as PANIC, HOSTILE_SPIN as SPIN,
+        HOSTILE_HUGE_LIST as HUGE_LIST, HOSTILE_MISBEHAVE as MISBEHAVE, HOSTILE_PANIC as PANIC,
+        HOSTILE_SPIN as SPIN,
     };
 }
 

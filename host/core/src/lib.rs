@@ -31,6 +31,6 @@ pub mod validate;
 pub mod view;
 
 pub use model::{GroupId, HostId, HostState, Model, ModelError, PopId, VmId};
-pub use pipeline::{DecidedBy, Decision, Outcome, Placer};
+pub use pipeline::{DecidedBy, Decision, Outcome, Placer, Prepared, Question};
 pub use policy::{ErrorKind, Native, Policy, PolicyError, Verdict};
 pub use request::{Location, RestartPolicy, VmRequest};

@@ -8,7 +8,7 @@
 
 use crate::filter::{self, Exclusions, Resolved};
 use crate::model::{HostId, Model};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{Policy, PolicyError, Verdict};
 use crate::request::VmRequest;
 use crate::{validate, view};
 use locus_sdk::{Cluster, Placement, RejectReason, Request};
@@ -78,11 +78,34 @@ pub struct Decision {
     pub user_rtt_us: Option<u32>,
 }
 
-/// Places requests; holds reusable buffers, so keep one per worker.
+/// A placement question ready for a policy: the view of the hosts that
+/// passed the filters. The node hands it to whoever runs policies and takes
+/// the answer back; [`Question::conclude`] turns the answer into a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    /// The candidate hosts and every PoP, as the policy sees them.
+    pub cluster: Cluster,
+    /// The request, as the policy sees it.
+    pub request: Request,
+    /// The model's host behind each row of `cluster.hosts`.
+    pub rows: Vec<HostId>,
+    excluded: Exclusions,
+}
+
+/// What the filters leave: a question for the policy, or a decision they
+/// took alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    /// The policy must choose among these hosts.
+    Ask(Box<Question>),
+    /// Nothing to choose from: rejected by the filters.
+    Done(Decision),
+}
+
+/// Places requests; holds a reusable buffer, so keep one per worker.
 #[derive(Debug, Default)]
 pub struct Placer {
     rows: Vec<HostId>,
-    view: Cluster,
 }
 
 impl Placer {
@@ -91,59 +114,63 @@ impl Placer {
         Self::default()
     }
 
-    /// Places `request` on `model` with `policy`. The model is not changed:
-    /// the caller records the VM once it really runs.
-    pub fn place(&mut self, model: &Model, request: &VmRequest, policy: &dyn Policy) -> Decision {
+    /// Applies the hard filters to `request` on `model` and builds the
+    /// policy's view of what is left.
+    pub fn prepare(&mut self, model: &Model, request: &VmRequest) -> Prepared {
         let resolved = Resolved::new(model, request);
         let excluded = filter::candidates(model, &resolved, &mut self.rows);
-        let reject = |reason, message: String, decided_by| Decision {
-            outcome: Outcome::Rejected { reason, message },
-            decided_by,
-            candidates: 0,
-            excluded,
-            scores: Vec::new(),
-            user_rtt_us: None,
+        let reject = |reason, message: String| {
+            Prepared::Done(Decision {
+                outcome: Outcome::Rejected { reason, message },
+                decided_by: DecidedBy::Filters,
+                candidates: 0,
+                excluded,
+                scores: Vec::new(),
+                user_rtt_us: None,
+            })
         };
         if !resolved.unknown_jurisdictions.is_empty() {
             let message = format!("unknown jurisdiction(s) {}", resolved.unknown_jurisdictions.join(", "));
             if resolved.jurisdictions.as_ref().is_none_or(Vec::is_empty) {
-                return reject(RejectReason::Constraints, message, DecidedBy::Filters);
+                return reject(RejectReason::Constraints, message);
             }
         }
         if self.rows.is_empty() {
             let reason =
                 if excluded.only_capacity() { RejectReason::NoCapacity } else { RejectReason::Constraints };
-            return reject(
-                reason,
-                format!("no host passed the filters: {}", excluded.describe()),
-                DecidedBy::Filters,
-            );
+            return reject(reason, format!("no host passed the filters: {}", excluded.describe()));
         }
-        view::fill_cluster(model, &self.rows, &mut self.view);
-        let req = view::request(model, resolved, request.user.map(Into::into), &self.rows);
-        // Implementations validate what they return; checking again here
-        // means no `Policy` implementation is trusted more than a policy.
-        let answer = policy.place(&self.view, &req).and_then(|v| {
-            match validate::placement(&self.view, &req, &v.value) {
-                Ok(()) => Ok(v),
-                Err(why) => Err(PolicyError::new(v.decided_by, crate::ErrorKind::InvalidDecision, why)),
-            }
+        let mut cluster = Cluster::default();
+        view::fill_cluster(model, &self.rows, &mut cluster);
+        let request = view::request(model, resolved, request.user.map(Into::into), &self.rows);
+        Prepared::Ask(Box::new(Question { cluster, request, rows: self.rows.clone(), excluded }))
+    }
+
+    /// Places `request` on `model` with `policy`, on the spot. The model is
+    /// not changed: the caller records the VM once it really runs.
+    pub fn place(&mut self, model: &Model, request: &VmRequest, policy: &dyn Policy) -> Decision {
+        match self.prepare(model, request) {
+            Prepared::Done(decision) => decision,
+            Prepared::Ask(q) => q.conclude(policy.place(&q.cluster, &q.request)),
+        }
+    }
+}
+
+impl Question {
+    /// The decision, from the policy's answer: validated again (no `Policy`
+    /// implementation is trusted more than a policy), and taken by the
+    /// built-in fallback when the policy failed.
+    pub fn conclude(&self, answer: Result<Verdict<Placement>, PolicyError>) -> Decision {
+        let answer = answer.and_then(|v| match validate::placement(&self.cluster, &self.request, &v.value) {
+            Ok(()) => Ok(v),
+            Err(why) => Err(PolicyError::new(v.decided_by, crate::ErrorKind::InvalidDecision, why)),
         });
         let (placement, decided_by) = match answer {
             Ok(v) => (v.value, DecidedBy::Policy { name: v.decided_by, failure: v.failure }),
-            Err(failure) => (fallback(&self.view, &req), DecidedBy::Fallback { failure }),
+            Err(failure) => (fallback(&self.cluster, &self.request), DecidedBy::Fallback { failure }),
         };
-        self.decision(&req, placement, decided_by, excluded)
-    }
-
-    fn decision(
-        &self,
-        req: &Request,
-        placement: Placement,
-        decided_by: DecidedBy,
-        excluded: Exclusions,
-    ) -> Decision {
         let candidates = self.rows.len() as u32;
+        let excluded = self.excluded;
         match placement {
             Placement::Place(choice) => Decision {
                 outcome: Outcome::Placed { host: self.rows[choice.host as usize] },
@@ -151,7 +178,7 @@ impl Placer {
                 candidates,
                 excluded,
                 scores: choice.scores.iter().map(|s| (self.rows[s.host as usize], s.value)).collect(),
-                user_rtt_us: req.user_latency(self.view.hosts.pop[choice.host as usize]),
+                user_rtt_us: self.request.user_latency(self.cluster.hosts.pop[choice.host as usize]),
             },
             Placement::Reject(r) => Decision {
                 outcome: Outcome::Rejected {

@@ -1,11 +1,13 @@
 //! Placement decision cost: the same best-fit policy as a WebAssembly
 //! component and compiled natively, on the same inputs, both called through
-//! `locus_core::Policy` (so both include the host's validation). Plus the
-//! cost of a fresh instance per call and of a hot swap.
+//! `locus_core::Policy` (so both include the host's validation). The WASM
+//! side is what the agent does per decision: a fresh instance, the call,
+//! the instance dropped. Then the two parts apart (instantiation; the call
+//! on a fresh instance), and the cost of a hot swap.
 //!
 //! `cargo bench -p locus-policy --bench placement` (or `make bench`).
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use locus_builtin::policies;
 use locus_core::{Native, Policy};
 use locus_policy::{Runtime, RuntimeConfig, Slot};
@@ -43,15 +45,25 @@ fn placement(crit: &mut Criterion) {
     group.finish();
 }
 
-fn fresh_instance(crit: &mut Criterion) {
-    let rt =
-        Runtime::new(RuntimeConfig { reuse_instances: false, ..RuntimeConfig::default() }).expect("runtime");
+fn parts(crit: &mut Criterion) {
+    let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let p = rt.load(policies::BEST_FIT, "best-fit", BTreeMap::new()).expect("loads");
-    let c = cluster(100);
-    let r = request(&c);
-    crit.bench_function("instantiate+call/best-fit/100", |b| {
-        b.iter(|| black_box(p.place(&c, &r).expect("decides")))
+    crit.bench_function("instantiate/best-fit", |b| {
+        b.iter(|| black_box(p.instance().expect("instantiates")))
     });
+    let mut group = crit.benchmark_group("call");
+    for hosts in [100usize, 1000] {
+        let c = cluster(hosts);
+        let r = request(&c);
+        group.bench_with_input(BenchmarkId::new("wasm/best-fit", hosts), &(&c, &r), |b, (c, r)| {
+            b.iter_batched(
+                || p.instance().expect("instantiates"),
+                |i| black_box(i.place(c, r).expect("decides")),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
 }
 
 fn hot_swap(crit: &mut Criterion) {
@@ -69,5 +81,5 @@ fn hot_swap(crit: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, placement, fresh_instance, hot_swap);
+criterion_group!(benches, placement, parts, hot_swap);
 criterion_main!(benches);

@@ -41,7 +41,23 @@ pub enum LoadError {
         exports = List(.0)
     )]
     NoPolicyExport(Vec<String>),
-    /// Imports something the host does not provide.
+    /// Its linear memory starts larger than the memory cap.
+    #[error(
+        "the component's linear memory starts at {initial} (its data segments and declared minimum), above the policy memory cap of {cap}"
+    )]
+    MemoryTooLarge {
+        /// The initial size.
+        initial: String,
+        /// The cap.
+        cap: String,
+    },
+    /// Imports interfaces the host does not provide to policies.
+    #[error(
+        "component imports what policies may not use: {}; a policy may import only locus:policy/host and the wasi:cli, wasi:io and wasi:random interfaces Rust's standard library needs",
+        .0.join(", ")
+    )]
+    Forbidden(Vec<String>),
+    /// Imports something the host does not provide in the form it wants.
     #[error("component imports what policies may not use: {0}")]
     Imports(String),
     /// Could not be instantiated (a start function trapped, a type mismatch).

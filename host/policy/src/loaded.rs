@@ -1,10 +1,18 @@
-//! One loaded policy version: its compiled component, its instance pool,
-//! and the metered, bounded calls into it.
+//! One loaded policy version: its compiled component and the metered,
+//! bounded calls into it.
 //!
-//! Calls take an instance from the pool (or instantiate one from the
-//! `InstancePre`, about 10 µs), set the epoch deadline, call, and return the
-//! instance to the pool. An instance that failed in any way is dropped, never
-//! reused: after a trap its state cannot be trusted.
+//! Every decision gets a fresh instance from the `InstancePre` (the pooling
+//! allocator makes that a few microseconds), used once and dropped: no
+//! state survives from one decision to the next, so a decision is a pure
+//! function of its inputs, as the contract promises, and a trap can never
+//! poison a later call.
+//!
+//! A call is bounded three ways: a wall-clock deadline checked on every
+//! epoch tick (so a late ticker cannot stretch it), a memory cap (the store
+//! limiter), and the bytes the guest may hand back (wasmtime's hostcall
+//! fuel: an answer larger than the view allows is refused before it is
+//! copied out of the guest). Guest code never runs on a tokio runtime
+//! thread, where wasmtime-wasi's blocking stdio would panic the process.
 
 use crate::bindings::exports::locus::policy::{migration, placement};
 use crate::bindings::locus::policy::types as wit;
@@ -14,10 +22,10 @@ use crate::state::State;
 use locus_core::{ErrorKind, PolicyError, validate};
 use locus_sdk as sdk;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::InstancePre;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Which capabilities a component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -82,21 +90,16 @@ impl Info {
     }
 }
 
+/// Text a policy may hand back besides its scores or migrations (a
+/// rejection message; a log line), bytes.
+const TEXT_BUDGET: usize = 64 << 10;
+
 /// Limits applied to every call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallLimits {
     pub deadline: Duration,
-    pub deadline_ticks: u64,
-    pub instantiate_ticks: u64,
+    pub instantiate_deadline: Duration,
     pub memory_cap: usize,
-    pub pool_size: usize,
-    pub reuse_instances: bool,
-}
-
-struct Instance {
-    store: Store<State>,
-    placement: Option<placement::Guest>,
-    migration: Option<migration::Guest>,
 }
 
 /// A policy version ready to be called, from any thread.
@@ -108,13 +111,26 @@ pub struct Loaded {
     migration: Option<migration::GuestIndices>,
     limits: CallLimits,
     config: Arc<BTreeMap<String, String>>,
-    pool: Mutex<Vec<Instance>>,
     metrics: Metrics,
 }
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loaded").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// A fresh instance of a loaded policy, good for one decision.
+pub struct Instance<'a> {
+    loaded: &'a Loaded,
+    store: Store<State>,
+    placement: Option<placement::Guest>,
+    migration: Option<migration::Guest>,
+}
+
+impl std::fmt::Debug for Instance<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("policy", &self.loaded.id).finish_non_exhaustive()
     }
 }
 
@@ -141,13 +157,11 @@ impl Loaded {
             migration,
             limits,
             config,
-            pool: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
         };
         // Instantiate once now: type mismatches and trapping start functions
         // are load errors, not first-call surprises.
-        let instance = loaded.instantiate().map_err(|e| crate::LoadError::Instantiate(e.message))?;
-        loaded.release(instance);
+        off_runtime(|| loaded.instance().map(drop)).map_err(|e| crate::LoadError::Instantiate(e.message))?;
         Ok(loaded)
     }
 
@@ -166,101 +180,81 @@ impl Loaded {
         self.metrics.snapshot()
     }
 
-    fn instantiate(&self) -> Result<Instance, PolicyError> {
-        let state = State::new(self.id.as_str().into(), self.config.clone(), self.limits.memory_cap);
+    /// A fresh instance, for one decision. Call it from a thread that is not
+    /// running a tokio runtime ([`Loaded::place`] and [`Loaded::plan`] see
+    /// to that themselves).
+    pub fn instance(&self) -> Result<Instance<'_>, PolicyError> {
+        let deadline = Instant::now() + self.limits.instantiate_deadline;
+        let state =
+            State::new(self.id.as_str().into(), self.config.clone(), self.limits.memory_cap, deadline);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.cap);
-        store.set_epoch_deadline(self.limits.instantiate_ticks);
-        let fail = |e: wasmtime::Error| PolicyError::new(&self.id, ErrorKind::Instantiate, format!("{e:#}"));
-        let instance = self.pre.instantiate(&mut store).map_err(fail)?;
-        let placement =
-            self.placement.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?;
-        let migration =
-            self.migration.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?;
-        Ok(Instance { store, placement, migration })
+        // The ticker only says "look at the clock"; the wall clock decides,
+        // so a ticker descheduled under load cannot stretch a deadline.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.timed_out = true;
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        let fail = |e: wasmtime::Error, store: &Store<State>| {
+            let why = match store.data().output() {
+                out if out.is_empty() => format!("{e:#}"),
+                out => format!("{e:#}; it printed {out}"),
+            };
+            PolicyError::new(&self.id, ErrorKind::Instantiate, validate::truncate_message(why))
+        };
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        let placement = match self.placement.as_ref().map(|i| i.load(&mut store, &instance)).transpose() {
+            Ok(p) => p,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        let migration = match self.migration.as_ref().map(|i| i.load(&mut store, &instance)).transpose() {
+            Ok(m) => m,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        Ok(Instance { loaded: self, store, placement, migration })
     }
 
-    fn release(&self, instance: Instance) {
-        if !self.limits.reuse_instances {
-            return;
-        }
-        if let Ok(mut pool) = self.pool.lock()
-            && pool.len() < self.limits.pool_size
-        {
-            pool.push(instance);
-        }
-    }
-
-    /// Runs `f` on an instance within the call limits, then `finish` on its
-    /// answer (conversion and validation), classifying and counting failures.
-    fn call<R, T>(
+    /// Places with a fresh instance and validates the answer.
+    pub fn place(
         &self,
-        f: impl FnOnce(&mut Instance) -> Option<wasmtime::Result<R>>,
-        finish: impl FnOnce(R) -> Result<T, String>,
+        cluster: &sdk::Cluster,
+        request: &sdk::Request,
+    ) -> Result<sdk::Placement, PolicyError> {
+        self.metered(|| self.instance()?.place(cluster, request))
+    }
+
+    /// Plans with a fresh instance and validates the answer.
+    pub fn plan(&self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
+        self.metered(|| self.instance()?.plan(partition))
+    }
+
+    /// Runs one decision off any tokio runtime, counting it and its failure.
+    fn metered<T: Send>(
+        &self,
+        decide: impl FnOnce() -> Result<T, PolicyError> + Send,
     ) -> Result<T, PolicyError> {
         let start = Instant::now();
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        let result = match pooled.map_or_else(|| self.instantiate(), Ok) {
-            Err(e) => Err(e),
-            Ok(mut instance) => {
-                instance.store.set_epoch_deadline(self.limits.deadline_ticks);
-                instance.store.data_mut().log_lines = 0;
-                match f(&mut instance) {
-                    None => {
-                        self.release(instance);
-                        Err(PolicyError::new(&self.id, ErrorKind::Unsupported, "capability not exported"))
-                    }
-                    Some(Ok(value)) => match finish(value) {
-                        Ok(value) => {
-                            self.release(instance);
-                            Ok(value)
-                        }
-                        Err(why) => Err(PolicyError::new(&self.id, ErrorKind::InvalidDecision, why)),
-                    },
-                    Some(Err(e)) => Err(self.classify(e, &instance, start.elapsed())),
-                }
-            }
-        };
+        let result = off_runtime(decide);
         self.metrics.record(start.elapsed(), result.as_ref().err().map(|e| e.kind));
         if let Err(e) = &result {
-            tracing::warn!(policy = %self.id, kind = e.kind.as_str(), "policy call failed: {}", e.message);
+            tracing::warn!(policy = %self.id, kind = e.kind.as_str(), error = ?e.message, "policy call failed");
         }
         result
     }
+}
 
-    fn classify(&self, e: wasmtime::Error, instance: &Instance, took: Duration) -> PolicyError {
-        let state = instance.store.data();
-        let (kind, message) = if let Some(bytes) = state.cap.hit {
-            let message = format!(
-                "stopped at the memory cap: tried to grow to {} MiB, the cap is {} MiB",
-                bytes >> 20,
-                self.limits.memory_cap >> 20
-            );
-            (ErrorKind::MemoryCap, message)
-        } else {
-            match e.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt | Trap::OutOfFuel) => (
-                    ErrorKind::Deadline,
-                    format!(
-                        "interrupted after {:.1} ms, past its {} ms deadline",
-                        took.as_secs_f64() * 1000.0,
-                        self.limits.deadline.as_millis()
-                    ),
-                ),
-                Some(trap) => {
-                    let stderr = state.stderr_text();
-                    let detail = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
-                    (ErrorKind::Trap, format!("trapped ({trap}){detail}"))
-                }
-                None => (ErrorKind::Trap, format!("{e:#}")),
-            }
-        };
-        PolicyError::new(&self.id, kind, validate::truncate_message(message))
-    }
-
-    /// Calls the policy's `place` and validates the answer.
+impl Instance<'_> {
+    /// Calls `place` and validates the answer, consuming the instance.
     pub fn place(
-        &self,
+        mut self,
         cluster: &sdk::Cluster,
         request: &sdk::Request,
     ) -> Result<sdk::Placement, PolicyError> {
@@ -268,37 +262,144 @@ impl Loaded {
         let jurisdictions: Vec<&str> = cluster.jurisdictions.iter().map(String::as_str).collect();
         let wit_cluster = convert::cluster(cluster, &pops, &jurisdictions);
         let wit_request = convert::request(request);
-        self.call(
-            |i| i.placement.as_ref().map(|g| g.call_place(&mut i.store, wit_cluster, wit_request)),
-            |answer: wit::Placement| {
-                let placement = convert::placement(answer, cluster.hosts.len())?;
-                validate::placement(cluster, request, &placement)?;
-                Ok(placement)
-            },
-        )
+        let budget = cluster.hosts.len().saturating_mul(std::mem::size_of::<wit::Score>());
+        let Some(guest) = self.placement.take() else {
+            return Err(self.unsupported("placement"));
+        };
+        let answer = self.call(budget, |store| guest.call_place(store, wit_cluster, wit_request))?;
+        let placement = convert::placement(answer, cluster.hosts.len()).map_err(|why| self.invalid(why))?;
+        validate::placement(cluster, request, &placement).map_err(|why| self.invalid(why))?;
+        Ok(placement)
     }
 
-    /// Calls the policy's `plan` and validates the answer.
-    pub fn plan(&self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
+    /// Calls `plan` and validates the answer, consuming the instance.
+    pub fn plan(mut self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
         let pops = convert::pops(&partition.cluster.pops);
         let jurisdictions: Vec<&str> = partition.cluster.jurisdictions.iter().map(String::as_str).collect();
         let groups = convert::group_kinds(&partition.groups);
         let wit_partition = convert::partition(partition, &pops, &jurisdictions, &groups);
-        self.call(
-            |i| i.migration.as_ref().map(|g| g.call_plan(&mut i.store, wit_partition)),
-            |answer: Vec<wit::Migration>| {
-                if answer.len() > partition.vms.len() {
-                    return Err(format!(
-                        "returned {} migrations for {} VMs",
-                        answer.len(),
-                        partition.vms.len()
-                    ));
+        let budget = partition.vms.len().saturating_mul(std::mem::size_of::<wit::Migration>());
+        let Some(guest) = self.migration.take() else {
+            return Err(self.unsupported("migration"));
+        };
+        let answer = self.call(budget, |store| guest.call_plan(store, wit_partition))?;
+        if answer.len() > partition.vms.len() {
+            return Err(self.invalid(format!(
+                "returned {} migrations for {} VMs",
+                answer.len(),
+                partition.vms.len()
+            )));
+        }
+        let plan: Vec<sdk::Migration> =
+            answer.into_iter().map(|m| sdk::Migration { vm: m.vm, to: m.to }).collect();
+        validate::plan(partition, &plan).map_err(|why| self.invalid(why))?;
+        Ok(plan)
+    }
+
+    /// Runs the guest within the deadline, letting it hand back at most
+    /// `budget` bytes of lists plus some text.
+    fn call<R>(
+        &mut self,
+        budget: usize,
+        f: impl FnOnce(&mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let start = Instant::now();
+        self.store.data_mut().deadline = start + self.loaded.limits.deadline;
+        let budget = budget.saturating_add(TEXT_BUDGET);
+        self.store.set_hostcall_fuel(budget);
+        let result = f(&mut self.store);
+        let state = self.store.data();
+        if state.dropped_log_lines() > 0 {
+            tracing::debug!(policy = %self.loaded.id, dropped = state.dropped_log_lines(), "policy log lines over the per-call limit were dropped");
+        }
+        match result {
+            Ok(value) => {
+                let output = state.output();
+                if !output.is_empty() {
+                    tracing::debug!(policy = %self.loaded.id, output = ?output, "policy printed");
                 }
-                let plan: Vec<sdk::Migration> =
-                    answer.into_iter().map(|m| sdk::Migration { vm: m.vm, to: m.to }).collect();
-                validate::plan(partition, &plan)?;
-                Ok(plan)
-            },
-        )
+                Ok(value)
+            }
+            Err(e) => Err(self.classify(e, start.elapsed(), budget)),
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error, took: Duration, budget: usize) -> PolicyError {
+        let state = self.store.data();
+        let limits = &self.loaded.limits;
+        let (kind, message) = if state.timed_out {
+            let message = format!(
+                "stopped after {:.1} ms: its deadline is {} ms",
+                took.as_secs_f64() * 1000.0,
+                limits.deadline.as_millis()
+            );
+            (ErrorKind::Deadline, message)
+        } else if let Some(bytes) = state.cap.hit {
+            let message = format!(
+                "stopped at the memory cap: it asked for {} of linear memory, the cap is {}",
+                size(bytes),
+                size(limits.memory_cap)
+            );
+            (ErrorKind::MemoryCap, message)
+        } else if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+            let message = format!(
+                "handed back more data than this call allows ({budget} bytes: at most one score or migration per row of the view, and {} KiB of text)",
+                TEXT_BUDGET >> 10
+            );
+            (ErrorKind::InvalidDecision, message)
+        } else {
+            match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt | Trap::OutOfFuel) => {
+                    (ErrorKind::Deadline, format!("interrupted ({e})"))
+                }
+                Some(trap) => (ErrorKind::Trap, format!("trapped ({trap})")),
+                None => (ErrorKind::Trap, format!("{e:#}")),
+            }
+        };
+        let message = match state.output() {
+            out if out.is_empty() => message,
+            out => format!("{message}; it printed {out}"),
+        };
+        PolicyError::new(&self.loaded.id, kind, validate::truncate_message(message))
+    }
+
+    fn invalid(&self, why: String) -> PolicyError {
+        PolicyError::new(&self.loaded.id, ErrorKind::InvalidDecision, why)
+    }
+
+    fn unsupported(&self, what: &str) -> PolicyError {
+        PolicyError::new(&self.loaded.id, ErrorKind::Unsupported, format!("it does not export {what}"))
+    }
+}
+
+/// A byte count as MiB with two decimals and the exact bytes, so two sizes
+/// that differ by a page never print the same.
+pub(crate) fn size(bytes: usize) -> String {
+    format!("{:.2} MiB ({bytes} bytes)", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// Runs `f` where guest code may run: on this thread, unless it belongs to
+/// a tokio runtime, where wasmtime-wasi's blocking stdio would panic the
+/// process ("Cannot start a runtime from within a runtime"); then on a
+/// short-lived thread of its own. The agent calls policies from worker
+/// threads of its own, so only stray callers pay for the extra thread.
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_that_differ_by_a_page_print_differently() {
+        assert_eq!(size(64 << 20), "64.00 MiB (67108864 bytes)");
+        assert_ne!(size((64 << 20) + 65536), size(64 << 20));
     }
 }

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// Bytes at the start of each pooled linear memory kept resident between
+/// instances (reset with memset instead of being unmapped).
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// The version of `locus:policy` this runtime speaks.
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
@@ -30,19 +34,17 @@ pub struct RuntimeConfig {
     pub memory_cap: usize,
     /// Largest component accepted (16 MiB).
     pub max_component_size: usize,
-    /// Instances kept warm per policy version (one per worker thread is
-    /// enough; 8).
-    pub pool_size: usize,
-    /// Reuse instances between calls (true). When false every call gets a
-    /// fresh instance, so no state can leak from one decision to the next.
-    pub reuse_instances: bool,
-    /// Period of the epoch ticker; deadlines are enforced to within one tick
-    /// (1 ms).
+    /// Period of the epoch ticker: how often a running guest looks at the
+    /// clock, so deadlines hold to within about one tick (1 ms).
     pub tick: Duration,
     /// Policy instances that may exist at once, over all loaded versions
-    /// (256): warm pools plus calls in flight. Each reserves address space,
-    /// not memory.
+    /// (256): one per decision in flight. Each reserves address space, not
+    /// memory.
     pub max_instances: u32,
+    /// Replace every NaN a policy computes with the canonical one (false).
+    /// Only bit-for-bit replay across machines needs it (the simulator); it
+    /// costs about a tenth of a placement call.
+    pub canonicalize_nans: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -52,10 +54,9 @@ impl Default for RuntimeConfig {
             instantiate_deadline: Duration::from_secs(1),
             memory_cap: 64 << 20,
             max_component_size: 16 << 20,
-            pool_size: 8,
-            reuse_instances: true,
             tick: Duration::from_millis(1),
             max_instances: 256,
+            canonicalize_nans: false,
         }
     }
 }
@@ -111,17 +112,20 @@ impl Runtime {
         let mut c = Config::new();
         c.wasm_component_model(true);
         c.epoch_interruption(true);
-        // Same inputs, same bits: NaNs do not leak host-specific payloads.
-        c.cranelift_nan_canonicalization(true);
-        // Pooled instance slots: instantiating a policy (once per call with
-        // fresh instances, after every trap otherwise) then costs a few
-        // microseconds instead of mapping and unmapping memory each time.
+        c.cranelift_nan_canonicalization(config.canonicalize_nans);
+        // Pooled instance slots: a fresh instance per decision then costs a
+        // few microseconds instead of mapping and unmapping memory each
+        // time. Keeping the first pages of a slot resident (reset by memset
+        // rather than given back to the kernel) saves the page faults a
+        // fresh instance would take on its stack and its copy of the view.
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             .total_core_instances(config.max_instances.saturating_mul(4))
             .total_memories(config.max_instances)
             .total_tables(config.max_instances.saturating_mul(2))
-            .max_memory_size(config.memory_cap);
+            .max_memory_size(config.memory_cap)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(anyhow::Error::from)?;
         let linker = state::linker(&engine).map_err(anyhow::Error::from)?;
@@ -144,15 +148,10 @@ impl Runtime {
     }
 
     fn limits(&self) -> CallLimits {
-        let tick = self.config.tick.as_nanos().max(1);
-        let ticks = |d: Duration| u64::try_from(d.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1);
         CallLimits {
             deadline: self.config.deadline,
-            deadline_ticks: ticks(self.config.deadline),
-            instantiate_ticks: ticks(self.config.instantiate_deadline),
+            instantiate_deadline: self.config.instantiate_deadline,
             memory_cap: self.config.memory_cap,
-            pool_size: self.config.pool_size,
-            reuse_instances: self.config.reuse_instances,
         }
     }
 
@@ -181,8 +180,7 @@ impl Runtime {
     ) -> Result<Arc<Loaded>, LoadError> {
         let hash = self.screen(bytes)?;
         let start = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| self.compile_error(e))?;
         self.finish(component, hash, bytes.len(), start.elapsed(), name, config)
     }
 
@@ -190,8 +188,7 @@ impl Runtime {
     /// [`Runtime::load_precompiled`] later.
     pub fn precompile(&self, bytes: &[u8]) -> Result<Precompiled, LoadError> {
         let hash = self.screen(bytes)?;
-        let artifact =
-            self.engine.precompile_component(bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let artifact = self.engine.precompile_component(bytes).map_err(|e| self.compile_error(e))?;
         Ok(Precompiled { artifact, hash, size: bytes.len() })
     }
 
@@ -211,6 +208,25 @@ impl Runtime {
         self.finish(component, p.hash.clone(), p.size, start.elapsed(), name, config)
     }
 
+    /// A compile failure, in the operator's words where wasmtime's are about
+    /// its own internals.
+    fn compile_error(&self, e: wasmtime::Error) -> LoadError {
+        let text = format!("{e:#}");
+        // The pooling allocator refuses a memory whose initial size (data
+        // segments included) is above the slot size, which is the cap.
+        const MARK: &str = "memory has a minimum byte size of ";
+        if let Some(at) = text.find(MARK) {
+            let digits: String = text[at + MARK.len()..].chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(min) = digits.parse::<u64>() {
+                return LoadError::MemoryTooLarge {
+                    initial: crate::loaded::size(usize::try_from(min).unwrap_or(usize::MAX)),
+                    cap: crate::loaded::size(self.config.memory_cap),
+                };
+            }
+        }
+        LoadError::Compile(text)
+    }
+
     fn finish(
         &self,
         component: Component,
@@ -224,6 +240,10 @@ impl Runtime {
         let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_owned()).collect();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
         let world = detect_world(&exports)?;
+        let forbidden = forbidden_imports(&imports);
+        if !forbidden.is_empty() {
+            return Err(LoadError::Forbidden(forbidden));
+        }
         let pre =
             self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let info = Info { name: name.to_owned(), hash, world, size, compile_time, imports, exports, config };
@@ -231,6 +251,25 @@ impl Runtime {
         tracing::info!(policy = loaded.id(), world = world.as_str(), "policy loaded");
         Ok(Arc::new(loaded))
     }
+}
+
+/// Every import the host does not provide, each with what it would give
+/// the policy.
+fn forbidden_imports(imports: &[String]) -> Vec<String> {
+    let what = |name: &str| {
+        let family = name.split('/').next().unwrap_or(name);
+        match family {
+            "wasi:clocks" => "the clock: a decision must not depend on when it is taken",
+            "wasi:filesystem" => "files",
+            "wasi:sockets" | "wasi:http" => "the network",
+            _ => "not offered to policies",
+        }
+    };
+    imports
+        .iter()
+        .filter(|i| !state::PROVIDED.iter().any(|p| i.starts_with(p)))
+        .map(|i| format!("{i} ({})", what(i)))
+        .collect()
 }
 
 fn detect_world(exports: &[String]) -> Result<World, LoadError> {
@@ -265,5 +304,26 @@ mod tests {
             "component exports locus:policy/placement@0.2.0, but this agent speaks locus:policy@0.1.0"
         );
         assert!(matches!(detect_world(&e(&["run"])), Err(LoadError::NoPolicyExport(_))));
+    }
+
+    #[test]
+    fn every_forbidden_import_is_named_with_what_it_gives() {
+        let imports: Vec<String> = [
+            "locus:policy/host@0.1.0",
+            "wasi:cli/stdout@0.2.3",
+            "wasi:clocks/wall-clock@0.2.3",
+            "wasi:sockets/tcp@0.2.3",
+            "wasi:filesystem/types@0.2.3",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            forbidden_imports(&imports),
+            vec![
+                "wasi:clocks/wall-clock@0.2.3 (the clock: a decision must not depend on when it is taken)",
+                "wasi:sockets/tcp@0.2.3 (the network)",
+                "wasi:filesystem/types@0.2.3 (files)",
+            ]
+        );
     }
 }

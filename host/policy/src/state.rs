@@ -4,40 +4,51 @@
 //! WASI is linked with an empty context because Rust's standard library
 //! expects it (stdio, exit, environment, random seeds), but only those
 //! interfaces: no clock, no filesystem, no sockets. A component that imports
-//! any of them is refused when loaded.
+//! any of them is refused when loaded. Its stdout and stderr are captured in
+//! memory ([`Capture`]), never written to the agent's own streams.
 
 use crate::bindings::locus::policy::{host, types};
+use crate::output::Capture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// Lines a policy may log per call; more are dropped.
+/// Lines a policy may log per call; more are counted and dropped.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 64;
 /// Longest log line kept, in bytes.
 pub const MAX_LOG_LINE: usize = 1024;
-/// What a policy's stderr keeps (panic messages end up there).
-const STDERR_CAPACITY: usize = 4096;
 
-/// Per-store data of a policy instance.
+/// Per-store data of a policy instance (one instance, one decision).
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) cap: MemoryCap,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+    /// When the guest must be stopped (checked on every epoch tick).
+    pub(crate) deadline: Instant,
+    /// Set when the deadline stopped the guest.
+    pub(crate) timed_out: bool,
     policy: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
-    pub(crate) log_lines: u32,
+    log_lines: u32,
 }
 
 impl State {
-    pub fn new(policy: Arc<str>, config: Arc<BTreeMap<String, String>>, memory_cap: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    pub fn new(
+        policy: Arc<str>,
+        config: Arc<BTreeMap<String, String>>,
+        memory_cap: usize,
+        deadline: Instant,
+    ) -> Self {
+        let (stdout, stderr) = (Capture::default(), Capture::default());
         // Fixed seeds: a policy that asks for randomness gets the same
         // numbers every time, so its decisions stay replayable.
         let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
             .stderr(stderr.clone())
             .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a; 32]))
             .insecure_random(wasmtime_wasi::Deterministic::new(vec![0xa5; 32]))
@@ -47,16 +58,30 @@ impl State {
             wasi,
             table: ResourceTable::new(),
             cap: MemoryCap { max: memory_cap, hit: None },
+            stdout,
             stderr,
+            deadline,
+            timed_out: false,
             policy,
             config,
             log_lines: 0,
         }
     }
 
-    /// What the policy wrote to stderr, as text (a panic message, usually).
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    /// What the policy printed, both streams, labelled; empty if nothing.
+    pub fn output(&self) -> String {
+        let (out, err) = (self.stdout.text(), self.stderr.text());
+        match (out.is_empty(), err.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => format!("stdout: {out}"),
+            (true, false) => format!("stderr: {err}"),
+            (false, false) => format!("stdout: {out}; stderr: {err}"),
+        }
+    }
+
+    /// Log lines dropped because the call went past the per-call limit.
+    pub fn dropped_log_lines(&self) -> u32 {
+        self.log_lines.saturating_sub(MAX_LOG_LINES_PER_CALL)
     }
 }
 
@@ -70,6 +95,7 @@ impl WasiView for State {
 /// resulting trap is reported as a memory-cap failure.
 pub struct MemoryCap {
     pub max: usize,
+    /// The size asked for when the cap was hit.
     pub hit: Option<usize>,
 }
 
@@ -77,7 +103,7 @@ impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.max {
             self.hit = Some(desired);
-            wasmtime::bail!("memory cap of {} MiB reached (asked for {} MiB)", self.max >> 20, desired >> 20);
+            wasmtime::bail!("memory cap reached");
         }
         Ok(true)
     }
@@ -95,13 +121,15 @@ impl host::Host for State {
         if self.log_lines > MAX_LOG_LINES_PER_CALL {
             return;
         }
-        let message = locus_core::validate::truncate_message_to(message, MAX_LOG_LINE);
+        let text = locus_core::validate::truncate_message_to(message, MAX_LOG_LINE);
+        // The text is the policy's: a field, Debug-escaped, so a newline or
+        // a terminal escape in it cannot forge or hide agent log lines.
         let policy = &*self.policy;
         match level {
-            host::Level::Debug => tracing::debug!(policy, "{message}"),
-            host::Level::Info => tracing::info!(policy, "{message}"),
-            host::Level::Warn => tracing::warn!(policy, "{message}"),
-            host::Level::Error => tracing::error!(policy, "{message}"),
+            host::Level::Debug => tracing::debug!(policy, text = ?text, "policy log"),
+            host::Level::Info => tracing::info!(policy, text = ?text, "policy log"),
+            host::Level::Warn => tracing::warn!(policy, text = ?text, "policy log"),
+            host::Level::Error => tracing::error!(policy, text = ?text, "policy log"),
         }
     }
 
@@ -114,6 +142,10 @@ struct Io;
 impl HasData for Io {
     type Data<'a> = &'a mut ResourceTable;
 }
+
+/// Interfaces the linker provides, by prefix: anything else a component
+/// imports is refused at load time, by name.
+pub const PROVIDED: &[&str] = &["locus:policy/", "wasi:cli/", "wasi:io/", "wasi:random/"];
 
 /// The linker every policy is instantiated with.
 pub fn linker(engine: &wasmtime::Engine) -> Result<Linker<State>> {

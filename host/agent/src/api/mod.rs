@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/join", post(cluster::join))
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
+        .route("/v1/policies/{slot}/rollback", post(policies::rollback))
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         super::vms::host,
         super::policies::list,
         super::policies::load,
+        super::policies::rollback,
         super::cluster::status,
         super::cluster::join,
     )

@@ -1,13 +1,12 @@
-//! `/v1/policies`: list the slots, and load a component into one while the
-//! agent runs. Loading compiles on a blocking thread; the node keeps
-//! deciding with the previous version until the new one is active.
+//! `/v1/policies`: list the slots, load a component into one while the
+//! agent runs, and roll a slot back to an earlier version. Loading compiles
+//! on a blocking thread; the node keeps deciding with the previous version
+//! until the new one is active (and stored).
 
 use super::AppState;
-use super::error::{ErrorBody, Failure, QueryParams};
+use super::error::{ErrorBody, Failure, QueryParams, RawBody};
 use crate::policies::{PolicyVersion, SlotListing, SlotName};
-use crate::store::StoredPolicy;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -19,6 +18,17 @@ use std::collections::BTreeMap;
 pub struct LoadParams {
     /// The name to load it under (shown in listings and decisions).
     pub name: String,
+    /// The policy's configuration, a JSON object of strings, e.g.
+    /// `{"weight":"3"}` (URL-encoded); what its `config(key)` returns.
+    pub config: Option<String>,
+}
+
+/// Which version to roll back to.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackParams {
+    /// A prefix of the version's hash; the newest earlier version if absent.
+    pub hash: Option<String>,
 }
 
 /// Both slots: active and earlier versions, with call metrics.
@@ -27,44 +37,66 @@ pub async fn list(State(s): State<AppState>) -> Json<Vec<SlotListing>> {
     Json(s.policies.list())
 }
 
-/// Verifies, compiles and activates a WebAssembly component in a slot; the
-/// body is the component's bytes.
+fn slot(name: &str) -> Result<SlotName, Failure> {
+    SlotName::parse(name).ok_or_else(|| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no slot {name:?}: use placement or migration"),
+        )
+    })
+}
+
+/// Verifies, compiles, activates and stores a WebAssembly component in a
+/// slot; the body is the component's bytes.
 #[utoipa::path(put, path = "/v1/policies/{slot}", tag = "policies",
     params(("slot" = SlotName, Path, description = "placement or migration"), LoadParams),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 200, description = "Active", body = PolicyVersion),
-        (status = 400, description = "Not a usable component for this slot", body = ErrorBody),
+        (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
         (status = 413, description = "Larger than the size cap", body = ErrorBody)))]
 pub async fn load(
     State(s): State<AppState>,
-    Path(slot): Path<String>,
+    Path(name): Path<String>,
     QueryParams(p): QueryParams<LoadParams>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<PolicyVersion>, Failure> {
-    let slot = match slot.as_str() {
-        "placement" => SlotName::Placement,
-        "migration" => SlotName::Migration,
-        other => {
-            return Err(Failure::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("no slot {other:?}: use placement or migration"),
-            ));
-        }
-    };
+    let slot = slot(&name)?;
     if !locus_core::request::valid_name(&p.name) {
         return Err(Failure::bad_request(format!("invalid policy name {:?}", p.name)));
     }
+    let config: BTreeMap<String, String> = match &p.config {
+        None => BTreeMap::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            Failure::bad_request(format!(
+                "config must be a JSON object of strings, e.g. {{\"k\":\"v\"}}: {e}"
+            ))
+        })?,
+    };
+    crate::policies::check_config(&config).map_err(Failure::bad_request)?;
     let state = s.clone();
-    let bytes = body.to_vec();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let loaded = state.policies.load(slot, &p.name, &bytes, BTreeMap::new())?;
-        let stored = StoredPolicy { name: p.name.clone(), config: BTreeMap::new(), bytes };
-        state.store.set_policy(slot.as_str(), &stored)?;
-        anyhow::Ok(loaded)
-    })
-    .await
-    .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(|e| Failure::bad_request(format!("{e:#}")))?;
+    let loaded = tokio::task::spawn_blocking(move || state.policies.load(slot, &p.name, &body, config))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| Failure::bad_request(format!("{e:#}")))?;
+    Ok(Json(PolicyVersion::from(loaded.as_ref())))
+}
+
+/// Makes an earlier version of a slot active again, and stores that.
+#[utoipa::path(post, path = "/v1/policies/{slot}/rollback", tag = "policies",
+    params(("slot" = SlotName, Path, description = "placement or migration"), RollbackParams),
+    responses((status = 200, description = "Active", body = PolicyVersion),
+        (status = 404, description = "No such earlier version", body = ErrorBody)))]
+pub async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    QueryParams(p): QueryParams<RollbackParams>,
+) -> Result<Json<PolicyVersion>, Failure> {
+    let slot = slot(&name)?;
+    let state = s.clone();
+    let loaded = tokio::task::spawn_blocking(move || state.policies.rollback(slot, p.hash.as_deref()))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, "not-found", format!("{e:#}")))?;
     Ok(Json(PolicyVersion::from(loaded.as_ref())))
 }

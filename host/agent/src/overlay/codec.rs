@@ -80,7 +80,7 @@ impl Codec {
             && e.kind() == io::ErrorKind::InvalidData
         {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("refused a protocol message: {e}");
+            tracing::warn!(error = ?e.to_string(), "refused a protocol message");
         }
         r
     }

@@ -398,7 +398,7 @@ impl Task {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                tracing::debug!(%send_back_addr, "refused an incoming connection: {error}");
+                tracing::debug!(%send_back_addr, error = ?error.to_string(), "refused an incoming connection");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -429,7 +429,7 @@ impl Task {
                     }
                     Err(e) => {
                         self.stats.rejected_messages += 1;
-                        tracing::warn!(peer = %source, "gossip refused: {e}");
+                        tracing::warn!(peer = %source, error = ?e.to_string(), "gossip refused");
                     }
                 }
             }
@@ -472,7 +472,7 @@ impl Task {
             }
             Event::InboundFailure { peer, error, .. } => {
                 self.stats.rejected_messages += 1;
-                tracing::warn!(%peer, "request refused: {error}");
+                tracing::warn!(%peer, error = ?error.to_string(), "request refused");
             }
             Event::ResponseSent { .. } => {}
         }

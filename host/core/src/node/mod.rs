@@ -11,6 +11,14 @@
 //! in one round are made durable before any command or reply of that round
 //! is carried out, so intent is always written before it is acted on.
 //!
+//! Policies run beside the node, not inside it: the node asks with
+//! [`Output::Decide`] and takes the answer as [`Input::Decided`], the way it
+//! treats hypervisor commands, so reads, heartbeats and other VMs'
+//! operations never wait for a policy. An answer is checked against the
+//! node's state when it arrives (room may have been taken meanwhile); one
+//! that does not come within `decision-timeout-ms` is decided by the
+//! built-in fallback.
+//!
 //! Commands to the hypervisor must be idempotent (starting a running
 //! domain, destroying a stopped one or undefining a missing one succeed):
 //! after a crash the node repeats whatever it cannot know was done.
@@ -24,14 +32,14 @@ use crate::hypervisor::{
 };
 use crate::intent::{Change, Desired, VmIntent};
 use crate::model::{HostId, HostState, Model, VmId};
-use crate::pipeline::Placer;
-use crate::policy::Policy;
+use crate::pipeline::{Placer, Question};
+use crate::policy::{PolicyError, Verdict};
 use crate::request::Location;
 pub use api::{
     ApiError, ApiErrorKind, ClusterStatus, Command, HostStatus, HypervisorStatus, InboundId, MemberStatus,
     OutboundId, PeerRequest, PeerResponse, PopStatus, Reply, ReqId, Size, VmCounts, VmStatus,
 };
-use locus_sdk::Resources;
+use locus_sdk::{Placement, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -113,13 +121,27 @@ pub struct TimingConfig {
     pub restart_backoff_ms: u64,
     /// Longest delay between restarts, ms.
     pub restart_backoff_max_ms: u64,
+    /// How long a placement waits for the policy's answer before the
+    /// built-in fallback decides, ms. Far above a call's own deadline: it
+    /// covers a queue of decisions when requests come faster than the
+    /// policy answers.
+    pub decision_timeout_ms: u64,
 }
 
 impl Default for TimingConfig {
     fn default() -> Self {
-        TimingConfig { stop_timeout_ms: 30_000, restart_backoff_ms: 1_000, restart_backoff_max_ms: 60_000 }
+        TimingConfig {
+            stop_timeout_ms: 30_000,
+            restart_backoff_ms: 1_000,
+            restart_backoff_max_ms: 60_000,
+            decision_timeout_ms: 5_000,
+        }
     }
 }
+
+/// Names a question to the placement policy; echoed in [`Input::Decided`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionId(pub u64);
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -227,6 +249,17 @@ pub enum Input {
         /// The round trip.
         rtt: Duration,
     },
+    /// The placement policy answered an [`Output::Decide`].
+    Decided {
+        /// When the answer arrived.
+        now: Instant,
+        /// The question's id.
+        id: DecisionId,
+        /// The question, handed back.
+        question: Box<Question>,
+        /// The policy's answer.
+        answer: Result<Verdict<Placement>, PolicyError>,
+    },
     /// The deadline the node last asked for has passed.
     Timeout(Instant),
     /// Stop taking requests and finish what is in flight.
@@ -245,6 +278,14 @@ pub enum Output {
         op: OpId,
         /// What to do.
         cmd: HvCommand,
+    },
+    /// Ask the placement policy; answer with [`Input::Decided`]. Any
+    /// number may be in flight, and answers may come in any order.
+    Decide {
+        /// Echo in the answer.
+        id: DecisionId,
+        /// What to decide.
+        question: Box<Question>,
     },
     /// Answer an API request.
     Reply {
@@ -328,6 +369,13 @@ pub enum Event {
         /// Why.
         why: String,
     },
+    /// The placement policy did not decide; the built-in fallback did.
+    FellBack {
+        /// The VM.
+        vm: String,
+        /// What went wrong with the policy.
+        failure: String,
+    },
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -358,6 +406,9 @@ impl fmt::Display for Event {
                 write!(f, "domain {vm} is marked as this host's but has no intent; left alone")
             }
             Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
+            Event::FellBack { vm, failure } => {
+                write!(f, "vm {vm}: placed by the built-in fallback: {failure}")
+            }
             Event::Handed { vm, to, why } => write!(f, "vm {vm}: handed to {to} ({why})"),
             Event::Member(t) => {
                 let liveness = match t.liveness {
@@ -467,7 +518,9 @@ pub struct Node {
     model: Model,
     host: HostId,
     placer: Placer,
-    policy: Box<dyn Policy + Send>,
+    /// Placements waiting for the policy's answer.
+    deciding: HashMap<DecisionId, overlay::Deciding>,
+    next_decision: u64,
     vms: BTreeMap<String, VmRecord>,
     /// Names of domains this node does not own.
     others: BTreeSet<String>,
@@ -512,13 +565,8 @@ pub enum NodeError {
 }
 
 impl Node {
-    /// A node for one host, with the intent stored before (in any order)
-    /// and the placement policy it decides with.
-    pub fn new(
-        config: NodeConfig,
-        intents: Vec<VmIntent>,
-        policy: Box<dyn Policy + Send>,
-    ) -> Result<Self, NodeError> {
+    /// A node for one host, with the intent stored before (in any order).
+    pub fn new(config: NodeConfig, intents: Vec<VmIntent>) -> Result<Self, NodeError> {
         let mut model = Model::new();
         let (pop, host) = (&config.pop, &config.host);
         if !crate::request::valid_name(&host.name) {
@@ -543,7 +591,8 @@ impl Node {
             model,
             host: host_id,
             placer: Placer::new(),
-            policy,
+            deciding: HashMap::new(),
+            next_decision: 0,
             vms: BTreeMap::new(),
             others: BTreeSet::new(),
             own_domains: 0,
@@ -626,15 +675,21 @@ impl Node {
                 self.tick(now);
                 self.membership.measured(&peer, rtt);
             }
+            Input::Decided { now, id, question, answer } => {
+                self.tick(now);
+                self.decided(id, &question, answer);
+            }
             Input::Timeout(now) => {
                 self.tick(now);
                 self.expire(now);
+                self.expire_decisions(now);
                 self.heartbeat(now);
             }
             Input::Shutdown(now) => {
                 self.tick(now);
                 self.closing = true;
                 self.abandon_waits();
+                self.abandon_decisions();
             }
         }
     }
@@ -644,7 +699,7 @@ impl Node {
         if let Some(o) = self.outputs.pop_front() {
             return o;
         }
-        if self.closing && self.ops.is_empty() && !self.closed {
+        if self.closing && self.ops.is_empty() && self.deciding.is_empty() && !self.closed {
             self.closed = true;
             return Output::Closed;
         }
@@ -1124,9 +1179,10 @@ impl Node {
             Some(Step::AwaitShutoff(at)) => Some(at),
             _ => None,
         });
+        let decisions = self.deciding.values().filter_map(|d| d.deadline);
         // The first heartbeat is due as soon as time is known.
         let heartbeat = self.next_heartbeat.or(self.now);
-        stops.chain(heartbeat).min()
+        stops.chain(decisions).chain(heartbeat).min()
     }
 
     // ---- status ----

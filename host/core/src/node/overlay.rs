@@ -10,8 +10,12 @@
 //! When the PoP cannot take the request, or its jurisdiction or latency
 //! constraints point elsewhere, it is forwarded to the nearest suitable PoP
 //! (by measured latency) that has not been asked yet.
+//!
+//! The policy's answer comes back as an input (see the node's module
+//! documentation): until it does, the request waits in `deciding`, and the
+//! chosen host is checked again against the model as it is then.
 
-use super::{Event, Node, Origin, Output};
+use super::{DecisionId, Event, Node, Origin, Output};
 use crate::VmRequest;
 use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, minus};
 use crate::hypervisor::DomainState;
@@ -20,14 +24,33 @@ use crate::node::{
     ApiError, ApiErrorKind, ClusterStatus, MemberStatus, OutboundId, PeerRequest, PeerResponse, PopStatus,
     Reply, Size,
 };
-use crate::pipeline::Outcome;
-use locus_sdk::Resources;
+use crate::pipeline::{DecidedBy, Decision, Outcome, Prepared, Question};
+use crate::policy::{ErrorKind, PolicyError, Verdict};
+use locus_sdk::{Placement, Resources};
 use std::time::{Duration, Instant};
 
 /// Hosts of this PoP tried for one request before it is forwarded.
 const MAX_HANDOFFS: usize = 3;
 /// PoPs a request may visit.
 const MAX_POPS: usize = 4;
+/// Placements that may wait for the policy at once; more are refused (503)
+/// rather than queued without bound.
+const MAX_DECIDING: usize = 4096;
+/// Answers naming a host that no longer fits before the fallback decides.
+const MAX_STALE: u8 = 3;
+
+/// A placement waiting for the policy's answer.
+#[derive(Debug, Clone)]
+pub(super) struct Deciding {
+    origin: Origin,
+    spec: Box<VmRequest>,
+    tried: Vec<PeerId>,
+    visited: Vec<String>,
+    /// Answers so far that named a host that had filled up meanwhile.
+    stale: u8,
+    /// When the fallback decides instead (set when the policy is asked).
+    pub(super) deadline: Option<Instant>,
+}
 
 /// A request sent to another agent and what it is for.
 #[derive(Debug, Clone)]
@@ -170,15 +193,138 @@ impl Node {
         tried: Vec<PeerId>,
         visited: Vec<String>,
     ) {
-        // Hosts already tried for this request are not offered again.
+        self.ask(Deciding { origin, spec, tried, visited, stale: 0, deadline: None });
+    }
+
+    /// Filters the PoP's hosts for a request and asks the policy to choose,
+    /// unless the filters already decided.
+    fn ask(&mut self, mut d: Deciding) {
+        match self.prepare(&d.spec, &d.tried) {
+            Prepared::Done(decision) => self.act(d, decision),
+            Prepared::Ask(_) if self.deciding.len() >= MAX_DECIDING => {
+                let e = ApiError::new(
+                    ApiErrorKind::Unavailable,
+                    format!(
+                        "{} placements are already waiting for the policy; try again shortly",
+                        MAX_DECIDING
+                    ),
+                );
+                self.answer(d.origin, Err(e));
+            }
+            Prepared::Ask(question) => {
+                let id = DecisionId(self.next_decision);
+                self.next_decision += 1;
+                let timeout = Duration::from_millis(self.config.timing.decision_timeout_ms);
+                d.deadline = self.now.map(|now| now + timeout);
+                self.deciding.insert(id, d);
+                self.outputs.push_back(Output::Decide { id, question });
+            }
+        }
+    }
+
+    /// The filters' view of this PoP for `spec`, leaving out hosts already
+    /// tried for it.
+    fn prepare(&mut self, spec: &VmRequest, tried: &[PeerId]) -> Prepared {
         let tried_ids: Vec<_> = tried.iter().filter_map(|p| self.remote_hosts.get(p).copied()).collect();
         let saved: Vec<_> = tried_ids.iter().map(|&id| (id, self.model.hosts[id.0 as usize].state)).collect();
         for &id in &tried_ids {
             self.model.set_host_state(id, HostState::Draining);
         }
-        let decision = self.placer.place(&self.model, &spec, self.policy.as_ref());
+        let prepared = self.placer.prepare(&self.model, spec);
         for (id, state) in saved {
             self.model.set_host_state(id, state);
+        }
+        prepared
+    }
+
+    /// The policy answered: the answer becomes a decision, acted on if the
+    /// chosen host still passes the filters now.
+    pub(super) fn decided(
+        &mut self,
+        id: DecisionId,
+        question: &Question,
+        answer: Result<Verdict<Placement>, PolicyError>,
+    ) {
+        let Some(mut d) = self.deciding.remove(&id) else {
+            // Timed out and decided by the fallback already.
+            return;
+        };
+        let policy = match &answer {
+            Ok(v) => v.decided_by.clone(),
+            Err(e) => e.policy.clone(),
+        };
+        let decision = question.conclude(answer);
+        if let Outcome::Placed { host } = decision.outcome
+            && !self.still_fits(&d.spec, &d.tried, host)
+        {
+            d.stale += 1;
+            if d.stale < MAX_STALE {
+                return self.ask(d);
+            }
+            let failure = PolicyError::new(
+                policy,
+                ErrorKind::InvalidDecision,
+                format!("chose hosts that filled up before its answer arrived, {MAX_STALE} times"),
+            );
+            return self.fall_back(d, failure);
+        }
+        self.act(d, decision);
+    }
+
+    /// Whether `host` still passes every filter for `spec`.
+    fn still_fits(&mut self, spec: &VmRequest, tried: &[PeerId], host: crate::HostId) -> bool {
+        match self.prepare(spec, tried) {
+            Prepared::Ask(q) => q.rows.contains(&host),
+            Prepared::Done(_) => false,
+        }
+    }
+
+    /// Decides with the built-in fallback on the model as it is now.
+    fn fall_back(&mut self, d: Deciding, failure: PolicyError) {
+        match self.prepare(&d.spec, &d.tried) {
+            Prepared::Done(decision) => self.act(d, decision),
+            Prepared::Ask(q) => {
+                let decision = q.conclude(Err(failure));
+                self.act(d, decision)
+            }
+        }
+    }
+
+    /// Placements whose answer did not come in time are decided by the fallback.
+    pub(super) fn expire_decisions(&mut self, now: Instant) {
+        let due: Vec<DecisionId> = self
+            .deciding
+            .iter()
+            .filter(|(_, d)| d.deadline.is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(d) = self.deciding.remove(&id) {
+                let failure = PolicyError::new(
+                    "placement policy",
+                    ErrorKind::Deadline,
+                    format!("no answer within {} ms", self.config.timing.decision_timeout_ms),
+                );
+                self.fall_back(d, failure);
+            }
+        }
+    }
+
+    /// At shutdown, placements still waiting are refused.
+    pub(super) fn abandon_decisions(&mut self) {
+        for (_, d) in std::mem::take(&mut self.deciding) {
+            self.answer(
+                d.origin,
+                Err(ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down")),
+            );
+        }
+    }
+
+    /// Carries out a placement decision: here, on a PoP-mate, or elsewhere.
+    fn act(&mut self, d: Deciding, decision: Decision) {
+        let Deciding { origin, spec, tried, visited, .. } = d;
+        if let DecidedBy::Fallback { failure } = &decision.decided_by {
+            self.event(Event::FellBack { vm: spec.name.clone(), failure: failure.to_string() });
         }
         match decision.outcome {
             Outcome::Placed { host } if host == self.host => {

@@ -9,7 +9,7 @@ use super::tests::{Hv, inventory};
 use super::*;
 use crate::cluster::{Liveness, PeerId, Topic};
 use crate::request::Location;
-use crate::{Native, VmRequest};
+use crate::{Native, Policy, VmRequest};
 use locus_sdk::{Cluster, Placement, PlacementPolicy, Request};
 use proptest::prelude::*;
 use std::cmp::Reverse;
@@ -28,6 +28,9 @@ impl PlacementPolicy for MostFree {
 }
 
 /// (name, jurisdiction, lat, lon)
+/// Virtual time a placement policy takes to answer, µs.
+const DECIDE_US: u64 = 2_000;
+
 const POPS: [(&str, &str, f32, f32); 3] =
     [("paris", "FR", 48.86, 2.35), ("berlin", "DE", 52.52, 13.40), ("madrid", "ES", 40.42, -3.70)];
 
@@ -75,8 +78,7 @@ impl Sim {
                 config.host.name = format!("{name}-{h}");
                 config.host.vcpus = Some(4);
                 config.host.memory_mib = Some(4096);
-                let policy = Box::new(Native::placement::<MostFree>("most-free"));
-                let node = Node::new(config, vec![], policy).expect("node");
+                let node = Node::new(config, vec![]).expect("node");
                 nodes.push(SimNode { node, hv: Hv::default(), pop: p, alive: true });
             }
         }
@@ -192,6 +194,14 @@ impl Sim {
                 }
                 Output::Reply { req, reply } => {
                     self.answers.insert(req, reply);
+                }
+                // Answered after a while, as the agent's workers would: other
+                // inputs (and other answers) may come first.
+                Output::Decide { id, question } => {
+                    let policy = Native::placement::<MostFree>("most-free");
+                    let answer = policy.place(&question.cluster, &question.request);
+                    let input = Input::Decided { now, id, question, answer };
+                    self.at(DECIDE_US, Due::Input(i, Box::new(input)));
                 }
                 Output::Locate(vm) => {
                     let peer = self

@@ -98,17 +98,22 @@ fn node(intents: Vec<VmIntent>) -> Node {
     config.timing.stop_timeout_ms = 5_000;
     // A heartbeat a minute keeps the timers these tests look at in front.
     config.membership.heartbeat_ms = 60_000;
-    Node::new(config, intents, Box::new(Native::placement::<FirstCandidate>("first"))).expect("node")
+    Node::new(config, intents).expect("node")
 }
 
 fn spec(name: &str) -> VmRequest {
     VmRequest { name: name.into(), vcpus: 1, memory_mib: 512, ..VmRequest::default() }
 }
 
-/// Drives a node against an in-memory hypervisor, recording what it says.
+/// Drives a node against an in-memory hypervisor, recording what it says;
+/// its placement questions are answered on the spot.
 struct Rig {
     node: Node,
     hv: Hv,
+    policy: Native,
+    /// Keep questions instead of answering them (answers come later, by hand).
+    hold: bool,
+    held: VecDeque<(DecisionId, Box<Question>)>,
     now: Instant,
     next_req: u64,
     log: Vec<Output>,
@@ -116,7 +121,17 @@ struct Rig {
 
 impl Rig {
     fn new(node: Node, hv: Hv) -> Self {
-        let mut rig = Rig { node, hv, now: Instant::now(), next_req: 0, log: vec![] };
+        let policy = Native::placement::<FirstCandidate>("first");
+        let mut rig = Rig {
+            node,
+            hv,
+            policy,
+            hold: false,
+            held: VecDeque::new(),
+            now: Instant::now(),
+            next_req: 0,
+            log: vec![],
+        };
         let domains = rig.hv.observation();
         rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
         rig.input(Input::Timeout(rig.now));
@@ -136,12 +151,32 @@ impl Rig {
                         self.log.push(Output::Hypervisor { op, cmd });
                         queue.push_back(Input::Hypervisor { now: self.now, op, result });
                     }
+                    Output::Decide { id, question } if self.hold => self.held.push_back((id, question)),
+                    Output::Decide { id, question } => {
+                        let answer = crate::Policy::place(&self.policy, &question.cluster, &question.request);
+                        queue.push_back(Input::Decided { now: self.now, id, question, answer });
+                    }
                     // A lone node: the overlay's records know nothing more.
                     Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, peer: None }),
                     other => self.log.push(other),
                 }
             }
         }
+    }
+
+    /// Sends a request without waiting for its reply.
+    fn send(&mut self, cmd: Command) -> ReqId {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.input(Input::Api { now: self.now, req, cmd });
+        req
+    }
+
+    /// Answers the oldest held question now.
+    fn answer_held(&mut self) {
+        let (id, question) = self.held.pop_front().expect("a held question");
+        let answer = crate::Policy::place(&self.policy, &question.cluster, &question.request);
+        self.input(Input::Decided { now: self.now, id, question, answer });
     }
 
     fn api(&mut self, cmd: Command) -> Result<Reply, ApiError> {
@@ -376,4 +411,66 @@ fn shutdown_closes_once_nothing_is_in_flight() {
     rig.input(Input::Shutdown(rig.now));
     assert!(rig.log.contains(&Output::Closed));
     assert_eq!(error_kind(rig.api(Command::Create(Box::new(spec("late"))))), ApiErrorKind::Unavailable);
+}
+
+fn big(name: &str) -> VmRequest {
+    VmRequest { name: name.into(), vcpus: 1, memory_mib: 6000, ..VmRequest::default() }
+}
+
+#[test]
+fn reads_are_answered_while_placements_wait_for_the_policy() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hold = true;
+    let create = rig.send(Command::Create(Box::new(spec("slow"))));
+    assert_eq!(rig.held.len(), 1, "the node asked the policy and did not wait");
+    assert!(matches!(rig.api(Command::List), Ok(Reply::Vms(v)) if v.is_empty()));
+    assert!(matches!(rig.api(Command::Host), Ok(Reply::Host(_))));
+    assert!(rig.take_reply(create).is_none());
+    rig.answer_held();
+    assert!(matches!(rig.take_reply(create), Some(Ok(Reply::Vm(_)))));
+}
+
+#[test]
+fn an_answer_for_a_host_that_filled_up_meanwhile_is_not_acted_on() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hold = true;
+    // The host has 8192 MiB: room for one of these, not two.
+    let a = rig.send(Command::Create(Box::new(big("a"))));
+    let b = rig.send(Command::Create(Box::new(big("b"))));
+    assert_eq!(rig.held.len(), 2, "both asked at once, from the same state");
+    rig.answer_held();
+    assert!(matches!(rig.take_reply(a), Some(Ok(Reply::Vm(_)))));
+    rig.answer_held();
+    let refused = rig.take_reply(b).expect("answered").expect_err("no room left");
+    assert_eq!(refused.kind, ApiErrorKind::Unplaceable, "{refused:?}");
+    assert!(refused.message.contains("no host passed the filters"), "{refused:?}");
+    assert_eq!(rig.node.vms.len(), 1, "the host was not overcommitted");
+}
+
+#[test]
+fn a_decision_that_never_comes_is_taken_by_the_fallback() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hold = true;
+    let create = rig.send(Command::Create(Box::new(spec("waiting"))));
+    rig.now += Duration::from_millis(4_999);
+    rig.input(Input::Timeout(rig.now));
+    assert!(rig.take_reply(create).is_none());
+    rig.now += Duration::from_millis(2);
+    rig.input(Input::Timeout(rig.now));
+    assert!(matches!(rig.take_reply(create), Some(Ok(Reply::Vm(_)))));
+    assert!(rig.events().iter().any(|e| matches!(e, Event::FellBack { vm, failure } if vm == "waiting" && failure.contains("no answer within 5000 ms"))));
+    // The late answer is ignored.
+    rig.answer_held();
+    assert_eq!(rig.node.vms.len(), 1);
+}
+
+#[test]
+fn placements_still_waiting_at_shutdown_are_refused() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hold = true;
+    let create = rig.send(Command::Create(Box::new(spec("late"))));
+    rig.input(Input::Shutdown(rig.now));
+    let refused = rig.take_reply(create).expect("answered").expect_err("refused");
+    assert_eq!(refused.kind, ApiErrorKind::Unavailable);
+    assert!(rig.log.iter().any(|o| matches!(o, Output::Closed)));
 }

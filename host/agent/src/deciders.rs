@@ -1,0 +1,100 @@
+//! The policy workers: a bounded pool of plain threads that answer the
+//! node's placement questions beside it, so no policy call ever runs on the
+//! task that owns the node, or on any tokio thread.
+//!
+//! Guest code must stay off tokio's threads (wasmtime-wasi's blocking stdio
+//! panics there), and a slow but legal policy must not hold up reads,
+//! heartbeats or other VMs' operations. Each worker takes the questions
+//! already queued (up to a batch), answers them through the placement slot
+//! (a fresh instance per decision, falling back to earlier versions), and
+//! sends the answers back in one message, so a burst of creates still ends
+//! in one intent commit.
+
+use locus_core::node::DecisionId;
+use locus_core::{Policy, PolicyError, Question, Verdict};
+use locus_sdk::Placement;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::mpsc;
+
+/// Questions a worker answers before it reports.
+const BATCH: usize = 32;
+
+/// One answered question.
+#[derive(Debug)]
+pub struct Answered {
+    /// The question's id.
+    pub id: DecisionId,
+    /// The question, handed back to the node.
+    pub question: Box<Question>,
+    /// The policy's answer.
+    pub answer: Result<Verdict<Placement>, PolicyError>,
+}
+
+struct Job {
+    id: DecisionId,
+    question: Box<Question>,
+}
+
+/// The pool. Dropping it lets the workers finish what is queued and joins them.
+pub struct Deciders {
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Deciders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deciders").field("workers", &self.threads.len()).finish()
+    }
+}
+
+impl Deciders {
+    /// Starts `workers` threads deciding with `policy`; answers go to `answers`.
+    pub fn spawn(
+        workers: usize,
+        policy: Arc<dyn Policy>,
+        answers: mpsc::UnboundedSender<Vec<Answered>>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let mut threads = Vec::new();
+        for n in 0..workers.max(1) {
+            let (rx, policy, answers) = (rx.clone(), policy.clone(), answers.clone());
+            let thread = std::thread::Builder::new().name(format!("locus-policy-{n}")).spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(BATCH - 1));
+                    let answered: Vec<Answered> = batch
+                        .into_iter()
+                        .map(|Job { id, question }| {
+                            let answer = policy.place(&question.cluster, &question.request);
+                            Answered { id, question, answer }
+                        })
+                        .collect();
+                    if answers.send(answered).is_err() {
+                        return;
+                    }
+                }
+            })?;
+            threads.push(thread);
+        }
+        Ok(Deciders { jobs: Some(tx), threads })
+    }
+
+    /// Queues a question.
+    pub fn ask(&self, id: DecisionId, question: Box<Question>) {
+        if let Some(jobs) = &self.jobs {
+            // The workers outlive the sender; a send fails only once they
+            // are gone, and then the node's timeout decides.
+            let _ = jobs.send(Job { id, question });
+        }
+    }
+}
+
+impl Drop for Deciders {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
