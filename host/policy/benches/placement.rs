@@ -59,7 +59,7 @@ fn parts(crit: &mut Criterion) {
             b.iter_batched(
                 || p.instance().expect("instantiates"),
                 |i| black_box(i.place(c, r).expect("decides")),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
     }
