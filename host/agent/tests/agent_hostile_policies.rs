@@ -32,6 +32,22 @@ fn no_control(what: &str, text: &str) {
     assert!(bad.is_empty(), "{what} carries raw control characters {bad:?}:\n{text}");
 }
 
+/// The misbehaving component, written beside `agent`'s state.
+fn misbehave_wasm(agent: &Agent) -> String {
+    let wasm = agent.dir.path().join("misbehave.wasm");
+    std::fs::write(&wasm, locus_builtin::hostile::MISBEHAVE).expect("write component");
+    wasm.display().to_string()
+}
+
+/// `locus policy load WASM --slot placement --name NAME --config …`.
+fn load_args<'a>(wasm: &'a str, name: &'a str, config: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["policy", "load", wasm, "--slot", "placement", "--name", name];
+    for c in config {
+        args.extend(["--config", c.as_str()]);
+    }
+    args
+}
+
 fn active(agent: &Agent) -> PolicyVersion {
     let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);
     slots.into_iter().find_map(|s| s.active.filter(|_| s.slot.as_str() == "placement")).expect("active")
@@ -40,22 +56,11 @@ fn active(agent: &Agent) -> PolicyVersion {
 #[test]
 fn hostile_policies_are_contained_by_the_running_agent() {
     let mut agent = Agent::start(TEST, "hostile-host", &[]);
-    let wasm = agent.dir.path().join("misbehave.wasm");
-    std::fs::write(&wasm, locus_builtin::hostile::MISBEHAVE).expect("write component");
-    let wasm = wasm.display().to_string();
+    let wasm = misbehave_wasm(&agent);
     for (what, failure, placed) in CASES {
         let name = format!("mis-{what}");
-        let load = agent.cli(&[
-            "policy",
-            "load",
-            &wasm,
-            "--slot",
-            "placement",
-            "--name",
-            &name,
-            "--config",
-            &format!("do={what}"),
-        ]);
+        let config = [format!("do={what}")];
+        let load = agent.cli(&load_args(&wasm, &name, &config));
         assert!(load.status.success(), "{what}: load failed: {}", String::from_utf8_lossy(&load.stderr));
         for i in 0..4 {
             let out =
@@ -184,24 +189,11 @@ fn a_slow_policy_stalls_neither_reads_nor_heartbeats_two_agent_processes() {
         let view: locus::api::cluster::ClusterView = b.json(&["cluster", "status"]);
         view.cluster.hosts.iter().filter(|h| h.liveness == Liveness::Alive).count() == 2
     });
-    let wasm = a.dir.path().join("misbehave.wasm");
-    std::fs::write(&wasm, locus_builtin::hostile::MISBEHAVE).expect("write component");
-    let wasm = wasm.display().to_string();
+    let wasm = misbehave_wasm(a);
     // Calibrate the spinner to about 40 ms a decision on this machine.
     let load = |iterations: u64| {
-        let _: PolicyVersion = a.json(&[
-            "policy",
-            "load",
-            &wasm,
-            "--slot",
-            "placement",
-            "--name",
-            &format!("spin-{iterations}"),
-            "--config",
-            "do=spin",
-            "--config",
-            &format!("iterations={iterations}"),
-        ]);
+        let config = ["do=spin".to_owned(), format!("iterations={iterations}")];
+        let _: PolicyVersion = a.json(&load_args(&wasm, &format!("spin-{iterations}"), &config));
     };
     let probe = 20_000_000u64;
     load(probe);
