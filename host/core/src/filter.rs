@@ -96,32 +96,62 @@ impl Exclusions {
     }
 }
 
+/// The hard constraint a host fails first, in the order of [`Exclusions`]'s
+/// fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    NotUp,
+    Jurisdiction,
+    Latency,
+    AntiAffinity,
+    Capacity,
+}
+
+fn failed(model: &Model, request: &Resolved, id: HostId) -> Option<Failed> {
+    let host = model.hosts.get(id.0 as usize)?;
+    let pop = &model.pops[host.pop.0 as usize];
+    let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
+    if host.state != HostState::Up {
+        Some(Failed::NotUp)
+    } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
+        Some(Failed::Jurisdiction)
+    } else if request
+        .max_latency_us
+        .is_some_and(|bound| request.user_latency_us.get(host.pop.0 as usize).is_some_and(|&rtt| rtt > bound))
+    {
+        Some(Failed::Latency)
+    } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
+        Some(Failed::AntiAffinity)
+    } else if !request.size.fits_in(host.free()) {
+        Some(Failed::Capacity)
+    } else {
+        None
+    }
+}
+
 /// Writes into `out` the hosts that satisfy every hard constraint, in host
 /// order, and returns what was excluded.
 pub fn candidates(model: &Model, request: &Resolved, out: &mut Vec<HostId>) -> Exclusions {
     out.clear();
     let mut ex = Exclusions::default();
-    let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
-    for (i, host) in model.hosts.iter().enumerate() {
+    for i in 0..model.hosts.len() {
         let id = HostId(i as u32);
-        let pop = &model.pops[host.pop.0 as usize];
-        if host.state != HostState::Up {
-            ex.not_up += 1;
-        } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
-            ex.jurisdiction += 1;
-        } else if request.max_latency_us.is_some_and(|bound| {
-            request.user_latency_us.get(host.pop.0 as usize).is_some_and(|&rtt| rtt > bound)
-        }) {
-            ex.latency += 1;
-        } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
-            ex.anti_affinity += 1;
-        } else if !request.size.fits_in(host.free()) {
-            ex.capacity += 1;
-        } else {
-            out.push(id);
+        match failed(model, request, id) {
+            Some(Failed::NotUp) => ex.not_up += 1,
+            Some(Failed::Jurisdiction) => ex.jurisdiction += 1,
+            Some(Failed::Latency) => ex.latency += 1,
+            Some(Failed::AntiAffinity) => ex.anti_affinity += 1,
+            Some(Failed::Capacity) => ex.capacity += 1,
+            None => out.push(id),
         }
     }
     ex
+}
+
+/// Whether one host satisfies every hard constraint: the check of an answer
+/// that arrives after the model may have changed.
+pub fn admits(model: &Model, request: &Resolved, host: HostId) -> bool {
+    model.hosts.get(host.0 as usize).is_some() && failed(model, request, host).is_none()
 }
 
 #[cfg(test)]
@@ -165,6 +195,13 @@ mod tests {
         assert_eq!(out, vec![HostId(3)]);
         assert_eq!(ex.jurisdiction, 2);
         assert!(ex.describe().contains("2 outside the allowed jurisdictions"));
+
+        // One host checked alone agrees with the whole sweep.
+        let resolved = Resolved::new(&m, &r);
+        for i in 0..4 {
+            assert_eq!(admits(&m, &resolved, HostId(i)), out.contains(&HostId(i)), "host {i}");
+        }
+        assert!(!admits(&m, &resolved, HostId(99)), "a host the model does not have");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 pub mod api;
 mod overlay;
+mod timers;
 
 use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, Topic, Transition};
 use crate::hypervisor::{
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
 
 /// The PoP this node's host belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -456,8 +458,9 @@ enum Step {
     Define,
     Start,
     Shutdown,
-    /// The guest was asked to shut down; waiting for it to stop or for the deadline.
-    AwaitShutoff(Instant),
+    /// The guest was asked to shut down; waiting for it to stop or for the
+    /// deadline ([`Timer::StopDeadline`]).
+    AwaitShutoff,
     Destroy,
     Undefine,
 }
@@ -534,7 +537,8 @@ pub struct Node {
     /// Requests sent to other agents and what they are for.
     outbound: HashMap<OutboundId, overlay::Outbound>,
     next_outbound: u64,
-    next_heartbeat: Option<Instant>,
+    /// Every deadline, with its reason.
+    timers: Timers,
     /// Shows waiting for the overlay's records, by VM.
     locating: HashMap<String, Vec<Origin>>,
     ops: HashMap<OpId, String>,
@@ -602,7 +606,7 @@ impl Node {
             remote_hosts: BTreeMap::new(),
             outbound: HashMap::new(),
             next_outbound: 0,
-            next_heartbeat: None,
+            timers: Timers::default(),
             locating: HashMap::new(),
             ops: HashMap::new(),
             next_op: 0,
@@ -681,9 +685,13 @@ impl Node {
             }
             Input::Timeout(now) => {
                 self.tick(now);
-                self.expire(now);
-                self.expire_decisions(now);
-                self.heartbeat(now);
+                while let Some(timer) = self.timers.pop_due(now) {
+                    match timer {
+                        Timer::Heartbeat => self.heartbeat(now),
+                        Timer::StopDeadline(vm) => self.stop_overdue(&vm),
+                        Timer::Decision(id) => self.decision_overdue(id),
+                    }
+                }
             }
             Input::Shutdown(now) => {
                 self.tick(now);
@@ -703,7 +711,7 @@ impl Node {
             self.closed = true;
             return Output::Closed;
         }
-        Output::Timeout(self.next_deadline())
+        Output::Timeout(self.timers.next())
     }
 
     /// The model the node places with (its PoP and host, and its VMs).
@@ -719,6 +727,10 @@ impl Node {
     /// Time only moves forward: an input older than the newest one seen is
     /// treated as happening at the newest.
     fn tick(&mut self, now: Instant) {
+        if self.now.is_none() {
+            // The first heartbeat is due as soon as time is known.
+            self.timers.set(Timer::Heartbeat, now);
+        }
         if self.now.is_none_or(|t| now > t) {
             self.now = Some(now);
         }
@@ -984,7 +996,9 @@ impl Node {
             }
             (Step::Shutdown, _) if state.is_active() => {
                 if let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) {
-                    task.step = Step::AwaitShutoff(now + task.stop_timeout);
+                    task.step = Step::AwaitShutoff;
+                    let at = now + task.stop_timeout;
+                    self.timers.set(Timer::StopDeadline(name.to_owned()), at);
                 }
             }
             (Step::Destroy, Purpose::Delete) => {
@@ -1032,6 +1046,7 @@ impl Node {
         let Some(task) = record.task.take() else {
             return;
         };
+        self.timers.cancel(&Timer::StopDeadline(name.to_owned()));
         let error = error.or(task.failure);
         if let Some(origin) = task.origin {
             let reply = match error {
@@ -1052,6 +1067,7 @@ impl Node {
         let Some(record) = self.vms.remove(name) else {
             return;
         };
+        self.timers.cancel(&Timer::StopDeadline(name.to_owned()));
         self.model.remove_vm(record.id);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
         self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: false });
@@ -1100,7 +1116,7 @@ impl Node {
         }
         let state = record.state();
         if let Some(task) = &record.task {
-            if matches!(task.step, Step::AwaitShutoff(_)) && !state.is_active() {
+            if matches!(task.step, Step::AwaitShutoff) && !state.is_active() {
                 self.finish(name, None);
             }
             return;
@@ -1142,17 +1158,11 @@ impl Node {
         }
     }
 
-    fn expire(&mut self, now: Instant) {
-        let due: Vec<String> = self
-            .vms
-            .iter()
-            .filter(
-                |(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(at)) if at <= now),
-            )
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in due {
-            self.issue(&name, Step::Destroy, HvCommand::Destroy(name.clone()));
+    /// A guest did not shut down in time: it is powered off.
+    fn stop_overdue(&mut self, name: &str) {
+        let waiting = self.vms.get(name).and_then(|r| r.task.as_ref()).map(|t| t.step);
+        if waiting == Some(Step::AwaitShutoff) {
+            self.issue(name, Step::Destroy, HvCommand::Destroy(name.to_owned()));
         }
     }
 
@@ -1160,7 +1170,7 @@ impl Node {
         let waiting: Vec<String> = self
             .vms
             .iter()
-            .filter(|(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff(_))))
+            .filter(|(_, r)| matches!(r.task.as_ref().map(|t| t.step), Some(Step::AwaitShutoff)))
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
@@ -1172,17 +1182,6 @@ impl Node {
             );
             self.finish(&name, Some(e));
         }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let stops = self.vms.values().filter_map(|r| match r.task.as_ref().map(|t| t.step) {
-            Some(Step::AwaitShutoff(at)) => Some(at),
-            _ => None,
-        });
-        let decisions = self.deciding.values().filter_map(|d| d.deadline);
-        // The first heartbeat is due as soon as time is known.
-        let heartbeat = self.next_heartbeat.or(self.now);
-        stops.chain(decisions).chain(heartbeat).min()
     }
 
     // ---- status ----
@@ -1296,7 +1295,7 @@ fn step_name(step: Step) -> &'static str {
     match step {
         Step::Define => "define",
         Step::Start => "start",
-        Step::Shutdown | Step::AwaitShutoff(_) => "shutdown",
+        Step::Shutdown | Step::AwaitShutoff => "shutdown",
         Step::Destroy => "power-off",
         Step::Undefine => "undefine",
     }

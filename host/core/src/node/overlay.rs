@@ -15,9 +15,11 @@
 //! documentation): until it does, the request waits in `deciding`, and the
 //! chosen host is checked again against the model as it is then.
 
+use super::timers::Timer;
 use super::{DecisionId, Event, Node, Origin, Output};
 use crate::VmRequest;
 use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, minus};
+use crate::filter;
 use crate::hypervisor::DomainState;
 use crate::model::HostState;
 use crate::node::{
@@ -48,8 +50,6 @@ pub(super) struct Deciding {
     visited: Vec<String>,
     /// Answers so far that named a host that had filled up meanwhile.
     stale: u8,
-    /// When the fallback decides instead (set when the policy is asked).
-    pub(super) deadline: Option<Instant>,
 }
 
 /// A request sent to another agent and what it is for.
@@ -88,11 +88,8 @@ impl Node {
     }
 
     pub(super) fn heartbeat(&mut self, now: Instant) {
-        if self.next_heartbeat.is_some_and(|at| now < at) {
-            return;
-        }
         let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
-        self.next_heartbeat = Some(now + period);
+        self.timers.set(Timer::Heartbeat, now + period);
         for t in self.membership.tick(now) {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
             self.event(Event::Member(t));
@@ -193,12 +190,12 @@ impl Node {
         tried: Vec<PeerId>,
         visited: Vec<String>,
     ) {
-        self.ask(Deciding { origin, spec, tried, visited, stale: 0, deadline: None });
+        self.ask(Deciding { origin, spec, tried, visited, stale: 0 });
     }
 
     /// Filters the PoP's hosts for a request and asks the policy to choose,
     /// unless the filters already decided.
-    fn ask(&mut self, mut d: Deciding) {
+    fn ask(&mut self, d: Deciding) {
         match self.prepare(&d.spec, &d.tried) {
             Prepared::Done(decision) => self.act(d, decision),
             Prepared::Ask(_) if self.deciding.len() >= MAX_DECIDING => {
@@ -214,8 +211,10 @@ impl Node {
             Prepared::Ask(question) => {
                 let id = DecisionId(self.next_decision);
                 self.next_decision += 1;
-                let timeout = Duration::from_millis(self.config.timing.decision_timeout_ms);
-                d.deadline = self.now.map(|now| now + timeout);
+                if let Some(now) = self.now {
+                    let timeout = Duration::from_millis(self.config.timing.decision_timeout_ms);
+                    self.timers.set(Timer::Decision(id), now + timeout);
+                }
                 self.deciding.insert(id, d);
                 self.outputs.push_back(Output::Decide { id, question });
             }
@@ -249,6 +248,7 @@ impl Node {
             // Timed out and decided by the fallback already.
             return;
         };
+        self.timers.cancel(&Timer::Decision(id));
         let policy = match &answer {
             Ok(v) => v.decided_by.clone(),
             Err(e) => e.policy.clone(),
@@ -271,12 +271,11 @@ impl Node {
         self.act(d, decision);
     }
 
-    /// Whether `host` still passes every filter for `spec`.
-    fn still_fits(&mut self, spec: &VmRequest, tried: &[PeerId], host: crate::HostId) -> bool {
-        match self.prepare(spec, tried) {
-            Prepared::Ask(q) => q.rows.contains(&host),
-            Prepared::Done(_) => false,
-        }
+    /// Whether `host` still passes every filter for `spec` and was not
+    /// tried for it already.
+    fn still_fits(&self, spec: &VmRequest, tried: &[PeerId], host: crate::HostId) -> bool {
+        let tried_here = tried.iter().any(|p| self.remote_hosts.get(p) == Some(&host));
+        !tried_here && filter::admits(&self.model, &filter::Resolved::new(&self.model, spec), host)
     }
 
     /// Decides with the built-in fallback on the model as it is now.
@@ -290,29 +289,22 @@ impl Node {
         }
     }
 
-    /// Placements whose answer did not come in time are decided by the fallback.
-    pub(super) fn expire_decisions(&mut self, now: Instant) {
-        let due: Vec<DecisionId> = self
-            .deciding
-            .iter()
-            .filter(|(_, d)| d.deadline.is_some_and(|t| t <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in due {
-            if let Some(d) = self.deciding.remove(&id) {
-                let failure = PolicyError::new(
-                    "placement policy",
-                    ErrorKind::Deadline,
-                    format!("no answer within {} ms", self.config.timing.decision_timeout_ms),
-                );
-                self.fall_back(d, failure);
-            }
+    /// A placement whose answer did not come in time is decided by the fallback.
+    pub(super) fn decision_overdue(&mut self, id: DecisionId) {
+        if let Some(d) = self.deciding.remove(&id) {
+            let failure = PolicyError::new(
+                "placement policy",
+                ErrorKind::Deadline,
+                format!("no answer within {} ms", self.config.timing.decision_timeout_ms),
+            );
+            self.fall_back(d, failure);
         }
     }
 
     /// At shutdown, placements still waiting are refused.
     pub(super) fn abandon_decisions(&mut self) {
-        for (_, d) in std::mem::take(&mut self.deciding) {
+        for (id, d) in std::mem::take(&mut self.deciding) {
+            self.timers.cancel(&Timer::Decision(id));
             self.answer(
                 d.origin,
                 Err(ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down")),
