@@ -60,6 +60,7 @@ impl Deciders {
         for n in 0..workers.max(1) {
             let (rx, policy, answers) = (rx.clone(), policy.clone(), answers.clone());
             let thread = std::thread::Builder::new().name(format!("locus-policy-{n}")).spawn(move || {
+                yield_to_the_node();
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter().take(BATCH - 1));
@@ -87,6 +88,18 @@ impl Deciders {
             // are gone, and then the node's timeout decides.
             let _ = jobs.send(Job { id, question });
         }
+    }
+}
+
+/// Policy workers run at a lower CPU priority (nice 10) than the agent's
+/// other threads: when the cores are busy, a policy burning its whole
+/// deadline yields to reads, heartbeats and hypervisor results instead of
+/// taking turns with them. On an idle machine it changes nothing.
+fn yield_to_the_node() {
+    const NICE: i32 = 10;
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), NICE) {
+        tracing::debug!(error = %e, "policy worker keeps the agent's priority");
     }
 }
 

@@ -169,6 +169,19 @@ struct Book {
     problems: Vec<String>,
 }
 
+/// Why a policy change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The component, its configuration or the version asked for was
+    /// refused: the operator's to fix.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
+    /// The change could not be stored (a full or failing disk) and was
+    /// undone: the agent's to fix, and worth retrying.
+    #[error("{0:#}")]
+    NotStored(anyhow::Error),
+}
+
 /// The runtime and the slots.
 #[derive(Debug)]
 pub struct Policies {
@@ -255,34 +268,63 @@ impl Policies {
         name: &str,
         bytes: &[u8],
         config: BTreeMap<String, String>,
-    ) -> Result<Arc<Loaded>> {
-        check_config(&config).map_err(anyhow::Error::msg)?;
-        let loaded = self.runtime.load(bytes, name, config)?;
+    ) -> Result<Arc<Loaded>, ChangeError> {
+        check_config(&config).map_err(|e| ChangeError::Refused(anyhow::Error::msg(e)))?;
+        let loaded = self.runtime.load(bytes, name, config).map_err(|e| ChangeError::Refused(e.into()))?;
         if !slot.accepts(loaded.info().world) {
-            bail!("{}", wrong_slot(slot, &loaded));
+            return Err(ChangeError::Refused(anyhow::anyhow!("{}", wrong_slot(slot, &loaded))));
         }
-        let mut books = self.books.lock().map_err(|_| anyhow::anyhow!("policy bookkeeping poisoned"))?;
-        self.slot(slot).activate(loaded.clone());
-        let book = &mut books[slot as usize];
-        book.chosen = true;
-        let new = BTreeMap::from([(loaded.info().hash.clone(), bytes.to_vec())]);
-        self.persist(slot, book, new)?;
+        self.change(slot, Some((&loaded.info().hash, bytes)), |s| {
+            s.activate(loaded.clone());
+            Ok(())
+        })?;
         Ok(loaded)
     }
 
     /// Makes an earlier version active again: the one whose hash starts
     /// with `hash`, or the newest earlier one; stored before returning.
-    pub fn rollback(&self, slot: SlotName, hash: Option<&str>) -> Result<Arc<Loaded>> {
-        let mut books = self.books.lock().map_err(|_| anyhow::anyhow!("policy bookkeeping poisoned"))?;
-        let loaded = self.slot(slot).rollback(hash)?;
-        let book = &mut books[slot as usize];
-        book.chosen = true;
-        self.persist(slot, book, BTreeMap::new())?;
-        Ok(loaded)
+    pub fn rollback(&self, slot: SlotName, hash: Option<&str>) -> Result<Arc<Loaded>, ChangeError> {
+        let mut loaded = None;
+        self.change(slot, None, |s| {
+            loaded = Some(s.rollback(hash).map_err(|e| ChangeError::Refused(e.into()))?);
+            Ok(())
+        })?;
+        loaded.ok_or_else(|| ChangeError::Refused(anyhow::anyhow!("rollback chose no version")))
     }
 
-    /// Stores what `slot` holds now.
-    fn persist(&self, slot: SlotName, book: &Book, mut new: BTreeMap<String, Vec<u8>>) -> Result<()> {
+    /// Changes a slot as an operator asked and stores the result; if it
+    /// cannot be stored (a full disk), the slot is put back as it was, so
+    /// what runs is always what a restart would bring back.
+    fn change(
+        &self,
+        slot: SlotName,
+        loaded: Option<(&str, &[u8])>,
+        apply: impl FnOnce(&Slot) -> Result<(), ChangeError>,
+    ) -> Result<(), ChangeError> {
+        let mut books = self
+            .books
+            .lock()
+            .map_err(|_| ChangeError::NotStored(anyhow::anyhow!("policy bookkeeping poisoned")))?;
+        let book = &mut books[slot as usize];
+        let target = self.slot(slot);
+        let before = (target.snapshot(), book.chosen);
+        apply(target)?;
+        book.chosen = true;
+        if let Err(e) = self.persist(slot, book, loaded) {
+            target.restore(before.0);
+            book.chosen = before.1;
+            tracing::warn!(
+                slot = slot.as_str(),
+                error = format!("{e:#}"),
+                "policy change not stored; undone"
+            );
+            return Err(ChangeError::NotStored(e.context("the previous version stays active")));
+        }
+        Ok(())
+    }
+
+    /// Stores what `slot` holds now, with the bytes of a version just loaded.
+    fn persist(&self, slot: SlotName, book: &Book, loaded: Option<(&str, &[u8])>) -> Result<()> {
         let version = |l: &Loaded| Version {
             name: l.info().name.clone(),
             hash: l.info().hash.clone(),
@@ -293,7 +335,8 @@ impl Policies {
             active: s.active().filter(|_| book.chosen).map(|l| version(&l)),
             history: s.history().iter().map(|l| version(l)).collect(),
         };
-        new.insert(book.default.hash.clone(), book.default.bytes.clone());
+        let default = (book.default.hash.as_str(), book.default.bytes.as_slice());
+        let new: Vec<_> = loaded.into_iter().chain([default]).collect();
         self.store.set_slot(slot.as_str(), &stored, &new).context("storing the policy slot")
     }
 

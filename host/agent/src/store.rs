@@ -161,13 +161,9 @@ impl Store {
     }
 
     /// Records what `slot` holds now, storing the bytes of versions not
-    /// stored yet (`new_bytes`, by hash) and dropping blobs no slot names.
-    pub fn set_slot(
-        &self,
-        slot: &str,
-        stored: &StoredSlot,
-        new_bytes: &BTreeMap<String, Vec<u8>>,
-    ) -> Result<()> {
+    /// stored yet (`new_bytes`: hash and bytes) and dropping blobs no slot
+    /// names.
+    pub fn set_slot(&self, slot: &str, stored: &StoredSlot, new_bytes: &[(&str, &[u8])]) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut slots = txn.open_table(SLOTS)?;
@@ -179,9 +175,9 @@ impl Store {
                 named.extend(s.active.into_iter().chain(s.history).map(|v| v.hash));
             }
             let mut blobs = txn.open_table(BLOBS)?;
-            for (hash, bytes) in new_bytes {
-                if named.contains(hash) && blobs.get(hash.as_str())?.is_none() {
-                    blobs.insert(hash.as_str(), bytes.as_slice())?;
+            for &(hash, bytes) in new_bytes {
+                if named.contains(hash) && blobs.get(hash)?.is_none() {
+                    blobs.insert(hash, bytes)?;
                 }
             }
             let unnamed: Vec<String> = blobs
@@ -230,11 +226,7 @@ mod tests {
             config: BTreeMap::new(),
         };
         let slot = StoredSlot { active: Some(v("p", "aa")), history: vec![v("q", "bb")] };
-        let bytes = BTreeMap::from([
-            ("aa".to_owned(), vec![1]),
-            ("bb".to_owned(), vec![2]),
-            ("cc".to_owned(), vec![3]),
-        ]);
+        let bytes: [(&str, &[u8]); 3] = [("aa", &[1]), ("bb", &[2]), ("cc", &[3])];
         {
             let store = Store::open(&path).expect("open");
             assert!(Store::open(&path).is_err(), "a second agent cannot open the same store");
@@ -256,7 +248,7 @@ mod tests {
         assert_eq!(store.slot("migration").expect("read").0, StoredSlot::default());
         // Rolling back drops nothing still named; a version no slot names goes.
         let rolled = StoredSlot { active: Some(v("q", "bb")), history: vec![] };
-        store.set_slot("placement", &rolled, &BTreeMap::new()).expect("rollback");
+        store.set_slot("placement", &rolled, &[]).expect("rollback");
         assert_eq!(store.slot("placement").expect("read").1.keys().collect::<Vec<_>>(), ["bb"]);
     }
 }

@@ -147,7 +147,7 @@ fn a_stored_policy_that_no_longer_loads_gives_way_to_the_default() {
     let store = locus::store::Store::open(&agent.dir.path().join("state.redb")).expect("open the store");
     let (mut slot, _) = store.slot("placement").expect("read");
     slot.active.as_mut().expect("stored").hash = "0".repeat(64);
-    store.set_slot("placement", &slot, &BTreeMap::new()).expect("corrupt");
+    store.set_slot("placement", &slot, &[]).expect("corrupt");
     drop(store);
     agent.spawn();
     let slots: Vec<SlotListing> = agent.json(&["policy", "list"]);

@@ -26,4 +26,4 @@ pub use error::LoadError;
 pub use loaded::{Info, Instance, Loaded, World};
 pub use metrics::MetricsSnapshot;
 pub use runtime::{CONTRACT_VERSION, Precompiled, Runtime, RuntimeConfig};
-pub use slot::{Slot, SlotError};
+pub use slot::{Slot, SlotError, SlotState};

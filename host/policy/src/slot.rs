@@ -24,12 +24,25 @@ pub enum SlotError {
     NoHistory,
 }
 
+/// The same component with the same configuration.
+fn same_version(a: &Loaded, b: &Loaded) -> bool {
+    a.info().hash == b.info().hash && a.info().config == b.info().config
+}
+
+/// What a slot holds at one moment (see [`Slot::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    active: Option<Arc<Loaded>>,
+    history: Vec<Arc<Loaded>>,
+}
+
 /// The active policy version and the ones before it.
 #[derive(Debug)]
 pub struct Slot {
     name: String,
     active: ArcSwapOption<Loaded>,
-    /// Earlier versions, newest first, distinct hashes.
+    /// Earlier versions, newest first, each distinct (component and
+    /// configuration).
     history: Mutex<VecDeque<Arc<Loaded>>>,
     keep: usize,
 }
@@ -56,20 +69,37 @@ impl Slot {
     }
 
     /// Makes `policy` active; the version it replaces becomes the newest
-    /// earlier version. Activating the active version again changes nothing.
+    /// earlier version. Activating the active version again changes
+    /// nothing; the same component with another configuration is another
+    /// version, so a configuration change can be rolled back.
     pub fn activate(&self, policy: Arc<Loaded>) {
         let Ok(mut history) = self.history.lock() else {
             return;
         };
         let previous = self.active.swap(Some(policy.clone()));
-        history.retain(|p| p.info().hash != policy.info().hash);
+        history.retain(|p| !same_version(p, &policy));
         if let Some(prev) = previous
-            && prev.info().hash != policy.info().hash
+            && !same_version(&prev, &policy)
         {
             history.push_front(prev);
             history.truncate(self.keep);
         }
         tracing::info!(slot = %self.name, policy = policy.id(), "policy activated");
+    }
+
+    /// The active version and the earlier ones, to put back with
+    /// [`Slot::restore`] when a change could not be stored.
+    pub fn snapshot(&self) -> SlotState {
+        SlotState { active: self.active(), history: self.history() }
+    }
+
+    /// Puts back what [`Slot::snapshot`] took.
+    pub fn restore(&self, state: SlotState) {
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        self.active.store(state.active);
+        *history = state.history.into();
     }
 
     /// Re-activates an earlier version: the one whose hash starts with

@@ -82,6 +82,15 @@ fn earlier_versions_are_kept_for_rollback() {
     let history: Vec<_> = slot.history().iter().map(|p| p.info().name.clone()).collect();
     assert_eq!(history, ["spread", "best-fit"]);
     assert!(matches!(slot.rollback(Some("ffffffff")), Err(SlotError::NoSuchVersion(_))));
+
+    // A new configuration of the active component is a new version: the
+    // old configuration is what a rollback brings back.
+    let config = BTreeMap::from([("weight".to_owned(), "2".to_owned())]);
+    let reconfigured = rt.load(policies::FIRST_FIT, "first-fit", config.clone()).expect("loads");
+    slot.activate(reconfigured);
+    assert_eq!(slot.active().expect("active").info().config, config);
+    let back = slot.rollback(None).expect("kept");
+    assert_eq!((back.info().name.as_str(), back.info().config.is_empty()), ("first-fit", true));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use super::AppState;
 use super::error::{ErrorBody, Failure, QueryParams, RawBody};
-use crate::policies::{PolicyVersion, SlotListing, SlotName};
+use crate::policies::{ChangeError, PolicyVersion, SlotListing, SlotName};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -54,7 +54,8 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
-        (status = 413, description = "Larger than the size cap", body = ErrorBody)))]
+        (status = 413, description = "Larger than the size cap", body = ErrorBody),
+        (status = 503, description = "Could not be stored (e.g. a full disk); nothing changed", body = ErrorBody)))]
 pub async fn load(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -78,7 +79,7 @@ pub async fn load(
     let loaded = tokio::task::spawn_blocking(move || state.policies.load(slot, &p.name, &body, config))
         .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| Failure::bad_request(format!("{e:#}")))?;
+        .map_err(|e| change_failure(e, StatusCode::BAD_REQUEST, "bad-request"))?;
     Ok(Json(PolicyVersion::from(loaded.as_ref())))
 }
 
@@ -86,7 +87,8 @@ pub async fn load(
 #[utoipa::path(post, path = "/v1/policies/{slot}/rollback", tag = "policies",
     params(("slot" = SlotName, Path, description = "placement or migration"), RollbackParams),
     responses((status = 200, description = "Active", body = PolicyVersion),
-        (status = 404, description = "No such earlier version", body = ErrorBody)))]
+        (status = 404, description = "No such earlier version", body = ErrorBody),
+        (status = 503, description = "Could not be stored (e.g. a full disk); nothing changed", body = ErrorBody)))]
 pub async fn rollback(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -97,6 +99,17 @@ pub async fn rollback(
     let loaded = tokio::task::spawn_blocking(move || state.policies.rollback(slot, p.hash.as_deref()))
         .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| Failure::new(StatusCode::NOT_FOUND, "not-found", format!("{e:#}")))?;
+        .map_err(|e| change_failure(e, StatusCode::NOT_FOUND, "not-found"))?;
     Ok(Json(PolicyVersion::from(loaded.as_ref())))
+}
+
+/// A refused change is the client's (`status`, `kind`); one that could not
+/// be stored is the agent's, and was undone.
+fn change_failure(e: ChangeError, status: StatusCode, kind: &str) -> Failure {
+    match e {
+        ChangeError::Refused(_) => Failure::new(status, kind, e.to_string()),
+        ChangeError::NotStored(_) => {
+            Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        }
+    }
 }
