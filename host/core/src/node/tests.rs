@@ -305,6 +305,29 @@ fn a_guest_that_ignores_shutdown_is_powered_off_at_the_deadline() {
 }
 
 #[test]
+fn a_guest_that_stops_in_time_takes_its_deadline_with_it() {
+    let mut rig = Rig::new(node(vec![]), Hv { deaf_to_acpi: true, ..Hv::default() });
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    let heartbeat = match rig.node.poll_output() {
+        Output::Timeout(Some(at)) => at,
+        other => panic!("expected the heartbeat, got {other:?}"),
+    };
+    let req = rig.send(Command::Stop { name: "a".into(), force: false, timeout: None });
+    assert!(
+        matches!(rig.node.poll_output(), Output::Timeout(Some(at)) if at - rig.now == Duration::from_secs(5))
+    );
+    // The guest shuts down by itself a second later.
+    rig.now += Duration::from_secs(1);
+    rig.hv.domains.get_mut("a").expect("domain").0 = DomainState::Shutoff;
+    rig.sample();
+    assert!(matches!(rig.take_reply(req), Some(Ok(Reply::Vm(_)))), "stop answered");
+    assert_eq!(rig.node.poll_output(), Output::Timeout(Some(heartbeat)), "only the heartbeat is left");
+    rig.now += Duration::from_secs(10);
+    rig.input(Input::Timeout(rig.now));
+    assert_eq!(rig.commands(), ["Define", "Start", "Shutdown"], "nothing powered off");
+}
+
+#[test]
 fn a_stopped_vm_that_should_run_is_restarted_with_backoff() {
     let mut rig = Rig::new(node(vec![]), Hv::default());
     rig.api(Command::Create(Box::new(spec("a")))).expect("create");
