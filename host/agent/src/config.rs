@@ -199,6 +199,10 @@ impl AgentConfig {
         if self.sample_interval_ms == 0 {
             bail!("invalid configuration: sample-interval-ms must be at least 1");
         }
+        let max_stop = locus_core::node::MAX_STOP_TIMEOUT.as_millis();
+        if u128::from(self.timing.stop_timeout_ms) > max_stop {
+            bail!("invalid configuration: timing.stop-timeout-ms must be at most {max_stop} (10 minutes)");
+        }
         Ok(())
     }
 
@@ -223,6 +227,7 @@ impl AgentConfig {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
+        crate::files::warn_if_shared(path, "API token")?;
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("reading token file {}", path.display()))?;
         let token = token.trim().to_owned();

@@ -149,6 +149,16 @@ pub enum RequestError {
     /// A disk image path that is not a plain absolute path.
     #[error("image {0:?} must be an absolute path of at most 1024 bytes without control characters")]
     Image(String),
+    /// A declared CPU load above what the VM's vCPUs can use.
+    #[error("load-cpu-milli {load} is more than {vcpus} vCPU(s) can use (at most {max})")]
+    Load {
+        /// Load given.
+        load: u32,
+        /// The VM's vCPUs.
+        vcpus: u32,
+        /// The most allowed: 1000 per vCPU.
+        max: u32,
+    },
     /// A network name that breaks the naming rule.
     #[error("invalid network name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
     Network(String),
@@ -202,6 +212,12 @@ impl VmRequest {
         }
         if self.memory_mib == 0 {
             return Err(RequestError::Zero("memory-mib"));
+        }
+        let max_load = self.vcpus.saturating_mul(1000);
+        if let Some(load) = self.load_cpu_milli
+            && load > max_load
+        {
+            return Err(RequestError::Load { load, vcpus: self.vcpus, max: max_load });
         }
         if let Some(l) = self.user
             && !(l.lat.is_finite() && l.lon.is_finite() && l.lat.abs() <= 90.0 && l.lon.abs() <= 180.0)
@@ -309,6 +325,17 @@ mod tests {
         assert!(r.validate().is_ok(), "label values may hold any printable text");
         r.labels.insert("bad key".into(), "x".into());
         assert!(matches!(r.validate(), Err(RequestError::Labels(_))));
+    }
+
+    #[test]
+    fn a_declared_load_is_bounded_by_the_vcpus() {
+        let mut r = vm("a");
+        r.vcpus = 2;
+        r.load_cpu_milli = Some(2000);
+        assert!(r.validate().is_ok(), "two busy vCPUs");
+        r.load_cpu_milli = Some(u32::MAX);
+        let e = r.validate().expect_err("more than two vCPUs can use");
+        assert_eq!(e.to_string(), "load-cpu-milli 4294967295 is more than 2 vCPU(s) can use (at most 2000)");
     }
 
     #[test]

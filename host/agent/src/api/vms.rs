@@ -25,7 +25,10 @@ pub struct StopParams {
     #[serde(default)]
     pub force: bool,
     /// How long the guest gets to shut down before it is powered off, ms
-    /// (the agent's `timing.stop-timeout-ms` when absent).
+    /// (the agent's `timing.stop-timeout-ms` when absent; at most 600000,
+    /// larger values are clamped). A forced stop or a delete overrides a
+    /// graceful stop still waiting for its guest; the graceful stop's
+    /// request is then answered 409.
     pub timeout_ms: Option<u64>,
 }
 

@@ -141,6 +141,10 @@ impl Default for TimingConfig {
     }
 }
 
+/// Longest a graceful stop may wait for its guest before powering it off,
+/// whatever a request or the configuration asks: an operation always ends.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Names a question to the placement policy; echoed in [`Input::Decided`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DecisionId(pub u64);
@@ -358,6 +362,8 @@ pub enum Event {
     },
     /// A VM that should run was found stopped and its policy says leave it.
     LeftStopped(String),
+    /// A VM that should be stopped was found running; it is being stopped.
+    Stopping(String),
     /// A domain marked as this host's has no intent; it is left alone.
     Orphan(String),
     /// A member's liveness changed.
@@ -400,6 +406,9 @@ impl fmt::Display for Event {
             }
             Event::Restarting { vm, restarts } => {
                 write!(f, "vm {vm}: found stopped while it should run; restart {restarts}")
+            }
+            Event::Stopping(vm) => {
+                write!(f, "vm {vm}: found running while it should be stopped; stopping it")
             }
             Event::LeftStopped(vm) => {
                 write!(f, "vm {vm}: found stopped; restart policy is never, left stopped")
@@ -815,7 +824,7 @@ impl Node {
                 } else {
                     timeout.unwrap_or(Duration::from_millis(self.config.timing.stop_timeout_ms))
                 };
-                self.change(req, &name, Purpose::Stop, timeout)
+                self.change(req, &name, Purpose::Stop, timeout.min(MAX_STOP_TIMEOUT))
             }
             Command::Delete(name) => self.change(req, &name, Purpose::Delete, Duration::ZERO),
         };
@@ -905,13 +914,27 @@ impl Node {
         stop_timeout: Duration,
     ) -> Result<Option<Reply>, ApiError> {
         let record = self.vms.get(name).ok_or_else(|| not_found(name))?;
-        if let Some(task) = &record.task {
-            return Err(ApiError::new(
+        let (busy, deleted) =
+            (record.task.as_ref().map(|t| (t.purpose, t.step)), record.intent.desired == Desired::Deleted);
+        if let Some((busy_with, step)) = busy {
+            let forced = purpose == Purpose::Delete || (purpose == Purpose::Stop && stop_timeout.is_zero());
+            if !(forced && step == Step::AwaitShutoff) {
+                return Err(ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!("vm {name} is busy ({}); try again when it is done", busy_with.as_str()),
+                ));
+            }
+            // A forced stop or a delete overrides a graceful stop that is
+            // waiting for its guest: whoever asked for that stop hears so.
+            self.writable()?;
+            let how = if purpose == Purpose::Delete { "a delete" } else { "a forced stop" };
+            let e = ApiError::new(
                 ApiErrorKind::Conflict,
-                format!("vm {name} is busy ({}); try again when it is done", task.purpose.as_str()),
-            ));
+                format!("vm {name}: the graceful stop was overridden by {how}"),
+            );
+            self.finish(name, Some(e));
         }
-        if record.intent.desired == Desired::Deleted {
+        if deleted {
             return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {name} is being deleted")));
         }
         self.writable()?;
@@ -1127,6 +1150,13 @@ impl Node {
             (_, DomainState::Missing) => {
                 self.event(Event::Recreating(name.to_owned()));
                 self.begin(name, Purpose::Recreate, None, Duration::ZERO);
+            }
+            (Desired::Stopped, s) if s.is_active() => {
+                // Stopped by an operator, found running (after a restart,
+                // or started behind the agent's back): stop it again.
+                let timeout = Duration::from_millis(self.config.timing.stop_timeout_ms).min(MAX_STOP_TIMEOUT);
+                self.event(Event::Stopping(name.to_owned()));
+                self.begin(name, Purpose::Stop, None, timeout);
             }
             (Desired::Running, DomainState::Shutoff | DomainState::Crashed) => {
                 if record.intent.spec.restart == crate::request::RestartPolicy::Never {

@@ -328,6 +328,47 @@ fn a_guest_that_stops_in_time_takes_its_deadline_with_it() {
 }
 
 #[test]
+fn a_stop_timeout_is_clamped_so_the_stop_ends() {
+    let mut rig = Rig::new(node(vec![]), Hv { deaf_to_acpi: true, ..Hv::default() });
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    let forever = Duration::from_millis(u64::MAX);
+    let req = rig.send(Command::Stop { name: "a".into(), force: false, timeout: Some(forever) });
+    let deadline = rig.now + MAX_STOP_TIMEOUT;
+    rig.now = deadline - Duration::from_millis(1);
+    rig.input(Input::Timeout(rig.now));
+    assert!(rig.take_reply(req).is_none(), "still waiting for the guest");
+    rig.now = deadline;
+    rig.input(Input::Timeout(deadline));
+    assert!(matches!(rig.take_reply(req), Some(Ok(Reply::Vm(_)))), "the stop ended");
+    assert_eq!(rig.commands(), ["Define", "Start", "Shutdown", "Destroy"]);
+}
+
+#[test]
+fn a_forced_stop_or_a_delete_overrides_a_graceful_stop() {
+    for (cmd, last) in [
+        (Command::Stop { name: "a".into(), force: true, timeout: None }, "Destroy"),
+        (Command::Delete("a".into()), "Undefine"),
+    ] {
+        let mut rig = Rig::new(node(vec![]), Hv { deaf_to_acpi: true, ..Hv::default() });
+        rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+        let graceful = rig.send(Command::Stop { name: "a".into(), force: false, timeout: None });
+        assert!(rig.take_reply(graceful).is_none(), "waiting for the guest");
+        assert_eq!(
+            error_kind(rig.api(Command::Start("a".into()))),
+            ApiErrorKind::Conflict,
+            "a start does not override"
+        );
+        rig.api(cmd).expect("the forced operation is done");
+        let Some(Err(e)) = rig.take_reply(graceful) else { panic!("the graceful stop is answered") };
+        assert!(e.message.contains("overridden"), "{e:?}");
+        assert_eq!(rig.commands().last().map(String::as_str), Some(last));
+        let at_old_deadline = rig.now + Duration::from_secs(5);
+        rig.input(Input::Timeout(at_old_deadline));
+        assert_eq!(rig.commands().last().map(String::as_str), Some(last), "the old deadline is gone");
+    }
+}
+
+#[test]
 fn a_stopped_vm_that_should_run_is_restarted_with_backoff() {
     let mut rig = Rig::new(node(vec![]), Hv::default());
     rig.api(Command::Create(Box::new(spec("a")))).expect("create");
@@ -360,6 +401,7 @@ fn restart_reconciles_intent_with_what_runs() {
     hv.domains.insert("orphan".into(), (DomainState::Running, true));
     hv.domains.insert("theirs".into(), (DomainState::Running, false));
     hv.domains.insert("half-deleted".into(), (DomainState::Running, true));
+    hv.domains.insert("stopped-but-running".into(), (DomainState::Running, true));
     let mut never = intent("missing-never", Desired::Running);
     never.spec.restart = RestartPolicy::Never;
     let intents = vec![
@@ -368,6 +410,7 @@ fn restart_reconciles_intent_with_what_runs() {
         never,
         intent("stopped", Desired::Stopped),
         intent("half-deleted", Desired::Deleted),
+        intent("stopped-but-running", Desired::Stopped),
     ];
     let rig = Rig::new(node(intents), hv);
     let mut domains: Vec<_> = rig.hv.domains.iter().map(|(n, d)| (n.as_str(), d.0)).collect();
@@ -380,23 +423,29 @@ fn restart_reconciles_intent_with_what_runs() {
             ("orphan", DomainState::Running),
             ("running", DomainState::Running),
             ("stopped", DomainState::Shutoff),
+            ("stopped-but-running", DomainState::Shutoff),
             ("theirs", DomainState::Running),
         ]
     );
     let mut commands = rig.commands();
     commands.sort();
-    assert_eq!(commands, ["Define", "Define", "Destroy", "Start", "Undefine"], "nothing created twice");
+    assert_eq!(
+        commands,
+        ["Define", "Define", "Destroy", "Shutdown", "Start", "Undefine"],
+        "nothing created twice; the VM stopped by its operator is stopped again"
+    );
     let events = rig.events();
     for e in [
         Event::Adopted("running".into()),
         Event::Recreating("missing".into()),
         Event::Orphan("orphan".into()),
+        Event::Stopping("stopped-but-running".into()),
     ] {
         assert!(events.contains(&&e), "{e:?} in {events:?}");
     }
     assert!(rig.log.contains(&Output::Persist(Change::Remove("half-deleted".into()))));
     let names: Vec<_> = rig.node.intents().map(|i| i.spec.name.as_str()).collect();
-    assert_eq!(names, ["missing", "missing-never", "running", "stopped"]);
+    assert_eq!(names, ["missing", "missing-never", "running", "stopped", "stopped-but-running"]);
 }
 
 #[test]
