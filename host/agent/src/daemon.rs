@@ -298,8 +298,33 @@ fn overlay_settings(config: &AgentConfig, keypair: libp2p::identity::Keypair) ->
     })
 }
 
+/// Makes the state directory, or checks that an existing one is the
+/// agent's own: a shared directory (like /tmp, mode 1777) or one another
+/// user owns is refused rather than chmodded out from under them.
 fn prepare_state_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                bail!("state directory {} is not a directory", dir.display());
+            }
+            if meta.mode() & 0o1002 != 0 {
+                bail!(
+                    "state directory {} is shared (mode {:o}); give the agent a directory of its own",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                );
+            }
+            if meta.uid() != rustix::process::getuid().as_raw() {
+                bail!("state directory {} belongs to another user (uid {})", dir.display(), meta.uid());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating state directory {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading state directory {}", dir.display())),
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting {}", dir.display()))?;
     Ok(())
@@ -311,7 +336,11 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("another agent is listening on {}", path.display());
         }

@@ -32,3 +32,14 @@ pub fn parse<T: DeserializeOwned>(path: &Path) -> Result<T> {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
+
+/// Warns when a secret (`what`: the cluster key, the API token) can be read
+/// by other users than its owner.
+pub fn warn_if_shared(path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "the {what} file is readable by others; chmod 600 it");
+    }
+    Ok(())
+}

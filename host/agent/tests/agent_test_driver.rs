@@ -337,3 +337,47 @@ fn kill_9_with_five_vms_then_restart_keeps_the_same_five() {
     assert_eq!((host.own_domains, host.vms.total), (5, 5), "none duplicated: {host:?}");
     assert!(agent.log().contains("vm vm0: intended but missing from the hypervisor"), "{}", agent.log());
 }
+
+#[test]
+fn the_agent_refuses_paths_it_would_damage_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The agent must exit with an error; one that starts serving instead
+    // is stopped and the test fails.
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(common::locus_bin())
+            .args(["agent", "--dev", "--libvirt-uri", TEST, "--host-name", "careful"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        let start = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("the agent started with {args:?} instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("output");
+        assert!(!out.status.success(), "the agent must refuse {args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A socket path naming someone's file: the file is left alone.
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write");
+    let state = dir.path().join("state");
+    let socket = format!("socket={}", precious.display());
+    let err = run(&["--state-dir", state.to_str().expect("utf-8"), "--set", &socket]);
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&precious).expect("still there"), "keep me");
+    // A shared directory (like /tmp) as the state directory is not taken over.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let err = run(&["--state-dir", shared.to_str().expect("utf-8")]);
+    assert!(err.contains("is shared (mode 1777)"), "{err}");
+    let mode = std::fs::metadata(&shared).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "its mode is untouched");
+}

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Loads the key at `path`, or creates one there.
@@ -32,10 +32,7 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
 
 /// Reads a cluster key file (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits).
 pub fn cluster_key(path: &Path) -> Result<PreSharedKey> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading cluster key {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), "the cluster key file is readable by others; chmod 600 it");
-    }
+    crate::files::warn_if_shared(path, "cluster key")?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading cluster key {}", path.display()))?;
     match text.parse::<PreSharedKey>() {
