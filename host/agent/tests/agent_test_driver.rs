@@ -140,8 +140,20 @@ fn bad_input_gets_a_4xx_with_a_reason_and_defines_nothing() {
             (
                 "an unknown field",
                 json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "colour": "red"})),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::BAD_REQUEST,
                 "unknown field `colour`",
+            ),
+            (
+                "a number where a name goes",
+                json(serde_json::json!({"name": 7, "vcpus": 1, "memory-mib": 64})),
+                StatusCode::BAD_REQUEST,
+                "invalid type",
+            ),
+            (
+                "a load more than its vCPUs can use",
+                json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "load-cpu-milli": 4_294_967_295u32})),
+                StatusCode::BAD_REQUEST,
+                "more than 1 vCPU(s) can use",
             ),
             ("malformed JSON", b"{\"name\": \"a\",".to_vec(), StatusCode::BAD_REQUEST, "EOF while parsing"),
             // Just over the cap, so the whole body is written before the answer.

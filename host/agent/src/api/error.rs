@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What kind of failure: bad-request, not-found, conflict, unplaceable,
-    /// hypervisor, unavailable, unauthorized, too-large.
+    /// hypervisor, unavailable, unauthorized, too-large,
+    /// unsupported-media-type.
     pub kind: String,
     /// What is wrong, for a person.
     pub error: String,
@@ -79,11 +80,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(JsonBody(v)),
-            Err(r) => {
-                let status = r.status();
-                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { "too-large" } else { "bad-request" };
-                Err(Failure::new(status, kind, r.body_text()))
-            }
+            // A body that is JSON of the wrong shape (a type error, an
+            // unknown field) is a bad request like any other: 400, not
+            // axum's 422, which the API keeps for "no host can take it".
+            Err(r) => Err(match r.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Failure::new(r.status(), "too-large", r.body_text()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    Failure::new(r.status(), "unsupported-media-type", r.body_text())
+                }
+                _ => Failure::bad_request(r.body_text()),
+            }),
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Fail
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "No host can take it", body = ErrorBody),
         (status = 502, description = "The hypervisor refused", body = ErrorBody),
         (status = 503, description = "Hypervisor unavailable", body = ErrorBody)))]
