@@ -118,6 +118,8 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// File holding the bearer token for TCP clients; required with `listen`.
     pub token_file: Option<PathBuf>,
+    /// Bounds on each API listener.
+    pub api: crate::api::serve::ApiLimits,
     /// Time between samples of every VM's CPU and memory, ms.
     pub sample_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax).
@@ -146,6 +148,7 @@ impl Default for AgentConfig {
             socket: None,
             listen: None,
             token_file: None,
+            api: crate::api::serve::ApiLimits::default(),
             sample_interval_ms: 2000,
             log: "info,libp2p_kad=error".into(),
             log_format: LogFormat::Text,
@@ -198,6 +201,12 @@ impl AgentConfig {
         }
         if self.sample_interval_ms == 0 {
             bail!("invalid configuration: sample-interval-ms must be at least 1");
+        }
+        let a = &self.api;
+        if a.max_connections == 0 || a.header_timeout_ms == 0 || a.body_timeout_ms == 0 {
+            bail!(
+                "invalid configuration: api.max-connections, header-timeout-ms and body-timeout-ms must be at least 1"
+            );
         }
         let max_stop = locus_core::node::MAX_STOP_TIMEOUT.as_millis();
         if u128::from(self.timing.stop_timeout_ms) > max_stop {

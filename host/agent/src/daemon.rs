@@ -56,6 +56,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
 
 async fn serve(config: AgentConfig) -> Result<()> {
     prepare_state_dir(&config.state_dir)?;
+    raise_fd_limit();
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
@@ -99,12 +100,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let socket = config.socket_path();
     let unix = bind_unix(&socket)?;
     let router = api::router(state);
-    tracker.spawn(serve_api(unix, router.clone(), cancel.clone()));
+    tracker.spawn(api::serve::serve(unix, router.clone(), config.api.clone(), cancel.clone()));
     if let Some(addr) = config.listen {
         let token = config.token()?.context("listen needs a token")?;
         let tcp = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, "API on TCP (bearer token required)");
-        tracker.spawn(serve_api(tcp, api::with_token(router, token), cancel.clone()));
+        let router = api::with_token(router, token);
+        tracker.spawn(api::serve::serve(tcp, router, config.api.clone(), cancel.clone()));
     }
     tracing::info!(socket = %socket.display(), "API on unix socket");
     tracker.spawn(signals(cancel.clone()));
@@ -298,6 +300,21 @@ fn overlay_settings(config: &AgentConfig, keypair: libp2p::identity::Keypair) ->
     })
 }
 
+/// Raises the soft limit on open files to the hard one, so the connection
+/// bounds of each listener, not the process limit, decide who is served.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, current = ?limit.current, "could not raise the open-file limit"),
+    }
+}
+
 /// Makes the state directory, or checks that an existing one is the
 /// agent's own: a shared directory (like /tmp, mode 1777) or one another
 /// user owns is refused rather than chmodded out from under them.
@@ -350,18 +367,6 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     Ok(listener)
-}
-
-async fn serve_api<L>(listener: L, router: axum::Router, cancel: CancellationToken)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let shutdown = cancel.clone().cancelled_owned();
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
-        tracing::error!("API server failed: {e}");
-        cancel.cancel();
-    }
 }
 
 async fn signals(cancel: CancellationToken) {

@@ -9,6 +9,7 @@ pub mod cluster;
 mod error;
 mod openapi;
 mod policies;
+pub mod serve;
 pub mod vms;
 
 pub use error::{ErrorBody, Failure};

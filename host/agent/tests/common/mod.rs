@@ -196,6 +196,18 @@ impl Cluster {
     /// Starts every agent; `rtt_ms(a, b)` is the round trip to emulate
     /// between PoPs `a` and `b` (0 for none); `extra` goes to every agent.
     pub fn start(net: u8, pops: &[PopSpec], rtt_ms: impl Fn(usize, usize) -> u64, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_with(net, pops, rtt_ms, |_| extra.clone())
+    }
+
+    /// [`Cluster::start`] with arguments per agent: `extra(i)` for the
+    /// `i`th agent, whose overlay address is `127.{net+pop}.0.{h+1}`.
+    pub fn start_with(
+        net: u8,
+        pops: &[PopSpec],
+        rtt_ms: impl Fn(usize, usize) -> u64,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let keydir = tempfile::tempdir().expect("tempdir");
         let key = keydir.path().join("cluster.key");
         let out = Command::new(locus_bin()).args(["cluster", "keygen"]).output().expect("keygen");
@@ -228,7 +240,7 @@ impl Cluster {
                     args.push("--set".into());
                     args.push(format!("overlay.emulated-latency=[{}]", rules.join(",")));
                 }
-                args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(extra(agents.len()));
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 agents.push(Agent::start_cluster_member(&format!("{name}-{h}"), &args));
                 pop_of.push(p);
