@@ -75,7 +75,7 @@ where
         };
         let (spoke, evict) = silent.track();
         let inner = TowerToHyperService::new(service.clone());
-        let service = hyper::service::service_fn(move |req| {
+        let marked = hyper::service::service_fn(move |req| {
             spoke.store(true, Ordering::Relaxed);
             inner.call(req)
         });
@@ -88,7 +88,7 @@ where
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(io), service);
+                .serve_connection(TokioIo::new(io), marked);
             tokio::pin!(connection);
             let result = tokio::select! {
                 r = connection.as_mut() => r,
