@@ -9,8 +9,10 @@ use crate::policies::{ChangeError, PolicyVersion, SlotListing, SlotName};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use locus_policy::Loaded;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How to load a component.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
@@ -74,13 +76,8 @@ pub async fn load(
             ))
         })?,
     };
-    crate::policies::check_config(&config).map_err(Failure::bad_request)?;
-    let state = s.clone();
-    let loaded = tokio::task::spawn_blocking(move || state.policies.load(slot, &p.name, &body, config))
+    change(s, move |s| s.policies.load(slot, &p.name, &body, config), StatusCode::BAD_REQUEST, "bad-request")
         .await
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| change_failure(e, StatusCode::BAD_REQUEST, "bad-request"))?;
-    Ok(Json(PolicyVersion::from(loaded.as_ref())))
 }
 
 /// Makes an earlier version of a slot active again, and stores that.
@@ -95,21 +92,27 @@ pub async fn rollback(
     QueryParams(p): QueryParams<RollbackParams>,
 ) -> Result<Json<PolicyVersion>, Failure> {
     let slot = slot(&name)?;
-    let state = s.clone();
-    let loaded = tokio::task::spawn_blocking(move || state.policies.rollback(slot, p.hash.as_deref()))
-        .await
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| change_failure(e, StatusCode::NOT_FOUND, "not-found"))?;
-    Ok(Json(PolicyVersion::from(loaded.as_ref())))
+    change(s, move |s| s.policies.rollback(slot, p.hash.as_deref()), StatusCode::NOT_FOUND, "not-found").await
 }
 
-/// A refused change is the client's (`status`, `kind`); one that could not
-/// be stored is the agent's, and was undone.
-fn change_failure(e: ChangeError, status: StatusCode, kind: &str) -> Failure {
-    match e {
-        ChangeError::Refused(_) => Failure::new(status, kind, e.to_string()),
-        ChangeError::NotStored(_) => {
-            Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+/// Makes a policy change off the runtime (it compiles and stores) and
+/// answers with the version now active. A refused change is the client's
+/// (`status`, `kind`); one that could not be stored is the agent's, and
+/// was undone.
+async fn change(
+    s: AppState,
+    apply: impl FnOnce(&AppState) -> Result<Arc<Loaded>, ChangeError> + Send + 'static,
+    status: StatusCode,
+    kind: &'static str,
+) -> Result<Json<PolicyVersion>, Failure> {
+    let result = tokio::task::spawn_blocking(move || apply(&s))
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match result {
+        Ok(loaded) => Ok(Json(PolicyVersion::from(loaded.as_ref()))),
+        Err(e @ ChangeError::Refused(_)) => Err(Failure::new(status, kind, e.to_string())),
+        Err(e @ ChangeError::NotStored(_)) => {
+            Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))
         }
     }
 }
