@@ -9,7 +9,7 @@ set -euo pipefail
 
 sock=/run/libvirt/libvirt-sock
 pidfile=/run/libvirtd.pid
-packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86)
+packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils)
 
 running() {
     [[ -S $sock && -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
@@ -35,13 +35,22 @@ configure() {
     getent group kvm >/dev/null || groupadd -r kvm
     getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
     local conf=/etc/libvirt/qemu.conf
-    if ! grep -q '^# locus: run guests as root' "$conf" 2>/dev/null; then
+    # Guests run as libvirt-qemu, not root: libvirt's DAC driver hands each
+    # QEMU only its own disk and the base behind it. There is no AppArmor or
+    # SELinux here, so no MAC driver (docs/operator-guide.md, "Confinement").
+    if ! grep -q '^# locus: guests run as libvirt-qemu' "$conf" 2>/dev/null; then
+        sed -i '/^# locus: run guests as root/,+3d' "$conf" 2>/dev/null || true
         {
-            echo '# locus: run guests as root without a security driver (no systemd, no AppArmor here)'
-            echo 'user = "root"'
-            echo 'group = "root"'
+            echo '# locus: guests run as libvirt-qemu (DAC); no MAC driver on this platform'
+            echo 'user = "libvirt-qemu"'
+            echo 'group = "libvirt-qemu"'
             echo 'security_driver = "none"'
         } >>"$conf"
+    fi
+    # What udev does elsewhere: KVM for the kvm group, which QEMU's user joins.
+    id -nG libvirt-qemu | grep -qw kvm || usermod -a -G kvm libvirt-qemu
+    if [[ -c /dev/kvm ]]; then
+        chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || echo "libvirtd: cannot open /dev/kvm to QEMU's user; guests use TCG" >&2
     fi
 }
 

@@ -3,8 +3,10 @@
 //! two requests per run, and the benchmark opens one client per worker.
 
 use anyhow::{Context, Result, anyhow};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Bytes;
+use futures::StreamExt;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -75,6 +77,17 @@ impl Client {
         self.send(Method::PUT, path, Some((content_type, bytes))).await
     }
 
+    /// PUT a file's bytes to `path` as they are read, without holding the
+    /// file in memory.
+    pub async fn put_file<T: DeserializeOwned>(&self, path: &str, file: tokio::fs::File) -> Result<T> {
+        let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|chunk| {
+            chunk.map(hyper::body::Frame::data).map_err(|e| anyhow!("reading the file to upload: {e}"))
+        });
+        let body = Some(("application/octet-stream", StreamBody::new(frames).boxed_unsync()));
+        let (status, bytes) = self.exchange(Method::PUT, path, body).await?;
+        decode(path, status, &bytes)
+    }
+
     /// Sends a request and decodes the JSON answer; an error status becomes
     /// an [`AgentError`] carrying the agent's message.
     pub async fn send<T: DeserializeOwned>(
@@ -84,15 +97,7 @@ impl Client {
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<T> {
         let (status, bytes) = self.raw(method, path, body).await?;
-        if !status.is_success() {
-            let body: Option<crate::api::ErrorBody> = serde_json::from_slice(&bytes).ok();
-            let (kind, message) = match body {
-                Some(b) => (b.kind, b.error),
-                None => ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()),
-            };
-            return Err(AgentError { status, kind, message }.into());
-        }
-        serde_json::from_slice(&bytes).with_context(|| format!("decoding the agent's answer to {path}"))
+        decode(path, status, &bytes)
     }
 
     /// Sends a request and returns the status and body as they are.
@@ -102,28 +107,38 @@ impl Client {
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<(StatusCode, Bytes)> {
+        let body = body.map(|(content_type, bytes)| {
+            (content_type, Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync())
+        });
+        self.exchange(method, path, body).await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Body)>,
+    ) -> Result<(StatusCode, Bytes)> {
         let mut request = Request::builder().method(method).uri(path).header("host", "locus");
         if let Endpoint::Tcp { token, .. } = &self.endpoint {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = match body {
-            Some((content_type, bytes)) => {
-                request.header("content-type", content_type).body(Full::new(Bytes::from(bytes)))?
-            }
-            None => request.body(Full::new(Bytes::new()))?,
+            Some((content_type, body)) => request.header("content-type", content_type).body(body)?,
+            None => request.body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync())?,
         };
         let response = match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path).await.with_context(|| {
                     format!("cannot reach the agent at {} (is `locus agent` running?)", path.display())
                 })?;
-                exchange(stream, request).await?
+                over(stream, request).await?
             }
             Endpoint::Tcp { addr, .. } => {
                 let stream = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .with_context(|| format!("cannot reach the agent at {addr}"))?;
-                exchange(stream, request).await?
+                over(stream, request).await?
             }
         };
         let status = response.status();
@@ -132,9 +147,25 @@ impl Client {
     }
 }
 
-async fn exchange<S>(
+/// A request body: bytes in memory or a stream.
+type Body = UnsyncBoxBody<Bytes, anyhow::Error>;
+
+/// Decodes a JSON answer; an error status becomes an [`AgentError`].
+fn decode<T: DeserializeOwned>(path: &str, status: StatusCode, bytes: &[u8]) -> Result<T> {
+    if !status.is_success() {
+        let body: Option<crate::api::ErrorBody> = serde_json::from_slice(bytes).ok();
+        let (kind, message) = match body {
+            Some(b) => (b.kind, b.error),
+            None => ("unknown".into(), String::from_utf8_lossy(bytes).into_owned()),
+        };
+        return Err(AgentError { status, kind, message }.into());
+    }
+    serde_json::from_slice(bytes).with_context(|| format!("decoding the agent's answer to {path}"))
+}
+
+async fn over<S>(
     stream: S,
-    request: Request<Full<Bytes>>,
+    request: Request<Body>,
 ) -> Result<hyper::Response<hyper::body::Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -120,6 +120,8 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Bounds on each API listener.
     pub api: crate::api::serve::ApiLimits,
+    /// The image store.
+    pub images: crate::images::ImageConfig,
     /// Time between samples of every VM's CPU and memory, ms.
     pub sample_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax).
@@ -149,6 +151,7 @@ impl Default for AgentConfig {
             listen: None,
             token_file: None,
             api: crate::api::serve::ApiLimits::default(),
+            images: crate::images::ImageConfig::default(),
             sample_interval_ms: 2000,
             log: "info,libp2p_kad=error".into(),
             log_format: LogFormat::Text,
@@ -208,11 +211,19 @@ impl AgentConfig {
                 "invalid configuration: api.max-connections, header-timeout-ms and body-timeout-ms must be at least 1"
             );
         }
+        if self.images.max_bytes == 0 || self.images.max_imports == 0 {
+            bail!("invalid configuration: images.max-bytes and images.max-imports must be at least 1");
+        }
         let max_stop = locus_core::node::MAX_STOP_TIMEOUT.as_millis();
         if u128::from(self.timing.stop_timeout_ms) > max_stop {
             bail!("invalid configuration: timing.stop-timeout-ms must be at most {max_stop} (10 minutes)");
         }
         Ok(())
+    }
+
+    /// Where images and VM disks live.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images.dir.clone().unwrap_or_else(|| self.state_dir.join("images"))
     }
 
     /// The unix socket path.

@@ -11,6 +11,7 @@
 use crate::api::{self, AppState, Call};
 use crate::config::{AgentConfig, LogFormat};
 use crate::deciders::{Answered, Deciders};
+use crate::images::Images;
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
 use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
@@ -60,6 +61,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
+    let images = Arc::new(Images::open(&config.images_dir(), config.images.clone())?);
     let keypair = overlay::identity::load_or_create(&config.state_dir.join("node.key"))?;
     let peer = keypair.public().to_peer_id();
     let node = Node::new(config.node(CorePeer(peer.to_string())), intents)?;
@@ -78,6 +80,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             uri: config.libvirt_uri.clone(),
             owner: config.host.name.clone(),
             sample_interval: Duration::from_millis(config.sample_interval_ms),
+            images: images.clone(),
         },
         hv_events,
     )
@@ -94,8 +97,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
     tracing::info!(workers, "policy workers started");
 
     let (core_tx, core_rx) = mpsc::channel(1024);
-    let state =
-        AppState { core: core_tx, policies: policies.clone(), store: store.clone(), overlay: ov_tx.clone() };
+    let state = AppState {
+        core: core_tx,
+        policies: policies.clone(),
+        store: store.clone(),
+        images,
+        overlay: ov_tx.clone(),
+    };
     let tracker = TaskTracker::new();
     let socket = config.socket_path();
     let unix = bind_unix(&socket)?;
@@ -315,7 +323,7 @@ fn raise_fd_limit() {
     }
 }
 
-/// Makes the state directory, or checks that an existing one is the
+/// Makes the state directory (mode 0711), or checks that an existing one is the
 /// agent's own: a shared directory (like /tmp, mode 1777) or one another
 /// user owns is refused rather than chmodded out from under them.
 fn prepare_state_dir(dir: &Path) -> Result<()> {
@@ -342,7 +350,9 @@ fn prepare_state_dir(dir: &Path) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading state directory {}", dir.display())),
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    // Others may pass through (QEMU, running as its own user, reaches the
+    // VM disks under it) but not list it; every file in it is private.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("restricting {}", dir.display()))?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! - [`libvirt`]: the hypervisor thread (commands, sampling, reconnects).
 //! - [`overlay`]: the libp2p swarm (membership gossip, agent-to-agent requests).
 //! - [`store`]: durable intent (redb).
+//! - [`images`]: the image store and each VM's own disk on an image.
 //! - [`policies`]: the placement and migration slots on the agent.
 //! - [`deciders`]: the worker threads that run placement policies beside the node.
 //! - [`api`]: the HTTP/JSON API and its OpenAPI description.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod deciders;
 pub mod files;
+pub mod images;
 pub mod libvirt;
 pub mod overlay;
 pub mod policies;

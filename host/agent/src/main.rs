@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
+    /// Disk images in a running agent's store.
+    Image {
+        #[command(subcommand)]
+        command: locus::control::images::ImageCommand,
+    },
     /// The cluster a running agent belongs to.
     Cluster {
         #[command(subcommand)]
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent(&args, cli.log.as_ref()).map(|()| ExitCode::SUCCESS),
         Command::Vm { command } => control::vm(conn, command).map(|()| ExitCode::SUCCESS),
+        Command::Image { command } => control::images::run(conn, command).map(|()| ExitCode::SUCCESS),
         Command::Host { command: HostCommand::Status } => {
             control::host_status(conn).map(|()| ExitCode::SUCCESS)
         }

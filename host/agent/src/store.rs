@@ -76,6 +76,8 @@ impl Store {
                 path.display()
             )
         })?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(VMS)?;
         txn.open_table(SLOTS)?;

@@ -173,3 +173,145 @@ fn libvirtd_down_at_start_and_later_the_agent_keeps_serving_and_recovers() {
     let _: serde_json::Value = agent.json(&["vm", "delete", &name]);
     assert!(!domains().contains(&name));
 }
+
+/// A raw disk whose boot sector writes itself to the disk's second sector
+/// (BIOS int 13h) and halts: a guest that writes to its disk, in 512 bytes.
+fn writer_image() -> Vec<u8> {
+    let code: &[u8] = &[
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0x8E, 0xC0, // mov es, ax
+        0xB8, 0x01, 0x03, // mov ax, 0x0301: write one sector
+        0xB9, 0x02, 0x00, // mov cx, 0x0002: cylinder 0, sector 2
+        0xB6, 0x00, // mov dh, 0: head 0 (dl is the boot drive)
+        0xBB, 0x00, 0x7C, // mov bx, 0x7c00: from this sector
+        0xCD, 0x13, // int 0x13
+        0xFA, // cli
+        0xF4, // hlt
+        0xEB, 0xFD, // jmp back to hlt
+    ];
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..code.len()].copy_from_slice(code);
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+fn sha256_file(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+/// The guest-visible bytes of a qcow2 disk (read while QEMU may hold it).
+fn disk_bytes(disk: &std::path::Path, dir: &std::path::Path) -> Vec<u8> {
+    let out = dir.join("disk.raw");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(disk)
+        .arg(&out)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+    std::fs::read(out).expect("read")
+}
+
+fn disks(agent: &Agent) -> Vec<std::path::PathBuf> {
+    let mut d: Vec<_> = std::fs::read_dir(agent.dir.path().join("images/disks"))
+        .expect("disks dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    d.sort();
+    d
+}
+
+#[test]
+fn libvirtd_two_guests_from_one_image_write_only_their_own_disks_and_paths_are_refused() {
+    let _daemon = libvirtd();
+    let agent = Agent::start(URI, &unique("qemu-images"), &[]);
+    wait_until(Duration::from_secs(20), "the agent connects", || hypervisor_state(&agent) == "up");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("writer.raw");
+    let image = writer_image();
+    std::fs::write(&file, &image).expect("write image");
+    let imported: serde_json::Value =
+        agent.json(&["image", "import", file.to_str().expect("utf-8"), "--name", "writer"]);
+    let hash = imported["hash"].as_str().expect("hash").to_owned();
+    let base = agent.dir.path().join("images/blobs").join(hash.trim_start_matches("sha256:"));
+    let base_hash = sha256_file(&base);
+    assert_eq!(format!("sha256:{base_hash}"), hash);
+
+    // Anything but an image of the store is refused before libvirt sees
+    // it, with the same answer whether or not the path exists.
+    let a = unique("img-a");
+    let _: VmStatus = agent.json(&["vm", "create", &a, "--memory-mib", "32", "--image", "writer"]);
+    let overlay_a = disks(&agent).pop().expect("a's disk");
+    // Confinement: the guest's QEMU is not root (scripts/libvirtd.sh).
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{a}.pid")).expect("QEMU's pid file");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).expect("QEMU's status");
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("Uid line");
+    assert!(uid.split_whitespace().all(|id| id != "0"), "QEMU runs as root: {uid}");
+    let planted = "cd".repeat(32);
+    std::os::unix::fs::symlink("/etc/shadow", agent.dir.path().join("images/blobs").join(&planted))
+        .expect("plant a symlink");
+    let state_dir = agent.dir.path().display().to_string();
+    let refusal = |bad: &str| {
+        let name = unique("img-bad");
+        let out = agent.cli(&["vm", "create", &name, "--memory-mib", "32", "--image", bad]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{bad} refused");
+        assert!(!domains().contains(&name), "{bad}: nothing defined");
+        assert!(bad.contains(&state_dir) || !err.contains(&state_dir), "{bad}: no store path in {err}");
+        // The answer is the same whether or not the thing exists.
+        err.replace(bad, "<image>")
+    };
+    let path_answer = refusal("/etc/shadow");
+    assert!(path_answer.contains("paths are not accepted"), "{path_answer}");
+    for bad in ["/etc/no-such-file", "/dev/vda", "../disks/a.qcow2"] {
+        assert_eq!(refusal(bad), path_answer, "{bad}");
+    }
+    // Another VM's disk, by its path: refused as any path is.
+    assert!(refusal(&overlay_a.display().to_string()).contains("paths are not accepted"));
+    let missing_answer = refusal(&format!("sha256:{}", "00".repeat(32)));
+    assert!(missing_answer.contains("no image"), "{missing_answer}");
+    assert_eq!(refusal(&format!("sha256:{planted}")), missing_answer, "a symlink out of the store is no image");
+
+    let b = unique("img-b");
+    let _: VmStatus = agent.json(&["vm", "create", &b, "--memory-mib", "32", "--image", &hash]);
+    let both = disks(&agent);
+    assert_eq!(both.len(), 2, "one disk per VM: {both:?}");
+    let xml = virsh(&["dumpxml", &b]);
+    let disk = xml.find("<disk").map(|i| &xml[i..]).expect("a disk");
+    let source = disk.find("<source file=").expect("a source");
+    let backing = disk.find("<backingStore").expect("the base behind it");
+    assert!(source < backing && disk[source..backing].contains("images/disks/"), "the VM's own disk: {xml}");
+
+    // Both guests run their boot sector, which writes to the disk and halts.
+    for vm in [&a, &b] {
+        let mut last = 0;
+        wait_until(Duration::from_secs(60), "the guest halts after writing", || {
+            let now = show(&agent, vm).cpu_time_ns;
+            let halted = now > 0 && now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+            halted
+        });
+        // Powering off makes QEMU flush its disk.
+        let _: VmStatus = agent.json(&["vm", "stop", vm, "--force"]);
+    }
+    for disk in &both {
+        let bytes = disk_bytes(disk, work.path());
+        assert_eq!(&bytes[512..1024], &image[..512], "{} holds its guest's write", disk.display());
+    }
+    assert_eq!(sha256_file(&base), base_hash, "the base is unchanged");
+    assert_eq!(&std::fs::read(&base).expect("base")[512..1024], &[0u8; 512][..]);
+
+    let out = agent.cli(&["image", "rm", "writer"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use") && err.contains(&a), "{err}");
+    for vm in [&a, &b] {
+        let _: serde_json::Value = agent.json(&["vm", "delete", vm]);
+    }
+    assert!(disks(&agent).is_empty(), "deleting a VM removes its disk: {:?}", disks(&agent));
+    let _: serde_json::Value = agent.json(&["image", "rm", "writer"]);
+    assert!(!base.exists());
+}

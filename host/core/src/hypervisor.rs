@@ -76,6 +76,9 @@ pub enum HvErrorKind {
     NotFound,
     /// The hypervisor refused (bad definition, no resources, wrong state…).
     Refused,
+    /// The request names something this host does not have, such as an
+    /// image that is not in its store: the client's to fix.
+    Invalid,
 }
 
 /// A failed command, with the hypervisor's own message.

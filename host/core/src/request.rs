@@ -10,8 +10,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_LABELS: usize = 32;
 /// Longest label value, in bytes.
 pub const MAX_LABEL_VALUE: usize = 256;
-/// Longest disk image path, in bytes.
-pub const MAX_PATH_LEN: usize = 1024;
+/// How an image is named by its content: this prefix, then 64 lowercase hex digits.
+pub const IMAGE_HASH_PREFIX: &str = "sha256:";
 
 /// A point on Earth, in degrees, as written in requests and cluster files.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -105,8 +105,10 @@ pub struct VmRequest {
     /// Largest acceptable round-trip latency to the users, in milliseconds.
     #[serde(default)]
     pub max_latency_ms: Option<f32>,
-    /// Absolute path of a disk image on the host (qcow2 when the name ends
-    /// in `.qcow2`, raw otherwise); none boots a diskless VM.
+    /// The image the VM boots from: the name of an image in the host's
+    /// image store (`locus image list`) or its `sha256:<hex>` content hash.
+    /// The VM gets its own copy-on-write disk on it. Paths are refused.
+    /// None boots a diskless VM.
     #[serde(default)]
     pub image: Option<String>,
     /// The libvirt network the VM's one interface joins; none means no NIC.
@@ -146,9 +148,11 @@ pub enum RequestError {
     /// A latency bound without a user location to measure from.
     #[error("max-latency-ms needs a user location")]
     LatencyWithoutUser,
-    /// A disk image path that is not a plain absolute path.
-    #[error("image {0:?} must be an absolute path of at most 1024 bytes without control characters")]
-    Image(String),
+    /// An image reference that is neither an image name nor a content hash.
+    #[error(
+        "image {0} is not an image name or sha256:<64 hex digits>: name an image of the host's store (`locus image list`); paths are not accepted"
+    )]
+    Image(Shown),
     /// A declared CPU load above what the VM's vCPUs can use.
     #[error("load-cpu-milli {load} is more than {vcpus} vCPU(s) can use (at most {max})")]
     Load {
@@ -196,6 +200,21 @@ pub fn valid_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// True when `image` names an image: by name (the naming rule) or by
+/// content hash (`sha256:` and 64 lowercase hex digits). Neither form can
+/// hold a `/`, so no reference reaches outside an image store.
+pub fn valid_image_ref(image: &str) -> bool {
+    match image.strip_prefix(IMAGE_HASH_PREFIX) {
+        Some(hex) => valid_image_hash(hex),
+        None => valid_name(image),
+    }
+}
+
+/// True when `hex` is a SHA-256 in 64 lowercase hex digits.
+pub fn valid_image_hash(hex: &str) -> bool {
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl VmRequest {
     /// Checks everything that can be checked without the cluster.
     pub fn validate(&self) -> Result<(), RequestError> {
@@ -230,11 +249,9 @@ impl VmRequest {
             _ => {}
         }
         if let Some(image) = &self.image
-            && !(image.starts_with('/')
-                && image.len() <= MAX_PATH_LEN
-                && !image.chars().any(char::is_control))
+            && !valid_image_ref(image)
         {
-            return Err(RequestError::Image(image.clone()));
+            return Err(RequestError::Image(Shown::of(image)));
         }
         if let Some(network) = &self.network
             && !valid_name(network)
@@ -315,9 +332,13 @@ mod tests {
     #[test]
     fn images_networks_and_labels_are_checked() {
         let mut r = vm("a");
-        r.image = Some("relative.qcow2".into());
-        assert!(matches!(r.validate(), Err(RequestError::Image(_))));
-        r.image = Some("/var/lib/images/a.qcow2".into());
+        for bad in ["/etc/shadow", "/dev/vda", "../disks/b.qcow2", "a/b", "sha256:ABC", ".hidden", ""] {
+            r.image = Some(bad.into());
+            assert!(matches!(r.validate(), Err(RequestError::Image(_))), "{bad}");
+        }
+        r.image = Some(format!("sha256:{}", "0f".repeat(32)));
+        assert!(r.validate().is_ok());
+        r.image = Some("debian-12.qcow2".into());
         r.network = Some("default net".into());
         assert!(matches!(r.validate(), Err(RequestError::Network(_))));
         r.network = Some("default".into());

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 mod error;
+mod images;
 mod openapi;
 mod policies;
 pub mod serve;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub policies: Arc<crate::policies::Policies>,
     /// The intent store (policies loaded by operators are kept there).
     pub store: Arc<crate::store::Store>,
+    /// The image store.
+    pub images: Arc<crate::images::Images>,
     /// The overlay task's inbox.
     pub overlay: mpsc::UnboundedSender<crate::overlay::ToOverlay>,
 }
@@ -72,6 +75,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
         .route("/v1/policies/{slot}/rollback", post(policies::rollback))
+        .route("/v1/images", get(images::list))
+        .route(
+            "/v1/images/{image}",
+            get(images::show).put(images::import).delete(images::remove).layer(DefaultBodyLimit::disable()),
+        )
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {

@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Locus agent API", description = "VMs, host status and policies of one Locus agent."),
+    info(title = "Locus agent API", description = "VMs, images, host status and policies of one Locus agent."),
     paths(
         super::vms::list,
         super::vms::create,
@@ -17,6 +17,10 @@ use utoipa::OpenApi;
         super::policies::list,
         super::policies::load,
         super::policies::rollback,
+        super::images::list,
+        super::images::show,
+        super::images::import,
+        super::images::remove,
         super::cluster::status,
         super::cluster::join,
     )

@@ -6,18 +6,20 @@ use locus_core::VmRequest;
 use quick_xml::Writer;
 use quick_xml::events::{BytesText, Event};
 use std::io;
+use std::path::Path;
 
 /// The XML namespace of Locus's domain metadata.
 pub const NAMESPACE: &str = "https://locus.invalid/xmlns/vm/1";
 
 /// The domain definition for `spec`, owned by host `owner`, of libvirt
-/// domain type `domain_type` (`kvm`, `qemu` or `test`).
-pub fn render(spec: &VmRequest, owner: &str, domain_type: &str) -> String {
+/// domain type `domain_type` (`kvm`, `qemu` or `test`), booting from
+/// `disk` (the VM's own qcow2 overlay in the image store) when it has one.
+pub fn render(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<&Path>) -> String {
     // Writing into a Vec cannot fail.
-    write(spec, owner, domain_type).unwrap_or_default()
+    write(spec, owner, domain_type, disk).unwrap_or_default()
 }
 
-fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String> {
+fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<&Path>) -> io::Result<String> {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
         w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
@@ -41,7 +43,7 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String>
         w.create_element("vcpu").write_text_content(BytesText::new(&spec.vcpus.to_string()))?;
         w.create_element("os").write_inner_content(|w| {
             w.create_element("type").write_text_content(BytesText::new("hvm"))?;
-            let boot = if spec.image.is_some() { "hd" } else { "network" };
+            let boot = if disk.is_some() { "hd" } else { "network" };
             w.create_element("boot").with_attribute(("dev", boot)).write_empty()?;
             Ok(())
         })?;
@@ -49,24 +51,24 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str) -> io::Result<String>
         {
             w.create_element(event).write_text_content(BytesText::new(action))?;
         }
-        w.create_element("devices").write_inner_content(|w| devices(w, spec))?;
+        w.create_element("devices").write_inner_content(|w| devices(w, spec, disk))?;
         Ok(())
     })?;
     Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
 }
 
-fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest) -> io::Result<()> {
-    if let Some(image) = &spec.image {
-        let format = if image.ends_with(".qcow2") { "qcow2" } else { "raw" };
+fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<&Path>) -> io::Result<()> {
+    if let Some(disk) = disk {
+        let file = disk.to_str().ok_or_else(|| io::Error::other("a non-UTF-8 disk path"))?;
         w.create_element("disk")
             .with_attribute(("type", "file"))
             .with_attribute(("device", "disk"))
             .write_inner_content(|w| {
                 w.create_element("driver")
                     .with_attribute(("name", "qemu"))
-                    .with_attribute(("type", format))
+                    .with_attribute(("type", "qcow2"))
                     .write_empty()?;
-                w.create_element("source").with_attribute(("file", image.as_str())).write_empty()?;
+                w.create_element("source").with_attribute(("file", file)).write_empty()?;
                 w.create_element("target")
                     .with_attribute(("dev", "vda"))
                     .with_attribute(("bus", "virtio"))
@@ -109,10 +111,9 @@ mod tests {
     fn values_are_escaped_and_the_owner_reads_back() {
         let mut spec = VmRequest { name: "web-1".into(), vcpus: 2, memory_mib: 64, ..VmRequest::default() };
         spec.labels.insert("team".into(), "</locus:label><evil attr='1'>&".into());
-        spec.image = Some("/images/a&b.qcow2".into());
-        let xml = render(&spec, "host-a", "kvm");
+        let xml = render(&spec, "host-a", "kvm", Some(Path::new("/images/disks/a&b.qcow2")));
         assert!(xml.contains("&lt;/locus:label&gt;&lt;evil attr=&apos;1&apos;&gt;&amp;"), "{xml}");
-        assert!(xml.contains("file=\"/images/a&amp;b.qcow2\""), "{xml}");
+        assert!(xml.contains("file=\"/images/disks/a&amp;b.qcow2\""), "{xml}");
         assert!(xml.contains("<memory unit=\"MiB\">64</memory>"), "{xml}");
         assert!(xml.contains("type=\"qcow2\""), "{xml}");
         let start = xml.find("<locus:vm").expect("metadata");

@@ -10,10 +10,13 @@
 
 pub mod domain_xml;
 
+use crate::images::{ImageError, Images};
+use locus_core::VmRequest;
 use locus_core::hypervisor::{
     DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,6 +56,8 @@ pub struct Settings {
     pub owner: String,
     /// Time between samples.
     pub sample_interval: Duration,
+    /// Where VM disks come from.
+    pub images: Arc<Images>,
 }
 
 /// Starts the hypervisor thread.
@@ -172,6 +177,7 @@ fn lose(
 struct Session {
     conn: Connect,
     owner: String,
+    images: Arc<Images>,
     domain_type: &'static str,
     /// Whether each domain (by UUID) is ours: its metadata never changes.
     ours: HashMap<String, bool>,
@@ -192,6 +198,7 @@ impl Session {
         let mut session = Session {
             conn,
             owner: settings.owner.clone(),
+            images: settings.images.clone(),
             domain_type: "qemu",
             ours: HashMap::new(),
             cpu: HashMap::new(),
@@ -280,10 +287,7 @@ impl Session {
         let result = match (cmd, existing) {
             // Idempotent: an existing domain of ours is the one defined before a crash.
             (HvCommand::Define(_), Some(d)) => state(&d),
-            (HvCommand::Define(spec), None) => {
-                let xml = domain_xml::render(spec, &self.owner, self.domain_type);
-                Domain::define_xml(&self.conn, &xml).and_then(|d| state(&d))
-            }
+            (HvCommand::Define(spec), None) => return self.define(spec),
             (HvCommand::Start(_), None) => {
                 return Err(HvError {
                     kind: HvErrorKind::NotFound,
@@ -294,7 +298,9 @@ impl Session {
                 Ok(true) => state(&d),
                 _ => d.create().and_then(|_| state(&d)),
             },
-            (HvCommand::Shutdown(_) | HvCommand::Destroy(_) | HvCommand::Undefine(_), None) => {
+            (HvCommand::Shutdown(_) | HvCommand::Destroy(_), None) => Ok(DomainState::Missing),
+            (HvCommand::Undefine(_), None) => {
+                self.remove_disk(name);
                 Ok(DomainState::Missing)
             }
             (HvCommand::Shutdown(_), Some(d)) => match d.is_active() {
@@ -305,9 +311,35 @@ impl Session {
                 Ok(true) => d.destroy().and_then(|_| state(&d)),
                 _ => state(&d),
             },
-            (HvCommand::Undefine(_), Some(d)) => d.undefine().map(|_| DomainState::Missing),
+            (HvCommand::Undefine(_), Some(d)) => d.undefine().map(|_| {
+                self.remove_disk(name);
+                DomainState::Missing
+            }),
         };
         result.map_err(|e| self.error(e))
+    }
+
+    /// Defines a new domain, on a fresh disk of its own when it has an image.
+    fn define(&mut self, spec: &VmRequest) -> Result<DomainState, HvError> {
+        let disk = match &spec.image {
+            None => None,
+            Some(image) => {
+                let min = u64::from(spec.disk_gib) << 30;
+                Some(self.images.create_disk(&spec.name, image, min).map_err(disk_error)?)
+            }
+        };
+        let xml = domain_xml::render(spec, &self.owner, self.domain_type, disk.as_deref());
+        let defined = Domain::define_xml(&self.conn, &xml).and_then(|d| state(&d));
+        if defined.is_err() {
+            self.remove_disk(&spec.name);
+        }
+        defined.map_err(|e| self.error(e))
+    }
+
+    fn remove_disk(&self, vm: &str) {
+        if let Err(e) = self.images.remove_disks(vm) {
+            tracing::warn!(vm, error = %e, "could not remove the VM's disk");
+        }
     }
 
     fn error(&self, e: virt::error::Error) -> HvError {
@@ -320,6 +352,14 @@ impl Session {
         };
         HvError { kind, message: e.message().to_owned() }
     }
+}
+
+fn disk_error(e: ImageError) -> HvError {
+    let kind = match e {
+        ImageError::NotFound(_) => HvErrorKind::Invalid,
+        _ => HvErrorKind::Refused,
+    };
+    HvError { kind, message: e.to_string() }
 }
 
 fn is_ours(dom: &Domain, owner: &str) -> bool {

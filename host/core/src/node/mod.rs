@@ -1036,6 +1036,7 @@ impl Node {
         let kind = match error.kind {
             HvErrorKind::Unavailable => ApiErrorKind::Unavailable,
             HvErrorKind::NotFound | HvErrorKind::Refused => ApiErrorKind::Hypervisor,
+            HvErrorKind::Invalid => ApiErrorKind::BadRequest,
         };
         let api_error = ApiError::new(kind, format!("vm {name}: {} failed: {error}", step_name(step)));
         if let Some(r) = self.vms.get_mut(name) {

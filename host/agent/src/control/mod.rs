@@ -1,5 +1,5 @@
-//! The CLI verbs that talk to a running agent: `locus vm …`, `locus host
-//! status`, `locus policy load|list`. Readable tables by default, the API's
+//! The CLI verbs that talk to a running agent: `locus vm …`, `locus image
+//! …` ([`images`]), `locus host status`, `locus policy load|list`. Readable tables by default, the API's
 //! JSON with `--json`.
 
 use crate::api::vms::Deleted;
@@ -12,6 +12,8 @@ use locus_core::node::{HostStatus, VmStatus};
 use locus_core::request::{GroupKindSpec, GroupRef};
 use locus_core::{Location, RestartPolicy, VmRequest};
 use std::path::PathBuf;
+
+pub mod images;
 
 /// How to reach the agent and how to print.
 #[derive(Debug, Clone, Args)]
@@ -97,10 +99,10 @@ pub struct CreateArgs {
     /// Memory, MiB.
     #[arg(long, default_value_t = 512)]
     pub memory_mib: u32,
-    /// Disk, GiB (accounting).
+    /// Disk, GiB: reserved on the host, and the least size of the VM's disk on its image.
     #[arg(long, default_value_t = 0)]
     pub disk_gib: u32,
-    /// Disk image path on the host.
+    /// The image to boot from: a name in the agent's image store or sha256:<hex>.
     #[arg(long)]
     pub image: Option<String>,
     /// libvirt network for the VM's interface.

@@ -1,0 +1,89 @@
+//! `/v1/images`: import an image's bytes into this host's store, list and
+//! show images, remove one no VM uses. An upload streams to disk as it
+//! arrives (hashed on the way), up to `images.max-bytes`.
+
+use super::AppState;
+use super::error::{ErrorBody, Failure};
+use crate::images::{ImageError, ImageInfo};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
+impl From<ImageError> for Failure {
+    fn from(e: ImageError) -> Self {
+        let (status, kind) = match &e {
+            ImageError::Name(_) | ImageError::Refused(_) | ImageError::Upload(_) => {
+                (StatusCode::BAD_REQUEST, "bad-request")
+            }
+            ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ImageError::Exists { .. } | ImageError::InUse { .. } => (StatusCode::CONFLICT, "conflict"),
+            ImageError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ImageError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ImageError::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
+            ImageError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Failure::new(status, kind, e.to_string())
+    }
+}
+
+/// Every image in this host's store.
+#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageInfo])))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<ImageInfo>>, Failure> {
+    let images = s.images.clone();
+    Ok(Json(blocking(move || images.list()).await?))
+}
+
+/// One image, by name or `sha256:<hex>`.
+#[utoipa::path(get, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "A name or sha256:<hex>")),
+    responses((status = 200, body = ImageInfo), (status = 404, description = "No such image", body = ErrorBody)))]
+pub async fn show(State(s): State<AppState>, Path(image): Path<String>) -> Result<Json<ImageInfo>, Failure> {
+    let images = s.images.clone();
+    Ok(Json(blocking(move || images.show(&image)).await?))
+}
+
+/// Imports the body's bytes (qcow2 or raw, detected) as image `image`.
+/// The same bytes under the same name again change nothing (200).
+#[utoipa::path(put, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "The name to import it under")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Imported", body = ImageInfo),
+        (status = 200, description = "Already there with the same bytes", body = ImageInfo),
+        (status = 400, description = "Not an image the store takes (format, backing or data file, encrypted, empty) or a bad name", body = ErrorBody),
+        (status = 409, description = "The name holds other bytes", body = ErrorBody),
+        (status = 413, description = "Larger than images.max-bytes", body = ErrorBody),
+        (status = 503, description = "As many imports as allowed are running", body = ErrorBody),
+        (status = 507, description = "No space left; nothing stored", body = ErrorBody)))]
+pub async fn import(
+    State(s): State<AppState>,
+    Path(image): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<ImageInfo>), Failure> {
+    let (info, created) = s.images.import(&image, body.into_data_stream()).await?;
+    tracing::info!(image, hash = %info.hash, bytes = info.size_bytes, created, "image imported");
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(info)))
+}
+
+/// Removes a name (a hash removes every name of it); the bytes go with the
+/// last name. Refused while a VM's disk is on the image.
+#[utoipa::path(delete, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "A name or sha256:<hex>")),
+    responses((status = 200, description = "Removed", body = ImageInfo),
+        (status = 404, description = "No such image", body = ErrorBody),
+        (status = 409, description = "VMs use it", body = ErrorBody)))]
+pub async fn remove(State(s): State<AppState>, Path(image): Path<String>) -> Result<Json<ImageInfo>, Failure> {
+    let images = s.images.clone();
+    let info = blocking(move || images.remove(&image)).await?;
+    tracing::info!(hash = %info.hash, names = ?info.names, "image removed");
+    Ok(Json(info))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(Failure::from)
+}

@@ -1,0 +1,504 @@
+//! The agent's image store: the only place a VM's disk can come from.
+//!
+//! An image is imported as bytes (never as a path the agent would open for
+//! someone), checked ([`inspect`]) and kept read-only under its SHA-256.
+//! Each VM gets its own qcow2 overlay on that base, created with the VM and
+//! removed with it, so guests never write to a base or to each other.
+//!
+//! ```text
+//! <dir>/blobs/<sha256>        a base image, mode 0444
+//! <dir>/blobs/<sha256>.json   its format and sizes
+//! <dir>/names/<name>          the hash a name points at
+//! <dir>/disks/<vm>@<sha256>.qcow2   a VM's overlay on that base
+//! <dir>/incoming/             uploads in progress
+//! ```
+//!
+//! The filesystem is the truth: an overlay's file name says which base it
+//! uses, so "in use" needs no second record that could disagree. One lock
+//! orders the catalog changes (import, removal, overlay creation) against
+//! each other.
+
+pub mod inspect;
+
+use anyhow::{Context, Result};
+use futures::{Stream, StreamExt};
+use locus_core::request::{IMAGE_HASH_PREFIX, valid_image_hash, valid_name};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+pub use inspect::Format;
+
+/// The image store's settings (`[images]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ImageConfig {
+    /// Where images and VM disks live; default `<state-dir>/images`.
+    pub dir: Option<PathBuf>,
+    /// Largest image accepted, in bytes.
+    pub max_bytes: u64,
+    /// Imports that may run at once; more are refused with 503.
+    pub max_imports: usize,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig { dir: None, max_bytes: 64 << 30, max_imports: 2 }
+    }
+}
+
+/// An image of the store, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ImageInfo {
+    /// Its names (an image imported twice under different names has both).
+    pub names: Vec<String>,
+    /// `sha256:<hex>` of its bytes; a VM may name it so.
+    pub hash: String,
+    /// On-disk format.
+    pub format: Format,
+    /// Bytes of the file.
+    pub size_bytes: u64,
+    /// Size of the disk a guest sees.
+    pub virtual_size_bytes: u64,
+    /// When it was imported, seconds since the Unix epoch.
+    pub imported_unix: u64,
+    /// VMs whose disks are overlays on it.
+    pub used_by: Vec<String>,
+}
+
+/// What is kept beside a base.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Meta {
+    format: Format,
+    size_bytes: u64,
+    virtual_size_bytes: u64,
+    imported_unix: u64,
+}
+
+/// Why an image operation failed. Messages name images, never host paths.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A name that breaks the naming rule.
+    #[error("invalid image name {0:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")]
+    Name(String),
+    /// No such image in this host's store.
+    #[error("no image {0} in this host's store (see `locus image list`)")]
+    NotFound(String),
+    /// The name is taken by other content.
+    #[error("image {name} already exists with different content ({hash}); remove it first or choose another name")]
+    Exists {
+        /// The name.
+        name: String,
+        /// What it points at now.
+        hash: String,
+    },
+    /// VMs have disks on it.
+    #[error("image {name} is in use by {}; delete those VMs first", .vms.join(", "))]
+    InUse {
+        /// The name or hash asked for.
+        name: String,
+        /// The VMs.
+        vms: Vec<String>,
+    },
+    /// Larger than the configured maximum.
+    #[error("the image is larger than this agent accepts ({0} bytes, images.max-bytes)")]
+    TooLarge(u64),
+    /// Not an image the store takes.
+    #[error("not accepted: {0}")]
+    Refused(String),
+    /// The upload broke off.
+    #[error("the upload failed: {0}")]
+    Upload(String),
+    /// As many imports as allowed are running.
+    #[error("{0} image imports are already running; try again when one finishes")]
+    Busy(usize),
+    /// The filesystem is full.
+    #[error("no space left for the image store; nothing was stored")]
+    NoSpace,
+    /// Anything else (logged with detail; the client gets the summary).
+    #[error("the image store failed: {0}")]
+    Internal(String),
+}
+
+impl ImageError {
+    fn internal(e: impl std::fmt::Display, what: &str) -> Self {
+        tracing::error!(error = %e, "image store: {what}");
+        ImageError::Internal(what.to_owned())
+    }
+
+    fn io(e: io::Error, what: &str) -> Self {
+        if is_no_space(&e) { ImageError::NoSpace } else { ImageError::internal(e, what) }
+    }
+}
+
+/// True for "the disk is full" in its several spellings.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+/// A base a VM disk can be made on, resolved inside the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// Its hash, hex.
+    pub hex: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Size the guest sees.
+    pub virtual_size_bytes: u64,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Images {
+    dir: PathBuf,
+    config: ImageConfig,
+    imports: Semaphore,
+    catalog: Mutex<()>,
+}
+
+impl Images {
+    /// Opens (creating) the store at `dir` and clears uploads a crash left.
+    pub fn open(dir: &Path, config: ImageConfig) -> Result<Self> {
+        // QEMU runs as its own user and opens a VM's disk and the base
+        // behind it by path: it may pass through the store and those two
+        // directories (libvirt hands it each file), but list nothing.
+        for (sub, mode) in [("", 0o711), ("blobs", 0o711), ("disks", 0o711), ("names", 0o700), ("incoming", 0o700)]
+        {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("restricting {}", d.display()))?;
+        }
+        for entry in fs::read_dir(dir.join("incoming"))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        let imports = Semaphore::new(config.max_imports.max(1));
+        Ok(Images { dir: dir.to_owned(), config, imports, catalog: Mutex::new(()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn blob(&self, hex: &str) -> PathBuf {
+        self.dir.join("blobs").join(hex)
+    }
+
+    fn meta_path(&self, hex: &str) -> PathBuf {
+        self.dir.join("blobs").join(format!("{hex}.json"))
+    }
+
+    fn name_path(&self, name: &str) -> PathBuf {
+        self.dir.join("names").join(name)
+    }
+
+    /// Imports the bytes of `body` as image `name`. Answers the image and
+    /// whether it is new (an identical re-import changes nothing).
+    pub async fn import<S, E>(&self, name: &str, body: S) -> Result<(ImageInfo, bool), ImageError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if !valid_name(name) {
+            return Err(ImageError::Name(name.to_owned()));
+        }
+        let _permit = self.imports.try_acquire().map_err(|_| ImageError::Busy(self.config.max_imports))?;
+        let (upload, hex) = self.receive(body).await?;
+        let meta = {
+            let path = upload.path().to_owned();
+            let size = upload.as_file().metadata().map_err(|e| ImageError::io(e, "reading an upload"))?.len();
+            tokio::task::spawn_blocking(move || inspect::inspect(&path, size))
+                .await
+                .map_err(|e| ImageError::internal(e, "inspecting an upload"))??
+        };
+        let meta = Meta {
+            format: meta.format,
+            size_bytes: meta.size_bytes,
+            virtual_size_bytes: meta.virtual_size_bytes,
+            imported_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+        };
+        let created = self.commit(name, &hex, upload, &meta)?;
+        Ok((self.show(name)?, created))
+    }
+
+    /// Streams an upload into a private temporary file, hashing it.
+    async fn receive<S, E>(&self, mut body: S) -> Result<(tempfile::NamedTempFile, String), ImageError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let upload = tempfile::Builder::new()
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(self.dir.join("incoming"))
+            .map_err(|e| ImageError::io(e, "creating an upload file"))?;
+        let file = upload.as_file().try_clone().map_err(|e| ImageError::io(e, "opening an upload"))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut hash = sha2::Sha256::new();
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ImageError::Upload(e.to_string()))?;
+            total += chunk.len() as u64;
+            if total > self.config.max_bytes {
+                return Err(ImageError::TooLarge(self.config.max_bytes));
+            }
+            hash.update(&chunk);
+            out.write_all(&chunk).await.map_err(|e| ImageError::io(e, "writing an upload"))?;
+        }
+        out.flush().await.map_err(|e| ImageError::io(e, "writing an upload"))?;
+        let file = out.into_inner().into_std().await;
+        file.sync_all().map_err(|e| ImageError::io(e, "writing an upload"))?;
+        if total == 0 {
+            return Err(ImageError::Refused("the image is empty".into()));
+        }
+        Ok((upload, hex::encode(hash.finalize())))
+    }
+
+    /// Moves a checked upload into the store and points `name` at it.
+    fn commit(
+        &self,
+        name: &str,
+        hex: &str,
+        upload: tempfile::NamedTempFile,
+        meta: &Meta,
+    ) -> Result<bool, ImageError> {
+        let _catalog = self.lock();
+        if let Some(existing) = self.name_target(name)? {
+            if existing == hex {
+                return Ok(false);
+            }
+            return Err(ImageError::Exists { name: name.into(), hash: format!("{IMAGE_HASH_PREFIX}{existing}") });
+        }
+        if !self.blob(hex).is_file() {
+            let text = serde_json::to_vec_pretty(meta).map_err(|e| ImageError::internal(e, "encoding"))?;
+            write_atomically(&self.meta_path(hex), &text, 0o444)
+                .map_err(|e| ImageError::io(e, "recording an image"))?;
+            fs::set_permissions(upload.path(), fs::Permissions::from_mode(0o444))
+                .map_err(|e| ImageError::io(e, "protecting an image"))?;
+            upload.persist(self.blob(hex)).map_err(|e| ImageError::io(e.error, "storing an image"))?;
+        }
+        write_atomically(&self.name_path(name), hex.as_bytes(), 0o644)
+            .map_err(|e| ImageError::io(e, "naming an image"))?;
+        sync_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "storing an image"))?;
+        Ok(true)
+    }
+
+    /// The hash `name` points at, if it exists. A name file that is not a
+    /// plain file holding a hash is treated as absent.
+    fn name_target(&self, name: &str) -> Result<Option<String>, ImageError> {
+        let path = self.name_path(name);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(e, "reading an image name")),
+        }
+        let text = fs::read_to_string(&path).map_err(|e| ImageError::io(e, "reading an image name"))?;
+        let hex = text.trim();
+        Ok(valid_image_hash(hex).then(|| hex.to_owned()))
+    }
+
+    /// Resolves a VM's `image` (a name or `sha256:<hex>`) to a base in the
+    /// store: a regular file (not a symlink, not a device) under `blobs/`.
+    /// Anything else is "no such image", whatever is on the disk.
+    pub fn resolve(&self, image: &str) -> Result<Base, ImageError> {
+        let missing = || ImageError::NotFound(image.to_owned());
+        let hex = match image.strip_prefix(IMAGE_HASH_PREFIX) {
+            Some(hex) if valid_image_hash(hex) => hex.to_owned(),
+            Some(_) => return Err(missing()),
+            None if valid_name(image) => self.name_target(image)?.ok_or_else(missing)?,
+            None => return Err(missing()),
+        };
+        let path = self.blob(&hex);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() => {}
+            _ => return Err(missing()),
+        }
+        let meta = self.meta(&hex).ok_or_else(missing)?;
+        Ok(Base { hex, path, format: meta.format, virtual_size_bytes: meta.virtual_size_bytes })
+    }
+
+    fn meta(&self, hex: &str) -> Option<Meta> {
+        let path = self.meta_path(hex);
+        fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    /// Every image, by hash, with its names and users.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for name in list_dir(&self.dir.join("names")).map_err(|e| ImageError::io(e, "listing images"))? {
+            if let Some(hex) = self.name_target(&name)? {
+                names.entry(hex).or_default().push(name);
+            }
+        }
+        names.values_mut().for_each(|n| n.sort());
+        let mut users = self.users().map_err(|e| ImageError::io(e, "listing disks"))?;
+        users.sort();
+        let mut out = Vec::new();
+        for file in list_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "listing images"))? {
+            if !valid_image_hash(&file) {
+                continue;
+            }
+            if let Some(info) = self.info(&file, &names, &users) {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.names.cmp(&b.names).then(a.hash.cmp(&b.hash)));
+        Ok(out)
+    }
+
+    fn info(
+        &self,
+        hex: &str,
+        names: &std::collections::BTreeMap<String, Vec<String>>,
+        users: &[(String, String)],
+    ) -> Option<ImageInfo> {
+        let meta = self.meta(hex)?;
+        Some(ImageInfo {
+            names: names.get(hex).cloned().unwrap_or_default(),
+            hash: format!("{IMAGE_HASH_PREFIX}{hex}"),
+            format: meta.format,
+            size_bytes: meta.size_bytes,
+            virtual_size_bytes: meta.virtual_size_bytes,
+            imported_unix: meta.imported_unix,
+            used_by: users.iter().filter(|(_, h)| h == hex).map(|(vm, _)| vm.clone()).collect(),
+        })
+    }
+
+    /// One image, by name or hash.
+    pub fn show(&self, image: &str) -> Result<ImageInfo, ImageError> {
+        let base = self.resolve(image)?;
+        self.list()?
+            .into_iter()
+            .find(|i| i.hash.ends_with(&base.hex))
+            .ok_or_else(|| ImageError::NotFound(image.to_owned()))
+    }
+
+    /// Removes a name (or, given a hash, every name of it) and the base
+    /// once nothing names it. Refused while a VM's disk is on it.
+    pub fn remove(&self, image: &str) -> Result<ImageInfo, ImageError> {
+        let _catalog = self.lock();
+        let info = self.show(image)?;
+        if !info.used_by.is_empty() {
+            return Err(ImageError::InUse { name: image.to_owned(), vms: info.used_by });
+        }
+        let hex = info.hash.trim_start_matches(IMAGE_HASH_PREFIX);
+        let dropping: Vec<&String> = if image.starts_with(IMAGE_HASH_PREFIX) {
+            info.names.iter().collect()
+        } else {
+            info.names.iter().filter(|n| *n == image).collect()
+        };
+        for name in &dropping {
+            remove_if_present(&self.name_path(name)).map_err(|e| ImageError::io(e, "removing a name"))?;
+        }
+        if dropping.len() == info.names.len() {
+            remove_if_present(&self.blob(hex)).map_err(|e| ImageError::io(e, "removing an image"))?;
+            remove_if_present(&self.meta_path(hex)).map_err(|e| ImageError::io(e, "removing an image"))?;
+        }
+        Ok(info)
+    }
+
+    /// (VM, base hex) of every overlay.
+    fn users(&self) -> io::Result<Vec<(String, String)>> {
+        Ok(list_dir(&self.dir.join("disks"))?
+            .into_iter()
+            .filter_map(|f| {
+                let stem = f.strip_suffix(".qcow2")?;
+                let (vm, hex) = stem.rsplit_once('@')?;
+                Some((vm.to_owned(), hex.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Makes VM `vm`'s disk: a fresh qcow2 overlay on the base `image`
+    /// resolves to, at least `min_bytes` large. A disk the VM had before
+    /// (a VM of the same name deleted while the agent was down) is
+    /// discarded, never handed to the new VM.
+    pub fn create_disk(&self, vm: &str, image: &str, min_bytes: u64) -> Result<PathBuf, ImageError> {
+        let _catalog = self.lock();
+        let base = self.resolve(image)?;
+        self.remove_disks_locked(vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
+        let path = self.disk_path(vm, &base.hex);
+        inspect::create_overlay(&base, &path, min_bytes.max(base.virtual_size_bytes))?;
+        Ok(path)
+    }
+
+    /// VM `vm`'s disk, if it has one.
+    pub fn disk(&self, vm: &str) -> Option<PathBuf> {
+        let users = self.users().ok()?;
+        users.into_iter().find(|(v, _)| v == vm).map(|(vm, hex)| self.disk_path(&vm, &hex))
+    }
+
+    fn disk_path(&self, vm: &str, hex: &str) -> PathBuf {
+        self.dir.join("disks").join(format!("{vm}@{hex}.qcow2"))
+    }
+
+    /// Removes VM `vm`'s disk, if it has one.
+    pub fn remove_disks(&self, vm: &str) -> io::Result<()> {
+        let _catalog = self.lock();
+        self.remove_disks_locked(vm)
+    }
+
+    fn remove_disks_locked(&self, vm: &str) -> io::Result<()> {
+        for (v, hex) in self.users()? {
+            if v == vm {
+                remove_if_present(&self.disk_path(&v, &hex))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file()
+            && let Some(name) = entry.file_name().to_str()
+        {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename,
+/// so a crash leaves the old content or the new, never a torn file.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;
