@@ -3,10 +3,10 @@
 //! two requests per run, and the benchmark opens one client per worker.
 
 use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Bytes;
-use futures::StreamExt;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -163,10 +163,7 @@ fn decode<T: DeserializeOwned>(path: &str, status: StatusCode, bytes: &[u8]) -> 
     serde_json::from_slice(bytes).with_context(|| format!("decoding the agent's answer to {path}"))
 }
 
-async fn over<S>(
-    stream: S,
-    request: Request<Body>,
-) -> Result<hyper::Response<hyper::body::Incoming>>
+async fn over<S>(stream: S, request: Request<Body>) -> Result<hyper::Response<hyper::body::Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

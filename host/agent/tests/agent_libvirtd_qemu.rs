@@ -273,7 +273,11 @@ fn libvirtd_two_guests_from_one_image_write_only_their_own_disks_and_paths_are_r
     assert!(refusal(&overlay_a.display().to_string()).contains("paths are not accepted"));
     let missing_answer = refusal(&format!("sha256:{}", "00".repeat(32)));
     assert!(missing_answer.contains("no image"), "{missing_answer}");
-    assert_eq!(refusal(&format!("sha256:{planted}")), missing_answer, "a symlink out of the store is no image");
+    assert_eq!(
+        refusal(&format!("sha256:{planted}")),
+        missing_answer,
+        "a symlink out of the store is no image"
+    );
 
     let b = unique("img-b");
     let _: VmStatus = agent.json(&["vm", "create", &b, "--memory-mib", "32", "--image", &hash]);

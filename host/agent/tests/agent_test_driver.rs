@@ -164,10 +164,16 @@ fn bad_input_gets_a_4xx_with_a_reason_and_defines_nothing() {
                 "length limit exceeded",
             ),
             (
-                "a relative image path",
+                "an image given as a host path",
+                json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "image": "/etc/shadow"})),
+                StatusCode::BAD_REQUEST,
+                "paths are not accepted",
+            ),
+            (
+                "an image the store does not have",
                 json(serde_json::json!({"name": "a", "vcpus": 1, "memory-mib": 64, "image": "disk.qcow2"})),
                 StatusCode::BAD_REQUEST,
-                "absolute path",
+                "no image disk.qcow2 in this host's store",
             ),
         ];
         for (what, body, status, needle) in cases {
@@ -392,4 +398,44 @@ fn the_agent_refuses_paths_it_would_damage_and_says_why() {
     assert!(err.contains("is shared (mode 1777)"), "{err}");
     let mode = std::fs::metadata(&shared).expect("stat").permissions().mode() & 0o7777;
     assert_eq!(mode, 0o1777, "its mode is untouched");
+}
+
+#[test]
+fn images_through_the_agent_hostile_uploads_are_refused_and_the_store_serves_vms() {
+    let agent = Agent::start("test:///default", "img-host", &["--set", "images.max-bytes=2000000"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let path = |n: &str| work.path().join(n).to_str().expect("utf-8").to_owned();
+    let qemu_img = |args: &[&str]| {
+        let ok = std::process::Command::new("qemu-img").args(args).status().expect("qemu-img").success();
+        assert!(ok, "qemu-img {args:?}");
+    };
+    let refused = |args: &[&str]| {
+        let out = agent.cli(args);
+        assert!(!out.status.success(), "{args:?} refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A qcow2 whose backing file is a host file, and one that is too big.
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", &path("evil.qcow2"), "1M"]);
+    let err = refused(&["image", "import", &path("evil.qcow2")]);
+    assert!(err.contains("backing file") && !err.contains("/etc/shadow"), "{err}");
+    std::fs::write(path("big.raw"), vec![0u8; 2_000_001]).expect("write");
+    let err = refused(&["image", "import", &path("big.raw")]);
+    assert!(err.contains("larger than this agent accepts") && err.contains("413"), "{err}");
+    let listed: Vec<serde_json::Value> = agent.json(&["image", "list"]);
+    assert!(listed.is_empty(), "nothing stored: {listed:?}");
+
+    // A real image: VMs boot from it on disks of their own, and it stays
+    // while they exist.
+    qemu_img(&["create", "-q", "-f", "qcow2", &path("base.qcow2"), "1M"]);
+    let info: serde_json::Value = agent.json(&["image", "import", &path("base.qcow2"), "--name", "base"]);
+    assert_eq!(info["format"], "qcow2");
+    let _: VmStatus = agent.json(&["vm", "create", "on-base", "--memory-mib", "64", "--image", "base"]);
+    let shown: serde_json::Value = agent.json(&["image", "show", "base"]);
+    assert_eq!(shown["used-by"], serde_json::json!(["on-base"]));
+    let err = refused(&["image", "rm", "base"]);
+    assert!(err.contains("in use by on-base"), "{err}");
+    let _: Deleted = agent.json(&["vm", "delete", "on-base"]);
+    let _: serde_json::Value = agent.json(&["image", "rm", "base"]);
+    let _: HostStatus = agent.json(&["host", "status"]);
 }

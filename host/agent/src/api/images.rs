@@ -72,7 +72,10 @@ pub async fn import(
     responses((status = 200, description = "Removed", body = ImageInfo),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 409, description = "VMs use it", body = ErrorBody)))]
-pub async fn remove(State(s): State<AppState>, Path(image): Path<String>) -> Result<Json<ImageInfo>, Failure> {
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(image): Path<String>,
+) -> Result<Json<ImageInfo>, Failure> {
     let images = s.images.clone();
     let info = blocking(move || images.remove(&image)).await?;
     tracing::info!(hash = %info.hash, names = ?info.names, "image removed");

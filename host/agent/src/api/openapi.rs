@@ -5,7 +5,10 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Locus agent API", description = "VMs, images, host status and policies of one Locus agent."),
+    info(
+        title = "Locus agent API",
+        description = "VMs, images, host status and policies of one Locus agent."
+    ),
     paths(
         super::vms::list,
         super::vms::create,

@@ -94,7 +94,9 @@ pub enum ImageError {
     #[error("no image {0} in this host's store (see `locus image list`)")]
     NotFound(String),
     /// The name is taken by other content.
-    #[error("image {name} already exists with different content ({hash}); remove it first or choose another name")]
+    #[error(
+        "image {name} already exists with different content ({hash}); remove it first or choose another name"
+    )]
     Exists {
         /// The name.
         name: String,
@@ -173,7 +175,8 @@ impl Images {
         // QEMU runs as its own user and opens a VM's disk and the base
         // behind it by path: it may pass through the store and those two
         // directories (libvirt hands it each file), but list nothing.
-        for (sub, mode) in [("", 0o711), ("blobs", 0o711), ("disks", 0o711), ("names", 0o700), ("incoming", 0o700)]
+        for (sub, mode) in
+            [("", 0o711), ("blobs", 0o711), ("disks", 0o711), ("names", 0o700), ("incoming", 0o700)]
         {
             let d = dir.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -280,7 +283,10 @@ impl Images {
             if existing == hex {
                 return Ok(false);
             }
-            return Err(ImageError::Exists { name: name.into(), hash: format!("{IMAGE_HASH_PREFIX}{existing}") });
+            return Err(ImageError::Exists {
+                name: name.into(),
+                hash: format!("{IMAGE_HASH_PREFIX}{existing}"),
+            });
         }
         if !self.blob(hex).is_file() {
             let text = serde_json::to_vec_pretty(meta).map_err(|e| ImageError::internal(e, "encoding"))?;

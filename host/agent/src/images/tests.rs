@@ -88,7 +88,16 @@ fn qcow2_images_that_name_other_host_files_are_refused_without_saying_what_exist
     let e = import(&s, "backed", fs::read(p("backed.qcow2")).expect("read")).expect_err("backing file");
     assert!(e.to_string().contains("backing file") && !e.to_string().contains("/etc"), "{e}");
 
-    qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={}", p("data.raw")), &p("ext.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", p("data.raw")),
+        &p("ext.qcow2"),
+        "1M",
+    ]);
     let e = import(&s, "ext", fs::read(p("ext.qcow2")).expect("read")).expect_err("data file");
     assert!(e.to_string().contains("external file") && !e.to_string().contains(&p("")), "{e}");
     assert_eq!(s.list().expect("list").len(), 1, "only the plain image was taken");
@@ -132,8 +141,11 @@ fn only_regular_files_inside_the_store_resolve() {
     // A hash-named symlink planted out of the store, and a name that is a symlink.
     let hex = "ab".repeat(32);
     std::os::unix::fs::symlink("/etc/passwd", s.blob(&hex)).expect("symlink");
-    fs::write(s.meta_path(&hex), br#"{"format":"raw","size-bytes":1,"virtual-size-bytes":1,"imported-unix":0}"#)
-        .expect("meta");
+    fs::write(
+        s.meta_path(&hex),
+        br#"{"format":"raw","size-bytes":1,"virtual-size-bytes":1,"imported-unix":0}"#,
+    )
+    .expect("meta");
     std::os::unix::fs::symlink(s.blob(&hex), s.name_path("sneaky")).expect("symlink");
     for image in [format!("sha256:{hex}"), "sneaky".into(), "/etc/passwd".into(), "../blobs/x".into()] {
         let e = s.resolve(&image).expect_err("refused");
