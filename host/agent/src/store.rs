@@ -218,9 +218,11 @@ mod tests {
     fn intent_and_policies_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.redb");
-        let intent = |name: &str, desired| VmIntent {
-            spec: VmRequest { name: name.into(), vcpus: 1, memory_mib: 64, ..VmRequest::default() },
-            desired,
+        let intent = |name: &str, desired| {
+            VmIntent::new(
+                VmRequest { name: name.into(), vcpus: 1, memory_mib: 64, ..VmRequest::default() },
+                desired,
+            )
         };
         let v = |name: &str, hash: &str| Version {
             name: name.into(),

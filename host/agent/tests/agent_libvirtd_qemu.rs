@@ -319,3 +319,81 @@ fn libvirtd_two_guests_from_one_image_write_only_their_own_disks_and_paths_are_r
     let _: serde_json::Value = agent.json(&["image", "rm", "writer"]);
     assert!(!base.exists());
 }
+
+#[test]
+fn libvirtd_stopped_during_creates_every_reply_agrees_with_what_runs_afterwards() {
+    use hyper::{Method, StatusCode};
+    let _daemon = libvirtd();
+    let agent = Agent::start(URI, &unique("qemu-honest"), &[]);
+    wait_until(Duration::from_secs(20), "the agent connects", || hypervisor_state(&agent) == "up");
+    let names: Vec<String> = (0..12).map(|i| unique(&format!("honest{i}"))).collect();
+
+    // Twelve creates in flight while libvirtd is stopped under them.
+    let client = agent.client();
+    let replies: Vec<(String, StatusCode, String)> = common::rt().block_on(async {
+        let mut tasks = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (client, name) = (client.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(15 * i as u64)).await;
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"name": name, "vcpus": 1, "memory-mib": 32}))
+                        .expect("json");
+                let (status, bytes) = client
+                    .raw(Method::POST, "/v1/vms", Some(("application/json", body)))
+                    .await
+                    .expect("answer");
+                (name, status, String::from_utf8_lossy(&bytes).into_owned())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::task::spawn_blocking(|| script("stop")).await.expect("stop libvirtd");
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    });
+    let mut promised = Vec::new();
+    for (name, status, body) in &replies {
+        match *status {
+            StatusCode::CREATED => promised.push(name.clone()),
+            StatusCode::ACCEPTED => {
+                assert!(body.contains("\"pending\":\""), "a 202 says what is pending: {body}");
+                promised.push(name.clone());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => assert!(body.contains("unavailable"), "{body}"),
+            other => panic!("{name}: unexpected {other}: {body}"),
+        }
+    }
+    let pending: Vec<VmStatus> = agent.json(&["vm", "list"]);
+    assert_eq!(pending.len(), promised.len(), "the agent keeps exactly what it accepted: {replies:?}");
+
+    // libvirtd back: every accepted VM runs, every refused one never exists.
+    script("start");
+    wait_until(Duration::from_secs(60), "every accepted VM runs", || {
+        let vms: Vec<VmStatus> = agent.json(&["vm", "list"]);
+        vms.len() == promised.len()
+            && vms.iter().all(|v| v.state == DomainState::Running && v.pending.is_none())
+    });
+    let all = domains();
+    for name in &names {
+        let expected = promised.contains(name);
+        assert_eq!(
+            all.contains(name),
+            expected,
+            "{name}: domain exists iff its create was accepted: {replies:?}"
+        );
+    }
+    for name in &promised {
+        let _: serde_json::Value = agent.json(&["vm", "delete", name]);
+    }
+    let all = domains();
+    assert!(names.iter().all(|n| !all.contains(n)), "nothing left behind: {all:?}");
+    eprintln!(
+        "replies: {} created, {} pending, {} refused",
+        replies.iter().filter(|r| r.1 == StatusCode::CREATED).count(),
+        replies.iter().filter(|r| r.1 == StatusCode::ACCEPTED).count(),
+        replies.iter().filter(|r| r.1 == StatusCode::SERVICE_UNAVAILABLE).count()
+    );
+}

@@ -25,6 +25,18 @@ pub struct VmIntent {
     pub spec: VmRequest,
     /// What it should be doing.
     pub desired: Desired,
+    /// A start (or a create's boot) was accepted while the hypervisor was
+    /// unavailable and has not happened yet: it is carried out when the
+    /// hypervisor is back, whatever the restart policy.
+    #[serde(default)]
+    pub start_owed: bool,
+}
+
+impl VmIntent {
+    /// A VM that should run, with nothing owed.
+    pub fn new(spec: VmRequest, desired: Desired) -> Self {
+        VmIntent { spec, desired, start_owed: false }
+    }
 }
 
 /// A change to the stored intent, written before the actions that follow it.

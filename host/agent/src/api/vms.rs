@@ -32,11 +32,24 @@ pub struct StopParams {
     pub timeout_ms: Option<u64>,
 }
 
-fn vm(reply: Reply) -> Result<Json<VmStatus>, Failure> {
+/// A VM answer: `done` when carried out, 202 Accepted when the hypervisor
+/// was unavailable and the operation is pending (the body says why).
+fn vm(reply: Reply, done: StatusCode) -> Result<(StatusCode, Json<VmStatus>), Failure> {
     match reply {
-        Reply::Vm(s) => Ok(Json(*s)),
+        Reply::Vm(s) if s.pending.is_some() => Ok((StatusCode::ACCEPTED, Json(*s))),
+        Reply::Vm(s) => Ok((done, Json(*s))),
         _ => Err(Failure::unexpected()),
     }
+}
+
+/// The answer to a delete: the name when done, the VM's status when pending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeleteAnswer {
+    /// Deleted.
+    Done(Deleted),
+    /// Accepted; carried out when the hypervisor is back.
+    Pending(Box<VmStatus>),
 }
 
 /// Every VM on this host.
@@ -53,6 +66,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Fail
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmRequest,
     responses(
         (status = 201, description = "Created and running", body = VmStatus),
+        (status = 202, description = "Recorded, but the hypervisor became unavailable: it is created when it is back (`pending` says so)", body = VmStatus),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -64,46 +78,58 @@ pub async fn create(
     State(s): State<AppState>,
     JsonBody(spec): JsonBody<VmRequest>,
 ) -> Result<(StatusCode, Json<VmStatus>), Failure> {
-    let status = vm(s.ask(Command::Create(Box::new(spec))).await?)?;
-    Ok((StatusCode::CREATED, status))
+    vm(s.ask(Command::Create(Box::new(spec))).await?, StatusCode::CREATED)
 }
 
 /// One VM.
 #[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody)))]
 pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<VmStatus>, Failure> {
-    vm(s.ask(Command::Show(name)).await?)
+    match s.ask(Command::Show(name)).await? {
+        Reply::Vm(s) => Ok(Json(*s)),
+        _ => Err(Failure::unexpected()),
+    }
 }
 
 /// Boots a stopped VM (and resets its restart count).
 #[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 200, body = VmStatus), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-pub async fn start(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<VmStatus>, Failure> {
-    vm(s.ask(Command::Start(name)).await?)
+pub async fn start(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<VmStatus>), Failure> {
+    vm(s.ask(Command::Start(name)).await?, StatusCode::OK)
 }
 
 /// Stops a VM: asks the guest, then powers it off at the deadline.
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms",
     params(("name" = String, Path, description = "VM name"), StopParams),
-    responses((status = 200, body = VmStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = VmStatus), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn stop(
     State(s): State<AppState>,
     Path(name): Path<String>,
     QueryParams(p): QueryParams<StopParams>,
-) -> Result<Json<VmStatus>, Failure> {
+) -> Result<(StatusCode, Json<VmStatus>), Failure> {
     let timeout = p.timeout_ms.map(Duration::from_millis);
-    vm(s.ask(Command::Stop { name, force: p.force, timeout }).await?)
+    vm(s.ask(Command::Stop { name, force: p.force, timeout }).await?, StatusCode::OK)
 }
 
 /// Powers a VM off, removes its domain and forgets it.
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 200, body = Deleted), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-pub async fn delete(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Deleted>, Failure> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<DeleteAnswer>), Failure> {
     match s.ask(Command::Delete(name)).await? {
-        Reply::Deleted(deleted) => Ok(Json(Deleted { deleted })),
+        Reply::Deleted(deleted) => Ok((StatusCode::OK, Json(DeleteAnswer::Done(Deleted { deleted })))),
+        Reply::Vm(status) => Ok((StatusCode::ACCEPTED, Json(DeleteAnswer::Pending(status)))),
         _ => Err(Failure::unexpected()),
     }
 }

@@ -2,7 +2,7 @@
 //! …` ([`images`]), `locus host status`, `locus policy load|list`. Readable tables by default, the API's
 //! JSON with `--json`.
 
-use crate::api::vms::Deleted;
+use crate::api::vms::DeleteAnswer;
 use crate::client::{Client, Endpoint};
 use crate::policies::{PolicyVersion, SlotListing, SlotName};
 use anyhow::{Context, Result, bail};
@@ -236,11 +236,15 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
                 return if conn.json { print_json(&vms) } else { print_vms(&vms) };
             }
             VmCommand::Delete { name } => {
-                let d: Deleted = client.delete(&format!("/v1/vms/{}", path_segment(&name)?)).await?;
+                let answer: DeleteAnswer =
+                    client.delete(&format!("/v1/vms/{}", path_segment(&name)?)).await?;
                 if conn.json {
-                    return print_json(&d);
+                    return print_json(&answer);
                 }
-                println!("deleted {}", d.deleted);
+                match answer {
+                    DeleteAnswer::Done(d) => println!("deleted {}", d.deleted),
+                    DeleteAnswer::Pending(v) => print_vm(&v)?,
+                }
                 return Ok(());
             }
             VmCommand::Create(args) => client.post("/v1/vms", Some(&args.request()?)).await?,
@@ -425,7 +429,7 @@ fn state_text(s: &VmStatus) -> String {
 fn print_vms(vms: &[VmStatus]) -> Result<()> {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(vec!["name", "state", "desired", "vcpus", "memory", "cpu", "restarts", "busy"]);
+    t.set_header(vec!["name", "state", "desired", "vcpus", "memory", "cpu", "restarts", "busy", "pending"]);
     for v in vms {
         t.add_row(vec![
             v.name.clone(),
@@ -436,6 +440,7 @@ fn print_vms(vms: &[VmStatus]) -> Result<()> {
             v.cpu_milli.map_or("-".into(), |m| format!("{:.1}%", f64::from(m) / 10.0)),
             v.restarts.to_string(),
             v.busy.clone().unwrap_or_default(),
+            if v.pending.is_some() { "yes".into() } else { String::new() },
         ]);
     }
     println!("{}", clean_table(&t));
@@ -460,6 +465,7 @@ fn print_vm(v: &VmStatus) -> Result<()> {
         ("labels", clean(&labels.join(", "))),
         ("busy", v.busy.clone().unwrap_or_default()),
         ("last error", clean(v.last_error.as_deref().unwrap_or_default())),
+        ("pending", clean(v.pending.as_deref().unwrap_or_default())),
     ] {
         t.add_row(vec![k.to_owned(), val]);
     }

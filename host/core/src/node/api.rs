@@ -168,6 +168,11 @@ pub struct VmStatus {
     pub restarts: u32,
     /// The last hypervisor error about it.
     pub last_error: Option<String>,
+    /// What was accepted and is not done yet, and why: an operation the
+    /// hypervisor was unavailable for, carried out when it is back. A
+    /// request answered while this is set gets 202 Accepted.
+    #[serde(default)]
+    pub pending: Option<String>,
     /// What was asked for.
     pub spec: VmRequest,
 }

@@ -459,6 +459,21 @@ impl Purpose {
             Purpose::Recreate => "recreating",
         }
     }
+
+    /// What a client asks for (the others are the agent's own repairs).
+    fn asked(self) -> bool {
+        matches!(self, Purpose::Create | Purpose::Start | Purpose::Stop | Purpose::Delete)
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Purpose::Create => "create",
+            Purpose::Start | Purpose::Restart => "start",
+            Purpose::Stop => "stop",
+            Purpose::Delete => "delete",
+            Purpose::Recreate => "define",
+        }
+    }
 }
 
 /// The step a task is at.
@@ -506,6 +521,8 @@ struct VmRecord {
     restarts: u32,
     restart_not_before: Option<Instant>,
     last_error: Option<String>,
+    /// An accepted operation the hypervisor was unavailable for, and why.
+    pending: Option<String>,
     /// A stopped VM with restart policy never was already reported.
     reported_stopped: bool,
 }
@@ -791,6 +808,8 @@ impl Node {
         let Some(record) = self.vms.get_mut(name) else {
             return;
         };
+        // Whatever was pending is being carried out now (or superseded).
+        record.pending = None;
         record.task =
             Some(Task { purpose, step: Step::Define, op: None, origin, stop_timeout, failure: None });
         let cmd = match purpose {
@@ -899,7 +918,7 @@ impl Node {
             .record_placement(&spec, self.host)
             .map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         let name = spec.name.clone();
-        self.vms.insert(name.clone(), VmRecord::new(VmIntent { spec, desired: Desired::Running }, id));
+        self.vms.insert(name.clone(), VmRecord::new(VmIntent::new(spec, Desired::Running), id));
         self.persist(&name);
         self.outputs.push_back(Output::Announce { vm: name.clone(), here: true });
         self.begin(&name, Purpose::Create, Some(origin), Duration::ZERO);
@@ -949,8 +968,11 @@ impl Node {
                 r.restart_not_before = None;
                 r.reported_stopped = false;
             }
-            if r.intent.desired != desired {
+            // A stop or delete cancels a start still owed.
+            let owed = r.intent.start_owed && desired == Desired::Running;
+            if r.intent.desired != desired || r.intent.start_owed != owed {
                 r.intent.desired = desired;
+                r.intent.start_owed = owed;
                 self.persist(name);
             }
         }
@@ -1005,10 +1027,11 @@ impl Node {
     /// The next step after `step` succeeded.
     fn advance(&mut self, now: Instant, name: &str, purpose: Purpose, step: Step, state: DomainState) {
         // A VM defined again after it went missing boots only if it should
-        // run and its restart policy allows it; otherwise it waits, defined.
+        // run and its restart policy allows it (or a start is owed);
+        // otherwise it waits, defined.
         let boot_again = self.vms.get(name).is_some_and(|r| {
             r.intent.desired == Desired::Running
-                && r.intent.spec.restart == crate::request::RestartPolicy::Always
+                && (r.intent.spec.restart == crate::request::RestartPolicy::Always || r.intent.start_owed)
         });
         match (step, purpose) {
             (Step::Define, Purpose::Create) => {
@@ -1042,24 +1065,47 @@ impl Node {
         if let Some(r) = self.vms.get_mut(name) {
             r.last_error = Some(error.message.clone());
         }
+        if error.kind == HvErrorKind::Unavailable && purpose.asked() {
+            self.defer(name, purpose, &error);
+            return;
+        }
         match (purpose, step) {
             // A create leaves nothing behind: an undefined domain and no intent.
             (Purpose::Create, Step::Define) => {
                 self.forget_with(name, Some(api_error));
             }
-            (Purpose::Create, Step::Start) if error.kind != HvErrorKind::Unavailable => {
+            (Purpose::Create, Step::Start) => {
                 if let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) {
                     task.failure = Some(api_error);
                 }
                 self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned()));
             }
             _ => {
-                if !matches!(purpose, Purpose::Create | Purpose::Start | Purpose::Stop | Purpose::Delete) {
+                if !purpose.asked() {
                     self.event(Event::Failed { vm: name.to_owned(), error: api_error.message.clone() });
                 }
                 self.finish(name, Some(api_error));
             }
         }
+    }
+
+    /// The rule for every operation a client asked for: once its intent is
+    /// recorded, an unavailable hypervisor does not undo it. The client is
+    /// told it is accepted and pending (202); the agent carries it out when
+    /// the hypervisor is back (reconciliation), and `vm show` says so
+    /// meanwhile. A hypervisor that refuses, by contrast, fails the request
+    /// (a create is rolled back).
+    fn defer(&mut self, name: &str, purpose: Purpose, error: &HvError) {
+        let Some(r) = self.vms.get_mut(name) else {
+            return;
+        };
+        r.pending = Some(format!("{} when the hypervisor is back: {}", purpose.verb(), error.message));
+        let owes_start = matches!(purpose, Purpose::Create | Purpose::Start);
+        if owes_start && !r.intent.start_owed {
+            r.intent.start_owed = true;
+            self.persist(name);
+        }
+        self.finish(name, None);
     }
 
     /// Ends a VM's task and answers its request.
@@ -1139,6 +1185,23 @@ impl Node {
             None => set_state(record, DomainState::Missing),
         }
         let state = record.state();
+        // A pending operation that turns out done (the hypervisor did it
+        // before the connection broke) is no longer pending.
+        let satisfied = match record.intent.desired {
+            Desired::Running => state.is_active(),
+            Desired::Stopped => matches!(state, DomainState::Shutoff | DomainState::Crashed),
+            Desired::Deleted => false,
+        };
+        if satisfied && record.task.is_none() {
+            record.pending = None;
+        }
+        if record.intent.start_owed && state.is_active() {
+            record.intent.start_owed = false;
+            self.persist(name);
+        }
+        let Some(record) = self.vms.get_mut(name) else {
+            return;
+        };
         if let Some(task) = &record.task {
             if matches!(task.step, Step::AwaitShutoff) && !state.is_active() {
                 self.finish(name, None);
@@ -1158,6 +1221,10 @@ impl Node {
                 let timeout = Duration::from_millis(self.config.timing.stop_timeout_ms).min(MAX_STOP_TIMEOUT);
                 self.event(Event::Stopping(name.to_owned()));
                 self.begin(name, Purpose::Stop, None, timeout);
+            }
+            (Desired::Running, DomainState::Shutoff | DomainState::Crashed) if record.intent.start_owed => {
+                // Accepted while the hypervisor was away: a start, not a restart.
+                self.begin(name, Purpose::Start, None, Duration::ZERO);
             }
             (Desired::Running, DomainState::Shutoff | DomainState::Crashed) => {
                 if record.intent.spec.restart == crate::request::RestartPolicy::Never {
@@ -1232,6 +1299,7 @@ impl Node {
                 memory_kib: 0,
                 restarts: 0,
                 last_error: None,
+                pending: None,
                 spec: crate::VmRequest::default(),
             },
         }
@@ -1251,6 +1319,7 @@ impl Node {
             memory_kib: seen.map_or(0, |d| d.memory_kib),
             restarts: r.restarts,
             last_error: r.last_error.clone(),
+            pending: r.pending.clone(),
             spec: r.intent.spec.clone(),
         }
     }
@@ -1298,6 +1367,7 @@ impl VmRecord {
             restarts: 0,
             restart_not_before: None,
             last_error: None,
+            pending: None,
             reported_stopped: false,
         }
     }

@@ -394,7 +394,7 @@ fn a_stopped_vm_that_should_run_is_restarted_with_backoff() {
 
 #[test]
 fn restart_reconciles_intent_with_what_runs() {
-    let intent = |name: &str, desired| VmIntent { spec: spec(name), desired };
+    let intent = |name: &str, desired| VmIntent::new(spec(name), desired);
     let mut hv = Hv::default();
     hv.domains.insert("running".into(), (DomainState::Running, true));
     hv.domains.insert("stopped".into(), (DomainState::Shutoff, true));
@@ -545,4 +545,67 @@ fn placements_still_waiting_at_shutdown_are_refused() {
     let refused = rig.take_reply(create).expect("answered").expect_err("refused");
     assert_eq!(refused.kind, ApiErrorKind::Unavailable);
     assert!(rig.log.iter().any(|o| matches!(o, Output::Closed)));
+}
+
+fn pending(reply: Result<Reply, ApiError>) -> VmStatus {
+    match reply {
+        Ok(Reply::Vm(s)) if s.pending.is_some() => *s,
+        other => panic!("expected a pending answer, got {other:?}"),
+    }
+}
+
+fn owed(log: &[Output], name: &str) -> Option<bool> {
+    log.iter().rev().find_map(|o| match o {
+        Output::Persist(Change::Put(i)) if i.spec.name == name => Some(i.start_owed),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_hypervisor_lost_after_the_intent_is_recorded_makes_the_reply_pending_and_it_happens_later() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    let mut never = spec("never");
+    never.restart = RestartPolicy::Never;
+    rig.api(Command::Create(Box::new(never))).expect("create");
+    rig.api(Command::Stop { name: "never".into(), force: true, timeout: None }).expect("stop");
+    rig.api(Command::Create(Box::new(spec("doomed")))).expect("create");
+
+    // libvirt goes away; the node hears of it only through failed commands.
+    rig.hv.down = true;
+    let mut fresh = spec("fresh");
+    fresh.restart = RestartPolicy::Never;
+    let created = pending(rig.api(Command::Create(Box::new(fresh))));
+    assert_eq!(created.desired, Desired::Running);
+    assert!(created.pending.as_deref().is_some_and(|p| p.contains("connection refused")), "{created:?}");
+    assert_eq!(owed(&rig.log, "fresh"), Some(true), "the owed boot is recorded");
+    let started = pending(rig.api(Command::Start("never".into())));
+    assert_eq!(started.desired, Desired::Running);
+    assert_eq!(owed(&rig.log, "never"), Some(true));
+    let deleting = pending(rig.api(Command::Delete("doomed".into())));
+    assert_eq!(deleting.desired, Desired::Deleted);
+    assert!(rig.state("fresh").pending.is_some(), "show says it is pending");
+
+    // Back: what was accepted is carried out, restart policy never or not.
+    rig.hv.down = false;
+    let domains = rig.hv.observation();
+    rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
+    rig.sample();
+    for name in ["fresh", "never"] {
+        let s = rig.state(name);
+        assert_eq!((s.state, s.desired, s.pending), (DomainState::Running, Desired::Running, None), "{name}");
+        assert_eq!(owed(&rig.log, name), Some(false), "{name}: nothing owed any more");
+        assert_eq!(s.restarts, 0, "{name}: a start, not a restart");
+    }
+    assert_eq!(error_kind(rig.api(Command::Show("doomed".into()))), ApiErrorKind::NotFound);
+    assert!(!rig.hv.domains.contains_key("doomed"));
+
+    // A stop cancels a start still owed.
+    rig.hv.down = true;
+    pending(rig.api(Command::Start("never".into()))).pending.expect("pending");
+    rig.hv.domains.get_mut("never").expect("domain").0 = DomainState::Shutoff;
+    rig.hv.down = false;
+    rig.api(Command::Stop { name: "never".into(), force: true, timeout: None }).expect("stop");
+    assert_eq!(owed(&rig.log, "never"), Some(false));
+    rig.sample();
+    assert_eq!(rig.state("never").state, DomainState::Shutoff, "left stopped");
 }
