@@ -122,6 +122,10 @@ pub struct AgentConfig {
     pub api: crate::api::serve::ApiLimits,
     /// The image store.
     pub images: crate::images::ImageConfig,
+    /// Space kept in the state directory, MiB: when the filesystem fills,
+    /// the agent gives it up to keep recording stops and deletes (creates
+    /// and starts are refused with 507 until there is room again).
+    pub reserve_mib: u64,
     /// Time between samples of every VM's CPU and memory, ms.
     pub sample_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax).
@@ -152,6 +156,7 @@ impl Default for AgentConfig {
             token_file: None,
             api: crate::api::serve::ApiLimits::default(),
             images: crate::images::ImageConfig::default(),
+            reserve_mib: 16,
             sample_interval_ms: 2000,
             log: "info,libp2p_kad=error".into(),
             log_format: LogFormat::Text,

@@ -15,9 +15,11 @@ use crate::images::Images;
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
 use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
+use crate::reserve::Reserve;
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
 use locus_core::cluster::PeerId as CorePeer;
+use locus_core::intent::Change;
 use locus_core::node::{ApiError, Input, Node, Output, Reply, ReqId};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +33,18 @@ use tokio_util::task::TaskTracker;
 
 /// Inputs taken per wake-up before the outputs are drained again.
 const BATCH: usize = 64;
+
+/// How often a spent reserve is tried again.
+const RESERVE_RECHECK: Duration = Duration::from_secs(2);
+
+/// One round of the node's outputs, as the shell carries them out.
+#[derive(Default)]
+struct Round {
+    changes: Vec<Change>,
+    commands: Vec<(locus_core::hypervisor::OpId, locus_core::hypervisor::HvCommand)>,
+    answers: Vec<(ReqId, Result<Reply, ApiError>)>,
+    overlay: Vec<ToOverlay>,
+}
 
 /// Sets up logging as configured.
 pub fn init_logging(config: &AgentConfig) {
@@ -58,6 +72,8 @@ pub fn run(config: AgentConfig) -> Result<()> {
 async fn serve(config: AgentConfig) -> Result<()> {
     prepare_state_dir(&config.state_dir)?;
     raise_fd_limit();
+    // Taken before the store grows, so that it is there when the disk fills.
+    let reserve = Reserve::new(&config.state_dir.join("reserve"), config.reserve_mib << 20);
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
@@ -128,6 +144,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
         deciders,
         replies: HashMap::new(),
         next_req: 0,
+        reserve,
+        storage_low: false,
     };
     let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
     cancel.cancel();
@@ -149,6 +167,10 @@ struct Core {
     deciders: Deciders,
     replies: HashMap<ReqId, oneshot::Sender<Result<Reply, ApiError>>>,
     next_req: u64,
+    /// Space kept for recording stops and deletes on a full disk.
+    reserve: Reserve,
+    /// The reserve is spent: creates and starts wait for room.
+    storage_low: bool,
 }
 
 impl Core {
@@ -161,6 +183,11 @@ impl Core {
         cancel: CancellationToken,
     ) -> Result<()> {
         let mut stopping = false;
+        let mut recheck = tokio::time::interval(RESERVE_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.reserve.held() {
+            self.set_storage_low(true);
+        }
         loop {
             let (deadline, closed) = self.drain()?;
             if closed {
@@ -186,6 +213,11 @@ impl Core {
                     batch(answered, || answers.try_recv().ok(), |list| list.into_iter().for_each(|a| self.decided(a)))
                 }
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
+                _ = recheck.tick(), if self.storage_low => {
+                    if tokio::task::block_in_place(|| self.reserve.take()).is_ok() {
+                        self.set_storage_low(false);
+                    }
+                }
             }
         }
     }
@@ -193,46 +225,119 @@ impl Core {
     /// Carries out everything the node asked for; returns its next deadline
     /// and whether it has closed.
     fn drain(&mut self) -> Result<(Option<Instant>, bool)> {
-        let (mut changes, mut commands, mut answers, mut overlay) = (vec![], vec![], vec![], vec![]);
+        loop {
+            let (round, deadline, closed) = self.collect();
+            if self.carry_out(round)? {
+                return Ok((deadline, closed));
+            }
+            // The node answered the undone requests: carry that out too.
+        }
+    }
+
+    /// One round of the node's outputs.
+    fn collect(&mut self) -> (Round, Option<Instant>, bool) {
+        let mut round = Round::default();
         let mut closed = false;
         let deadline = loop {
             match self.node.poll_output() {
-                Output::Persist(change) => changes.push(change),
-                Output::Hypervisor { op, cmd } => commands.push(ToHypervisor::Run(op, cmd)),
-                Output::Reply { req, reply } => answers.push((req, reply)),
+                Output::Persist(change) => round.changes.push(change),
+                Output::Hypervisor { op, cmd } => round.commands.push((op, cmd)),
+                Output::Reply { req, reply } => round.answers.push((req, reply)),
                 Output::Decide { id, question } => self.deciders.ask(id, question),
                 Output::Event(e) => tracing::info!("{}", crate::control::clean(&e.to_string())),
-                Output::Gossip { topic, msg } => overlay.push(ToOverlay::Gossip(topic, msg)),
-                Output::Request { id, to, req } => overlay.push(ToOverlay::Request(id, to, req)),
-                Output::Respond { id, resp } => overlay.push(ToOverlay::Respond(id, resp)),
-                Output::Dial(peer) => overlay.push(ToOverlay::Dial(peer)),
-                Output::Announce { vm, here } => overlay.push(ToOverlay::Announce(vm, here)),
-                Output::Locate(vm) => overlay.push(ToOverlay::Locate(vm)),
+                Output::Gossip { topic, msg } => round.overlay.push(ToOverlay::Gossip(topic, msg)),
+                Output::Request { id, to, req } => round.overlay.push(ToOverlay::Request(id, to, req)),
+                Output::Respond { id, resp } => round.overlay.push(ToOverlay::Respond(id, resp)),
+                Output::Dial(peer) => round.overlay.push(ToOverlay::Dial(peer)),
+                Output::Announce { vm, here } => round.overlay.push(ToOverlay::Announce(vm, here)),
+                Output::Locate(vm) => round.overlay.push(ToOverlay::Locate(vm)),
                 Output::Closed => closed = true,
                 Output::Timeout(at) => break at,
             }
         };
-        // Intent is durable before anything acts on it. Most wake-ups (gossip,
-        // pings, samples) change no intent and need not leave the runtime.
-        if !changes.is_empty() {
-            tokio::task::block_in_place(|| self.store.apply(&changes))
-                .context("writing intent to the store; stopping rather than acting on unrecorded intent")?;
+        (round, deadline, closed)
+    }
+
+    /// Makes a round's intent durable, then acts on it. When the intent
+    /// cannot be written, nothing is done for the VMs it was about: the
+    /// node is told, and false is returned so its answers are carried out.
+    fn carry_out(&mut self, mut round: Round) -> Result<bool> {
+        let mut settled = true;
+        // Most wake-ups (gossip, pings, samples) change no intent and need
+        // not leave the runtime.
+        if !round.changes.is_empty() {
+            match tokio::task::block_in_place(|| self.record(&round.changes)) {
+                Ok(()) => self.node.handle_input(Input::Recorded),
+                Err(e) => {
+                    let no_space = crate::store::is_no_space(&e);
+                    tracing::error!(error = %format!("{e:#}"), no_space, "intent not recorded: its changes are undone");
+                    let unrecorded: std::collections::HashSet<String> = round
+                        .changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            Change::Put(i) => Some(i.spec.name.clone()),
+                            Change::Remove(_) => None,
+                        })
+                        .collect();
+                    round.commands.retain(|(_, cmd)| !unrecorded.contains(cmd.vm()));
+                    round
+                        .overlay
+                        .retain(|m| !matches!(m, ToOverlay::Announce(vm, _) if unrecorded.contains(vm)));
+                    let reason = if no_space {
+                        "the agent's state directory is full".to_owned()
+                    } else {
+                        format!("the intent store failed: {e}")
+                    };
+                    self.node.handle_input(Input::NotRecorded { now: Instant::now(), reason, no_space });
+                    settled = false;
+                }
+            }
         }
-        for command in commands {
-            if self.hv.send(command).is_err() {
+        for (op, cmd) in round.commands {
+            if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
                 bail!("the libvirt thread has stopped");
             }
         }
-        for message in overlay {
+        for message in round.overlay {
             // The overlay task is gone only when the agent is stopping.
             let _ = self.overlay.send(message);
         }
-        for (req, reply) in answers {
+        for (req, reply) in round.answers {
             if let Some(tx) = self.replies.remove(&req) {
                 let _ = tx.send(reply);
             }
         }
-        Ok((deadline, closed))
+        Ok(settled)
+    }
+
+    /// Writes a round's changes. On a full disk the reserve is given up
+    /// and the write tried once more: stops and deletes go on, and the node
+    /// refuses what would need more room until the reserve is back.
+    fn record(&mut self, changes: &[Change]) -> Result<()> {
+        match self.store.apply(changes) {
+            Err(e) if crate::store::is_no_space(&e) && self.reserve.held() => {
+                self.reserve.release();
+                self.set_storage_low(true);
+                self.store.apply(changes).context("writing intent after releasing the reserve")
+            }
+            other => other,
+        }
+    }
+
+    /// Says once that the state directory is full, and once that it is not.
+    fn set_storage_low(&mut self, low: bool) {
+        if self.storage_low == low {
+            return;
+        }
+        self.storage_low = low;
+        if low {
+            tracing::error!(
+                "the state directory is full: creates and starts are refused (507) until there is room; stops and deletes use the reserve"
+            );
+        } else {
+            tracing::info!("the state directory has room again: creates and starts are accepted");
+        }
+        self.node.handle_input(Input::Storage { now: Instant::now(), low });
     }
 
     fn call(&mut self, call: Call) {

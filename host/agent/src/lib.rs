@@ -4,7 +4,7 @@
 //! - [`config`]: its configuration (defaults, TOML, environment, flags).
 //! - [`libvirt`]: the hypervisor thread (commands, sampling, reconnects).
 //! - [`overlay`]: the libp2p swarm (membership gossip, agent-to-agent requests).
-//! - [`store`]: durable intent (redb).
+//! - [`store`]: durable intent (redb); [`reserve`]: space kept back for it.
 //! - [`images`]: the image store and each VM's own disk on an image.
 //! - [`policies`]: the placement and migration slots on the agent.
 //! - [`deciders`]: the worker threads that run placement policies beside the node.
@@ -26,6 +26,7 @@ pub mod images;
 pub mod libvirt;
 pub mod overlay;
 pub mod policies;
+pub mod reserve;
 pub mod source;
 pub mod store;
 pub mod vmbench;

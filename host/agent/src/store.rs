@@ -13,7 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 /// Written by agents before slot history existed: slot → one StoredPolicy.
@@ -61,34 +62,57 @@ pub struct StoredSlot {
     pub history: Vec<Version>,
 }
 
-/// The open store.
+/// The open store. After a failed write redb refuses everything until the
+/// database is opened again ("Previous I/O error"), so a failure closes it
+/// and the next use reopens it: a full disk costs the writes made while it
+/// is full, not the store.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    db: Mutex<Option<Database>>,
+}
+
+/// True when `e` comes from a full filesystem (or a quota). redb's storage
+/// errors do not expose the `io::Error` they wrap as a source, so the OS
+/// error number in the message is what identifies it.
+pub fn is_no_space(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(crate::images::is_no_space))
+        || text.contains("(os error 28)")
+        || text.contains("(os error 122)")
 }
 
 impl Store {
     /// Opens (or creates) `path`. Fails if another agent has it open.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).with_context(|| {
-            format!(
-                "cannot open the state store {} (is another agent using this state directory?)",
-                path.display()
-            )
-        })?;
+        let db = open_db(path)?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
-        let txn = db.begin_write()?;
-        txn.open_table(VMS)?;
-        txn.open_table(SLOTS)?;
-        txn.open_table(BLOBS)?;
-        txn.commit()?;
-        Ok(Store { db })
+        Ok(Store { path: path.to_owned(), db: Mutex::new(Some(db)) })
+    }
+
+    /// Runs `f` on the database, opening it again first if an earlier
+    /// failure closed it, and closing it if `f` fails.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let mut guard = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = match guard.take() {
+            Some(db) => db,
+            None => open_db(&self.path)?,
+        };
+        let result = f(&db);
+        if result.is_ok() {
+            *guard = Some(db);
+        }
+        result
     }
 
     /// Every stored VM intent.
     pub fn intents(&self) -> Result<Vec<VmIntent>> {
-        let txn = self.db.begin_read()?;
+        self.with(Self::read_intents)
+    }
+
+    fn read_intents(db: &Database) -> Result<Vec<VmIntent>> {
+        let txn = db.begin_read()?;
         let table = txn.open_table(VMS)?;
         let mut out = vec![];
         for row in table.iter()? {
@@ -103,7 +127,11 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        self.with(|db| Self::write_changes(db, changes))
+    }
+
+    fn write_changes(db: &Database, changes: &[Change]) -> Result<()> {
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(VMS)?;
             for change in changes {
@@ -125,11 +153,15 @@ impl Store {
     /// still stored (a missing blob leaves its version out, reported by the
     /// caller's load). Reads what older agents kept, when that is all there is.
     pub fn slot(&self, slot: &str) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
-        let txn = self.db.begin_read()?;
+        self.with(|db| Self::read_slot(db, slot))
+    }
+
+    fn read_slot(db: &Database, slot: &str) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
+        let txn = db.begin_read()?;
         let slots = txn.open_table(SLOTS)?;
         let blobs = txn.open_table(BLOBS)?;
         let Some(value) = slots.get(slot)? else {
-            return self.old_slot(&txn, slot);
+            return Self::old_slot(&txn, slot);
         };
         let stored: StoredSlot =
             decode(value.value()).with_context(|| format!("stored policies of slot {slot}"))?;
@@ -142,11 +174,7 @@ impl Store {
         Ok((stored, bytes))
     }
 
-    fn old_slot(
-        &self,
-        txn: &redb::ReadTransaction,
-        slot: &str,
-    ) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
+    fn old_slot(txn: &redb::ReadTransaction, slot: &str) -> Result<(StoredSlot, BTreeMap<String, Vec<u8>>)> {
         let table = match txn.open_table(OLD_POLICIES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
@@ -166,7 +194,11 @@ impl Store {
     /// stored yet (`new_bytes`: hash and bytes) and dropping blobs no slot
     /// names.
     pub fn set_slot(&self, slot: &str, stored: &StoredSlot, new_bytes: &[(&str, &[u8])]) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        self.with(|db| Self::write_slot(db, slot, stored, new_bytes))
+    }
+
+    fn write_slot(db: &Database, slot: &str, stored: &StoredSlot, new_bytes: &[(&str, &[u8])]) -> Result<()> {
+        let txn = db.begin_write()?;
         {
             let mut slots = txn.open_table(SLOTS)?;
             slots.insert(slot, encode(stored)?.as_slice())?;
@@ -194,6 +226,29 @@ impl Store {
         txn.commit().context("committing the policy slot")?;
         Ok(())
     }
+}
+
+/// Opens the database and makes sure its tables exist.
+fn open_db(path: &Path) -> Result<Database> {
+    let db = Database::create(path).with_context(|| {
+        format!(
+            "cannot open the state store {} (is another agent using this state directory?)",
+            path.display()
+        )
+    })?;
+    let txn = db.begin_read()?;
+    let missing = [VMS, SLOTS, BLOBS].iter().any(|t| txn.open_table(*t).is_err());
+    drop(txn);
+    // Only a new store is written to here: a full disk must not keep an
+    // existing one from opening.
+    if missing {
+        let txn = db.begin_write()?;
+        txn.open_table(VMS)?;
+        txn.open_table(SLOTS)?;
+        txn.open_table(BLOBS)?;
+        txn.commit()?;
+    }
+    Ok(db)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What kind of failure: bad-request, not-found, conflict, unplaceable,
-    /// hypervisor, unavailable, unauthorized, too-large,
-    /// unsupported-media-type.
+    /// hypervisor, unavailable, insufficient-storage, unauthorized,
+    /// too-large, unsupported-media-type, internal.
     pub kind: String,
     /// What is wrong, for a person.
     pub error: String,
@@ -58,6 +58,7 @@ impl From<ApiError> for Failure {
             ApiErrorKind::Unplaceable => (StatusCode::UNPROCESSABLE_ENTITY, "unplaceable"),
             ApiErrorKind::Hypervisor => (StatusCode::BAD_GATEWAY, "hypervisor"),
             ApiErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiErrorKind::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
         };
         Failure::new(status, kind, e.message)
     }

@@ -57,7 +57,8 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
         (status = 413, description = "Larger than the size cap", body = ErrorBody),
-        (status = 503, description = "Could not be stored (e.g. a full disk); nothing changed", body = ErrorBody)))]
+        (status = 503, description = "Could not be stored; nothing changed", body = ErrorBody),
+        (status = 507, description = "The state directory is full; nothing changed", body = ErrorBody)))]
 pub async fn load(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -85,7 +86,8 @@ pub async fn load(
     params(("slot" = SlotName, Path, description = "placement or migration"), RollbackParams),
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 404, description = "No such earlier version", body = ErrorBody),
-        (status = 503, description = "Could not be stored (e.g. a full disk); nothing changed", body = ErrorBody)))]
+        (status = 503, description = "Could not be stored; nothing changed", body = ErrorBody),
+        (status = 507, description = "The state directory is full; nothing changed", body = ErrorBody)))]
 pub async fn rollback(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -111,6 +113,11 @@ async fn change(
     match result {
         Ok(loaded) => Ok(Json(PolicyVersion::from(loaded.as_ref()))),
         Err(e @ ChangeError::Refused(_)) => Err(Failure::new(status, kind, e.to_string())),
+        Err(ChangeError::NotStored(e)) if crate::store::is_no_space(&e) => Err(Failure::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient-storage",
+            format!("the agent's state directory is full; the previous version stays active: {e}"),
+        )),
         Err(e @ ChangeError::NotStored(_)) => {
             Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))
         }

@@ -73,7 +73,8 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<VmStatus>>, Fail
         (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "No host can take it", body = ErrorBody),
         (status = 502, description = "The hypervisor refused", body = ErrorBody),
-        (status = 503, description = "Hypervisor unavailable", body = ErrorBody)))]
+        (status = 503, description = "Hypervisor unavailable; nothing was recorded", body = ErrorBody),
+        (status = 507, description = "The state directory is full; nothing was recorded", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(spec): JsonBody<VmRequest>,
@@ -95,7 +96,7 @@ pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Result
 #[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = VmStatus), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 503, body = ErrorBody), (status = 507, description = "The state directory is full", body = ErrorBody)))]
 pub async fn start(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -108,7 +109,8 @@ pub async fn start(
     params(("name" = String, Path, description = "VM name"), StopParams),
     responses((status = 200, body = VmStatus), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 507, description = "The state directory is full and the reserve is spent", body = ErrorBody)))]
 pub async fn stop(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -122,7 +124,8 @@ pub async fn stop(
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = Deleted), (status = 202, description = "Pending: the hypervisor became unavailable", body = VmStatus),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 503, body = ErrorBody),
+        (status = 507, description = "The state directory is full and the reserve is spent", body = ErrorBody)))]
 pub async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,

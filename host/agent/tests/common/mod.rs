@@ -36,22 +36,33 @@ impl Agent {
         let mut args =
             vec!["--set", "sample-interval-ms=200", "--dev", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
         args.extend(extra);
-        Agent::launch(uri, host, &args, envs)
+        Agent::launch(uri, host, &args, envs, None)
+    }
+
+    /// [`Agent::start`] keeping its state in `state_dir` (its socket and
+    /// log stay in its own temporary directory).
+    pub fn start_with_state(uri: &str, host: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        let mut args =
+            vec!["--set", "sample-interval-ms=200", "--dev", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
+        args.extend(extra);
+        Agent::launch(uri, host, &args, &[], Some(state_dir))
     }
 
     /// An agent on the test driver that joins a cluster (no `--dev`).
     pub fn start_cluster_member(host: &str, extra: &[&str]) -> Agent {
         let mut args = vec!["--set", "sample-interval-ms=1000"];
         args.extend(extra);
-        Agent::launch("test:///default", host, &args, &[])
+        Agent::launch("test:///default", host, &args, &[], None)
     }
 
-    fn launch(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> Agent {
+    fn launch(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)], state: Option<&Path>) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = vec![
             "agent".into(),
             "--state-dir".into(),
-            dir.path().display().to_string(),
+            state.unwrap_or(dir.path()).display().to_string(),
+            "--set".into(),
+            format!("socket={:?}", dir.path().join("agent.sock").display().to_string()),
             "--libvirt-uri".into(),
             uri.into(),
             "--host-name".into(),

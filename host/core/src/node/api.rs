@@ -105,6 +105,8 @@ pub enum ApiErrorKind {
     Hypervisor,
     /// The hypervisor is unreachable or the agent is stopping (503).
     Unavailable,
+    /// The agent's state directory is full: the change cannot be recorded (507).
+    InsufficientStorage,
 }
 
 /// A failed request with a sentence that says what is wrong.

@@ -9,7 +9,11 @@
 //!
 //! Ordering contract for the shell: the [`Output::Persist`] changes drained
 //! in one round are made durable before any command or reply of that round
-//! is carried out, so intent is always written before it is acted on.
+//! is carried out, so intent is always written before it is acted on. The
+//! shell then says [`Input::Recorded`]; when it cannot write (a full disk),
+//! it withholds the round's commands for the VMs it could not record and
+//! says [`Input::NotRecorded`], and the node puts those VMs back as the
+//! store has them and answers the requests that depended on them.
 //!
 //! Policies run beside the node, not inside it: the node asks with
 //! [`Output::Decide`] and takes the answer as [`Input::Decided`], the way it
@@ -24,6 +28,7 @@
 //! after a crash the node repeats whatever it cannot know was done.
 
 pub mod api;
+mod journal;
 mod overlay;
 mod timers;
 
@@ -40,6 +45,7 @@ pub use api::{
     ApiError, ApiErrorKind, ClusterStatus, Command, HostStatus, HypervisorStatus, InboundId, MemberStatus,
     OutboundId, PeerRequest, PeerResponse, PopStatus, Reply, ReqId, Size, VmCounts, VmStatus,
 };
+use journal::Journal;
 use locus_sdk::{Placement, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -270,6 +276,27 @@ pub enum Input {
     Timeout(Instant),
     /// Stop taking requests and finish what is in flight.
     Shutdown(Instant),
+    /// The last round's [`Output::Persist`] changes are durable.
+    Recorded,
+    /// The last round's changes could not be written, and the shell
+    /// withheld its hypervisor commands for the VMs they were about.
+    NotRecorded {
+        /// When.
+        now: Instant,
+        /// Why, for the clients whose requests are undone.
+        reason: String,
+        /// Whether for lack of space (507) rather than another fault (503).
+        no_space: bool,
+    },
+    /// The state directory is short of space (the shell's reserve is in
+    /// use) or has room again. While short, creates and starts are refused;
+    /// stops and deletes go on.
+    Storage {
+        /// When.
+        now: Instant,
+        /// Short of space.
+        low: bool,
+    },
 }
 
 /// What the node wants done.
@@ -571,6 +598,10 @@ pub struct Node {
     next_op: u64,
     now: Option<Instant>,
     outputs: VecDeque<Output>,
+    /// What the store holds and this round's unconfirmed writes.
+    journal: Journal,
+    /// The state directory is short of space: creates and starts wait.
+    storage_low: bool,
     closing: bool,
     closed: bool,
 }
@@ -638,6 +669,8 @@ impl Node {
             next_op: 0,
             now: None,
             outputs: VecDeque::new(),
+            journal: Journal::new(&intents),
+            storage_low: false,
             closing: false,
             closed: false,
         };
@@ -725,6 +758,15 @@ impl Node {
                 self.abandon_waits();
                 self.abandon_decisions();
             }
+            Input::Recorded => self.journal.confirmed(),
+            Input::NotRecorded { now, reason, no_space } => {
+                self.tick(now);
+                self.not_recorded(&reason, no_space);
+            }
+            Input::Storage { now, low } => {
+                self.tick(now);
+                self.storage_low = low;
+            }
         }
     }
 
@@ -789,7 +831,41 @@ impl Node {
 
     fn persist(&mut self, name: &str) {
         if let Some(r) = self.vms.get(name) {
+            self.journal.put(&r.intent);
             self.outputs.push_back(Output::Persist(Change::Put(r.intent.clone())));
+        }
+    }
+
+    /// Puts back the VMs whose changes the store did not take: a VM it
+    /// never had is forgotten, the others get their stored intent again.
+    /// A request waiting on one of them fails; nothing else was done for
+    /// them (the shell withheld the round's commands).
+    fn not_recorded(&mut self, reason: &str, no_space: bool) {
+        let kind = if no_space { ApiErrorKind::InsufficientStorage } else { ApiErrorKind::Unavailable };
+        for (name, before) in self.journal.lost() {
+            let error = ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"));
+            self.ops.retain(|_, vm| *vm != name);
+            match before {
+                None => {
+                    let Some(record) = self.vms.remove(&name) else { continue };
+                    self.timers.cancel(&Timer::StopDeadline(name.clone()));
+                    self.model.remove_vm(record.id);
+                    self.outputs.push_back(Output::Announce { vm: name.clone(), here: false });
+                    if let Some(origin) = record.task.and_then(|t| t.origin) {
+                        self.answer(origin, Err(error));
+                    }
+                }
+                Some(intent) => {
+                    if let Some(r) = self.vms.get_mut(&name) {
+                        r.intent = intent;
+                        r.pending = None;
+                    }
+                    if let Some(task) = self.vms.get_mut(&name).and_then(|r| r.task.as_mut()) {
+                        task.op = None;
+                    }
+                    self.finish(&name, Some(error));
+                }
+            }
         }
     }
 
@@ -874,6 +950,18 @@ impl Node {
         }
     }
 
+    /// While the state directory is short of space, what would need more
+    /// of it (a new VM, a start) waits; stops and deletes use the reserve.
+    fn room_to_record(&self) -> Result<(), ApiError> {
+        if self.storage_low {
+            return Err(ApiError::new(
+                ApiErrorKind::InsufficientStorage,
+                "the agent's state directory is full: creates and starts are refused until space is freed (stops and deletes still work)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks that can be made before deciding where a VM goes.
     fn admissible(&self, spec: &crate::VmRequest) -> Result<(), ApiError> {
         spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
@@ -904,6 +992,7 @@ impl Node {
     fn create_here(&mut self, origin: Origin, spec: crate::VmRequest) -> Result<(), ApiError> {
         self.admissible(&spec)?;
         self.writable()?;
+        self.room_to_record()?;
         let resolved = crate::filter::Resolved::new(&self.model, &spec);
         let mut rows = Vec::new();
         let excluded = crate::filter::candidates(&self.model, &resolved, &mut rows);
@@ -957,6 +1046,9 @@ impl Node {
             return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {name} is being deleted")));
         }
         self.writable()?;
+        if purpose == Purpose::Start {
+            self.room_to_record()?;
+        }
         let desired = match purpose {
             Purpose::Start => Desired::Running,
             Purpose::Stop => Desired::Stopped,
@@ -1139,6 +1231,7 @@ impl Node {
         };
         self.timers.cancel(&Timer::StopDeadline(name.to_owned()));
         self.model.remove_vm(record.id);
+        self.journal.remove(name);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
         self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: false });
         if let Some(origin) = record.task.and_then(|t| t.origin) {

@@ -140,9 +140,15 @@ impl Sim {
     }
 
     fn drain(&mut self, i: usize) {
+        let mut wrote = false;
         loop {
             let now = self.instant(self.now_us);
             match self.nodes[i].node.poll_output() {
+                // The simulated store never fails: a round's writes are durable.
+                Output::Timeout(_) | Output::Closed if wrote => {
+                    wrote = false;
+                    self.nodes[i].node.handle_input(Input::Recorded);
+                }
                 Output::Timeout(Some(at)) => {
                     let delay = at.saturating_duration_since(now).as_micros() as u64;
                     self.at(delay.max(1), Due::Timer(i));
@@ -211,7 +217,8 @@ impl Sim {
                         .map(|n| n.node.config.peer.clone());
                     self.at(2_000, Due::Input(i, Box::new(Input::Located { now, vm, peer })));
                 }
-                Output::Persist(_) | Output::Event(_) | Output::Announce { .. } => {}
+                Output::Persist(_) => wrote = true,
+                Output::Event(_) | Output::Announce { .. } => {}
             }
         }
     }

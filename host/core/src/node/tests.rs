@@ -117,6 +117,8 @@ struct Rig {
     now: Instant,
     next_req: u64,
     log: Vec<Output>,
+    /// The store refuses every write.
+    disk_full: bool,
 }
 
 impl Rig {
@@ -131,6 +133,7 @@ impl Rig {
             now: Instant::now(),
             next_req: 0,
             log: vec![],
+            disk_full: false,
         };
         let domains = rig.hv.observation();
         rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
@@ -138,19 +141,23 @@ impl Rig {
         rig
     }
 
-    /// Feeds an input and carries out every hypervisor command until the node is idle.
+    /// Feeds an input and carries out every hypervisor command until the
+    /// node is idle. Each round's writes are recorded, unless `disk_full`:
+    /// then the round's commands are withheld and the node is told.
     fn input(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             self.node.handle_input(input);
+            let mut round = Vec::new();
+            let mut wrote = false;
             loop {
                 match self.node.poll_output() {
                     Output::Timeout(_) => break,
-                    Output::Hypervisor { op, cmd } => {
-                        let result = self.hv.run(&cmd);
-                        self.log.push(Output::Hypervisor { op, cmd });
-                        queue.push_back(Input::Hypervisor { now: self.now, op, result });
+                    Output::Persist(change) => {
+                        wrote = true;
+                        self.log.push(Output::Persist(change));
                     }
+                    Output::Hypervisor { op, cmd } => round.push((op, cmd)),
                     Output::Decide { id, question } if self.hold => self.held.push_back((id, question)),
                     Output::Decide { id, question } => {
                         let answer = crate::Policy::place(&self.policy, &question.cluster, &question.request);
@@ -160,6 +167,22 @@ impl Rig {
                     Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, peer: None }),
                     other => self.log.push(other),
                 }
+            }
+            if wrote && self.disk_full {
+                queue.push_front(Input::NotRecorded {
+                    now: self.now,
+                    reason: "no space".into(),
+                    no_space: true,
+                });
+                continue;
+            }
+            if wrote {
+                self.node.handle_input(Input::Recorded);
+            }
+            for (op, cmd) in round {
+                let result = self.hv.run(&cmd);
+                self.log.push(Output::Hypervisor { op, cmd });
+                queue.push_back(Input::Hypervisor { now: self.now, op, result });
             }
         }
     }
@@ -608,4 +631,40 @@ fn a_hypervisor_lost_after_the_intent_is_recorded_makes_the_reply_pending_and_it
     assert_eq!(owed(&rig.log, "never"), Some(false));
     rig.sample();
     assert_eq!(rig.state("never").state, DomainState::Shutoff, "left stopped");
+}
+
+#[test]
+fn a_round_the_store_cannot_take_is_undone_and_answered_507_and_stops_go_on_from_the_reserve() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.api(Command::Create(Box::new(spec("a")))).expect("create");
+    rig.disk_full = true;
+    rig.log.clear();
+
+    // A new VM the store never took is forgotten; the hypervisor never hears of it.
+    let e = rig.api(Command::Create(Box::new(spec("b")))).expect_err("not recorded");
+    assert_eq!(e.kind, ApiErrorKind::InsufficientStorage, "{}", e.message);
+    assert!(rig.commands().is_empty(), "{:?}", rig.log);
+    assert_eq!(error_kind(rig.api(Command::Show("b".into()))), ApiErrorKind::NotFound);
+    assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 512, "b's room is given back");
+    // A stop that cannot be recorded does not happen.
+    let e =
+        rig.api(Command::Stop { name: "a".into(), force: true, timeout: None }).expect_err("not recorded");
+    assert_eq!(e.kind, ApiErrorKind::InsufficientStorage);
+    let a = rig.state("a");
+    assert_eq!((a.state, a.desired, a.busy), (DomainState::Running, Desired::Running, None));
+    assert!(rig.commands().is_empty(), "{:?}", rig.log);
+    rig.sample();
+    assert!(rig.commands().is_empty(), "the restored intent is what runs: {:?}", rig.log);
+
+    // The shell freed its reserve: stops and deletes are recorded again,
+    // creates and starts wait until there is room.
+    rig.disk_full = false;
+    rig.input(Input::Storage { now: rig.now, low: true });
+    assert_eq!(error_kind(rig.api(Command::Create(Box::new(spec("c"))))), ApiErrorKind::InsufficientStorage);
+    rig.api(Command::Stop { name: "a".into(), force: true, timeout: None }).expect("stop");
+    assert_eq!(error_kind(rig.api(Command::Start("a".into()))), ApiErrorKind::InsufficientStorage);
+    rig.input(Input::Storage { now: rig.now, low: false });
+    rig.api(Command::Create(Box::new(spec("c")))).expect("room again");
+    rig.api(Command::Delete("a".into())).expect("delete");
+    assert_eq!(rig.commands(), ["Destroy", "Define", "Start", "Destroy", "Undefine"]);
 }
