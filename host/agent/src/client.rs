@@ -25,6 +25,15 @@ pub enum Endpoint {
         /// Bearer token.
         token: String,
     },
+    /// `host:port` over TLS, with the bearer token.
+    Tls {
+        /// Address; its host part is the name the certificate must carry.
+        addr: String,
+        /// Bearer token.
+        token: String,
+        /// Trusts the agent's CA ([`crate::api::tls::client_config`]).
+        tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    },
 }
 
 /// An API error as the agent reported it.
@@ -120,7 +129,7 @@ impl Client {
         body: Option<(&'static str, Body)>,
     ) -> Result<(StatusCode, Bytes)> {
         let mut request = Request::builder().method(method).uri(path).header("host", "locus");
-        if let Endpoint::Tcp { token, .. } = &self.endpoint {
+        if let Endpoint::Tcp { token, .. } | Endpoint::Tls { token, .. } = &self.endpoint {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = match body {
@@ -138,6 +147,17 @@ impl Client {
                 let stream = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .with_context(|| format!("cannot reach the agent at {addr}"))?;
+                over(stream, request).await?
+            }
+            Endpoint::Tls { addr, tls, .. } => {
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .with_context(|| format!("cannot reach the agent at {addr}"))?;
+                let name = crate::api::tls::server_name(addr)?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS with the agent at {addr}"))?;
                 over(stream, request).await?
             }
         };

@@ -120,6 +120,8 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Bounds on each API listener.
     pub api: crate::api::serve::ApiLimits,
+    /// TLS for the TCP API (strongly advised with `listen`).
+    pub tls: Option<crate::api::tls::TlsConfig>,
     /// The image store.
     pub images: crate::images::ImageConfig,
     /// Space kept in the state directory, MiB: when the filesystem fills,
@@ -155,6 +157,7 @@ impl Default for AgentConfig {
             listen: None,
             token_file: None,
             api: crate::api::serve::ApiLimits::default(),
+            tls: None,
             images: crate::images::ImageConfig::default(),
             reserve_mib: 16,
             sample_interval_ms: 2000,

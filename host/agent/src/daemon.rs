@@ -124,13 +124,18 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let socket = config.socket_path();
     let unix = bind_unix(&socket)?;
     let router = api::router(state);
-    tracker.spawn(api::serve::serve(unix, router.clone(), config.api.clone(), cancel.clone()));
+    tracker.spawn(api::serve::serve(unix, router.clone(), config.api.clone(), None, cancel.clone()));
     if let Some(addr) = config.listen {
         let token = config.token()?.context("listen needs a token")?;
+        let tls = config.tls.as_ref().map(api::tls::acceptor).transpose()?;
         let tcp = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "API on TCP (bearer token required)");
+        if tls.is_some() {
+            tracing::info!(%addr, "API on TCP with TLS (bearer token required)");
+        } else {
+            tracing::warn!(%addr, "API on TCP without TLS: the bearer token crosses the network in clear (set [tls])");
+        }
         let router = api::with_token(router, token);
-        tracker.spawn(api::serve::serve(tcp, router, config.api.clone(), cancel.clone()));
+        tracker.spawn(api::serve::serve(tcp, router, config.api.clone(), tls, cancel.clone()));
     }
     tracing::info!(socket = %socket.display(), "API on unix socket");
     tracker.spawn(signals(cancel.clone()));

@@ -252,13 +252,13 @@ fn hostile(name: &str, dir: &tempfile::TempDir) -> String {
 }
 
 #[test]
-fn the_tcp_api_needs_the_bearer_token() {
+fn the_tcp_api_needs_the_bearer_token_and_speaks_tls_with_a_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token-of-enough-length\n").expect("token");
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-    let addr = format!("127.0.0.1:{port}");
+    let free_port =
+        || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let addr = format!("127.0.0.1:{}", free_port());
     let token = token_file.display().to_string();
     let agent = Agent::start(TEST, "tcp-host", &["--listen", &addr, "--token-file", &token]);
     rt().block_on(async {
@@ -271,6 +271,53 @@ fn the_tcp_api_needs_the_bearer_token() {
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     });
     drop(agent);
+
+    // With a certificate: TLS, verified against the CA the client trusts.
+    let pem = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path.display().to_string()
+    };
+    let (ca, ca_key) = authority();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+    let (cert_file, key_file, ca_file) =
+        (pem("agent.pem", cert.pem()), pem("agent.key", key.serialize_pem()), pem("ca.pem", ca.pem()));
+    let (other_ca, _) = authority();
+    let other_ca_file = pem("other-ca.pem", other_ca.pem());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cert_set = format!("tls.cert-file={cert_file:?}");
+    let key_set = format!("tls.key-file={key_file:?}");
+    let agent = Agent::start(
+        TEST,
+        "tls-host",
+        &["--listen", &addr, "--token-file", &token, "--set", &cert_set, "--set", &key_set],
+    );
+    let remote = |extra: &[&str]| {
+        std::process::Command::new(common::locus_bin())
+            .args(["host", "status", "--addr", &addr, "--token-file", &token])
+            .args(extra)
+            .output()
+            .expect("run locus")
+    };
+    let ok = remote(&["--ca", &ca_file]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let plain = remote(&[]);
+    assert!(!plain.status.success(), "plain HTTP to the TLS port fails");
+    let untrusted = remote(&["--ca", &other_ca_file]);
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success() && err.contains("TLS"), "an unknown CA is refused: {err}");
+    assert!(agent.log().contains("API on TCP with TLS"), "{}", agent.log());
+}
+
+/// A CA certificate and its key, for tests.
+fn authority() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.self_signed(&key).expect("self-signed"), key)
 }
 
 #[test]

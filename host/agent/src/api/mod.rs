@@ -1,6 +1,7 @@
 //! The agent's HTTP/JSON API: one router served on a unix socket (mode
 //! 0600, no token: the file's permissions are the access control) and, when
-//! configured, on TCP behind a bearer token. Handlers parse a request into
+//! configured, on TCP behind a bearer token, with TLS when a certificate
+//! is configured. Handlers parse a request into
 //! a node [`Command`], hand it to the core task with a oneshot for the
 //! answer, and map the answer to HTTP. The OpenAPI description is served at
 //! `/openapi.json`.
@@ -11,6 +12,7 @@ mod images;
 mod openapi;
 mod policies;
 pub mod serve;
+pub mod tls;
 pub mod vms;
 
 pub use error::{ErrorBody, Failure};

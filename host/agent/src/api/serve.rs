@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::RequestBodyTimeout;
@@ -48,10 +49,15 @@ impl Default for ApiLimits {
     }
 }
 
-/// Serves `router` on `listener` until `cancel`; then lets requests in
-/// flight finish.
-pub async fn serve<L>(mut listener: L, router: Router, limits: ApiLimits, cancel: CancellationToken)
-where
+/// Serves `router` on `listener` until `cancel`, over TLS when `tls` is
+/// given; then lets requests in flight finish.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: ApiLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) where
     L: axum::serve::Listener,
 {
     let service = RequestBodyTimeout::new(router, Duration::from_millis(limits.body_timeout_ms));
@@ -81,10 +87,27 @@ where
         });
         let cancel = cancel.clone();
         let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+        let tls = tls.clone();
         connections.spawn(async move {
             let _permit = permit;
             // However it ends, it is no longer a candidate for eviction.
             let _ended = evict.clone().drop_guard();
+            // The handshake is the first thing a client owes: it gets the
+            // header deadline, and a silent one can be evicted meanwhile.
+            let io = match tls {
+                None => Either::Left(io),
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(header_timeout, tls.accept(io));
+                    match tokio::select! { h = handshake => h, _ = evict.cancelled() => return } {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)

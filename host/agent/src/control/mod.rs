@@ -27,6 +27,9 @@ pub struct Connection {
     /// File with the bearer token, for `--addr`.
     #[arg(long, global = true, env = "LOCUS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Speak TLS to `--addr`, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true, env = "LOCUS_CA")]
+    pub ca: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -41,7 +44,12 @@ impl Connection {
                     .with_context(|| format!("reading {}", path.display()))?
                     .trim()
                     .to_owned();
-                Endpoint::Tcp { addr: addr.clone(), token }
+                match &self.ca {
+                    Some(ca) => {
+                        Endpoint::Tls { addr: addr.clone(), token, tls: crate::api::tls::client_config(ca)? }
+                    }
+                    None => Endpoint::Tcp { addr: addr.clone(), token },
+                }
             }
             None => Endpoint::Unix(self.socket.clone().unwrap_or_else(crate::config::default_socket)),
         };
