@@ -118,6 +118,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         policies: policies.clone(),
         store: store.clone(),
         images,
+        uploads: Arc::new(tokio::sync::Semaphore::new(api::policies::MAX_UPLOADS)),
         overlay: ov_tx.clone(),
     };
     let tracker = TaskTracker::new();

@@ -88,6 +88,13 @@ fn libvirtd_qemu_guest_boots_is_sampled_stops_and_leaves_nothing_behind() {
         s.cpu_time_ns > first && s.cpu_milli.is_some() && s.memory_kib > 0
     });
 
+    // Undefined behind the agent's back while running: defined again.
+    let _ = virsh(&["undefine", &name]);
+    wait_until(Duration::from_secs(10), "the domain is persistent again", || {
+        virsh(&["dominfo", &name]).lines().any(|l| l.starts_with("Persistent:") && l.ends_with("yes"))
+    });
+    assert!(agent.log().contains("defined again"), "{}", agent.log());
+
     // The firmware ignores ACPI: the stop powers it off at the deadline.
     let stopped: VmStatus = agent.json(&["vm", "stop", &name, "--timeout", "1"]);
     assert_eq!((stopped.state, stopped.desired), (DomainState::Shutoff, Desired::Stopped));

@@ -486,3 +486,39 @@ fn images_through_the_agent_hostile_uploads_are_refused_and_the_store_serves_vms
     let _: serde_json::Value = agent.json(&["image", "rm", "base"]);
     let _: HostStatus = agent.json(&["host", "status"]);
 }
+
+#[test]
+fn policy_uploads_are_bounded_in_number_and_size() {
+    use std::io::Write;
+    let agent = Agent::start(TEST, "upload-host", &[]);
+    // Two uploads that never finish sending hold both upload slots.
+    let stalled: Vec<std::os::unix::net::UnixStream> = (0..2)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(agent.socket()).expect("connect");
+            s.write_all(
+                b"PUT /v1/policies/placement?name=slow HTTP/1.1\r\nHost: l\r\nContent-Type: application/wasm\r\nContent-Length: 50000\r\n\r\n\0asm",
+            )
+            .expect("write");
+            s
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "a third upload is turned away", || {
+        let out = agent.cli(&["policy", "load", "spread", "--slot", "placement"]);
+        String::from_utf8_lossy(&out.stderr).contains("policy loads are already running")
+    });
+    let _: HostStatus = agent.json(&["host", "status"]);
+    drop(stalled);
+    wait_until(Duration::from_secs(10), "the slots are free again", || {
+        agent.cli(&["policy", "load", "spread", "--slot", "placement"]).status.success()
+    });
+    let big = vec![0u8; (16 << 20) + 1];
+    let e = rt()
+        .block_on(agent.client().put_bytes::<PolicyVersion>(
+            "/v1/policies/placement?name=big",
+            "application/wasm",
+            big,
+        ))
+        .expect_err("too large");
+    let e = e.downcast::<AgentError>().expect("an API error");
+    assert_eq!((e.status, e.kind.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too-large"), "{}", e.message);
+}

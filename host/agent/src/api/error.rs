@@ -95,26 +95,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A raw body (a component upload) whose rejection, such as a body over
-/// the size cap, is a JSON [`Failure`] like every other.
-#[derive(Debug)]
-pub struct RawBody(pub Vec<u8>);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = Failure;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
-        match axum::body::Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(RawBody(bytes.to_vec())),
-            Err(r) => {
-                let status = r.status();
-                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { "too-large" } else { "bad-request" };
-                Err(Failure::new(status, kind, r.body_text()))
-            }
-        }
-    }
-}
-
 /// Query parameters whose rejection is a [`Failure`].
 #[derive(Debug)]
 pub struct QueryParams<T>(pub T);

@@ -10,7 +10,7 @@ pub mod cluster;
 mod error;
 mod images;
 mod openapi;
-mod policies;
+pub mod policies;
 pub mod serve;
 pub mod tls;
 pub mod vms;
@@ -50,6 +50,8 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// The image store.
     pub images: Arc<crate::images::Images>,
+    /// Policy loads in progress ([`policies::MAX_UPLOADS`] at most).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// The overlay task's inbox.
     pub overlay: mpsc::UnboundedSender<crate::overlay::ToOverlay>,
 }
@@ -65,7 +67,6 @@ impl AppState {
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    let policy_body = DefaultBodyLimit::max(state.policies.max_size());
     Router::new()
         .route("/v1/vms", get(vms::list).post(vms::create))
         .route("/v1/vms/{name}", get(vms::show).delete(vms::delete))
@@ -75,7 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/join", post(cluster::join))
         .route("/v1/policies", get(policies::list))
-        .route("/v1/policies/{slot}", put(policies::load).layer(policy_body))
+        .route("/v1/policies/{slot}", put(policies::load).layer(DefaultBodyLimit::disable()))
         .route("/v1/policies/{slot}/rollback", post(policies::rollback))
         .route("/v1/images", get(images::list))
         .route(

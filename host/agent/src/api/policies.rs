@@ -4,7 +4,7 @@
 //! until the new one is active (and stored).
 
 use super::AppState;
-use super::error::{ErrorBody, Failure, QueryParams, RawBody};
+use super::error::{ErrorBody, Failure, QueryParams};
 use crate::policies::{ChangeError, PolicyVersion, SlotListing, SlotName};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,6 +13,9 @@ use locus_policy::Loaded;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Policy loads read and compiled at once; more are refused with 503.
+pub const MAX_UPLOADS: usize = 2;
 
 /// How to load a component.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
@@ -57,15 +60,37 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
         (status = 413, description = "Larger than the size cap", body = ErrorBody),
-        (status = 503, description = "Could not be stored; nothing changed", body = ErrorBody),
+        (status = 503, description = "Could not be stored, or as many loads as allowed are running; nothing changed", body = ErrorBody),
         (status = 507, description = "The state directory is full; nothing changed", body = ErrorBody)))]
 pub async fn load(
     State(s): State<AppState>,
     Path(name): Path<String>,
     QueryParams(p): QueryParams<LoadParams>,
-    RawBody(body): RawBody,
+    body: axum::body::Body,
 ) -> Result<Json<PolicyVersion>, Failure> {
     let slot = slot(&name)?;
+    // Bodies are up to the size cap each: only a few are read and compiled
+    // at once, and the rest are told to come back rather than held.
+    let _permit = s.uploads.clone().try_acquire_owned().map_err(|_| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{MAX_UPLOADS} policy loads are already running; try again when one finishes"),
+        )
+    })?;
+    let body = axum::body::to_bytes(body, s.policies.max_size()).await.map_err(|e| {
+        use std::error::Error as _;
+        let too_large = e.source().is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the component is larger than {} bytes", s.policies.max_size()),
+            )
+        } else {
+            Failure::bad_request(format!("reading the component: {e}"))
+        }
+    })?;
     if !locus_core::request::valid_name(&p.name) {
         return Err(Failure::bad_request(format!("invalid policy name {:?}", p.name)));
     }

@@ -262,7 +262,40 @@ impl Session {
             o.ours.push(seen(name, &info, milli));
         }
         self.cpu = cpu;
+        self.keep_persistent();
         Ok(o)
+    }
+
+    /// A running domain undefined behind the agent's back is transient:
+    /// it would vanish at its next stop, with the agent's intent still
+    /// saying it exists. Each of ours is defined again from its own
+    /// description, and that is logged.
+    fn keep_persistent(&mut self) {
+        let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT;
+        let Ok(transient) = self.conn.list_all_domains(flags) else {
+            return;
+        };
+        for dom in transient {
+            let Ok(uuid) = dom.get_uuid_string() else { continue };
+            if !self.ours.get(&uuid).copied().unwrap_or_else(|| is_ours(&dom, &self.owner)) {
+                continue;
+            }
+            let name = dom.get_name().unwrap_or_default();
+            let redefined = dom
+                .get_xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+                .and_then(|xml| Domain::define_xml(&self.conn, &xml));
+            match redefined {
+                Ok(_) => tracing::warn!(
+                    vm = name,
+                    "was undefined behind the agent's back while running; defined again"
+                ),
+                Err(e) => tracing::warn!(
+                    vm = name,
+                    error = e.message(),
+                    "is transient and could not be defined again"
+                ),
+            }
+        }
     }
 
     fn alive(&self) -> bool {
