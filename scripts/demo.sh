@@ -46,10 +46,21 @@ for _ in $(seq 100); do [[ -S $LOCUS_SOCKET ]] && break; sleep 0.1; done
 "$locus" vm list
 "$locus" vm start web-1 >/dev/null
 
+step "Images: imported into the agent's store; each VM boots from its own overlay on one"
+qemu-img create -q -f qcow2 "$state/debian.qcow2" 64M
+"$locus" image import "$state/debian.qcow2" --name debian
+"$locus" vm create app-1 --memory-mib 1024 --image debian >/dev/null
+"$locus" vm create app-2 --memory-mib 1024 --image debian >/dev/null
+"$locus" image list
+qemu-img create -q -f qcow2 -b /etc/shadow -F raw "$state/evil.qcow2" 64M
+"$locus" image import "$state/evil.qcow2" || true
+
 step "Bad input is refused with the reason, and nothing is defined"
 "$locus" vm create 'web<1>' || true
 "$locus" vm create huge --memory-mib 1000000 || true
 "$locus" vm create web-1 || true
+"$locus" vm create stolen --image /etc/shadow || true
+"$locus" image rm debian || true
 
 step "Hot swap: spread replaces best-fit in the running agent; the next VM is placed by it"
 "$locus" policy load spread --slot placement
