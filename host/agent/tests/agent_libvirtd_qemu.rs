@@ -314,6 +314,9 @@ fn libvirtd_two_guests_from_one_image_write_only_their_own_disks_and_paths_are_r
         assert_eq!(&bytes[512..1024], &image[..512], "{} holds its guest's write", disk.display());
     }
     assert_eq!(sha256_file(&base), base_hash, "the base is unchanged");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&base).expect("base");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o444), "the base stays root's and read-only");
     assert_eq!(&std::fs::read(&base).expect("base")[512..1024], &[0u8; 512][..]);
 
     let out = agent.cli(&["image", "rm", "writer"]);

@@ -186,6 +186,7 @@ impl Images {
         for entry in fs::read_dir(dir.join("incoming"))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+        warn_if_closed_to_qemu(dir);
         let imports = Semaphore::new(config.max_imports.max(1));
         Ok(Images { dir: dir.to_owned(), config, imports, catalog: Mutex::new(()) })
     }
@@ -434,13 +435,13 @@ impl Images {
     /// resolves to, at least `min_bytes` large. A disk the VM had before
     /// (a VM of the same name deleted while the agent was down) is
     /// discarded, never handed to the new VM.
-    pub fn create_disk(&self, vm: &str, image: &str, min_bytes: u64) -> Result<PathBuf, ImageError> {
+    pub fn create_disk(&self, vm: &str, image: &str, min_bytes: u64) -> Result<(PathBuf, Base), ImageError> {
         let _catalog = self.lock();
         let base = self.resolve(image)?;
         self.remove_disks_locked(vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
         let path = self.disk_path(vm, &base.hex);
         inspect::create_overlay(&base, &path, min_bytes.max(base.virtual_size_bytes))?;
-        Ok(path)
+        Ok((path, base))
     }
 
     /// VM `vm`'s disk, if it has one.
@@ -466,6 +467,24 @@ impl Images {
             }
         }
         Ok(())
+    }
+}
+
+/// QEMU runs as its own user and opens VM disks by path: every directory
+/// above the store must let others pass (o+x), or guests cannot start.
+fn warn_if_closed_to_qemu(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    for ancestor in dir.ancestors().skip(1) {
+        if let Ok(meta) = fs::metadata(ancestor)
+            && meta.permissions().mode() & 0o001 == 0
+        {
+            tracing::warn!(
+                store = %dir.display(),
+                closed = %ancestor.display(),
+                "QEMU, running as its own user, cannot reach the image store: a directory above it is not o+x"
+            );
+            return;
+        }
     }
 }
 

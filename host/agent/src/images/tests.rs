@@ -109,10 +109,11 @@ fn a_vm_disk_is_its_own_overlay_and_holds_its_base_until_removed() {
     let s = store(dir.path());
     let (info, _) = import(&s, "base", vec![0u8; 1 << 20]).expect("import");
 
-    let disk = s.create_disk("web-1", "base", 2 << 20).expect("disk");
+    let (disk, _) = s.create_disk("web-1", "base", 2 << 20).expect("disk");
     assert!(disk.starts_with(s.dir.join("disks")) && disk.is_file());
     assert_eq!(s.disk("web-1"), Some(disk.clone()));
-    let other = s.create_disk("web-2", &info.hash, 0).expect("disk by hash");
+    let (other, base) = s.create_disk("web-2", &info.hash, 0).expect("disk by hash");
+    assert_eq!(format!("sha256:{}", base.hex), info.hash);
     assert_ne!(disk, other);
     assert_eq!(s.show("base").expect("show").used_by, vec!["web-1".to_owned(), "web-2".to_owned()]);
     let e = s.remove("base").expect_err("in use");
@@ -122,7 +123,7 @@ fn a_vm_disk_is_its_own_overlay_and_holds_its_base_until_removed() {
     let fresh = fs::metadata(&disk).expect("disk").len();
     let mut old = fs::OpenOptions::new().append(true).open(&disk).expect("open");
     old.write_all(&[1u8; 4096]).expect("the old VM's writes");
-    let again = s.create_disk("web-1", "base", 0).expect("fresh disk");
+    let (again, _) = s.create_disk("web-1", "base", 0).expect("fresh disk");
     assert_eq!(again, disk);
     assert_eq!(fs::metadata(&again).expect("disk").len(), fresh, "a new file, not the old disk");
 

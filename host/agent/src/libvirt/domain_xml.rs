@@ -11,15 +11,26 @@ use std::path::Path;
 /// The XML namespace of Locus's domain metadata.
 pub const NAMESPACE: &str = "https://locus.invalid/xmlns/vm/1";
 
+/// A VM's disk: its own qcow2 overlay on a base of the image store.
+#[derive(Debug, Clone, Copy)]
+pub struct Disk<'a> {
+    /// The overlay, the VM's alone.
+    pub overlay: &'a Path,
+    /// The base behind it, shared and read-only.
+    pub base: &'a Path,
+    /// The base's format (`qcow2` or `raw`).
+    pub base_format: &'a str,
+}
+
 /// The domain definition for `spec`, owned by host `owner`, of libvirt
 /// domain type `domain_type` (`kvm`, `qemu` or `test`), booting from
-/// `disk` (the VM's own qcow2 overlay in the image store) when it has one.
-pub fn render(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<&Path>) -> String {
+/// `disk` when it has one.
+pub fn render(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>>) -> String {
     // Writing into a Vec cannot fail.
     write(spec, owner, domain_type, disk).unwrap_or_default()
 }
 
-fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<&Path>) -> io::Result<String> {
+fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>>) -> io::Result<String> {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
         w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
@@ -57,9 +68,11 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<&Path>) 
     Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
 }
 
-fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<&Path>) -> io::Result<()> {
+fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<Disk<'_>>) -> io::Result<()> {
     if let Some(disk) = disk {
-        let file = disk.to_str().ok_or_else(|| io::Error::other("a non-UTF-8 disk path"))?;
+        let utf8 =
+            |p: &Path| p.to_str().map(str::to_owned).ok_or_else(|| io::Error::other("a non-UTF-8 disk path"));
+        let (file, base) = (utf8(disk.overlay)?, utf8(disk.base)?);
         w.create_element("disk")
             .with_attribute(("type", "file"))
             .with_attribute(("device", "disk"))
@@ -68,7 +81,29 @@ fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<&Path>) -> io
                     .with_attribute(("name", "qemu"))
                     .with_attribute(("type", "qcow2"))
                     .write_empty()?;
-                w.create_element("source").with_attribute(("file", file)).write_empty()?;
+                w.create_element("source").with_attribute(("file", file.as_str())).write_empty()?;
+                // The base is given, not probed, and libvirt must not hand
+                // it to this guest's QEMU user: QEMU reads it through its
+                // mode (0444, root's), so a guest that took its QEMU over
+                // still cannot change what other VMs boot from.
+                w.create_element("backingStore").with_attribute(("type", "file")).write_inner_content(
+                    |w| {
+                        w.create_element("format")
+                            .with_attribute(("type", disk.base_format))
+                            .write_empty()?;
+                        w.create_element("source")
+                            .with_attribute(("file", base.as_str()))
+                            .write_inner_content(|w| {
+                                w.create_element("seclabel")
+                                    .with_attribute(("model", "dac"))
+                                    .with_attribute(("relabel", "no"))
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                        w.create_element("backingStore").write_empty()?;
+                        Ok(())
+                    },
+                )?;
                 w.create_element("target")
                     .with_attribute(("dev", "vda"))
                     .with_attribute(("bus", "virtio"))
@@ -111,7 +146,13 @@ mod tests {
     fn values_are_escaped_and_the_owner_reads_back() {
         let mut spec = VmRequest { name: "web-1".into(), vcpus: 2, memory_mib: 64, ..VmRequest::default() };
         spec.labels.insert("team".into(), "</locus:label><evil attr='1'>&".into());
-        let xml = render(&spec, "host-a", "kvm", Some(Path::new("/images/disks/a&b.qcow2")));
+        let disk = Disk {
+            overlay: Path::new("/images/disks/a&b.qcow2"),
+            base: Path::new("/images/blobs/ab"),
+            base_format: "raw",
+        };
+        let xml = render(&spec, "host-a", "kvm", Some(disk));
+        assert!(xml.contains("relabel=\"no\""), "{xml}");
         assert!(xml.contains("&lt;/locus:label&gt;&lt;evil attr=&apos;1&apos;&gt;&amp;"), "{xml}");
         assert!(xml.contains("file=\"/images/disks/a&amp;b.qcow2\""), "{xml}");
         assert!(xml.contains("<memory unit=\"MiB\">64</memory>"), "{xml}");

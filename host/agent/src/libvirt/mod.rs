@@ -361,7 +361,16 @@ impl Session {
                 Some(self.images.create_disk(&spec.name, image, min).map_err(disk_error)?)
             }
         };
-        let xml = domain_xml::render(spec, &self.owner, self.domain_type, disk.as_deref());
+        let xml = domain_xml::render(
+            spec,
+            &self.owner,
+            self.domain_type,
+            disk.as_ref().map(|(overlay, base)| domain_xml::Disk {
+                overlay,
+                base: &base.path,
+                base_format: base.format.as_str(),
+            }),
+        );
         let defined = Domain::define_xml(&self.conn, &xml).and_then(|d| state(&d));
         if defined.is_err() {
             self.remove_disk(&spec.name);
