@@ -78,6 +78,14 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
     let images = Arc::new(Images::open(&config.images_dir(), config.images.clone())?);
+    let known = intents.iter().map(|i| i.spec.name.clone()).collect();
+    match images.sweep(&known) {
+        Ok(swept) if !swept.is_empty() => {
+            tracing::warn!(?swept, "removed the disks of VMs that no longer exist")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep the disks of VMs that no longer exist"),
+    }
     let keypair = overlay::identity::load_or_create(&config.state_dir.join("node.key"))?;
     let peer = keypair.public().to_peer_id();
     let node = Node::new(config.node(CorePeer(peer.to_string())), intents)?;

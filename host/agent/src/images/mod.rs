@@ -431,17 +431,37 @@ impl Images {
             .collect())
     }
 
-    /// Makes VM `vm`'s disk: a fresh qcow2 overlay on the base `image`
-    /// resolves to, at least `min_bytes` large. A disk the VM had before
-    /// (a VM of the same name deleted while the agent was down) is
-    /// discarded, never handed to the new VM.
+    /// VM `vm`'s disk: a qcow2 overlay on the base `image` resolves to, at
+    /// least `min_bytes` large. A VM defined again (its domain went
+    /// missing) keeps the disk it has; a disk on another base is replaced.
+    /// Disks of VMs that no longer exist are removed with their domains and
+    /// swept at start ([`Images::sweep`]), so a new VM never gets an old
+    /// one's disk.
     pub fn create_disk(&self, vm: &str, image: &str, min_bytes: u64) -> Result<(PathBuf, Base), ImageError> {
         let _catalog = self.lock();
         let base = self.resolve(image)?;
-        self.remove_disks_locked(vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
         let path = self.disk_path(vm, &base.hex);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            return Ok((path, base));
+        }
+        self.remove_disks_locked(vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
         inspect::create_overlay(&base, &path, min_bytes.max(base.virtual_size_bytes))?;
         Ok((path, base))
+    }
+
+    /// Removes the disks of VMs not in `keep` (left by a crash between a
+    /// domain's removal and its disk's), so no later VM of the same name
+    /// gets them. Returns the VMs whose disks went.
+    pub fn sweep(&self, keep: &std::collections::BTreeSet<String>) -> io::Result<Vec<String>> {
+        let _catalog = self.lock();
+        let mut swept = Vec::new();
+        for (vm, hex) in self.users()? {
+            if !keep.contains(&vm) {
+                remove_if_present(&self.disk_path(&vm, &hex))?;
+                swept.push(vm);
+            }
+        }
+        Ok(swept)
     }
 
     /// VM `vm`'s disk, if it has one.

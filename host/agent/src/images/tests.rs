@@ -119,13 +119,19 @@ fn a_vm_disk_is_its_own_overlay_and_holds_its_base_until_removed() {
     let e = s.remove("base").expect_err("in use");
     assert!(matches!(e, ImageError::InUse { .. }) && e.to_string().contains("web-1"), "{e}");
 
-    // A disk left by an earlier VM of the same name is not reused.
+    // Defined again (its domain went missing), a VM keeps its disk.
     let fresh = fs::metadata(&disk).expect("disk").len();
-    let mut old = fs::OpenOptions::new().append(true).open(&disk).expect("open");
-    old.write_all(&[1u8; 4096]).expect("the old VM's writes");
-    let (again, _) = s.create_disk("web-1", "base", 0).expect("fresh disk");
+    let mut written = fs::OpenOptions::new().append(true).open(&disk).expect("open");
+    written.write_all(&[1u8; 4096]).expect("the VM's writes");
+    let (again, _) = s.create_disk("web-1", "base", 0).expect("same disk");
     assert_eq!(again, disk);
-    assert_eq!(fs::metadata(&again).expect("disk").len(), fresh, "a new file, not the old disk");
+    assert_eq!(fs::metadata(&again).expect("disk").len(), fresh + 4096, "the VM's data stays");
+    // A VM that no longer exists loses its disk at the sweep; a new VM of
+    // that name then gets a fresh one.
+    let keep = std::collections::BTreeSet::from(["web-2".to_owned()]);
+    assert_eq!(s.sweep(&keep).expect("sweep"), vec!["web-1".to_owned()]);
+    let (new, _) = s.create_disk("web-1", "base", 0).expect("fresh disk");
+    assert_eq!(fs::metadata(&new).expect("disk").len(), fresh, "a new file, not the old disk");
 
     s.remove_disks("web-1").expect("remove");
     s.remove_disks("web-2").expect("remove");

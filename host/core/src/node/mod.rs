@@ -1302,7 +1302,8 @@ impl Node {
             return;
         }
         match (record.intent.desired, state) {
-            (Desired::Deleted, DomainState::Missing) => self.forget(name),
+            // Finished through the hypervisor even when the domain is gone:
+            // its removal also takes what the host keeps for it (its disk).
             (Desired::Deleted, _) => self.begin(name, Purpose::Delete, None, Duration::ZERO),
             (_, DomainState::Missing) => {
                 self.event(Event::Recreating(name.to_owned()));
