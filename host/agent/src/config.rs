@@ -146,6 +146,8 @@ pub struct AgentConfig {
     pub overlay: OverlayConfig,
     /// Heartbeats and failure detection.
     pub membership: MembershipConfig,
+    /// When the host counts as overloaded or underloaded.
+    pub load: locus_core::load::LoadConfig,
 }
 
 impl Default for AgentConfig {
@@ -169,6 +171,7 @@ impl Default for AgentConfig {
             timing: TimingConfig::default(),
             overlay: OverlayConfig::default(),
             membership: MembershipConfig::default(),
+            load: locus_core::load::LoadConfig::default(),
         }
     }
 }
@@ -219,6 +222,7 @@ impl AgentConfig {
                 "invalid configuration: api.max-connections, header-timeout-ms and body-timeout-ms must be at least 1"
             );
         }
+        self.load.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if self.images.max_bytes == 0 || self.images.max_imports == 0 {
             bail!("invalid configuration: images.max-bytes and images.max-imports must be at least 1");
         }
@@ -247,6 +251,7 @@ impl AgentConfig {
             pop: self.pop.clone(),
             host: self.host.clone(),
             timing: self.timing.clone(),
+            load: self.load.clone(),
         }
     }
 

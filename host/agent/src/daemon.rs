@@ -273,13 +273,17 @@ impl Core {
     }
 
     /// Makes a round's intent durable, then acts on it. When the intent
-    /// cannot be written, nothing is done for the VMs it was about: the
-    /// node is told, and false is returned so its answers are carried out.
+    /// cannot be written, nothing is done for the VMs it was about. The
+    /// node is told how the write went, and false is returned so what it
+    /// says to that is carried out too.
     fn carry_out(&mut self, mut round: Round) -> Result<bool> {
         let mut settled = true;
         // Most wake-ups (gossip, pings, samples) change no intent and need
         // not leave the runtime.
         if !round.changes.is_empty() {
+            // Either way the node has more to say (answers that waited for
+            // the write, or undone requests): one more round is drained.
+            settled = false;
             match tokio::task::block_in_place(|| self.record(&round.changes)) {
                 Ok(()) => self.node.handle_input(Input::Recorded),
                 Err(e) => {
@@ -303,7 +307,6 @@ impl Core {
                         format!("the intent store failed: {e}")
                     };
                     self.node.handle_input(Input::NotRecorded { now: Instant::now(), reason, no_space });
-                    settled = false;
                 }
             }
         }

@@ -522,3 +522,34 @@ fn policy_uploads_are_bounded_in_number_and_size() {
     let e = e.downcast::<AgentError>().expect("an API error");
     assert_eq!((e.status, e.kind.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too-large"), "{}", e.message);
 }
+
+#[test]
+fn declared_load_drives_the_hosts_load_state_through_the_agent() {
+    use locus_core::load::LoadState;
+    let agent = Agent::start(TEST, "load-host", &["--set", "load.sustain-samples=2"]);
+    let host: HostStatus = agent.json(&["host", "status"]);
+    let cpus = host.cpu_milli / 1000;
+    assert!(cpus > 0, "{host:?}");
+    let (vcpus, full) = (cpus.to_string(), host.cpu_milli.to_string());
+    for name in ["busy-1", "busy-2"] {
+        let _: VmStatus = agent.json(&["vm", "create", name, "--vcpus", &vcpus, "--memory-mib", "64"]);
+        let set: VmStatus = agent.json(&["vm", "set-load", name, &full]);
+        assert_eq!(
+            (set.spec.load_cpu_milli, set.cpu_milli),
+            (Some(host.cpu_milli), None),
+            "declared, not measured"
+        );
+    }
+    let too_much = agent.cli(&["vm", "set-load", "busy-1", &(host.cpu_milli + 1).to_string()]);
+    assert!(String::from_utf8_lossy(&too_much.stderr).contains("400"), "more than its vCPUs can use");
+    wait_until(Duration::from_secs(10), "the host is judged overloaded", || {
+        agent.json::<HostStatus>(&["host", "status"]).load_state == LoadState::Overloaded
+    });
+    assert!(agent.log().contains("host overloaded: CPU demand"), "{}", agent.log());
+    for name in ["busy-1", "busy-2"] {
+        let _: VmStatus = agent.json(&["vm", "set-load", name, "0"]);
+    }
+    wait_until(Duration::from_secs(10), "the host is judged underloaded", || {
+        agent.json::<HostStatus>(&["host", "status"]).load_state == LoadState::Underloaded
+    });
+}

@@ -58,6 +58,9 @@ pub struct HostSummary {
     pub cpu_milli: u32,
     /// Measured CPU demand of its VMs, milli-CPUs.
     pub load_cpu_milli: u32,
+    /// Overloaded, underloaded or normal, as the host judges itself.
+    #[serde(default)]
+    pub load_state: crate::load::LoadState,
     /// Idle and full-load power, watts.
     pub watts: (u32, u32),
     /// Whether its hypervisor is reachable.
@@ -401,6 +404,7 @@ mod tests {
 
     fn summary(peer: &str, pop: &str) -> HostSummary {
         HostSummary {
+            load_state: crate::load::LoadState::Normal,
             peer: PeerId(peer.into()),
             host: format!("h-{peer}"),
             pop: pop.into(),

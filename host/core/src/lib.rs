@@ -13,6 +13,7 @@
 //! - [`validate`]: the checks every decision passes.
 //! - [`pipeline`]: filter → policy → validate, with the safe fallback.
 //! - [`spec`]: the cluster description files are written in.
+//! - [`load`]: when a host counts as overloaded or underloaded.
 //! - [`node`]: one host's state machine (API requests, hypervisor results
 //!   and samples in; intent changes, hypervisor commands and replies out),
 //!   with [`hypervisor`] and [`intent`] the values it exchanges.
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod filter;
 pub mod hypervisor;
 pub mod intent;
+pub mod load;
 pub mod model;
 pub mod node;
 pub mod pipeline;

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}", get(vms::show).delete(vms::delete))
         .route("/v1/vms/{name}/start", post(vms::start))
         .route("/v1/vms/{name}/stop", post(vms::stop))
+        .route("/v1/vms/{name}/load", put(vms::set_load))
         .route("/v1/host", get(vms::host))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/join", post(cluster::join))

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         super::vms::start,
         super::vms::stop,
         super::vms::delete,
+        super::vms::set_load,
         super::vms::host,
         super::policies::list,
         super::policies::load,

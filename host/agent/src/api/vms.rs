@@ -145,3 +145,29 @@ pub async fn host(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure
         _ => Err(Failure::unexpected()),
     }
 }
+
+/// A VM's declared CPU demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Load {
+    /// Milli-CPUs, at most 1000 per vCPU.
+    pub cpu_milli: u32,
+}
+
+/// Declares a VM's expected CPU demand: counted by placement and the load
+/// judgement until the hypervisor reports measured CPU use (the test
+/// driver never does). Answered once stored.
+#[utoipa::path(put, path = "/v1/vms/{name}/load", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = Load,
+    responses((status = 200, body = VmStatus), (status = 400, description = "More than its vCPUs can use", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 507, description = "The state directory is full", body = ErrorBody)))]
+pub async fn set_load(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(load): JsonBody<Load>,
+) -> Result<Json<VmStatus>, Failure> {
+    match s.ask(Command::SetLoad { name, cpu_milli: load.cpu_milli }).await? {
+        Reply::Vm(s) => Ok(Json(*s)),
+        _ => Err(Failure::unexpected()),
+    }
+}

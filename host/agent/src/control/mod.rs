@@ -90,6 +90,14 @@ pub enum VmCommand {
         /// The VM.
         name: String,
     },
+    /// Declare a VM's expected CPU demand, in milli-CPUs (counted until
+    /// the hypervisor measures it; the test driver never does).
+    SetLoad {
+        /// The VM.
+        name: String,
+        /// Milli-CPUs, at most 1000 per vCPU.
+        cpu_milli: u32,
+    },
 }
 
 /// What to create.
@@ -257,6 +265,11 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
             }
             VmCommand::Create(args) => client.post("/v1/vms", Some(&args.request()?)).await?,
             VmCommand::Show { name } => client.get(&format!("/v1/vms/{}", path_segment(&name)?)).await?,
+            VmCommand::SetLoad { name, cpu_milli } => {
+                let path = format!("/v1/vms/{}/load", path_segment(&name)?);
+                let body = serde_json::to_vec(&crate::api::vms::Load { cpu_milli })?;
+                client.send(hyper::Method::PUT, &path, Some(("application/json", body))).await?
+            }
             VmCommand::Start { name } => {
                 client.post::<(), _>(&format!("/v1/vms/{}/start", path_segment(&name)?), None).await?
             }
@@ -309,7 +322,16 @@ pub fn host_status(conn: &Connection) -> Result<()> {
         ("capacity", size(host.capacity)),
         ("allocated", size(host.allocated)),
         ("free", size(host.free)),
-        ("cpu load", format!("{:.2} CPUs", f64::from(host.load_cpu_milli) / 1000.0)),
+        (
+            "cpu load",
+            format!(
+                "{:.2} of {:.2} CPUs — {} ({} sample(s) in a row)",
+                f64::from(host.load_cpu_milli) / 1000.0,
+                f64::from(host.cpu_milli) / 1000.0,
+                serde_json::to_value(host.load_state)?.as_str().unwrap_or_default(),
+                host.load_streak
+            ),
+        ),
         (
             "vms",
             format!(
@@ -466,7 +488,11 @@ fn print_vm(v: &VmStatus) -> Result<()> {
         ("desired", serde_json::to_value(v.desired)?.as_str().unwrap_or_default().to_owned()),
         ("host", format!("{} (pop {})", v.host, v.pop)),
         ("size", format!("{} vCPU, {} MiB", v.spec.vcpus, v.spec.memory_mib)),
-        ("cpu", v.cpu_milli.map_or("-".into(), |m| format!("{:.1}% of one CPU", f64::from(m) / 10.0))),
+        (
+            "cpu measured",
+            v.cpu_milli.map_or("-".into(), |m| format!("{:.1}% of one CPU", f64::from(m) / 10.0)),
+        ),
+        ("cpu declared", format!("{:.1}% of one CPU", f64::from(v.spec.expected_load()) / 10.0)),
         ("cpu time", format!("{:.2} s", v.cpu_time_ns as f64 / 1e9)),
         ("memory", format!("{} KiB", v.memory_kib)),
         ("restarts", v.restarts.to_string()),

@@ -36,6 +36,9 @@ use tokio::sync::Semaphore;
 
 pub use inspect::Format;
 
+/// Bytes of an oversized upload read (and dropped) before it is refused.
+const DRAIN_AFTER_REFUSAL: usize = 8 << 20;
+
 /// The image store's settings (`[images]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -257,6 +260,15 @@ impl Images {
             let chunk = chunk.map_err(|e| ImageError::Upload(e.to_string()))?;
             total += chunk.len() as u64;
             if total > self.config.max_bytes {
+                // Read on a little, discarding, so that a client still
+                // sending hears the answer instead of a reset connection.
+                let mut extra = 0;
+                while extra < DRAIN_AFTER_REFUSAL {
+                    match body.next().await {
+                        Some(Ok(c)) => extra += c.len(),
+                        _ => break,
+                    }
+                }
                 return Err(ImageError::TooLarge(self.config.max_bytes));
             }
             hash.update(&chunk);

@@ -34,6 +34,15 @@ pub enum Command {
     },
     /// Power off and remove a VM, and forget it.
     Delete(String),
+    /// Declare a VM's expected CPU demand: what placement and the load
+    /// judgement count for it until the hypervisor reports measured CPU
+    /// use (the test driver never does). At most 1000 per vCPU.
+    SetLoad {
+        /// The VM.
+        name: String,
+        /// Milli-CPUs.
+        cpu_milli: u32,
+    },
     /// The host's capacity, allocation and hypervisor state.
     Host,
     /// Members of this PoP and summaries of the others.
@@ -223,8 +232,15 @@ pub struct HostStatus {
     pub allocated: Size,
     /// Still free.
     pub free: Size,
-    /// Measured CPU demand of its VMs, milli-CPUs.
+    /// CPU demand of its VMs, milli-CPUs: measured where the hypervisor
+    /// reports CPU time, declared (`load-cpu-milli`) otherwise.
     pub load_cpu_milli: u32,
+    /// Its physical CPUs, milli-CPUs (what demand is judged against).
+    pub cpu_milli: u32,
+    /// Overloaded, underloaded or normal, once sustained (`[load]`).
+    pub load_state: crate::load::LoadState,
+    /// Samples in a row that agree with the latest.
+    pub load_streak: u32,
     /// VMs by state.
     pub vms: VmCounts,
     /// Domains on the hypervisor marked as this host's, at the last sample.

@@ -37,6 +37,7 @@ use crate::hypervisor::{
     DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
 };
 use crate::intent::{Change, Desired, VmIntent};
+use crate::load::{LoadState, LoadTracker};
 use crate::model::{HostId, HostState, Model, VmId};
 use crate::pipeline::{Placer, Question};
 use crate::policy::{PolicyError, Verdict};
@@ -168,6 +169,8 @@ pub struct NodeConfig {
     pub host: HostConfig,
     /// Its timers.
     pub timing: TimingConfig,
+    /// When it counts as overloaded or underloaded.
+    pub load: crate::load::LoadConfig,
 }
 
 /// What happens to the node.
@@ -411,6 +414,15 @@ pub enum Event {
         /// What went wrong with the policy.
         failure: String,
     },
+    /// The host's load changed state (sustained for the configured samples).
+    Load {
+        /// The new state.
+        state: LoadState,
+        /// CPU demand of its VMs, milli-CPUs.
+        demand_cpu_milli: u32,
+        /// Its physical CPUs, milli-CPUs.
+        capacity_cpu_milli: u32,
+    },
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -425,6 +437,19 @@ impl fmt::Display for Event {
         match self {
             Event::HypervisorUp(i) => {
                 write!(f, "hypervisor up: {} ({} CPUs, {} MiB)", i.hypervisor, i.cpus, i.memory_mib)
+            }
+            Event::Load { state, demand_cpu_milli, capacity_cpu_milli } => {
+                let what = match state {
+                    LoadState::Overloaded => "overloaded",
+                    LoadState::Underloaded => "underloaded",
+                    LoadState::Normal => "back to normal load",
+                };
+                write!(
+                    f,
+                    "host {what}: CPU demand {:.2} of {:.2} CPUs",
+                    f64::from(*demand_cpu_milli) / 1000.0,
+                    f64::from(*capacity_cpu_milli) / 1000.0
+                )
             }
             Event::HypervisorDown(r) => write!(f, "hypervisor unavailable: {r}"),
             Event::Adopted(vm) => write!(f, "vm {vm}: adopted its running domain"),
@@ -602,6 +627,10 @@ pub struct Node {
     journal: Journal,
     /// The state directory is short of space: creates and starts wait.
     storage_low: bool,
+    /// Whether the host is overloaded or underloaded.
+    load: LoadTracker,
+    /// Requests whose answer waits for their change to be stored.
+    awaiting_record: Vec<(Origin, String)>,
     closing: bool,
     closed: bool,
 }
@@ -647,6 +676,7 @@ impl Node {
             .map_err(|e| NodeError::Config(e.to_string()))?;
         model.set_host_state(host_id, HostState::Down);
         let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone());
+        let load = LoadTracker::new(config.load.clone());
         let mut node = Node {
             config,
             model,
@@ -671,6 +701,8 @@ impl Node {
             outputs: VecDeque::new(),
             journal: Journal::new(&intents),
             storage_low: false,
+            load,
+            awaiting_record: Vec::new(),
             closing: false,
             closed: false,
         };
@@ -758,7 +790,16 @@ impl Node {
                 self.abandon_waits();
                 self.abandon_decisions();
             }
-            Input::Recorded => self.journal.confirmed(),
+            Input::Recorded => {
+                self.journal.confirmed();
+                for (origin, name) in std::mem::take(&mut self.awaiting_record) {
+                    let reply = match self.vms.get(&name) {
+                        Some(r) => Ok(Reply::Vm(Box::new(self.status(r)))),
+                        None => Err(not_found(&name)),
+                    };
+                    self.answer(origin, reply);
+                }
+            }
             Input::NotRecorded { now, reason, no_space } => {
                 self.tick(now);
                 self.not_recorded(&reason, no_space);
@@ -842,6 +883,10 @@ impl Node {
     /// them (the shell withheld the round's commands).
     fn not_recorded(&mut self, reason: &str, no_space: bool) {
         let kind = if no_space { ApiErrorKind::InsufficientStorage } else { ApiErrorKind::Unavailable };
+        for (origin, name) in std::mem::take(&mut self.awaiting_record) {
+            let error = ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"));
+            self.answer(origin, Err(error));
+        }
         for (name, before) in self.journal.lost() {
             let error = ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"));
             self.ops.retain(|_, vm| *vm != name);
@@ -857,6 +902,9 @@ impl Node {
                 }
                 Some(intent) => {
                     if let Some(r) = self.vms.get_mut(&name) {
+                        if r.seen.as_ref().is_none_or(|d| d.cpu_milli.is_none()) {
+                            self.model.set_vm_load(r.id, intent.spec.expected_load());
+                        }
                         r.intent = intent;
                         r.pending = None;
                     }
@@ -922,6 +970,7 @@ impl Node {
                 self.change(req, &name, Purpose::Stop, timeout.min(MAX_STOP_TIMEOUT))
             }
             Command::Delete(name) => self.change(req, &name, Purpose::Delete, Duration::ZERO),
+            Command::SetLoad { name, cpu_milli } => self.set_load(req, &name, cpu_milli),
         };
         match result {
             Ok(Some(reply)) => self.reply(req, Ok(reply)),
@@ -948,6 +997,23 @@ impl Node {
                 Err(ApiError::new(ApiErrorKind::Unavailable, format!("hypervisor unavailable: {reason}")))
             }
         }
+    }
+
+    /// Records a VM's declared CPU demand; the answer waits until it is
+    /// stored ([`Input::Recorded`]).
+    fn set_load(&mut self, req: ReqId, name: &str, cpu_milli: u32) -> Result<Option<Reply>, ApiError> {
+        let record = self.vms.get_mut(name).ok_or_else(|| not_found(name))?;
+        let mut spec = record.intent.spec.clone();
+        spec.load_cpu_milli = Some(cpu_milli);
+        spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
+        record.intent.spec = spec;
+        let measured = record.seen.as_ref().is_some_and(|d| d.cpu_milli.is_some());
+        if !measured {
+            self.model.set_vm_load(record.id, cpu_milli);
+        }
+        self.persist(name);
+        self.awaiting_record.push((Origin::Api(req), name.to_owned()));
+        Ok(None)
     }
 
     /// While the state directory is short of space, what would need more
@@ -1260,6 +1326,11 @@ impl Node {
                 self.event(Event::Orphan(orphan));
             }
         }
+        let h = &self.model.hosts[self.host.0 as usize];
+        let (demand_cpu_milli, capacity_cpu_milli) = (h.load_cpu_milli, h.cpu_milli);
+        if let Some(state) = self.load.sample(demand_cpu_milli, capacity_cpu_milli) {
+            self.event(Event::Load { state, demand_cpu_milli, capacity_cpu_milli });
+        }
     }
 
     fn reconcile(&mut self, now: Instant, name: &str, observed: Option<DomainSeen>, full: bool) {
@@ -1444,6 +1515,9 @@ impl Node {
             allocated: h.allocated.into(),
             free: h.free().into(),
             load_cpu_milli: h.load_cpu_milli,
+            cpu_milli: h.cpu_milli,
+            load_state: self.load.state(),
+            load_streak: self.load.streak(),
             vms,
             own_domains: self.own_domains,
             other_domains: self.others.len() as u32,

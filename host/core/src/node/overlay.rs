@@ -81,6 +81,7 @@ impl Node {
             allocated: h.allocated.into(),
             cpu_milli: h.cpu_milli,
             load_cpu_milli: h.load_cpu_milli,
+            load_state: self.load.state(),
             watts: (h.idle_watts, h.max_watts),
             up: h.state == HostState::Up,
             vms: self.vms.keys().cloned().collect(),

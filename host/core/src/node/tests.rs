@@ -24,6 +24,8 @@ pub(super) struct Hv {
     deaf_to_acpi: bool,
     refuse_start: bool,
     down: bool,
+    /// Reports no CPU use, as libvirt's test driver does.
+    unmeasured: bool,
 }
 
 impl Hv {
@@ -77,7 +79,7 @@ impl Hv {
                     name: name.clone(),
                     state: *state,
                     cpu_time_ns: 1,
-                    cpu_milli: Some(250),
+                    cpu_milli: (!self.unmeasured).then_some(250),
                     memory_kib: 1024,
                 });
             } else {
@@ -177,7 +179,8 @@ impl Rig {
                 continue;
             }
             if wrote {
-                self.node.handle_input(Input::Recorded);
+                // Answers that waited for the write come out of this input.
+                queue.push_front(Input::Recorded);
             }
             for (op, cmd) in round {
                 let result = self.hv.run(&cmd);
@@ -667,4 +670,52 @@ fn a_round_the_store_cannot_take_is_undone_and_answered_507_and_stops_go_on_from
     rig.api(Command::Create(Box::new(spec("c")))).expect("room again");
     rig.api(Command::Delete("a".into())).expect("delete");
     assert_eq!(rig.commands(), ["Destroy", "Define", "Start", "Destroy", "Undefine"]);
+}
+
+#[test]
+fn declared_load_makes_a_host_overloaded_once_sustained_and_normal_again() {
+    let mut rig = Rig::new(node(vec![]), Hv { unmeasured: true, ..Hv::default() });
+    for name in ["a", "b"] {
+        let mut s = spec(name);
+        s.vcpus = 3;
+        s.load_cpu_milli = Some(500);
+        rig.api(Command::Create(Box::new(s))).expect("create");
+    }
+    let host = |rig: &mut Rig| match rig.api(Command::Host) {
+        Ok(Reply::Host(h)) => *h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((host(&mut rig).load_cpu_milli, host(&mut rig).cpu_milli), (1000, 4000));
+
+    // More than its vCPUs can use is refused; within them, it is counted.
+    let e = rig.api(Command::SetLoad { name: "a".into(), cpu_milli: 3001 }).expect_err("too much");
+    assert_eq!(e.kind, ApiErrorKind::BadRequest);
+    let Ok(Reply::Vm(a)) = rig.api(Command::SetLoad { name: "a".into(), cpu_milli: 3000 }) else {
+        panic!("set-load")
+    };
+    assert_eq!(a.spec.load_cpu_milli, Some(3000));
+    rig.api(Command::SetLoad { name: "b".into(), cpu_milli: 3000 }).expect("set-load");
+    rig.sample();
+    rig.sample();
+    let overloaded = |rig: &Rig| {
+        rig.events().iter().filter(|e| matches!(e, Event::Load { state: LoadState::Overloaded, .. })).count()
+    };
+    assert_eq!(overloaded(&rig), 0, "two samples are not yet sustained");
+    rig.sample();
+    assert_eq!(overloaded(&rig), 1, "{:?}", rig.events());
+    assert_eq!(host(&mut rig).load_state, LoadState::Overloaded);
+    rig.sample();
+    assert_eq!(overloaded(&rig), 1, "said once");
+
+    // Back down; a declared load that cannot be stored is undone.
+    rig.api(Command::SetLoad { name: "a".into(), cpu_milli: 1000 }).expect("set-load");
+    rig.disk_full = true;
+    let e = rig.api(Command::SetLoad { name: "b".into(), cpu_milli: 0 }).expect_err("not stored");
+    assert_eq!(e.kind, ApiErrorKind::InsufficientStorage);
+    rig.disk_full = false;
+    assert_eq!(host(&mut rig).load_cpu_milli, 4000, "b keeps its stored load");
+    for _ in 0..3 {
+        rig.sample();
+    }
+    assert_eq!(host(&mut rig).load_state, LoadState::Normal);
 }
