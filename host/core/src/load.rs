@@ -1,7 +1,8 @@
 //! Whether a host is overloaded or underloaded, judged sample after
-//! sample from its VMs' CPU demand (measured where the hypervisor reports
-//! CPU time, declared otherwise). A condition counts only once it has held
-//! for `sustain-samples` samples in a row, so one spike moves nothing.
+//! sample from the demand of its running VMs — CPU (measured where the
+//! hypervisor reports CPU time, declared otherwise) and memory — against
+//! what the host has. A condition counts only once it has held for
+//! `sustain-samples` samples in a row, so one spike moves nothing.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,10 +10,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct LoadConfig {
-    /// CPU demand above this share of the host's physical CPUs is overload.
+    /// Demand above this share of the host's physical CPUs, or of its
+    /// memory, is overload.
     pub overload_ratio: f32,
-    /// CPU demand below this share of the host's physical CPUs is
-    /// underload: the host is a candidate for consolidation.
+    /// Demand below this share of both is underload: the host is a
+    /// candidate for consolidation.
     pub underload_ratio: f32,
     /// Samples in a row a condition must hold before it counts.
     pub sustain_samples: u32,
@@ -55,6 +57,32 @@ pub enum LoadState {
     Underloaded,
 }
 
+/// What a host's running VMs demand and what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// CPU demand, milli-CPUs.
+    pub cpu_milli: u32,
+    /// Physical CPUs, milli-CPUs.
+    pub cpu_capacity_milli: u32,
+    /// Memory demand, MiB.
+    pub memory_mib: u32,
+    /// Memory for VMs, MiB.
+    pub memory_capacity_mib: u32,
+}
+
+impl Demand {
+    /// The larger of the CPU and memory shares, or None when the host's
+    /// size is not known yet.
+    fn share(&self) -> Option<f32> {
+        if self.cpu_capacity_milli == 0 || self.memory_capacity_mib == 0 {
+            return None;
+        }
+        let cpu = self.cpu_milli as f32 / self.cpu_capacity_milli as f32;
+        let memory = self.memory_mib as f32 / self.memory_capacity_mib as f32;
+        Some(cpu.max(memory))
+    }
+}
+
 /// The judgement, one host's.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoadTracker {
@@ -62,6 +90,8 @@ pub(crate) struct LoadTracker {
     state: LoadState,
     /// What the recent samples say, and for how many in a row.
     seen: (LoadState, u32),
+    /// The latest sample.
+    last: Demand,
 }
 
 impl LoadTracker {
@@ -79,13 +109,15 @@ impl LoadTracker {
         self.seen.1
     }
 
-    /// Takes one sample of `demand` against `capacity` (milli-CPUs); the
-    /// new state when it changes.
-    pub(crate) fn sample(&mut self, demand: u32, capacity: u32) -> Option<LoadState> {
-        if capacity == 0 {
-            return None;
-        }
-        let share = demand as f32 / capacity as f32;
+    /// The latest sample.
+    pub(crate) fn last(&self) -> Demand {
+        self.last
+    }
+
+    /// Takes one sample; the new state when it changes.
+    pub(crate) fn sample(&mut self, demand: Demand) -> Option<LoadState> {
+        self.last = demand;
+        let share = demand.share()?;
         let now = if share > self.config.overload_ratio {
             LoadState::Overloaded
         } else if share < self.config.underload_ratio {
@@ -106,24 +138,32 @@ impl LoadTracker {
 mod tests {
     use super::*;
 
+    fn cpu(cpu_milli: u32) -> Demand {
+        Demand { cpu_milli, cpu_capacity_milli: 4000, memory_mib: 100, memory_capacity_mib: 1000 }
+    }
+
     #[test]
     fn a_condition_counts_once_sustained_and_a_spike_moves_nothing() {
         let mut t = LoadTracker::new(LoadConfig::default());
-        let capacity = 4000;
-        assert_eq!(t.sample(2000, capacity), None);
-        assert_eq!(t.sample(6000, capacity), None, "one spike");
-        assert_eq!(t.sample(2000, capacity), None);
+        assert_eq!(t.sample(cpu(2000)), None);
+        assert_eq!(t.sample(cpu(6000)), None, "one spike");
+        assert_eq!(t.sample(cpu(2000)), None);
         assert_eq!(t.state(), LoadState::Normal);
-        assert_eq!(t.sample(5000, capacity), None);
-        assert_eq!(t.sample(5000, capacity), None);
-        assert_eq!(t.sample(5000, capacity), Some(LoadState::Overloaded), "three in a row");
-        assert_eq!(t.sample(5000, capacity), None, "said once");
+        assert_eq!(t.sample(cpu(5000)), None);
+        assert_eq!(t.sample(cpu(5000)), None);
+        assert_eq!(t.sample(cpu(5000)), Some(LoadState::Overloaded), "three in a row");
+        assert_eq!(t.sample(cpu(5000)), None, "said once");
         assert_eq!(t.streak(), 4);
         for _ in 0..2 {
-            assert_eq!(t.sample(100, capacity), None);
+            assert_eq!(t.sample(cpu(100)), None);
         }
-        assert_eq!(t.sample(100, capacity), Some(LoadState::Underloaded));
-        assert_eq!(t.sample(0, 0), None, "no capacity known: no judgement");
+        assert_eq!(t.sample(cpu(100)), Some(LoadState::Underloaded));
+        let memory = Demand { memory_mib: 1200, ..cpu(100) };
+        for _ in 0..2 {
+            assert_eq!(t.sample(memory), None);
+        }
+        assert_eq!(t.sample(memory), Some(LoadState::Overloaded), "memory counts as much as CPU");
+        assert_eq!(t.sample(Demand::default()), None, "no capacity known: no judgement");
         assert!(LoadConfig { underload_ratio: 1.5, ..LoadConfig::default() }.check().is_err());
         assert!(LoadConfig { sustain_samples: 0, ..LoadConfig::default() }.check().is_err());
     }

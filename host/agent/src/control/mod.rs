@@ -323,11 +323,13 @@ pub fn host_status(conn: &Connection) -> Result<()> {
         ("allocated", size(host.allocated)),
         ("free", size(host.free)),
         (
-            "cpu load",
+            "load",
             format!(
-                "{:.2} of {:.2} CPUs — {} ({} sample(s) in a row)",
+                "{:.2} of {:.2} CPUs, {} of {} MiB — {} ({} sample(s) in a row)",
                 f64::from(host.load_cpu_milli) / 1000.0,
                 f64::from(host.cpu_milli) / 1000.0,
+                host.load_memory_mib,
+                host.capacity.memory_mib,
                 serde_json::to_value(host.load_state)?.as_str().unwrap_or_default(),
                 host.load_streak
             ),

@@ -232,11 +232,15 @@ pub struct HostStatus {
     pub allocated: Size,
     /// Still free.
     pub free: Size,
-    /// CPU demand of its VMs, milli-CPUs: measured where the hypervisor
-    /// reports CPU time, declared (`load-cpu-milli`) otherwise.
+    /// CPU demand of its running VMs at the last sample, milli-CPUs:
+    /// measured where the hypervisor reports CPU time, declared
+    /// (`load-cpu-milli`) otherwise.
     pub load_cpu_milli: u32,
-    /// Its physical CPUs, milli-CPUs (what demand is judged against).
+    /// Its physical CPUs, milli-CPUs (what CPU demand is judged against).
     pub cpu_milli: u32,
+    /// Memory demand of its running VMs at the last sample, MiB (judged
+    /// against `capacity.memory-mib`).
+    pub load_memory_mib: u32,
     /// Overloaded, underloaded or normal, once sustained (`[load]`).
     pub load_state: crate::load::LoadState,
     /// Samples in a row that agree with the latest.

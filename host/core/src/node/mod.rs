@@ -1326,11 +1326,34 @@ impl Node {
                 self.event(Event::Orphan(orphan));
             }
         }
-        let h = &self.model.hosts[self.host.0 as usize];
-        let (demand_cpu_milli, capacity_cpu_milli) = (h.load_cpu_milli, h.cpu_milli);
-        if let Some(state) = self.load.sample(demand_cpu_milli, capacity_cpu_milli) {
+        let demand = self.demand();
+        if let Some(state) = self.load.sample(demand) {
+            let (demand_cpu_milli, capacity_cpu_milli) = (demand.cpu_milli, demand.cpu_capacity_milli);
             self.event(Event::Load { state, demand_cpu_milli, capacity_cpu_milli });
         }
+    }
+
+    /// What the running VMs demand: CPU as measured where the hypervisor
+    /// reports it, else as declared; memory as the hypervisor reports it,
+    /// else as requested. A stopped VM demands nothing.
+    fn demand(&self) -> crate::load::Demand {
+        let h = &self.model.hosts[self.host.0 as usize];
+        let mut d = crate::load::Demand {
+            cpu_capacity_milli: h.cpu_milli,
+            memory_capacity_mib: h.capacity.memory_mib,
+            ..Default::default()
+        };
+        for r in self.vms.values().filter(|r| r.state().is_active()) {
+            let seen = r.seen.as_ref();
+            let cpu = seen.and_then(|s| s.cpu_milli).unwrap_or_else(|| r.intent.spec.expected_load());
+            let memory = seen
+                .map(|s| u32::try_from(s.memory_kib / 1024).unwrap_or(u32::MAX))
+                .filter(|&m| m > 0)
+                .unwrap_or(r.intent.spec.memory_mib);
+            d.cpu_milli = d.cpu_milli.saturating_add(cpu);
+            d.memory_mib = d.memory_mib.saturating_add(memory);
+        }
+        d
     }
 
     fn reconcile(&mut self, now: Instant, name: &str, observed: Option<DomainSeen>, full: bool) {
@@ -1514,8 +1537,9 @@ impl Node {
             capacity: h.capacity.into(),
             allocated: h.allocated.into(),
             free: h.free().into(),
-            load_cpu_milli: h.load_cpu_milli,
+            load_cpu_milli: self.load.last().cpu_milli,
             cpu_milli: h.cpu_milli,
+            load_memory_mib: self.load.last().memory_mib,
             load_state: self.load.state(),
             load_streak: self.load.streak(),
             vms,

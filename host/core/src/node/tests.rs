@@ -685,6 +685,7 @@ fn declared_load_makes_a_host_overloaded_once_sustained_and_normal_again() {
         Ok(Reply::Host(h)) => *h,
         other => panic!("{other:?}"),
     };
+    rig.sample();
     assert_eq!((host(&mut rig).load_cpu_milli, host(&mut rig).cpu_milli), (1000, 4000));
 
     // More than its vCPUs can use is refused; within them, it is counted.
@@ -713,7 +714,11 @@ fn declared_load_makes_a_host_overloaded_once_sustained_and_normal_again() {
     let e = rig.api(Command::SetLoad { name: "b".into(), cpu_milli: 0 }).expect_err("not stored");
     assert_eq!(e.kind, ApiErrorKind::InsufficientStorage);
     rig.disk_full = false;
+    rig.sample();
     assert_eq!(host(&mut rig).load_cpu_milli, 4000, "b keeps its stored load");
+    rig.api(Command::Stop { name: "b".into(), force: true, timeout: None }).expect("stop");
+    rig.sample();
+    assert_eq!(host(&mut rig).load_cpu_milli, 1000, "a stopped VM demands nothing");
     for _ in 0..3 {
         rig.sample();
     }
