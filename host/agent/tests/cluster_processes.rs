@@ -351,3 +351,31 @@ async fn attack(psk: libp2p::pnet::PreSharedKey, target: libp2p::PeerId) -> Vec<
     }
     ids.iter().map(|id| out.remove(id).unwrap_or_else(|| Err("no answer".into()))).collect()
 }
+
+#[test]
+fn processes_a_host_overloaded_by_declared_load_is_seen_so_by_its_pop_mates() {
+    let pops: [PopSpec; 1] = [("lyon", "FR", 45.76, 4.84, 2)];
+    let extra = ["--set", "load.sustain-samples=1", "--set", "load.overload-ratio=0.5"];
+    let cluster = Cluster::start(40, &pops, |_, _| 0, &extra);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(10), "both agents see each other", || {
+        clients.iter().all(|c| converged(c, 1, 2))
+    });
+    let busy = &cluster.agents[0];
+    let host: HostStatus = busy.json(&["host", "status"]);
+    let mut spec = vm("hot");
+    spec.vcpus = host.cpu_milli / 1000;
+    let placed = rt().block_on(busy.client().post::<_, VmStatus>("/v1/vms", Some(&spec))).expect("create");
+    let owner = cluster.agents.iter().position(|a| a.host == placed.host).expect("its host");
+    let (mate, owner) = (&clients[1 - owner], &cluster.agents[owner]);
+    // All its vCPUs busy: more than half the host's CPUs.
+    let _: VmStatus = owner.json(&["vm", "set-load", "hot", &(spec.vcpus * 1000).to_string()]);
+    wait_until(Duration::from_secs(15), "its PoP-mate sees the host overloaded", || {
+        view(mate).is_some_and(|v| {
+            v.cluster
+                .hosts
+                .iter()
+                .any(|h| h.host == placed.host && h.load == Some(locus_core::load::LoadState::Overloaded))
+        })
+    });
+}

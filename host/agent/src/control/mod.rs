@@ -534,12 +534,16 @@ pub fn cluster_status(conn: &Connection) -> Result<()> {
     println!("{}", clean_table(&t));
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(vec!["host", "pop", "state", "vms", "free", "rtt"]);
+    t.set_header(vec!["host", "pop", "state", "load", "vms", "free", "rtt"]);
     for h in &c.hosts {
         t.add_row(vec![
             h.host.clone(),
             h.pop.clone(),
             serde_json::to_value(h.liveness)?.as_str().unwrap_or_default().to_owned(),
+            match h.load {
+                Some(l) => serde_json::to_value(l)?.as_str().unwrap_or_default().to_owned(),
+                None => "-".into(),
+            },
             h.vms.to_string(),
             h.free.map_or("-".into(), |f| format!("{} vCPU, {} MiB", f.vcpus, f.memory_mib)),
             h.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms")),

@@ -269,6 +269,10 @@ pub struct MemberStatus {
     pub free: Option<Size>,
     /// Measured round trip, ms.
     pub rtt_ms: Option<f64>,
+    /// Overloaded, underloaded or normal, as it judges itself (hosts of
+    /// this PoP).
+    #[serde(default)]
+    pub load: Option<crate::load::LoadState>,
     /// Its VMs.
     pub vms: u32,
 }

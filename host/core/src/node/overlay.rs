@@ -541,6 +541,7 @@ impl Node {
             free: Some(minus(own.capacity, own.allocated)),
             rtt_ms: None,
             vms: own.vms.len() as u32,
+            load: Some(own.load_state),
         }];
         for (peer, m) in &self.membership.members {
             hosts.push(MemberStatus {
@@ -551,6 +552,7 @@ impl Node {
                 free: Some(minus(m.summary.capacity, m.summary.allocated)),
                 rtt_ms: ms(m.rtt),
                 vms: m.summary.vms.len() as u32,
+                load: Some(m.summary.load_state),
             });
         }
         let mine = self.membership.pop_summary(&own, &self.config.pop);
@@ -583,6 +585,7 @@ impl Node {
                     free: None,
                     rtt_ms: None,
                     vms: m.vms.len() as u32,
+                    load: None,
                 });
             }
         }
