@@ -159,7 +159,6 @@ async fn serve(config: AgentConfig) -> Result<()> {
         replies: HashMap::new(),
         next_req: 0,
         reserve,
-        storage_low: false,
     };
     let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
     cancel.cancel();
@@ -181,10 +180,9 @@ struct Core {
     deciders: Deciders,
     replies: HashMap<ReqId, oneshot::Sender<Result<Reply, ApiError>>>,
     next_req: u64,
-    /// Space kept for recording stops and deletes on a full disk.
+    /// Space kept for recording stops and deletes on a full disk; while it
+    /// is spent, creates and starts wait for room.
     reserve: Reserve,
-    /// The reserve is spent: creates and starts wait for room.
-    storage_low: bool,
 }
 
 impl Core {
@@ -200,7 +198,7 @@ impl Core {
         let mut recheck = tokio::time::interval(RESERVE_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if !self.reserve.held() {
-            self.set_storage_low(true);
+            self.storage_changed();
         }
         loop {
             let (deadline, closed) = self.drain()?;
@@ -227,9 +225,9 @@ impl Core {
                     batch(answered, || answers.try_recv().ok(), |list| list.into_iter().for_each(|a| self.decided(a)))
                 }
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
-                _ = recheck.tick(), if self.storage_low => {
+                _ = recheck.tick(), if !self.reserve.held() => {
                     if tokio::task::block_in_place(|| self.reserve.take()).is_ok() {
-                        self.set_storage_low(false);
+                        self.storage_changed();
                     }
                 }
             }
@@ -334,19 +332,17 @@ impl Core {
         match self.store.apply(changes) {
             Err(e) if crate::store::is_no_space(&e) && self.reserve.held() => {
                 self.reserve.release();
-                self.set_storage_low(true);
+                self.storage_changed();
                 self.store.apply(changes).context("writing intent after releasing the reserve")
             }
             other => other,
         }
     }
 
-    /// Says once that the state directory is full, and once that it is not.
-    fn set_storage_low(&mut self, low: bool) {
-        if self.storage_low == low {
-            return;
-        }
-        self.storage_low = low;
+    /// Says that the reserve was given up (the state directory is full) or
+    /// taken back; called once per change.
+    fn storage_changed(&mut self) {
+        let low = !self.reserve.held();
         if low {
             tracing::error!(
                 "the state directory is full: creates and starts are refused (507) until there is room; stops and deletes use the reserve"

@@ -14,6 +14,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use wait_timeout::ChildExt;
 
 /// An image's on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -35,8 +36,9 @@ impl Format {
     }
 }
 
-/// What inspection found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What inspection found (kept beside the base, as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Inspected {
     /// Its format.
     pub format: Format,
@@ -175,16 +177,12 @@ fn qemu_img_args(args: &[&str]) -> Result<Vec<u8>, String> {
                 format!("cannot run qemu-img: {e}")
             }
         })?;
-    let deadline = std::time::Instant::now() + QEMU_IMG_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("qemu-img took longer than {} s", QEMU_IMG_TIMEOUT.as_secs()));
-            }
+    let status = match child.wait_timeout(QEMU_IMG_TIMEOUT) {
+        Ok(Some(status)) => status,
+        Ok(None) | Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("qemu-img took longer than {} s", QEMU_IMG_TIMEOUT.as_secs()));
         }
     };
     let read = |f: &mut std::fs::File| {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -81,9 +81,8 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct Meta {
-    format: Format,
-    size_bytes: u64,
-    virtual_size_bytes: u64,
+    #[serde(flatten)]
+    image: inspect::Inspected,
     imported_unix: u64,
 }
 
@@ -163,6 +162,13 @@ pub struct Base {
     pub virtual_size_bytes: u64,
 }
 
+/// Who names and who uses each base, read from the store's directories.
+#[derive(Debug, Default)]
+struct Catalog {
+    names: std::collections::BTreeMap<String, Vec<String>>,
+    users: Vec<(String, String)>,
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct Images {
@@ -222,17 +228,13 @@ impl Images {
         }
         let _permit = self.imports.try_acquire().map_err(|_| ImageError::Busy(self.config.max_imports))?;
         let (upload, hex) = self.receive(body).await?;
-        let meta = {
-            let path = upload.path().to_owned();
-            let size = upload.as_file().metadata().map_err(|e| ImageError::io(e, "reading an upload"))?.len();
-            tokio::task::spawn_blocking(move || inspect::inspect(&path, size))
-                .await
-                .map_err(|e| ImageError::internal(e, "inspecting an upload"))??
-        };
+        let path = upload.path().to_owned();
+        let size = upload.as_file().metadata().map_err(|e| ImageError::io(e, "reading an upload"))?.len();
+        let image = tokio::task::spawn_blocking(move || inspect::inspect(&path, size))
+            .await
+            .map_err(|e| ImageError::internal(e, "inspecting an upload"))??;
         let meta = Meta {
-            format: meta.format,
-            size_bytes: meta.size_bytes,
-            virtual_size_bytes: meta.virtual_size_bytes,
+            image,
             imported_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or(Duration::ZERO)
@@ -347,7 +349,7 @@ impl Images {
             _ => return Err(missing()),
         }
         let meta = self.meta(&hex).ok_or_else(missing)?;
-        Ok(Base { hex, path, format: meta.format, virtual_size_bytes: meta.virtual_size_bytes })
+        Ok(Base { hex, path, format: meta.image.format, virtual_size_bytes: meta.image.virtual_size_bytes })
     }
 
     fn meta(&self, hex: &str) -> Option<Meta> {
@@ -358,7 +360,28 @@ impl Images {
 
     /// Every image, by hash, with its names and users.
     pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
-        let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let catalog = self.catalog()?;
+        let mut out = Vec::new();
+        for file in list_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "listing images"))? {
+            if valid_image_hash(&file)
+                && let Some(info) = self.info(&file, &catalog)
+            {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.names.cmp(&b.names).then(a.hash.cmp(&b.hash)));
+        Ok(out)
+    }
+
+    /// One image, by name or hash.
+    pub fn show(&self, image: &str) -> Result<ImageInfo, ImageError> {
+        let base = self.resolve(image)?;
+        self.info(&base.hex, &self.catalog()?).ok_or_else(|| ImageError::NotFound(image.to_owned()))
+    }
+
+    /// Names by hash, and (VM, hash) of every overlay, both sorted.
+    fn catalog(&self) -> Result<Catalog, ImageError> {
+        let mut names = Catalog::default().names;
         for name in list_dir(&self.dir.join("names")).map_err(|e| ImageError::io(e, "listing images"))? {
             if let Some(hex) = self.name_target(&name)? {
                 names.entry(hex).or_default().push(name);
@@ -367,44 +390,20 @@ impl Images {
         names.values_mut().for_each(|n| n.sort());
         let mut users = self.users().map_err(|e| ImageError::io(e, "listing disks"))?;
         users.sort();
-        let mut out = Vec::new();
-        for file in list_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "listing images"))? {
-            if !valid_image_hash(&file) {
-                continue;
-            }
-            if let Some(info) = self.info(&file, &names, &users) {
-                out.push(info);
-            }
-        }
-        out.sort_by(|a, b| a.names.cmp(&b.names).then(a.hash.cmp(&b.hash)));
-        Ok(out)
+        Ok(Catalog { names, users })
     }
 
-    fn info(
-        &self,
-        hex: &str,
-        names: &std::collections::BTreeMap<String, Vec<String>>,
-        users: &[(String, String)],
-    ) -> Option<ImageInfo> {
-        let meta = self.meta(hex)?;
+    fn info(&self, hex: &str, catalog: &Catalog) -> Option<ImageInfo> {
+        let Meta { image, imported_unix } = self.meta(hex)?;
         Some(ImageInfo {
-            names: names.get(hex).cloned().unwrap_or_default(),
+            names: catalog.names.get(hex).cloned().unwrap_or_default(),
             hash: format!("{IMAGE_HASH_PREFIX}{hex}"),
-            format: meta.format,
-            size_bytes: meta.size_bytes,
-            virtual_size_bytes: meta.virtual_size_bytes,
-            imported_unix: meta.imported_unix,
-            used_by: users.iter().filter(|(_, h)| h == hex).map(|(vm, _)| vm.clone()).collect(),
+            format: image.format,
+            size_bytes: image.size_bytes,
+            virtual_size_bytes: image.virtual_size_bytes,
+            imported_unix,
+            used_by: catalog.users.iter().filter(|(_, h)| h == hex).map(|(vm, _)| vm.clone()).collect(),
         })
-    }
-
-    /// One image, by name or hash.
-    pub fn show(&self, image: &str) -> Result<ImageInfo, ImageError> {
-        let base = self.resolve(image)?;
-        self.list()?
-            .into_iter()
-            .find(|i| i.hash.ends_with(&base.hex))
-            .ok_or_else(|| ImageError::NotFound(image.to_owned()))
     }
 
     /// Removes a name (or, given a hash, every name of it) and the base
@@ -456,7 +455,7 @@ impl Images {
         if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
             return Ok((path, base));
         }
-        self.remove_disks_locked(vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
+        self.remove_disks_of(|v| v == vm).map_err(|e| ImageError::io(e, "removing an old disk"))?;
         inspect::create_overlay(&base, &path, min_bytes.max(base.virtual_size_bytes))?;
         Ok((path, base))
     }
@@ -466,20 +465,7 @@ impl Images {
     /// gets them. Returns the VMs whose disks went.
     pub fn sweep(&self, keep: &std::collections::BTreeSet<String>) -> io::Result<Vec<String>> {
         let _catalog = self.lock();
-        let mut swept = Vec::new();
-        for (vm, hex) in self.users()? {
-            if !keep.contains(&vm) {
-                remove_if_present(&self.disk_path(&vm, &hex))?;
-                swept.push(vm);
-            }
-        }
-        Ok(swept)
-    }
-
-    /// VM `vm`'s disk, if it has one.
-    pub fn disk(&self, vm: &str) -> Option<PathBuf> {
-        let users = self.users().ok()?;
-        users.into_iter().find(|(v, _)| v == vm).map(|(vm, hex)| self.disk_path(&vm, &hex))
+        self.remove_disks_of(|vm| !keep.contains(vm))
     }
 
     fn disk_path(&self, vm: &str, hex: &str) -> PathBuf {
@@ -489,16 +475,19 @@ impl Images {
     /// Removes VM `vm`'s disk, if it has one.
     pub fn remove_disks(&self, vm: &str) -> io::Result<()> {
         let _catalog = self.lock();
-        self.remove_disks_locked(vm)
+        self.remove_disks_of(|v| v == vm).map(drop)
     }
 
-    fn remove_disks_locked(&self, vm: &str) -> io::Result<()> {
-        for (v, hex) in self.users()? {
-            if v == vm {
-                remove_if_present(&self.disk_path(&v, &hex))?;
+    /// Removes the disks of the VMs `which` picks; the catalog lock is held.
+    fn remove_disks_of(&self, which: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for (vm, hex) in self.users()? {
+            if which(&vm) {
+                remove_if_present(&self.disk_path(&vm, &hex))?;
+                removed.push(vm);
             }
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -544,12 +533,10 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 /// so a crash leaves the old content or the new, never a torn file.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    let mut file = tempfile::Builder::new().permissions(fs::Permissions::from_mode(mode)).tempfile_in(dir)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
 }
 

@@ -4,6 +4,14 @@ use super::*;
 use bytes::Bytes;
 use std::process::Command;
 
+impl Images {
+    /// VM `vm`'s disk, if it has one.
+    fn disk(&self, vm: &str) -> Option<PathBuf> {
+        let users = self.users().ok()?;
+        users.into_iter().find(|(v, _)| v == vm).map(|(vm, hex)| self.disk_path(&vm, &hex))
+    }
+}
+
 fn store(dir: &Path) -> Images {
     Images::open(&dir.join("images"), ImageConfig { max_bytes: 4 << 20, ..ImageConfig::default() })
         .expect("open")

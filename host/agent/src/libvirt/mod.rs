@@ -355,7 +355,8 @@ impl Session {
         result.map_err(|e| self.error(e))
     }
 
-    /// Defines a new domain, on a fresh disk of its own when it has an image.
+    /// Defines a domain, on a disk of its own when it has an image (the
+    /// disk it had, when it is defined again).
     fn define(&mut self, spec: &VmRequest) -> Result<DomainState, HvError> {
         let disk = match &spec.image {
             None => None,

@@ -883,12 +883,13 @@ impl Node {
     /// them (the shell withheld the round's commands).
     fn not_recorded(&mut self, reason: &str, no_space: bool) {
         let kind = if no_space { ApiErrorKind::InsufficientStorage } else { ApiErrorKind::Unavailable };
+        let error = |name: &str| {
+            ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"))
+        };
         for (origin, name) in std::mem::take(&mut self.awaiting_record) {
-            let error = ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"));
-            self.answer(origin, Err(error));
+            self.answer(origin, Err(error(&name)));
         }
         for (name, before) in self.journal.lost() {
-            let error = ApiError::new(kind, format!("vm {name}: the change could not be recorded: {reason}"));
             self.ops.retain(|_, vm| *vm != name);
             match before {
                 None => {
@@ -897,21 +898,20 @@ impl Node {
                     self.model.remove_vm(record.id);
                     self.outputs.push_back(Output::Announce { vm: name.clone(), here: false });
                     if let Some(origin) = record.task.and_then(|t| t.origin) {
-                        self.answer(origin, Err(error));
+                        self.answer(origin, Err(error(&name)));
                     }
                 }
                 Some(intent) => {
-                    if let Some(r) = self.vms.get_mut(&name) {
-                        if r.seen.as_ref().is_none_or(|d| d.cpu_milli.is_none()) {
-                            self.model.set_vm_load(r.id, intent.spec.expected_load());
-                        }
-                        r.intent = intent;
-                        r.pending = None;
+                    let Some(r) = self.vms.get_mut(&name) else { continue };
+                    if r.seen.as_ref().is_none_or(|d| d.cpu_milli.is_none()) {
+                        self.model.set_vm_load(r.id, intent.spec.expected_load());
                     }
-                    if let Some(task) = self.vms.get_mut(&name).and_then(|r| r.task.as_mut()) {
+                    r.intent = intent;
+                    r.pending = None;
+                    if let Some(task) = r.task.as_mut() {
                         task.op = None;
                     }
-                    self.finish(&name, Some(error));
+                    self.finish(&name, Some(error(&name)));
                 }
             }
         }
