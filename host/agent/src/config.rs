@@ -110,6 +110,11 @@ pub struct AgentConfig {
     /// libvirt URI: `test:///default` (in-process test driver, no daemon) or
     /// e.g. `qemu:///system`.
     pub libvirt_uri: String,
+    /// Where other hosts' libvirt daemons reach this host's to live-migrate
+    /// VMs here, e.g. `qemu+tls://host-a.example/system`. Unset: VMs move
+    /// cold (powered off, booted at the destination). Ignored on the test
+    /// driver, which cannot migrate.
+    pub migration_uri: Option<String>,
     /// Where the agent keeps its state (the intent store).
     pub state_dir: PathBuf,
     /// The API's unix socket (mode 0600); default `<state-dir>/agent.sock`.
@@ -154,6 +159,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             libvirt_uri: "test:///default".into(),
+            migration_uri: None,
             state_dir: default_state_dir(),
             socket: None,
             listen: None,

@@ -105,6 +105,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             owner: config.host.name.clone(),
             sample_interval: Duration::from_millis(config.sample_interval_ms),
             images: images.clone(),
+            migration_uri: config.migration_uri.clone(),
         },
         hv_events,
     )

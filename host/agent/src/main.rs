@@ -49,7 +49,7 @@ enum Command {
     /// The host a running agent manages.
     Host {
         #[command(subcommand)]
-        command: HostCommand,
+        command: locus::control::host::HostCommand,
     },
     /// Work with policy components.
     Policy {
@@ -86,12 +86,6 @@ enum ClusterCommand {
     },
     /// Print a new cluster key (give the same file to every agent).
     Keygen,
-}
-
-#[derive(Debug, Subcommand)]
-enum HostCommand {
-    /// Capacity, allocation, VMs and the hypervisor connection.
-    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,9 +197,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent(&args, cli.log.as_ref()).map(|()| ExitCode::SUCCESS),
         Command::Vm { command } => control::vm(conn, command).map(|()| ExitCode::SUCCESS),
         Command::Image { command } => control::images::run(conn, command).map(|()| ExitCode::SUCCESS),
-        Command::Host { command: HostCommand::Status } => {
-            control::host_status(conn).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Host { command } => control::host::run(conn, command).map(|()| ExitCode::SUCCESS),
         Command::Cluster { command: ClusterCommand::Status } => {
             control::cluster_status(conn).map(|()| ExitCode::SUCCESS)
         }

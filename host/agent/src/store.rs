@@ -291,9 +291,9 @@ mod tests {
             assert!(Store::open(&path).is_err(), "a second agent cannot open the same store");
             store
                 .apply(&[
-                    Change::Put(intent("a", Desired::Running)),
-                    Change::Put(intent("b", Desired::Running)),
-                    Change::Put(intent("a", Desired::Stopped)),
+                    Change::Put(Box::new(intent("a", Desired::Running))),
+                    Change::Put(Box::new(intent("b", Desired::Running))),
+                    Change::Put(Box::new(intent("a", Desired::Stopped))),
                     Change::Remove("b".into()),
                 ])
                 .expect("apply");

@@ -120,7 +120,7 @@ fn full_disk_on_a_tmpfs_the_store_refuses_a_write_then_reopens_and_takes_the_nex
         for k in 0..30 {
             spec.labels.insert(format!("k{k}"), "y".repeat(250));
         }
-        Change::Put(VmIntent::new(spec, Desired::Running))
+        Change::Put(Box::new(VmIntent::new(spec, Desired::Running)))
     };
     let mut written = 0;
     let error = loop {

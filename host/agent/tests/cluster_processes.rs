@@ -379,3 +379,64 @@ fn processes_a_host_overloaded_by_declared_load_is_seen_so_by_its_pop_mates() {
         })
     });
 }
+
+fn show(c: &Client, vm: &str) -> Option<VmStatus> {
+    rt().block_on(c.get::<VmStatus>(&format!("/v1/vms/{vm}"))).ok()
+}
+
+#[test]
+fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_host() {
+    let pops: [PopSpec; 1] = [("nantes", "FR", 47.2, -1.55, 3)];
+    let cluster = Cluster::start(50, &pops, |_, _| 0, &[]);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(10), "the agents see each other", || {
+        clients.iter().all(|c| converged(c, 1, 3))
+    });
+    let placed = create(&cluster.agents[0], &vm("walker")).expect("create");
+    let from = cluster.agents.iter().position(|a| a.host == placed.host).expect("its host");
+    let to = (from + 1) % 3;
+    let to_host = cluster.agents[to].host.clone();
+    // Entered at the third agent: passed to the VM's host, which drives the move.
+    let asked = (from + 2) % 3;
+    let moved: VmStatus = cluster.agents[asked].json(&["vm", "migrate", "walker", "--to", &to_host]);
+    assert_eq!(moved.host, to_host);
+    assert_eq!(moved.generation, 1);
+    assert_eq!(moved.state, locus_core::hypervisor::DomainState::Running);
+    assert!(
+        cluster.agents[from].log().contains("moving cold"),
+        "the test driver cannot migrate live, and says so"
+    );
+    let here: Vec<VmStatus> = cluster.agents[from].json(&["vm", "list"]);
+    assert!(here.is_empty(), "the source forgot it: {here:?}");
+    wait_until(Duration::from_secs(5), "every agent shows it at its new host", || {
+        clients.iter().all(|c| show(c, "walker").is_some_and(|s| s.host == to_host && s.handoff.is_none()))
+    });
+    // Refusals say why.
+    let out = cluster.agents[to].cli(&["vm", "migrate", "walker", "--to", &to_host]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already on host"));
+    let out = cluster.agents[to].cli(&["vm", "migrate", "walker", "--to", "atlantis"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no alive host named"), "{out:?}");
+
+    // Drain the host that has it, plus two more VMs put there.
+    for name in ["w2", "w3"] {
+        if create(&cluster.agents[0], &vm(name)).expect("create").host != to_host {
+            let _: VmStatus = cluster.agents[0].json(&["vm", "migrate", name, "--to", &to_host]);
+        }
+    }
+    let drained: HostStatus = cluster.agents[to].json(&["host", "drain"]);
+    let drain = drained.drain.expect("drain status");
+    assert_eq!((drain.remaining, drain.moved), (0, 3), "{drain:?}");
+    let left: Vec<VmStatus> = cluster.agents[to].json(&["vm", "list"]);
+    assert!(left.is_empty(), "{left:?}");
+    for name in ["walker", "w2", "w3"] {
+        let s = show(&clients[to], name).expect("shown");
+        assert_ne!(s.host, to_host, "{name}");
+    }
+    // A draining host takes nothing new, wherever the request enters.
+    for (k, a) in cluster.agents.iter().enumerate() {
+        let placed = create(a, &vm(&format!("late{k}"))).expect("create");
+        assert_ne!(placed.host, to_host);
+    }
+    let resumed: HostStatus = cluster.agents[to].json(&["host", "resume"]);
+    assert!(resumed.drain.is_none());
+}

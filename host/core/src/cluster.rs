@@ -65,6 +65,9 @@ pub struct HostSummary {
     pub watts: (u32, u32),
     /// Whether its hypervisor is reachable.
     pub up: bool,
+    /// Whether it is draining (takes no new VMs).
+    #[serde(default)]
+    pub draining: bool,
     /// The VMs it runs.
     pub vms: Vec<String>,
 }
@@ -414,6 +417,7 @@ mod tests {
             load_cpu_milli: 0,
             watts: (100, 200),
             up: true,
+            draining: false,
             vms: vec![format!("vm-{peer}")],
         }
     }

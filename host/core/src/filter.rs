@@ -151,7 +151,21 @@ pub fn candidates(model: &Model, request: &Resolved, out: &mut Vec<HostId>) -> E
 /// Whether one host satisfies every hard constraint: the check of an answer
 /// that arrives after the model may have changed.
 pub fn admits(model: &Model, request: &Resolved, host: HostId) -> bool {
-    model.hosts.get(host.0 as usize).is_some() && failed(model, request, host).is_none()
+    refusal(model, request, host).is_none()
+}
+
+/// Why one host does not satisfy the hard constraints, if it does not.
+pub fn refusal(model: &Model, request: &Resolved, host: HostId) -> Option<&'static str> {
+    if model.hosts.get(host.0 as usize).is_none() {
+        return Some("unknown host");
+    }
+    failed(model, request, host).map(|f| match f {
+        Failed::NotUp => "not up (down or draining)",
+        Failed::Jurisdiction => "outside the allowed jurisdictions",
+        Failed::Latency => "beyond the latency bound",
+        Failed::AntiAffinity => "already running a member of the anti-affinity group",
+        Failed::Capacity => "without room",
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,37 @@ pub enum HvCommand {
     Destroy(String),
     /// Remove the domain's definition.
     Undefine(String),
+    /// Get ready to receive this VM from another host: for a live move
+    /// (`live`), prepare what libvirt does not copy (its disk, on the same
+    /// base image); for a cold one, define it here, stopped.
+    Receive {
+        /// The VM, as its source runs it.
+        spec: Box<crate::VmRequest>,
+        /// Whether it arrives by live migration.
+        live: bool,
+    },
+    /// Live-migrate the running domain to the hypervisor at `uri`
+    /// (peer-to-peer, persistent there, undefined here, its disk copied),
+    /// aborting after `timeout`. Succeeds with `Missing`: it is gone from here.
+    MigrateOut {
+        /// The VM.
+        vm: String,
+        /// The destination hypervisor's migration URI.
+        uri: String,
+        /// Longest the migration may take before it is aborted.
+        timeout: std::time::Duration,
+    },
+    /// End any migration job of the domain (aborting it), then report its
+    /// state: what a restarted source does before it decides whether its
+    /// copy left.
+    Settle(String),
+    /// Mark a domain that arrived from host `from` as this host's.
+    Adopt {
+        /// The VM.
+        spec: Box<crate::VmRequest>,
+        /// The host whose mark it carries now.
+        from: String,
+    },
 }
 
 impl HvCommand {
@@ -28,9 +59,13 @@ impl HvCommand {
     pub fn vm(&self) -> &str {
         match self {
             HvCommand::Define(r) => &r.name,
-            HvCommand::Start(n) | HvCommand::Shutdown(n) | HvCommand::Destroy(n) | HvCommand::Undefine(n) => {
-                n
-            }
+            HvCommand::Receive { spec, .. } | HvCommand::Adopt { spec, .. } => &spec.name,
+            HvCommand::Start(n)
+            | HvCommand::Shutdown(n)
+            | HvCommand::Destroy(n)
+            | HvCommand::Undefine(n)
+            | HvCommand::Settle(n)
+            | HvCommand::MigrateOut { vm: n, .. } => n,
         }
     }
 }
@@ -101,6 +136,11 @@ pub struct Inventory {
     pub memory_mib: u32,
     /// The hypervisor's name for itself (driver and version).
     pub hypervisor: String,
+    /// Where other hosts' hypervisors reach this one to live-migrate VMs
+    /// here; none when it cannot receive live migrations (libvirt's test
+    /// driver), and VMs then move cold.
+    #[serde(default)]
+    pub migration_uri: Option<String>,
 }
 
 /// One of this agent's domains as sampled.

@@ -171,3 +171,59 @@ pub async fn set_load(
         _ => Err(Failure::unexpected()),
     }
 }
+
+/// Where to move a VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MigrateBody {
+    /// The destination host; the PoP's placement policy chooses among its
+    /// other hosts when absent.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// Moves a VM to another host: live when both hypervisors can migrate,
+/// else cold (powered off here, booted there). Checked against capacity,
+/// CPU demand, fences and anti-affinity; answered once it runs at the
+/// destination, with its status there. Entered at any agent.
+#[utoipa::path(post, path = "/v1/vms/{name}/migrate", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = MigrateBody,
+    responses((status = 200, description = "Moved", body = VmStatus),
+        (status = 400, description = "Already on that host", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Busy, already moving, or being deleted", body = ErrorBody),
+        (status = 422, description = "No host can take it, or the named one cannot", body = ErrorBody),
+        (status = 502, description = "The hypervisor failed the migration; the VM stays", body = ErrorBody),
+        (status = 503, description = "The hypervisor or the VM's host is unavailable", body = ErrorBody),
+        (status = 507, description = "The state directory is full", body = ErrorBody)))]
+pub async fn migrate(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<MigrateBody>,
+) -> Result<Json<VmStatus>, Failure> {
+    match s.ask(Command::Migrate { name, to: body.to }).await? {
+        Reply::Vm(s) => Ok(Json(*s)),
+        _ => Err(Failure::unexpected()),
+    }
+}
+
+/// Drains the host: it takes no new VMs and moves every VM away, one at a
+/// time, where the placement policy chooses. Answered at once; `drain` in
+/// the host status shows the progress. Asked again, it retries the VMs
+/// that could not move.
+#[utoipa::path(post, path = "/v1/host/drain", tag = "host", responses((status = 200, body = HostStatus)))]
+pub async fn drain(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure> {
+    match s.ask(Command::Drain).await? {
+        Reply::Host(h) => Ok(Json(*h)),
+        _ => Err(Failure::unexpected()),
+    }
+}
+
+/// Ends a drain: the host takes VMs again; moves not started are dropped.
+#[utoipa::path(post, path = "/v1/host/resume", tag = "host", responses((status = 200, body = HostStatus)))]
+pub async fn resume(State(s): State<AppState>) -> Result<Json<HostStatus>, Failure> {
+    match s.ask(Command::Resume).await? {
+        Reply::Host(h) => Ok(Json(*h)),
+        _ => Err(Failure::unexpected()),
+    }
+}

@@ -8,11 +8,12 @@ use crate::policies::{PolicyVersion, SlotListing, SlotName};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use locus_core::node::{HostStatus, VmStatus};
+use locus_core::node::VmStatus;
 use locus_core::request::{GroupKindSpec, GroupRef};
 use locus_core::{Location, RestartPolicy, VmRequest};
 use std::path::PathBuf;
 
+pub mod host;
 pub mod images;
 
 /// How to reach the agent and how to print.
@@ -97,6 +98,16 @@ pub enum VmCommand {
         name: String,
         /// Milli-CPUs, at most 1000 per vCPU.
         cpu_milli: u32,
+    },
+    /// Move a VM to another host (live when the hypervisors can, else
+    /// cold); waits until it runs there.
+    Migrate {
+        /// The VM.
+        name: String,
+        /// The destination host (default: the PoP's placement policy
+        /// chooses among the other hosts).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -233,11 +244,11 @@ pub struct RollbackArgs {
     pub hash: Option<String>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -270,6 +281,10 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
                 let body = serde_json::to_vec(&crate::api::vms::Load { cpu_milli })?;
                 client.send(hyper::Method::PUT, &path, Some(("application/json", body))).await?
             }
+            VmCommand::Migrate { name, to } => {
+                let path = format!("/v1/vms/{}/migrate", path_segment(&name)?);
+                client.post(&path, Some(&crate::api::vms::MigrateBody { to })).await?
+            }
             VmCommand::Start { name } => {
                 client.post::<(), _>(&format!("/v1/vms/{}/start", path_segment(&name)?), None).await?
             }
@@ -296,57 +311,6 @@ fn path_segment(name: &str) -> Result<&str> {
     } else {
         bail!("invalid VM name {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
     }
-}
-
-/// Runs `locus host status`.
-pub fn host_status(conn: &Connection) -> Result<()> {
-    let client = conn.client()?;
-    let host: HostStatus = runtime()?.block_on(client.get("/v1/host"))?;
-    if conn.json {
-        return print_json(&host);
-    }
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    let hv = &host.hypervisor;
-    let hv_line = match (&hv.inventory, &hv.reason) {
-        (Some(i), _) => format!("{} — {} ({} CPUs, {} MiB)", hv.state, i.hypervisor, i.cpus, i.memory_mib),
-        (None, Some(r)) => format!("{} — {}", hv.state, clean(r)),
-        (None, None) => hv.state.clone(),
-    };
-    let size =
-        |s: locus_core::node::Size| format!("{} vCPU, {} MiB, {} GiB", s.vcpus, s.memory_mib, s.disk_gib);
-    for (k, v) in [
-        ("host", host.name.clone()),
-        ("pop", format!("{} ({})", host.pop, host.jurisdiction)),
-        ("hypervisor", hv_line),
-        ("capacity", size(host.capacity)),
-        ("allocated", size(host.allocated)),
-        ("free", size(host.free)),
-        (
-            "load",
-            format!(
-                "{:.2} of {:.2} CPUs, {} of {} MiB — {} ({} sample(s) in a row)",
-                f64::from(host.load_cpu_milli) / 1000.0,
-                f64::from(host.cpu_milli) / 1000.0,
-                host.load_memory_mib,
-                host.capacity.memory_mib,
-                serde_json::to_value(host.load_state)?.as_str().unwrap_or_default(),
-                host.load_streak
-            ),
-        ),
-        (
-            "vms",
-            format!(
-                "{} ({} running, {} stopped, {} other)",
-                host.vms.total, host.vms.running, host.vms.stopped, host.vms.other
-            ),
-        ),
-        ("other domains", format!("{} (not Locus's, left alone)", host.other_domains)),
-    ] {
-        t.add_row(vec![k.to_owned(), v]);
-    }
-    println!("{}", clean_table(&t));
-    Ok(())
 }
 
 /// Runs `locus policy load`.
@@ -390,7 +354,7 @@ pub fn policy_rollback(conn: &Connection, args: RollbackArgs) -> Result<()> {
 
 /// A rendered table with any control character other than its own line
 /// breaks escaped (a second guard; remote free text is cleaned per cell).
-fn clean_table(t: &Table) -> String {
+pub(crate) fn clean_table(t: &Table) -> String {
     t.to_string().split('\n').map(clean).collect::<Vec<_>>().join("\n")
 }
 
@@ -502,6 +466,8 @@ fn print_vm(v: &VmStatus) -> Result<()> {
         ("busy", v.busy.clone().unwrap_or_default()),
         ("last error", clean(v.last_error.as_deref().unwrap_or_default())),
         ("pending", clean(v.pending.as_deref().unwrap_or_default())),
+        ("moving", clean(v.handoff.as_deref().unwrap_or_default())),
+        ("moves so far", v.generation.to_string()),
     ] {
         t.add_row(vec![k.to_owned(), val]);
     }

@@ -34,20 +34,7 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
         w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
-        w.create_element("metadata").write_inner_content(|w| {
-            w.create_element("locus:vm")
-                .with_attribute(("xmlns:locus", NAMESPACE))
-                .with_attribute(("owner", owner))
-                .write_inner_content(|w| {
-                    for (key, value) in &spec.labels {
-                        w.create_element("locus:label")
-                            .with_attribute(("key", key.as_str()))
-                            .write_text_content(BytesText::new(value))?;
-                    }
-                    Ok(())
-                })?;
-            Ok(())
-        })?;
+        w.create_element("metadata").write_inner_content(|w| mark(w, spec, owner))?;
         w.create_element("memory")
             .with_attribute(("unit", "MiB"))
             .write_text_content(BytesText::new(&spec.memory_mib.to_string()))?;
@@ -66,6 +53,33 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>
         Ok(())
     })?;
     Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
+}
+
+/// Locus's metadata element: the owner and the VM's labels.
+fn mark(w: &mut Writer<Vec<u8>>, spec: &VmRequest, owner: &str) -> io::Result<()> {
+    w.create_element("locus:vm")
+        .with_attribute(("xmlns:locus", NAMESPACE))
+        .with_attribute(("owner", owner))
+        .write_inner_content(|w| {
+            for (key, value) in &spec.labels {
+                w.create_element("locus:label")
+                    .with_attribute(("key", key.as_str()))
+                    .write_text_content(BytesText::new(value))?;
+            }
+            Ok(())
+        })?;
+    Ok(())
+}
+
+/// The metadata element that marks a domain as `owner`'s, for
+/// `virDomainSetMetadata` (a VM that arrived from another host).
+pub fn metadata(spec: &VmRequest, owner: &str) -> String {
+    let mut w = Writer::new(Vec::new());
+    match mark(&mut w, spec, owner) {
+        Ok(()) => String::from_utf8_lossy(&w.into_inner()).into_owned(),
+        // Writing into a Vec cannot fail.
+        Err(_) => String::new(),
+    }
 }
 
 fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<Disk<'_>>) -> io::Result<()> {
@@ -160,6 +174,8 @@ mod tests {
         let start = xml.find("<locus:vm").expect("metadata");
         let end = xml.find("</locus:vm>").expect("metadata end") + "</locus:vm>".len();
         assert_eq!(owner(&xml[start..end]).as_deref(), Some("host-a"));
+        assert_eq!(owner(&metadata(&spec, "host-b")).as_deref(), Some("host-b"));
+        assert!(metadata(&spec, "host-b").contains("&lt;/locus:label&gt;"));
         assert_eq!(owner("<other/>"), None);
         assert_eq!(owner("not xml <"), None);
     }

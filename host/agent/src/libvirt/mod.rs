@@ -9,6 +9,7 @@
 //! the node keeps its VM names apart from theirs.
 
 pub mod domain_xml;
+mod migrate;
 
 use crate::images::{ImageError, Images};
 use locus_core::VmRequest;
@@ -58,6 +59,9 @@ pub struct Settings {
     pub sample_interval: Duration,
     /// Where VM disks come from.
     pub images: Arc<Images>,
+    /// Where other hosts' libvirt reaches this one to live-migrate VMs
+    /// here (`qemu+tls://host/system`, …); none: VMs move cold.
+    pub migration_uri: Option<String>,
 }
 
 /// Starts the hypervisor thread.
@@ -113,6 +117,10 @@ fn run(settings: Settings, rx: mpsc::Receiver<ToHypervisor>, events: UnboundedSe
         }
         let wake = if session.is_some() { next_sample } else { retry_at.min(next_sample) };
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(ToHypervisor::Run(op, HvCommand::MigrateOut { vm, uri, timeout })) if session.is_some() => {
+                let m = migrate::Outgoing { local_uri: settings.uri.clone(), vm, dest_uri: uri, timeout, op };
+                migrate::spawn(m, events.clone());
+            }
             Ok(ToHypervisor::Run(op, cmd)) => {
                 let result = match session.as_mut() {
                     Some(s) => s.run(&cmd),
@@ -179,6 +187,7 @@ struct Session {
     owner: String,
     images: Arc<Images>,
     domain_type: &'static str,
+    migration_uri: Option<String>,
     /// Whether each domain (by UUID) is ours: its metadata never changes.
     ours: HashMap<String, bool>,
     /// Last CPU time and when it was read, by UUID.
@@ -200,6 +209,7 @@ impl Session {
             owner: settings.owner.clone(),
             images: settings.images.clone(),
             domain_type: "qemu",
+            migration_uri: None,
             ours: HashMap::new(),
             cpu: HashMap::new(),
         };
@@ -211,6 +221,8 @@ impl Session {
         } else {
             "qemu"
         };
+        // The test driver cannot migrate.
+        session.migration_uri = settings.migration_uri.clone().filter(|_| session.domain_type != "test");
         Ok(session)
     }
 
@@ -228,6 +240,7 @@ impl Session {
                 version % 1000,
                 self.domain_type
             ),
+            migration_uri: self.migration_uri.clone(),
         })
     }
 
@@ -312,6 +325,9 @@ impl Session {
             Err(e) if e.code() == ErrorNumber::NoDomain => None,
             Err(e) => return Err(self.error(e)),
         };
+        if let HvCommand::Adopt { spec, from } = cmd {
+            return self.adopt(existing, spec, from);
+        }
         if let Some(d) = &existing
             && !is_ours(d, &self.owner)
         {
@@ -351,20 +367,91 @@ impl Session {
                 self.remove_disk(name);
                 DomainState::Missing
             }),
+            (HvCommand::Receive { live: false, spec }, None) => return self.define(spec),
+            (HvCommand::Receive { live: false, .. }, Some(d)) => state(&d),
+            (HvCommand::Receive { live: true, spec }, _) => {
+                return self.prepare_disk(spec).map(|_| DomainState::Missing);
+            }
+            (HvCommand::Settle(_), None) => Ok(DomainState::Missing),
+            (HvCommand::Settle(_), Some(d)) => migrate::settle(&d).and_then(|()| state(&d)),
+            // Carried out on a thread of their own (see `run`); reaching
+            // here means libvirt is away.
+            (HvCommand::MigrateOut { .. }, _) => {
+                return Err(HvError { kind: HvErrorKind::Unavailable, message: "not connected".into() });
+            }
+            (HvCommand::Adopt { .. }, _) => unreachable!("handled above"),
         };
         result.map_err(|e| self.error(e))
+    }
+
+    /// The VM's own disk on its base image (the disk it had, when there
+    /// is one), if it has an image.
+    fn prepare_disk(
+        &self,
+        spec: &VmRequest,
+    ) -> Result<Option<(std::path::PathBuf, crate::images::Base)>, HvError> {
+        let Some(image) = &spec.image else { return Ok(None) };
+        let min = u64::from(spec.disk_gib) << 30;
+        self.images.create_disk(&spec.name, image, min).map(Some).map_err(disk_error)
+    }
+
+    /// Marks a domain that arrived from host `from` as this host's; one
+    /// that is already ours is left as it is.
+    fn adopt(
+        &mut self,
+        existing: Option<Domain>,
+        spec: &VmRequest,
+        from: &str,
+    ) -> Result<DomainState, HvError> {
+        let name = &spec.name;
+        let Some(d) = existing else {
+            return Err(HvError {
+                kind: HvErrorKind::NotFound,
+                message: format!("vm {name} has not arrived: no domain"),
+            });
+        };
+        let owner = d
+            .get_metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(domain_xml::NAMESPACE), 0)
+            .ok()
+            .and_then(|m| domain_xml::owner(&m));
+        if owner.as_deref() != Some(self.owner.as_str()) {
+            if owner.as_deref() != Some(from) {
+                return Err(HvError {
+                    kind: HvErrorKind::Refused,
+                    message: format!(
+                        "domain {name} is marked as {owner:?}'s, not host {from}'s; it is left alone"
+                    ),
+                });
+            }
+            let active = d.is_active().unwrap_or(false);
+            let persistent = d.is_persistent().unwrap_or(false);
+            let mut flags = 0;
+            if active {
+                flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            if persistent {
+                flags |= virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
+            }
+            let mark = domain_xml::metadata(spec, &self.owner);
+            d.set_metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(&mark),
+                Some("locus"),
+                Some(domain_xml::NAMESPACE),
+                flags,
+            )
+            .map_err(|e| self.error(e))?;
+            if let Ok(uuid) = d.get_uuid_string() {
+                self.ours.insert(uuid, true);
+            }
+        }
+        state(&d).map_err(|e| self.error(e))
     }
 
     /// Defines a domain, on a disk of its own when it has an image (the
     /// disk it had, when it is defined again).
     fn define(&mut self, spec: &VmRequest) -> Result<DomainState, HvError> {
-        let disk = match &spec.image {
-            None => None,
-            Some(image) => {
-                let min = u64::from(spec.disk_gib) << 30;
-                Some(self.images.create_disk(&spec.name, image, min).map_err(disk_error)?)
-            }
-        };
+        let disk = self.prepare_disk(spec)?;
         let xml = domain_xml::render(
             spec,
             &self.owner,

@@ -43,6 +43,18 @@ pub enum Command {
         /// Milli-CPUs.
         cpu_milli: u32,
     },
+    /// Move a VM to another host: to `to`, or where the PoP's placement
+    /// policy chooses among the other hosts. Answered when it has moved.
+    Migrate {
+        /// The VM.
+        name: String,
+        /// The destination host, by name.
+        to: Option<String>,
+    },
+    /// Take no new VMs and move every VM away.
+    Drain,
+    /// Take VMs again (ends a drain; moves not started yet are dropped).
+    Resume,
     /// The host's capacity, allocation and hypervisor state.
     Host,
     /// Members of this PoP and summaries of the others.
@@ -71,6 +83,47 @@ pub enum PeerRequest {
     },
     /// Describe this VM, which runs on your host.
     Show(String),
+    /// Move this VM, which runs on your host (see [`Command::Migrate`]).
+    Migrate {
+        /// The VM.
+        name: String,
+        /// The destination host, or the policy's choice.
+        to: Option<String>,
+    },
+    /// Get ready to receive this VM from my host; refuse if it does not fit.
+    Arrive {
+        /// The VM as it runs on the source.
+        spec: Box<VmRequest>,
+        /// Whether it should run.
+        desired: Desired,
+        /// Its generation once it has moved.
+        generation: u64,
+        /// The source host.
+        from_host: String,
+        /// Whether the source can live-migrate it (else it moves cold).
+        live: bool,
+    },
+    /// The VM you are receiving has left my host: take it over.
+    Arrived {
+        /// The VM.
+        name: String,
+        /// Its generation once moved.
+        generation: u64,
+    },
+    /// The move of this VM is called off: it stays on my host.
+    Abandon {
+        /// The VM.
+        name: String,
+        /// The generation the move would have given it.
+        generation: u64,
+    },
+    /// Is the VM you were moving to me still on its way?
+    Departure {
+        /// The VM.
+        name: String,
+        /// The generation it arrives with.
+        generation: u64,
+    },
 }
 
 /// An agent's answer.
@@ -80,6 +133,27 @@ pub enum PeerResponse {
     Vm(Box<VmStatus>),
     /// Refused, with the reason.
     Refused(ApiError),
+    /// Done, nothing to report.
+    Done,
+    /// Ready to receive a VM: by live migration to this URI, or cold.
+    Ready {
+        /// The destination hypervisor's migration URI; none for a cold move.
+        uri: Option<String>,
+    },
+    /// Where a VM being moved stands, as its source sees it.
+    Departure(Departure),
+}
+
+/// A source's answer about a VM it was moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Departure {
+    /// Still moving it to you.
+    Moving,
+    /// The move was called off; it stays here.
+    Stayed,
+    /// It is not here (any more): it is yours.
+    Gone,
 }
 
 /// A successful answer.
@@ -184,6 +258,12 @@ pub struct VmStatus {
     /// request answered while this is set gets 202 Accepted.
     #[serde(default)]
     pub pending: Option<String>,
+    /// A move between hosts under way: `moving to HOST` or `arriving from HOST`.
+    #[serde(default)]
+    pub handoff: Option<String>,
+    /// How many times it has moved between hosts.
+    #[serde(default)]
+    pub generation: u64,
     /// What was asked for.
     pub spec: VmRequest,
 }
@@ -245,12 +325,32 @@ pub struct HostStatus {
     pub load_state: crate::load::LoadState,
     /// Samples in a row that agree with the latest.
     pub load_streak: u32,
+    /// A drain in progress or finished, until `host resume`.
+    #[serde(default)]
+    pub drain: Option<DrainStatus>,
+    /// VM moves under way or waiting, from this host.
+    #[serde(default)]
+    pub moves: Vec<String>,
     /// VMs by state.
     pub vms: VmCounts,
     /// Domains on the hypervisor marked as this host's, at the last sample.
     pub own_domains: u32,
     /// Domains on the hypervisor that this agent did not create (left alone).
     pub other_domains: u32,
+}
+
+/// How a drain is going.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DrainStatus {
+    /// VMs on the host when the drain began.
+    pub total: u32,
+    /// Moved away since.
+    pub moved: u32,
+    /// Still here.
+    pub remaining: u32,
+    /// VMs that could not be moved, with the reason (tried again at `host drain`).
+    pub failed: Vec<(String, String)>,
 }
 
 /// A host of the cluster, as `locus cluster status` lists it.

@@ -28,6 +28,7 @@
 //! after a crash the node repeats whatever it cannot know was done.
 
 pub mod api;
+mod handoff;
 mod journal;
 mod overlay;
 mod timers;
@@ -43,8 +44,9 @@ use crate::pipeline::{Placer, Question};
 use crate::policy::{PolicyError, Verdict};
 use crate::request::Location;
 pub use api::{
-    ApiError, ApiErrorKind, ClusterStatus, Command, HostStatus, HypervisorStatus, InboundId, MemberStatus,
-    OutboundId, PeerRequest, PeerResponse, PopStatus, Reply, ReqId, Size, VmCounts, VmStatus,
+    ApiError, ApiErrorKind, ClusterStatus, Command, Departure, DrainStatus, HostStatus, HypervisorStatus,
+    InboundId, MemberStatus, OutboundId, PeerRequest, PeerResponse, PopStatus, Reply, ReqId, Size, VmCounts,
+    VmStatus,
 };
 use journal::Journal;
 use locus_sdk::{Placement, Resources};
@@ -135,6 +137,9 @@ pub struct TimingConfig {
     /// covers a queue of decisions when requests come faster than the
     /// policy answers.
     pub decision_timeout_ms: u64,
+    /// Time a live migration is given per GiB it copies (memory and
+    /// disk) before it is aborted, ms; at least a minute.
+    pub migration_timeout_ms_per_gib: u64,
 }
 
 impl Default for TimingConfig {
@@ -144,6 +149,7 @@ impl Default for TimingConfig {
             restart_backoff_ms: 1_000,
             restart_backoff_max_ms: 60_000,
             decision_timeout_ms: 5_000,
+            migration_timeout_ms_per_gib: 800_000,
         }
     }
 }
@@ -423,6 +429,36 @@ pub enum Event {
         /// Its physical CPUs, milli-CPUs.
         capacity_cpu_milli: u32,
     },
+    /// A VM starts moving to another host.
+    Moving {
+        /// The VM.
+        vm: String,
+        /// The destination host.
+        to: String,
+        /// By live migration (else cold: powered off here, booted there).
+        live: bool,
+    },
+    /// A VM moved away.
+    Moved {
+        /// The VM.
+        vm: String,
+        /// Where it runs now.
+        to: String,
+    },
+    /// A VM is about to arrive from another host.
+    Arriving {
+        /// The VM.
+        vm: String,
+        /// The source host.
+        from: String,
+    },
+    /// A VM arrived and is this host's now.
+    Arrived {
+        /// The VM.
+        vm: String,
+        /// The source host.
+        from: String,
+    },
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -469,6 +505,16 @@ impl fmt::Display for Event {
                 write!(f, "domain {vm} is marked as this host's but has no intent; left alone")
             }
             Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
+            Event::Moving { vm, to, live: true } => write!(f, "vm {vm}: live-migrating to host {to}"),
+            Event::Moving { vm, to, live: false } => write!(
+                f,
+                "vm {vm}: moving cold to host {to} (the hypervisors cannot live-migrate: powered off here, booted there)"
+            ),
+            Event::Moved { vm, to } => write!(f, "vm {vm}: moved to host {to}"),
+            Event::Arriving { vm, from } => write!(f, "vm {vm}: arriving from host {from}"),
+            Event::Arrived { vm, from } => {
+                write!(f, "vm {vm}: arrived from host {from}; it is this host's now")
+            }
             Event::FellBack { vm, failure } => {
                 write!(f, "vm {vm}: placed by the built-in fallback: {failure}")
             }
@@ -498,6 +544,10 @@ enum Purpose {
     Delete,
     Restart,
     Recreate,
+    /// Moving to another host (the source's side of a hand-off).
+    MoveOut,
+    /// Arriving from another host (the destination's side).
+    MoveIn,
 }
 
 impl Purpose {
@@ -509,6 +559,8 @@ impl Purpose {
             Purpose::Delete => "deleting",
             Purpose::Restart => "restarting",
             Purpose::Recreate => "recreating",
+            Purpose::MoveOut => "moving",
+            Purpose::MoveIn => "arriving",
         }
     }
 
@@ -524,6 +576,7 @@ impl Purpose {
             Purpose::Stop => "stop",
             Purpose::Delete => "delete",
             Purpose::Recreate => "define",
+            Purpose::MoveOut | Purpose::MoveIn => "move",
         }
     }
 }
@@ -539,6 +592,16 @@ enum Step {
     AwaitShutoff,
     Destroy,
     Undefine,
+    /// Waiting for the other agent of a hand-off.
+    Handoff,
+    /// Live-migrating to the destination.
+    Migrate,
+    /// Preparing to receive a VM.
+    Receive,
+    /// Marking an arrived domain as this host's.
+    Adopt,
+    /// Ending a migration job left by a crash and looking at the domain.
+    Settle,
 }
 
 /// An operation on one VM, possibly several commands long.
@@ -554,6 +617,25 @@ struct Task {
     stop_timeout: Duration,
     /// The failure that ends a create after its rollback.
     failure: Option<ApiError>,
+    /// A move: the VM as its destination reported it once arrived.
+    moved: Option<Box<VmStatus>>,
+    /// An arrival by live migration.
+    live: bool,
+}
+
+impl Task {
+    fn new(purpose: Purpose, step: Step, origin: Option<Origin>) -> Self {
+        Task {
+            purpose,
+            step,
+            op: None,
+            origin,
+            stop_timeout: Duration::ZERO,
+            failure: None,
+            moved: None,
+            live: false,
+        }
+    }
 }
 
 /// Who asked: a local API client or another agent.
@@ -617,8 +699,9 @@ pub struct Node {
     next_outbound: u64,
     /// Every deadline, with its reason.
     timers: Timers,
-    /// Shows waiting for the overlay's records, by VM.
-    locating: HashMap<String, Vec<Origin>>,
+    /// Requests about a VM waiting for the overlay's records to say where
+    /// it is, then passed to its agent.
+    locating: HashMap<String, Vec<(Origin, PeerRequest)>>,
     ops: HashMap<OpId, String>,
     next_op: u64,
     now: Option<Instant>,
@@ -631,6 +714,8 @@ pub struct Node {
     load: LoadTracker,
     /// Requests whose answer waits for their change to be stored.
     awaiting_record: Vec<(Origin, String)>,
+    /// Moves between hosts: waiting, under way, a drain.
+    moves: handoff::Moves,
     closing: bool,
     closed: bool,
 }
@@ -703,6 +788,7 @@ impl Node {
             storage_low: false,
             load,
             awaiting_record: Vec::new(),
+            moves: handoff::Moves::default(),
             closing: false,
             closed: false,
         };
@@ -733,6 +819,7 @@ impl Node {
             Input::HypervisorUp { now, inventory, domains } => {
                 self.tick(now);
                 self.hypervisor_up(inventory);
+                self.arm_arrivals(now);
                 self.observe(now, domains, true);
             }
             Input::HypervisorDown { now, reason } => {
@@ -755,8 +842,7 @@ impl Node {
             }
             Input::PeerRequest { now, from, id, req } => {
                 self.tick(now);
-                let _ = from;
-                self.peer_request(id, req);
+                self.peer_request(id, from, req);
             }
             Input::PeerResponse { now, id, result } => {
                 self.tick(now);
@@ -781,6 +867,7 @@ impl Node {
                         Timer::Heartbeat => self.heartbeat(now),
                         Timer::StopDeadline(vm) => self.stop_overdue(&vm),
                         Timer::Decision(id) => self.decision_overdue(id),
+                        Timer::Arrival(vm) => self.arrival_overdue(&vm),
                     }
                 }
             }
@@ -860,6 +947,7 @@ impl Node {
             Origin::Peer(id) => {
                 let resp = match result {
                     Ok(Reply::Vm(s)) => PeerResponse::Vm(s),
+                    Ok(Reply::Deleted(_)) => PeerResponse::Done,
                     Ok(_) => {
                         PeerResponse::Refused(ApiError::new(ApiErrorKind::BadRequest, "unexpected answer"))
                     }
@@ -873,7 +961,7 @@ impl Node {
     fn persist(&mut self, name: &str) {
         if let Some(r) = self.vms.get(name) {
             self.journal.put(&r.intent);
-            self.outputs.push_back(Output::Persist(Change::Put(r.intent.clone())));
+            self.outputs.push_back(Output::Persist(Change::Put(Box::new(r.intent.clone()))));
         }
     }
 
@@ -934,8 +1022,7 @@ impl Node {
         };
         // Whatever was pending is being carried out now (or superseded).
         record.pending = None;
-        record.task =
-            Some(Task { purpose, step: Step::Define, op: None, origin, stop_timeout, failure: None });
+        record.task = Some(Task { stop_timeout, ..Task::new(purpose, Step::Define, origin) });
         let cmd = match purpose {
             Purpose::Create | Purpose::Recreate => {
                 (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone())))
@@ -944,6 +1031,8 @@ impl Node {
             Purpose::Stop if stop_timeout.is_zero() => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
             Purpose::Stop => (Step::Shutdown, HvCommand::Shutdown(name.to_owned())),
             Purpose::Delete => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
+            // Moves are begun by the hand-off protocol, not here.
+            Purpose::MoveOut | Purpose::MoveIn => return,
         };
         self.issue(name, cmd.0, cmd.1);
     }
@@ -971,6 +1060,9 @@ impl Node {
             }
             Command::Delete(name) => self.change(req, &name, Purpose::Delete, Duration::ZERO),
             Command::SetLoad { name, cpu_milli } => self.set_load(req, &name, cpu_milli),
+            Command::Migrate { name, to } => self.migrate(Origin::Api(req), name, to).map_or(Ok(None), Err),
+            Command::Drain => Ok(Some(self.drain())),
+            Command::Resume => Ok(Some(self.resume())),
         };
         match result {
             Ok(Some(reply)) => self.reply(req, Ok(reply)),
@@ -1088,6 +1180,12 @@ impl Node {
         stop_timeout: Duration,
     ) -> Result<Option<Reply>, ApiError> {
         let record = self.vms.get(name).ok_or_else(|| not_found(name))?;
+        if let Some(h) = &record.intent.handoff {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!("vm {name} is {h}; try again when the move is done"),
+            ));
+        }
         let (busy, deleted) =
             (record.task.as_ref().map(|t| (t.purpose, t.step)), record.intent.desired == Desired::Deleted);
         if let Some((busy_with, step)) = busy {
@@ -1152,7 +1250,8 @@ impl Node {
             Resources::new(vcpus, memory, h.disk_gib),
             inventory.cpus.saturating_mul(1000),
         );
-        self.model.set_host_state(self.host, HostState::Up);
+        let state = if self.moves.draining() { HostState::Draining } else { HostState::Up };
+        self.model.set_host_state(self.host, state);
         self.event(Event::HypervisorUp(inventory.clone()));
         self.hypervisor = Hypervisor::Up(inventory);
     }
@@ -1192,6 +1291,11 @@ impl Node {
                 && (r.intent.spec.restart == crate::request::RestartPolicy::Always || r.intent.start_owed)
         });
         match (step, purpose) {
+            (Step::Migrate | Step::Destroy, Purpose::MoveOut) => self.conclude(name, true),
+            (Step::Settle, Purpose::MoveOut) => self.conclude(name, !state.is_active()),
+            (Step::Receive | Step::Adopt | Step::Start, Purpose::MoveIn) => {
+                self.arrival_step(name, step, state.is_active())
+            }
             (Step::Define, Purpose::Create) => {
                 self.issue(name, Step::Start, HvCommand::Start(name.to_owned()))
             }
@@ -1228,6 +1332,10 @@ impl Node {
             return;
         }
         match (purpose, step) {
+            // A VM that cannot be received is not recorded here.
+            (Purpose::MoveIn, Step::Receive) => {
+                self.forget_with(name, Some(api_error));
+            }
             // A create leaves nothing behind: an undefined domain and no intent.
             (Purpose::Create, Step::Define) => {
                 self.forget_with(name, Some(api_error));
@@ -1276,6 +1384,17 @@ impl Node {
         };
         self.timers.cancel(&Timer::StopDeadline(name.to_owned()));
         let error = error.or(task.failure);
+        if task.purpose == Purpose::MoveOut {
+            // Moved successfully goes through `forget`; here it stays.
+            let host = &self.config.host.name;
+            let e = error.unwrap_or_else(|| {
+                ApiError::new(
+                    ApiErrorKind::Conflict,
+                    format!("vm {name}: the move was called off; it stays on host {host}"),
+                )
+            });
+            return self.move_ended(name, task.origin, Err(e));
+        }
         if let Some(origin) = task.origin {
             let reply = match error {
                 Some(e) => Err(e),
@@ -1300,6 +1419,15 @@ impl Node {
         self.journal.remove(name);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
         self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: false });
+        self.timers.cancel(&Timer::Arrival(name.to_owned()));
+        if let Some(task) = record.task.as_ref().filter(|t| t.purpose == Purpose::MoveOut) {
+            let result = task.moved.clone().ok_or_else(|| {
+                failure
+                    .clone()
+                    .unwrap_or_else(|| ApiError::new(ApiErrorKind::Hypervisor, "the move did not finish"))
+            });
+            return self.move_ended(name, task.origin, result);
+        }
         if let Some(origin) = record.task.and_then(|t| t.origin) {
             let reply = match failure {
                 Some(e) => Err(e),
@@ -1389,6 +1517,10 @@ impl Node {
         let Some(record) = self.vms.get_mut(name) else {
             return;
         };
+        if record.intent.handoff.is_some() {
+            // A move decides what happens to the domain until it ends.
+            return self.resume_handoff(name);
+        }
         if let Some(task) = &record.task {
             if matches!(task.step, Step::AwaitShutoff) && !state.is_active() {
                 self.finish(name, None);
@@ -1488,6 +1620,8 @@ impl Node {
                 restarts: 0,
                 last_error: None,
                 pending: None,
+                handoff: None,
+                generation: 0,
                 spec: crate::VmRequest::default(),
             },
         }
@@ -1508,6 +1642,8 @@ impl Node {
             restarts: r.restarts,
             last_error: r.last_error.clone(),
             pending: r.pending.clone(),
+            handoff: r.intent.handoff.as_ref().map(|h| h.to_string()),
+            generation: r.intent.generation,
             spec: r.intent.spec.clone(),
         }
     }
@@ -1542,6 +1678,8 @@ impl Node {
             load_memory_mib: self.load.last().memory_mib,
             load_state: self.load.state(),
             load_streak: self.load.streak(),
+            drain: self.drain_status(),
+            moves: self.moves_status(),
             vms,
             own_domains: self.own_domains,
             other_domains: self.others.len() as u32,
@@ -1591,6 +1729,11 @@ fn step_name(step: Step) -> &'static str {
         Step::Shutdown | Step::AwaitShutoff => "shutdown",
         Step::Destroy => "power-off",
         Step::Undefine => "undefine",
+        Step::Handoff => "hand-off",
+        Step::Migrate => "live migration",
+        Step::Receive => "preparing to receive",
+        Step::Adopt => "taking over",
+        Step::Settle => "settling",
     }
 }
 

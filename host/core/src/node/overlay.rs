@@ -44,8 +44,11 @@ const MAX_STALE: u8 = 3;
 /// A placement waiting for the policy's answer.
 #[derive(Debug, Clone)]
 pub(super) struct Deciding {
-    origin: Origin,
+    /// Who hears the outcome; none for a move the host itself began (a drain).
+    origin: Option<Origin>,
     spec: Box<VmRequest>,
+    /// A running VM of this host to move, rather than a new one to place.
+    moving: bool,
     tried: Vec<PeerId>,
     visited: Vec<String>,
     /// Answers so far that named a host that had filled up meanwhile.
@@ -60,13 +63,18 @@ pub(super) struct Outbound {
 }
 
 #[derive(Debug, Clone)]
-enum Purpose {
+pub(super) enum Purpose {
     /// Handed to a PoP-mate's host.
     Execute { spec: Box<VmRequest>, tried: Vec<PeerId>, visited: Vec<String> },
     /// Forwarded to another PoP; `visited` includes it.
     Forward { spec: Box<VmRequest>, visited: Vec<String> },
-    /// Asked where a VM is.
+    /// Asked where a VM is, or to act on it: the answer is passed on.
     Show,
+}
+
+/// What a request is for when its answer is only passed on.
+pub(super) fn relay() -> Purpose {
+    Purpose::Show
 }
 
 impl Node {
@@ -83,7 +91,8 @@ impl Node {
             load_cpu_milli: h.load_cpu_milli,
             load_state: self.load.state(),
             watts: (h.idle_watts, h.max_watts),
-            up: h.state == HostState::Up,
+            up: h.state != HostState::Down,
+            draining: self.moves.draining(),
             vms: self.vms.keys().cloned().collect(),
         }
     }
@@ -157,7 +166,12 @@ impl Node {
         let size = |z: Size| Resources::new(z.vcpus, z.memory_mib, z.disk_gib);
         self.model.set_host_capacity(id, size(s.capacity), s.cpu_milli);
         self.model.set_host_usage(id, size(s.allocated), s.load_cpu_milli, s.vms.len() as u32);
-        self.model.set_host_state(id, if s.up { HostState::Up } else { HostState::Down });
+        let state = match (s.up, s.draining) {
+            (false, _) => HostState::Down,
+            (true, true) => HostState::Draining,
+            (true, false) => HostState::Up,
+        };
+        self.model.set_host_state(id, state);
     }
 
     fn member_changed(&mut self, peer: &PeerId, liveness: Liveness, mine: bool) {
@@ -191,13 +205,19 @@ impl Node {
         tried: Vec<PeerId>,
         visited: Vec<String>,
     ) {
-        self.ask(Deciding { origin, spec, tried, visited, stale: 0 });
+        self.ask(Deciding { origin: Some(origin), spec, moving: false, tried, visited, stale: 0 });
+    }
+
+    /// Asks the placement policy where a VM of this host should move,
+    /// among the PoP's other hosts.
+    pub(super) fn ask_move(&mut self, origin: Option<Origin>, spec: Box<VmRequest>) {
+        self.ask(Deciding { origin, spec, moving: true, tried: Vec::new(), visited: Vec::new(), stale: 0 });
     }
 
     /// Filters the PoP's hosts for a request and asks the policy to choose,
     /// unless the filters already decided.
     fn ask(&mut self, d: Deciding) {
-        match self.prepare(&d.spec, &d.tried) {
+        match self.prepare(&d.spec, &d.tried, d.moving) {
             Prepared::Done(decision) => self.act(d, decision),
             Prepared::Ask(_) if self.deciding.len() >= MAX_DECIDING => {
                 let e = ApiError::new(
@@ -207,7 +227,7 @@ impl Node {
                         MAX_DECIDING
                     ),
                 );
-                self.answer(d.origin, Err(e));
+                self.reply_to(d.origin, Err(e));
             }
             Prepared::Ask(question) => {
                 let id = DecisionId(self.next_decision);
@@ -224,8 +244,11 @@ impl Node {
 
     /// The filters' view of this PoP for `spec`, leaving out hosts already
     /// tried for it.
-    fn prepare(&mut self, spec: &VmRequest, tried: &[PeerId]) -> Prepared {
-        let tried_ids: Vec<_> = tried.iter().filter_map(|p| self.remote_hosts.get(p).copied()).collect();
+    fn prepare(&mut self, spec: &VmRequest, tried: &[PeerId], moving: bool) -> Prepared {
+        let mut tried_ids: Vec<_> = tried.iter().filter_map(|p| self.remote_hosts.get(p).copied()).collect();
+        if moving {
+            tried_ids.push(self.host);
+        }
         let saved: Vec<_> = tried_ids.iter().map(|&id| (id, self.model.hosts[id.0 as usize].state)).collect();
         for &id in &tried_ids {
             self.model.set_host_state(id, HostState::Draining);
@@ -256,7 +279,7 @@ impl Node {
         };
         let decision = question.conclude(answer);
         if let Outcome::Placed { host } = decision.outcome
-            && !self.still_fits(&d.spec, &d.tried, host)
+            && (!self.still_fits(&d.spec, &d.tried, host) || (d.moving && host == self.host))
         {
             d.stale += 1;
             if d.stale < MAX_STALE {
@@ -281,7 +304,7 @@ impl Node {
 
     /// Decides with the built-in fallback on the model as it is now.
     fn fall_back(&mut self, d: Deciding, failure: PolicyError) {
-        match self.prepare(&d.spec, &d.tried) {
+        match self.prepare(&d.spec, &d.tried, d.moving) {
             Prepared::Done(decision) => self.act(d, decision),
             Prepared::Ask(q) => {
                 let decision = q.conclude(Err(failure));
@@ -306,19 +329,34 @@ impl Node {
     pub(super) fn abandon_decisions(&mut self) {
         for (id, d) in std::mem::take(&mut self.deciding) {
             self.timers.cancel(&Timer::Decision(id));
-            self.answer(
-                d.origin,
-                Err(ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down")),
-            );
+            let e = ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down");
+            if d.moving {
+                self.move_decided(d.origin, &d.spec.name, Err(e));
+            } else {
+                self.reply_to(d.origin, Err(e));
+            }
         }
     }
 
     /// Carries out a placement decision: here, on a PoP-mate, or elsewhere.
     fn act(&mut self, d: Deciding, decision: Decision) {
-        let Deciding { origin, spec, tried, visited, .. } = d;
+        let Deciding { origin, spec, tried, visited, moving, .. } = d;
         if let DecidedBy::Fallback { failure } = &decision.decided_by {
             self.event(Event::FellBack { vm: spec.name.clone(), failure: failure.to_string() });
         }
+        if moving {
+            let peer = match decision.outcome {
+                Outcome::Placed { host } => self
+                    .remote_hosts
+                    .iter()
+                    .find(|&(_, &id)| id == host)
+                    .map(|(p, _)| p.clone())
+                    .ok_or_else(|| ApiError::new(ApiErrorKind::Unplaceable, "the chosen host is unknown")),
+                Outcome::Rejected { message, .. } => Err(ApiError::new(ApiErrorKind::Unplaceable, message)),
+            };
+            return self.move_decided(origin, &spec.name, peer);
+        }
+        let Some(origin) = origin else { return };
         match decision.outcome {
             Outcome::Placed { host } if host == self.host => {
                 if let Err(e) = self.create_here(origin, *spec) {
@@ -400,14 +438,26 @@ impl Node {
         self.send(contact, req, origin, Purpose::Forward { spec, visited });
     }
 
-    fn send(&mut self, to: PeerId, req: PeerRequest, origin: Origin, purpose: Purpose) {
-        let id = OutboundId(self.next_outbound);
-        self.next_outbound += 1;
+    pub(super) fn send(&mut self, to: PeerId, req: PeerRequest, origin: Origin, purpose: Purpose) {
+        let id = self.request(to, req);
         self.outbound.insert(id, Outbound { origin, purpose });
-        self.outputs.push_back(Output::Request { id, to, req });
     }
 
-    pub(super) fn peer_request(&mut self, id: crate::node::InboundId, req: PeerRequest) {
+    /// Sends a request to another agent; its answer comes with the id.
+    pub(super) fn request(&mut self, to: PeerId, req: PeerRequest) -> OutboundId {
+        let id = OutboundId(self.next_outbound);
+        self.next_outbound += 1;
+        self.outputs.push_back(Output::Request { id, to, req });
+        id
+    }
+
+    fn reply_to(&mut self, origin: Option<Origin>, result: Result<crate::node::Reply, ApiError>) {
+        if let Some(origin) = origin {
+            self.answer(origin, result);
+        }
+    }
+
+    pub(super) fn peer_request(&mut self, id: crate::node::InboundId, from: PeerId, req: PeerRequest) {
         let origin = Origin::Peer(id);
         match req {
             PeerRequest::Execute(spec) => {
@@ -426,10 +476,14 @@ impl Node {
                 let result = self.show(&name);
                 self.answer(origin, result);
             }
+            other => self.handoff_request(id, from, other),
         }
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
+        if self.protocol_answer(id, &result) {
+            return;
+        }
         let Some(Outbound { origin, purpose }) = self.outbound.remove(&id) else {
             return;
         };
@@ -438,6 +492,10 @@ impl Node {
             (Purpose::Show, Ok(PeerResponse::Refused(e))) => self.answer(origin, Err(e)),
             (Purpose::Show, Err(e)) => self
                 .answer(origin, Err(ApiError::new(ApiErrorKind::Unavailable, format!("the VM's host: {e}")))),
+            (Purpose::Show, Ok(other)) => self.answer(
+                origin,
+                Err(ApiError::new(ApiErrorKind::Unavailable, format!("the VM's host answered {other:?}"))),
+            ),
             // A name taken elsewhere is final; anything else tries the next host or PoP.
             (_, Ok(PeerResponse::Refused(e)))
                 if e.kind == ApiErrorKind::Conflict || e.kind == ApiErrorKind::BadRequest =>
@@ -454,7 +512,7 @@ impl Node {
                 let why = match result {
                     Ok(PeerResponse::Refused(e)) => e.message,
                     Err(e) => e,
-                    Ok(PeerResponse::Vm(_)) => String::new(),
+                    Ok(other) => format!("unexpected answer {other:?}"),
                 };
                 self.forward(origin, spec, visited, why);
             }
@@ -495,22 +553,29 @@ impl Node {
             }
             // Not in any summary yet: ask the overlay's records.
             None => {
-                let waiting = self.locating.entry(name.clone()).or_default();
-                waiting.push(origin);
-                if waiting.len() == 1 {
-                    self.outputs.push_back(Output::Locate(name));
-                }
+                self.locate(origin, PeerRequest::Show(name));
                 Ok(None)
             }
         }
     }
 
+    /// Passes `req` to the agent the overlay's records name for its VM.
+    pub(super) fn locate(&mut self, origin: Origin, req: PeerRequest) {
+        let name = match &req {
+            PeerRequest::Show(n) | PeerRequest::Migrate { name: n, .. } => n.clone(),
+            _ => return,
+        };
+        let waiting = self.locating.entry(name.clone()).or_default();
+        waiting.push((origin, req));
+        if waiting.len() == 1 {
+            self.outputs.push_back(Output::Locate(name));
+        }
+    }
+
     pub(super) fn located(&mut self, vm: String, peer: Option<PeerId>) {
-        for origin in self.locating.remove(&vm).unwrap_or_default() {
+        for (origin, req) in self.locating.remove(&vm).unwrap_or_default() {
             match &peer {
-                Some(p) if *p != self.config.peer => {
-                    self.send(p.clone(), PeerRequest::Show(vm.clone()), origin, Purpose::Show);
-                }
+                Some(p) if *p != self.config.peer => self.send(p.clone(), req, origin, Purpose::Show),
                 _ => {
                     let e =
                         ApiError::new(ApiErrorKind::NotFound, format!("no vm named {vm:?} in the cluster"));

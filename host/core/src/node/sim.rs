@@ -40,8 +40,27 @@ fn one_way_us(a: usize, b: usize) -> u64 {
 }
 
 enum Due {
-    Input(usize, Box<Input>),
-    Timer(usize),
+    /// An input for node `.0`, if it has not restarted since (`.1` is its epoch).
+    Input(usize, u64, Box<Input>),
+    Timer(usize, u64),
+    /// A peer request was not answered in time: the asker hears so.
+    RequestTimeout(u64),
+    /// A live migration's copy is done: the domain lands at the destination.
+    Migrated(u64),
+}
+
+/// Virtual time a live migration takes, µs.
+const MIGRATE_US: u64 = 300_000;
+/// A peer request unanswered for this long fails, as libp2p's does, µs.
+const REQUEST_TIMEOUT_US: u64 = 10_000_000;
+
+/// A live migration under way in the simulated hypervisors.
+struct Migration {
+    vm: String,
+    from: usize,
+    to: usize,
+    op: OpId,
+    epoch: u64,
 }
 
 struct SimNode {
@@ -49,6 +68,13 @@ struct SimNode {
     hv: Hv,
     pop: usize,
     alive: bool,
+    /// Restarts so far: inputs meant for an earlier life are dropped.
+    epoch: u64,
+    /// The intent store, as the node's Persist outputs left it.
+    store: BTreeMap<String, VmIntent>,
+    config: NodeConfig,
+    /// Whether its hypervisor can live-migrate.
+    live: bool,
 }
 
 struct Sim {
@@ -58,10 +84,12 @@ struct Sim {
     queue: BinaryHeap<(Reverse<u64>, Reverse<u64>, usize)>,
     dues: HashMap<usize, Due>,
     nodes: Vec<SimNode>,
-    /// In-flight peer requests: inbound id → (asking node, its outbound id).
-    inbound: HashMap<u64, (usize, OutboundId)>,
+    /// In-flight peer requests: inbound id → (asking node, its epoch, its outbound id).
+    inbound: HashMap<u64, (usize, u64, OutboundId)>,
     next_inbound: u64,
     answers: HashMap<ReqId, Result<Reply, ApiError>>,
+    migrations: HashMap<u64, Migration>,
+    next_migration: u64,
 }
 
 impl Sim {
@@ -78,8 +106,17 @@ impl Sim {
                 config.host.name = format!("{name}-{h}");
                 config.host.vcpus = Some(4);
                 config.host.memory_mib = Some(4096);
-                let node = Node::new(config, vec![]).expect("node");
-                nodes.push(SimNode { node, hv: Hv::default(), pop: p, alive: true });
+                let node = Node::new(config.clone(), vec![]).expect("node");
+                nodes.push(SimNode {
+                    node,
+                    hv: Hv::default(),
+                    pop: p,
+                    alive: true,
+                    epoch: 0,
+                    store: BTreeMap::new(),
+                    config,
+                    live: false,
+                });
             }
         }
         let mut sim = Sim {
@@ -92,15 +129,61 @@ impl Sim {
             inbound: HashMap::new(),
             next_inbound: 0,
             answers: HashMap::new(),
+            migrations: HashMap::new(),
+            next_migration: 0,
         };
         for i in 0..sim.nodes.len() {
-            let domains = sim.nodes[i].hv.observation();
-            sim.at(
-                0,
-                Due::Input(i, Box::new(Input::HypervisorUp { now: start, inventory: inventory(), domains })),
-            );
+            sim.connect(i);
         }
         sim
+    }
+
+    /// Hypervisors that live-migrate: every node's inventory says where.
+    fn live(mut self) -> Self {
+        for n in &mut self.nodes {
+            n.live = true;
+        }
+        self
+    }
+
+    /// The node's hypervisor comes up for it (at start, after a restart).
+    fn connect(&mut self, i: usize) {
+        let now = self.instant(self.now_us);
+        let mut inventory = inventory();
+        inventory.migration_uri = self.nodes[i].live.then(|| format!("sim://{i}"));
+        let domains = self.nodes[i].hv.observation();
+        let input = Input::HypervisorUp { now, inventory, domains };
+        self.to(i, 0, input);
+    }
+
+    fn to(&mut self, i: usize, delay_us: u64, input: Input) {
+        let epoch = self.nodes[i].epoch;
+        self.at(delay_us, Due::Input(i, epoch, Box::new(input)));
+    }
+
+    /// Kills node `i`'s agent (its hypervisor goes on).
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.nodes[i].epoch += 1;
+    }
+
+    /// Starts node `i`'s agent again from its stored intent.
+    fn restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.node = Node::new(n.config.clone(), n.store.values().cloned().collect()).expect("node");
+        n.alive = true;
+        self.connect(i);
+    }
+
+    /// A sample of every live node's domains, as the agents take each second.
+    fn sample_all(&mut self) {
+        let now = self.instant(self.now_us);
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                let domains = self.nodes[i].hv.observation();
+                self.to(i, 0, Input::Sampled { now, domains });
+            }
+        }
     }
 
     fn instant(&self, us: u64) -> Instant {
@@ -109,11 +192,16 @@ impl Sim {
 
     fn at(&mut self, delay_us: u64, due: Due) {
         self.seq += 1;
-        let to = match &due {
-            Due::Input(i, _) | Due::Timer(i) => *i,
-        };
+        let to = Self::target(&due);
         self.dues.insert(self.seq as usize, due);
         self.queue.push((Reverse(self.now_us + delay_us), Reverse(self.seq), to));
+    }
+
+    fn target(due: &Due) -> usize {
+        match due {
+            Due::Input(i, ..) | Due::Timer(i, _) => *i,
+            Due::RequestTimeout(_) | Due::Migrated(_) => usize::MAX,
+        }
     }
 
     /// Runs until virtual time `until_us`.
@@ -125,14 +213,28 @@ impl Sim {
             self.queue.pop();
             self.now_us = t;
             let Some(due) = self.dues.remove(&(seq as usize)) else { continue };
+            let now = self.instant(t);
+            let input = match due {
+                Due::Input(_, epoch, input) if epoch == self.nodes[i].epoch => *input,
+                Due::Timer(_, epoch) if epoch == self.nodes[i].epoch => Input::Timeout(now),
+                Due::Input(..) | Due::Timer(..) => continue,
+                Due::RequestTimeout(id) => {
+                    if let Some((asker, epoch, out)) = self.inbound.remove(&id)
+                        && epoch == self.nodes[asker].epoch
+                    {
+                        let result = Err("request timed out".to_owned());
+                        self.to(asker, 0, Input::PeerResponse { now, id: out, result });
+                    }
+                    continue;
+                }
+                Due::Migrated(id) => {
+                    self.land(id);
+                    continue;
+                }
+            };
             if !self.nodes[i].alive {
                 continue;
             }
-            let now = self.instant(t);
-            let input = match due {
-                Due::Input(_, input) => *input,
-                Due::Timer(_) => Input::Timeout(now),
-            };
             self.nodes[i].node.handle_input(input);
             self.drain(i);
         }
@@ -151,13 +253,25 @@ impl Sim {
                 }
                 Output::Timeout(Some(at)) => {
                     let delay = at.saturating_duration_since(now).as_micros() as u64;
-                    self.at(delay.max(1), Due::Timer(i));
+                    let epoch = self.nodes[i].epoch;
+                    self.at(delay.max(1), Due::Timer(i, epoch));
                     break;
                 }
                 Output::Timeout(None) | Output::Closed => break,
+                Output::Hypervisor { op, cmd: HvCommand::MigrateOut { vm, uri, .. } } => {
+                    let to: usize = uri.trim_start_matches("sim://").parse().expect("a sim URI");
+                    self.next_migration += 1;
+                    let epoch = self.nodes[i].epoch;
+                    self.migrations.insert(self.next_migration, Migration { vm, from: i, to, op, epoch });
+                    self.at(MIGRATE_US, Due::Migrated(self.next_migration));
+                }
                 Output::Hypervisor { op, cmd } => {
+                    if let HvCommand::Settle(vm) = &cmd {
+                        // libvirt's job is aborted: the domain stays where it is.
+                        self.migrations.retain(|_, m| !(m.from == i && m.vm == *vm));
+                    }
                     let result = self.nodes[i].hv.run(&cmd);
-                    self.at(500, Due::Input(i, Box::new(Input::Hypervisor { now, op, result })));
+                    self.to(i, 500, Input::Hypervisor { now, op, result });
                 }
                 Output::Gossip { topic, msg } => {
                     let from = self.nodes[i].node.config.peer.clone();
@@ -169,7 +283,7 @@ impl Sim {
                         if j != i && subscribed {
                             let delay = one_way_us(self.nodes[i].pop, self.nodes[j].pop);
                             let input = Input::Gossip { now, from: from.clone(), msg: msg.clone() };
-                            self.at(delay, Due::Input(j, Box::new(input)));
+                            self.to(j, delay, input);
                         }
                     }
                 }
@@ -178,25 +292,29 @@ impl Sim {
                     let j = self.index(&to);
                     if !self.nodes[j].alive {
                         let result = Err("connection refused".to_owned());
-                        self.at(1_000, Due::Input(i, Box::new(Input::PeerResponse { now, id, result })));
+                        self.to(i, 1_000, Input::PeerResponse { now, id, result });
                         continue;
                     }
                     self.next_inbound += 1;
-                    self.inbound.insert(self.next_inbound, (i, id));
+                    let epoch = self.nodes[i].epoch;
+                    self.inbound.insert(self.next_inbound, (i, epoch, id));
+                    self.at(REQUEST_TIMEOUT_US, Due::RequestTimeout(self.next_inbound));
                     let input = Input::PeerRequest { now, from, id: InboundId(self.next_inbound), req };
-                    self.at(one_way_us(self.nodes[i].pop, self.nodes[j].pop), Due::Input(j, Box::new(input)));
+                    self.to(j, one_way_us(self.nodes[i].pop, self.nodes[j].pop), input);
                 }
                 Output::Respond { id, resp } => {
-                    if let Some((asker, out)) = self.inbound.remove(&id.0) {
+                    if let Some((asker, epoch, out)) = self.inbound.remove(&id.0)
+                        && epoch == self.nodes[asker].epoch
+                    {
                         let delay = one_way_us(self.nodes[i].pop, self.nodes[asker].pop);
                         let input = Input::PeerResponse { now, id: out, result: Ok(resp) };
-                        self.at(delay, Due::Input(asker, Box::new(input)));
+                        self.to(asker, delay, input);
                     }
                 }
                 Output::Dial(peer) => {
                     let j = self.index(&peer);
                     let rtt = Duration::from_micros(2 * one_way_us(self.nodes[i].pop, self.nodes[j].pop));
-                    self.at(rtt.as_micros() as u64, Due::Input(i, Box::new(Input::Rtt { now, peer, rtt })));
+                    self.to(i, rtt.as_micros() as u64, Input::Rtt { now, peer, rtt });
                 }
                 Output::Reply { req, reply } => {
                     self.answers.insert(req, reply);
@@ -207,7 +325,7 @@ impl Sim {
                     let policy = Native::placement::<MostFree>("most-free");
                     let answer = policy.place(&question.cluster, &question.request);
                     let input = Input::Decided { now, id, question, answer };
-                    self.at(DECIDE_US, Due::Input(i, Box::new(input)));
+                    self.to(i, DECIDE_US, input);
                 }
                 Output::Locate(vm) => {
                     let peer = self
@@ -215,11 +333,34 @@ impl Sim {
                         .iter()
                         .find(|n| n.node.vms.contains_key(&vm))
                         .map(|n| n.node.config.peer.clone());
-                    self.at(2_000, Due::Input(i, Box::new(Input::Located { now, vm, peer })));
+                    self.to(i, 2_000, Input::Located { now, vm, peer });
                 }
-                Output::Persist(_) => wrote = true,
+                Output::Persist(change) => {
+                    wrote = true;
+                    let store = &mut self.nodes[i].store;
+                    match change {
+                        Change::Put(intent) => {
+                            store.insert(intent.spec.name.clone(), *intent);
+                        }
+                        Change::Remove(name) => {
+                            store.remove(&name);
+                        }
+                    }
+                }
                 Output::Event(_) | Output::Announce { .. } => {}
             }
+        }
+    }
+
+    /// A live migration's copy finished: the domain runs at the
+    /// destination (still marked as the source's) and is gone from the source.
+    fn land(&mut self, id: u64) {
+        let Some(m) = self.migrations.remove(&id) else { return };
+        let Some(d) = self.nodes[m.from].hv.domains.remove(&m.vm) else { return };
+        self.nodes[m.to].hv.domains.insert(m.vm.clone(), (d.0, false));
+        if m.epoch == self.nodes[m.from].epoch {
+            let now = self.instant(self.now_us);
+            self.to(m.from, 0, Input::Hypervisor { now, op: m.op, result: Ok(DomainState::Missing) });
         }
     }
 
@@ -229,7 +370,7 @@ impl Sim {
 
     fn ask(&mut self, i: usize, req: u64, cmd: Command) {
         let now = self.instant(self.now_us);
-        self.at(0, Due::Input(i, Box::new(Input::Api { now, req: ReqId(req), cmd })));
+        self.to(i, 0, Input::Api { now, req: ReqId(req), cmd });
     }
 
     /// Where each VM was defined, by host name.
@@ -382,5 +523,187 @@ proptest! {
                 prop_assert!(used >= 10, "vm{} refused while its PoPs held {:?} of 12 each", k, per_pop);
             }
         }
+    }
+}
+
+// ---- moves between hosts ----
+
+/// Creates `name` in Paris (entering node 0) and returns the index of its host.
+fn create_in_paris(sim: &mut Sim, req: u64, name: &str) -> usize {
+    let mut r = vm(name.into());
+    r.jurisdictions = vec!["FR".into()];
+    sim.ask(0, req, Command::Create(Box::new(r)));
+    sim.run(sim.now_us + 500_000);
+    let host =
+        placed_on(sim, req).unwrap_or_else(|| panic!("{name} placed: {:?}", sim.answers.get(&ReqId(req)))).0;
+    sim.nodes.iter().position(|n| n.node.config.host.name == host).expect("its node")
+}
+
+/// Runs `us` of virtual time with a sample every second, as agents take them.
+fn run_sampled(sim: &mut Sim, us: u64) {
+    let until = sim.now_us + us;
+    while sim.now_us < until {
+        sim.sample_all();
+        sim.run((sim.now_us + 1_000_000).min(until));
+    }
+}
+
+/// Exactly one copy of `vm`: one domain, marked as the host's whose agent
+/// alone records it, with no hand-off left; returns that host's index.
+fn one_copy(sim: &Sim, vm: &str) -> usize {
+    let domains: Vec<(usize, bool)> =
+        (0..sim.nodes.len()).filter_map(|i| sim.nodes[i].hv.domains.get(vm).map(|d| (i, d.1))).collect();
+    assert_eq!(domains.len(), 1, "{vm}: one domain, found on {domains:?}");
+    let (holder, ours) = domains[0];
+    assert!(ours, "{vm}: its domain is marked as its host's");
+    let stores: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.nodes[i].store.contains_key(vm)).collect();
+    assert_eq!(stores, vec![holder], "{vm}: recorded by its host's agent alone");
+    let intent = &sim.nodes[holder].store[vm];
+    assert_eq!(intent.handoff, None, "{vm}: no hand-off left");
+    for (i, n) in sim.nodes.iter().enumerate() {
+        assert_eq!(n.node.vms.contains_key(vm), i == holder, "{vm}: node {i} agrees on where it is");
+    }
+    assert_eq!(sim.nodes[holder].hv.domains[vm].0, DomainState::Running, "{vm} runs");
+    holder
+}
+
+fn host_name(sim: &Sim, i: usize) -> String {
+    sim.nodes[i].node.config.host.name.clone()
+}
+
+#[test]
+fn a_vm_moves_live_or_cold_to_the_host_asked_for_and_runs_once() {
+    for live in [true, false] {
+        let mut sim = Sim::new(3);
+        if live {
+            sim = sim.live();
+        }
+        sim.run(3_000_000);
+        let from = create_in_paris(&mut sim, 1, "mover");
+        let to = if from == 0 { 1 } else { 0 };
+        let cmd = Command::Migrate { name: "mover".into(), to: Some(host_name(&sim, to)) };
+        // Asked of an agent in another PoP: passed to the VM's host.
+        sim.ask(4, 2, cmd);
+        run_sampled(&mut sim, 2_000_000);
+        match sim.answers.get(&ReqId(2)) {
+            Some(Ok(Reply::Vm(s))) => {
+                assert_eq!(s.host, host_name(&sim, to));
+                assert_eq!(s.generation, 1);
+            }
+            other => panic!("live {live}: {other:?}"),
+        }
+        assert_eq!(one_copy(&sim, "mover"), to, "live {live}");
+    }
+}
+
+#[test]
+fn the_policy_chooses_when_no_host_is_named_and_bad_moves_are_refused() {
+    let mut sim = Sim::new(3).live();
+    sim.run(3_000_000);
+    let from = create_in_paris(&mut sim, 1, "v");
+    // A host in a jurisdiction the VM may not enter; an unknown host; no such VM; itself.
+    let bad = [
+        ("v", Some("berlin-0".to_owned())),
+        ("v", Some("nowhere".to_owned())),
+        ("nope", None),
+        ("v", Some(host_name(&sim, from))),
+    ];
+    for (req, (name, to)) in (3..).zip(bad) {
+        sim.ask(from, req, Command::Migrate { name: name.into(), to });
+        sim.run(sim.now_us + 200_000);
+    }
+    sim.ask(from, 2, Command::Migrate { name: "v".into(), to: None });
+    run_sampled(&mut sim, 2_000_000);
+    let to = match sim.answers.get(&ReqId(2)) {
+        Some(Ok(Reply::Vm(s))) => s.host.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(to.starts_with("paris") && to != host_name(&sim, from), "{to}");
+    let refusals = [
+        (3, ApiErrorKind::Unplaceable, "outside the allowed jurisdictions"),
+        (4, ApiErrorKind::Unplaceable, "no alive host named"),
+        (5, ApiErrorKind::NotFound, "no vm named"),
+        (6, ApiErrorKind::BadRequest, "already on host"),
+    ];
+    for (req, kind, says) in refusals {
+        match sim.answers.get(&ReqId(req)) {
+            Some(Err(e)) => {
+                assert_eq!(e.kind, kind, "request {req}: {e}");
+                assert!(e.message.contains(says), "request {req}: {e}");
+            }
+            other => panic!("request {req}: {other:?}"),
+        }
+    }
+    one_copy(&sim, "v");
+}
+
+#[test]
+fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
+    let mut sim = Sim::new(3).live();
+    sim.run(3_000_000);
+    for k in 0..3 {
+        let mut r = vm(format!("d{k}"));
+        r.jurisdictions = vec!["FR".into()];
+        let now = sim.instant(sim.now_us);
+        let id = InboundId(1_000 + k);
+        let input = Input::PeerRequest {
+            now,
+            from: PeerId("peer-0-1".into()),
+            id,
+            req: PeerRequest::Execute(Box::new(r)),
+        };
+        sim.to(0, 0, input);
+    }
+    sim.run(sim.now_us + 500_000);
+    assert_eq!(sim.nodes[0].hv.domains.len(), 3);
+    sim.ask(0, 1, Command::Drain);
+    run_sampled(&mut sim, 5_000_000);
+    assert!(sim.nodes[0].hv.domains.is_empty(), "drained: {:?}", sim.nodes[0].hv.domains.keys());
+    let status = sim.nodes[0].node.host_status();
+    let drain = status.drain.expect("drain status");
+    assert_eq!((drain.total, drain.moved, drain.remaining), (3, 3, 0), "{drain:?}");
+    for k in 0..3 {
+        assert_ne!(one_copy(&sim, &format!("d{k}")), 0);
+    }
+    // Nothing new lands on it while it drains, wherever the request enters.
+    let mut r = vm("late".into());
+    r.jurisdictions = vec!["FR".into()];
+    sim.ask(0, 2, Command::Create(Box::new(r)));
+    sim.run(sim.now_us + 500_000);
+    assert_ne!(placed_on(&sim, 2).expect("placed").0, host_name(&sim, 0));
+    sim.ask(0, 3, Command::Resume);
+    sim.run(sim.now_us + 100_000);
+    assert_eq!(sim.nodes[0].node.host_status().drain, None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Whichever agent is killed at whatever moment of a move, and however
+    /// long it stays down, the VM ends with exactly one running copy,
+    /// marked as one host's and recorded by that host's agent alone.
+    #[test]
+    fn a_move_survives_either_agent_killed_at_any_moment(
+        live in any::<bool>(),
+        kill_source in any::<bool>(),
+        kill_after_us in 0u64..400_000,
+        down_for_us in prop_oneof![Just(0u64), 0u64..30_000_000],
+    ) {
+        let mut sim = Sim::new(2);
+        if live {
+            sim = sim.live();
+        }
+        sim.run(3_000_000);
+        let from = create_in_paris(&mut sim, 1, "m");
+        let to = 1 - from;
+        sim.ask(from, 2, Command::Migrate { name: "m".into(), to: Some(host_name(&sim, to)) });
+        sim.run(sim.now_us + kill_after_us);
+        let victim = if kill_source { from } else { to };
+        sim.crash(victim);
+        run_sampled(&mut sim, down_for_us);
+        sim.restart(victim);
+        run_sampled(&mut sim, 60_000_000);
+        let holder = one_copy(&sim, "m");
+        prop_assert!(holder == from || holder == to);
     }
 }

@@ -67,6 +67,21 @@ impl Hv {
                 self.domains.remove(&name);
                 DomainState::Missing
             }
+            HvCommand::Receive { live: true, .. } => DomainState::Missing,
+            HvCommand::Receive { live: false, .. } => {
+                self.domains.entry(name.clone()).or_insert((DomainState::Shutoff, true)).0
+            }
+            // A lone hypervisor: the domain leaves for nowhere.
+            HvCommand::MigrateOut { .. } => {
+                self.domains.remove(&name);
+                DomainState::Missing
+            }
+            HvCommand::Settle(_) => self.domains.get(&name).map_or(DomainState::Missing, |d| d.0),
+            HvCommand::Adopt { .. } => {
+                let d = self.domains.get_mut(&name).ok_or_else(missing)?;
+                d.1 = true;
+                d.0
+            }
         };
         Ok(state)
     }
@@ -91,7 +106,7 @@ impl Hv {
 }
 
 pub(super) fn inventory() -> Inventory {
-    Inventory { cpus: 4, memory_mib: 8192, hypervisor: "test".into() }
+    Inventory { cpus: 4, memory_mib: 8192, hypervisor: "test".into(), migration_uri: None }
 }
 
 fn node(intents: Vec<VmIntent>) -> Node {
@@ -481,10 +496,7 @@ fn delete_writes_the_tombstone_first_and_forgets_after_undefine() {
     rig.log.clear();
     assert_eq!(rig.api(Command::Delete("a".into())), Ok(Reply::Deleted("a".into())));
     let first = rig.log.first().expect("outputs");
-    assert!(
-        matches!(first, Output::Persist(Change::Put(VmIntent { desired: Desired::Deleted, .. }))),
-        "{first:?}"
-    );
+    assert!(matches!(first, Output::Persist(Change::Put(i)) if i.desired == Desired::Deleted), "{first:?}");
     assert!(rig.log.contains(&Output::Persist(Change::Remove("a".into()))));
     assert!(rig.hv.domains.is_empty());
     assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 0, "resources released");

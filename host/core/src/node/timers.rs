@@ -18,6 +18,9 @@ pub(super) enum Timer {
     /// The policy's answer to this placement has not come; the fallback
     /// decides.
     Decision(DecisionId),
+    /// This VM is arriving and nothing was heard of it for a while: its
+    /// source is asked where the move stands.
+    Arrival(String),
 }
 
 /// The table: at most one deadline per reason.
