@@ -8,9 +8,11 @@ CARGO ?= cargo
 setup:
 	@scripts/setup.sh
 
-# A system libvirtd with QEMU for the tests with real guests (root; no systemd needed).
+# A system libvirtd with QEMU for the tests with real guests, and a second
+# one standing for another host, for live migrations (root; no systemd needed).
 libvirtd:
 	@scripts/libvirtd.sh start
+	@scripts/libvirtd-peer.sh start
 
 build: setup
 	$(CARGO) build --release -p locus

@@ -45,6 +45,16 @@ pub enum HvCommand {
     /// state: what a restarted source does before it decides whether its
     /// copy left.
     Settle(String),
+    /// Remove what an arrival that was called off left here: the disk
+    /// prepared for it and an inactive domain still marked as host
+    /// `from`'s (a failed migration can leave its definition behind).
+    /// Never touches a running domain or one marked as anyone else's.
+    Discard {
+        /// The VM.
+        vm: String,
+        /// The source host.
+        from: String,
+    },
     /// Mark a domain that arrived from host `from` as this host's.
     Adopt {
         /// The VM.
@@ -65,6 +75,7 @@ impl HvCommand {
             | HvCommand::Destroy(n)
             | HvCommand::Undefine(n)
             | HvCommand::Settle(n)
+            | HvCommand::Discard { vm: n, .. }
             | HvCommand::MigrateOut { vm: n, .. } => n,
         }
     }

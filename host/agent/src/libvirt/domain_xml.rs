@@ -34,7 +34,7 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
         w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
-        w.create_element("metadata").write_inner_content(|w| mark(w, spec, owner))?;
+        w.create_element("metadata").write_inner_content(|w| mark(w, spec, owner, "locus:"))?;
         w.create_element("memory")
             .with_attribute(("unit", "MiB"))
             .write_text_content(BytesText::new(&spec.memory_mib.to_string()))?;
@@ -55,27 +55,31 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>
     Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
 }
 
-/// Locus's metadata element: the owner and the VM's labels.
-fn mark(w: &mut Writer<Vec<u8>>, spec: &VmRequest, owner: &str) -> io::Result<()> {
-    w.create_element("locus:vm")
-        .with_attribute(("xmlns:locus", NAMESPACE))
-        .with_attribute(("owner", owner))
-        .write_inner_content(|w| {
-            for (key, value) in &spec.labels {
-                w.create_element("locus:label")
-                    .with_attribute(("key", key.as_str()))
-                    .write_text_content(BytesText::new(value))?;
-            }
-            Ok(())
-        })?;
+/// Locus's metadata element: the owner and the VM's labels. `prefix` is
+/// the namespace prefix with its colon, or empty where libvirt sets the
+/// namespace itself (`virDomainSetMetadata`).
+fn mark(w: &mut Writer<Vec<u8>>, spec: &VmRequest, owner: &str, prefix: &str) -> io::Result<()> {
+    let mut vm = w.create_element(format!("{prefix}vm"));
+    if !prefix.is_empty() {
+        vm = vm.with_attribute(("xmlns:locus", NAMESPACE));
+    }
+    vm.with_attribute(("owner", owner)).write_inner_content(|w| {
+        for (key, value) in &spec.labels {
+            w.create_element(format!("{prefix}label"))
+                .with_attribute(("key", key.as_str()))
+                .write_text_content(BytesText::new(value))?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
 /// The metadata element that marks a domain as `owner`'s, for
-/// `virDomainSetMetadata` (a VM that arrived from another host).
+/// `virDomainSetMetadata` with key `locus` and [`NAMESPACE`] (a VM that
+/// arrived from another host).
 pub fn metadata(spec: &VmRequest, owner: &str) -> String {
     let mut w = Writer::new(Vec::new());
-    match mark(&mut w, spec, owner) {
+    match mark(&mut w, spec, owner, "") {
         Ok(()) => String::from_utf8_lossy(&w.into_inner()).into_owned(),
         // Writing into a Vec cannot fail.
         Err(_) => String::new(),

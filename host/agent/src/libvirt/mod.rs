@@ -188,7 +188,8 @@ struct Session {
     images: Arc<Images>,
     domain_type: &'static str,
     migration_uri: Option<String>,
-    /// Whether each domain (by UUID) is ours: its metadata never changes.
+    /// Whether each domain (by UUID) is ours, while it stays on this host:
+    /// its mark changes only when it arrives from another host.
     ours: HashMap<String, bool>,
     /// Last CPU time and when it was read, by UUID.
     cpu: HashMap<String, (u64, Instant)>,
@@ -248,9 +249,11 @@ impl Session {
         let mut o = Observation::default();
         let now = Instant::now();
         let mut cpu = HashMap::new();
+        let mut listed = std::collections::HashSet::new();
         for dom in self.conn.list_all_domains(0)? {
             let name = dom.get_name()?;
             let uuid = dom.get_uuid_string()?;
+            listed.insert(uuid.clone());
             let ours = match self.ours.get(&uuid) {
                 Some(&o) => o,
                 None => *self.ours.entry(uuid.clone()).or_insert_with(|| is_ours(&dom, &self.owner)),
@@ -278,6 +281,9 @@ impl Session {
             o.ours.push(seen(name, &info, milli));
         }
         self.cpu = cpu;
+        // A domain that left (migrated away) may come back marked as
+        // another host's: ownership is cached only while it stays.
+        self.ours.retain(|uuid, _| self.cpu.contains_key(uuid) || listed.contains(uuid));
         self.keep_persistent();
         Ok(o)
     }
@@ -325,8 +331,10 @@ impl Session {
             Err(e) if e.code() == ErrorNumber::NoDomain => None,
             Err(e) => return Err(self.error(e)),
         };
-        if let HvCommand::Adopt { spec, from } = cmd {
-            return self.adopt(existing, spec, from);
+        match cmd {
+            HvCommand::Adopt { spec, from } => return self.adopt(existing, spec, from),
+            HvCommand::Discard { from, .. } => return self.discard(existing, name, from),
+            _ => {}
         }
         if let Some(d) = &existing
             && !is_ours(d, &self.owner)
@@ -379,7 +387,7 @@ impl Session {
             (HvCommand::MigrateOut { .. }, _) => {
                 return Err(HvError { kind: HvErrorKind::Unavailable, message: "not connected".into() });
             }
-            (HvCommand::Adopt { .. }, _) => unreachable!("handled above"),
+            (HvCommand::Adopt { .. } | HvCommand::Discard { .. }, _) => unreachable!("handled above"),
         };
         result.map_err(|e| self.error(e))
     }
@@ -446,6 +454,28 @@ impl Session {
             }
         }
         state(&d).map_err(|e| self.error(e))
+    }
+
+    /// Removes what a called-off arrival left: an inactive domain still
+    /// marked as the source's, and the disk prepared for it.
+    fn discard(&mut self, existing: Option<Domain>, name: &str, from: &str) -> Result<DomainState, HvError> {
+        if let Some(d) = existing {
+            let refuse = |message: String| Err(HvError { kind: HvErrorKind::Refused, message });
+            if is_ours(&d, &self.owner) {
+                return refuse(format!(
+                    "domain {name} is this host's; an arrival that was called off leaves it"
+                ));
+            }
+            if !is_ours(&d, from) {
+                return refuse(format!("domain {name} is not host {from}'s; it is left alone"));
+            }
+            if d.is_active().map_err(|e| self.error(e))? {
+                return refuse(format!("domain {name} still runs here (the migration has not ended yet)"));
+            }
+            d.undefine().map_err(|e| self.error(e))?;
+        }
+        self.remove_disk(name);
+        Ok(DomainState::Missing)
     }
 
     /// Defines a domain, on a disk of its own when it has an image (the

@@ -22,6 +22,9 @@ pub struct Agent {
     pub host: String,
     /// Environment variables the process gets (nothing else `LOCUS_*`).
     pub envs: Vec<(String, String)>,
+    /// A command the agent runs under (e.g. one that enters namespaces),
+    /// which must exec it: a kill reaches the agent itself.
+    pub wrapper: Vec<String>,
 }
 
 impl Agent {
@@ -70,7 +73,29 @@ impl Agent {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut agent = Agent { dir, child: None, args, host: host.into(), envs };
+        let mut agent = Agent { dir, child: None, args, host: host.into(), envs, wrapper: vec![] };
+        agent.spawn();
+        agent
+    }
+
+    /// An agent on libvirt `uri` started through `wrapper` (which execs it),
+    /// with exactly the arguments given after its state, socket, URI and host.
+    pub fn start_wrapped(wrapper: &[&str], uri: &str, host: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--state-dir".into(),
+            dir.path().display().to_string(),
+            "--set".into(),
+            format!("socket={:?}", dir.path().join("agent.sock").display().to_string()),
+            "--libvirt-uri".into(),
+            uri.into(),
+            "--host-name".into(),
+            host.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        let mut agent = Agent { dir, child: None, args, host: host.into(), envs: vec![], wrapper };
         agent.spawn();
         agent
     }
@@ -82,7 +107,14 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("log file");
-        let mut command = Command::new(locus_bin());
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(locus_bin());
+                c
+            }
+            None => Command::new(locus_bin()),
+        };
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("LOCUS_") {
                 command.env_remove(key);

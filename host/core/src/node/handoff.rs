@@ -580,10 +580,11 @@ impl Node {
 
     fn drop_arrival(&mut self, name: &str, origin: Option<Origin>) {
         self.timers.cancel(&Timer::Arrival(name.to_owned()));
+        let from = self.handoff_host(name);
         if let Some(r) = self.vms.get_mut(name) {
             r.task = Some(Task::new(Purpose::MoveIn, Step::Undefine, origin));
         }
-        self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned()));
+        self.issue(name, Step::Undefine, HvCommand::Discard { vm: name.to_owned(), from });
     }
 
     /// The source's answer to "is it still coming?".

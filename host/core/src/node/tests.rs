@@ -77,6 +77,12 @@ impl Hv {
                 DomainState::Missing
             }
             HvCommand::Settle(_) => self.domains.get(&name).map_or(DomainState::Missing, |d| d.0),
+            HvCommand::Discard { .. } => {
+                if self.domains.get(&name).is_some_and(|d| !d.0.is_active()) {
+                    self.domains.remove(&name);
+                }
+                DomainState::Missing
+            }
             HvCommand::Adopt { .. } => {
                 let d = self.domains.get_mut(&name).ok_or_else(missing)?;
                 d.1 = true;
