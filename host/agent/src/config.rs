@@ -42,6 +42,11 @@ pub struct PolicyConfig {
     pub migration: String,
     /// Key/values the migration policy reads with `config(key)`.
     pub migration_config: BTreeMap<String, String>,
+    /// The consolidation policy (a migration-world component that empties
+    /// underloaded hosts).
+    pub consolidation: String,
+    /// Key/values the consolidation policy reads with `config(key)`.
+    pub consolidation_config: BTreeMap<String, String>,
     /// Threads that run policy calls beside the node; 0 picks half the
     /// CPUs (at least one), leaving the rest to the agent and its guests.
     pub workers: usize,
@@ -54,6 +59,8 @@ impl Default for PolicyConfig {
             placement_config: BTreeMap::new(),
             migration: "relieve-overload".into(),
             migration_config: BTreeMap::new(),
+            consolidation: "consolidate".into(),
+            consolidation_config: BTreeMap::new(),
             workers: 0,
         }
     }
@@ -153,6 +160,8 @@ pub struct AgentConfig {
     pub membership: MembershipConfig,
     /// When the host counts as overloaded or underloaded.
     pub load: locus_core::load::LoadConfig,
+    /// Cooperative rebalancing and consolidation.
+    pub rebalance: locus_core::rebalance::RebalanceConfig,
 }
 
 impl Default for AgentConfig {
@@ -178,6 +187,7 @@ impl Default for AgentConfig {
             overlay: OverlayConfig::default(),
             membership: MembershipConfig::default(),
             load: locus_core::load::LoadConfig::default(),
+            rebalance: locus_core::rebalance::RebalanceConfig::default(),
         }
     }
 }
@@ -229,6 +239,7 @@ impl AgentConfig {
             );
         }
         self.load.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        self.rebalance.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if self.images.max_bytes == 0 || self.images.max_imports == 0 {
             bail!("invalid configuration: images.max-bytes and images.max-imports must be at least 1");
         }
@@ -258,6 +269,7 @@ impl AgentConfig {
             host: self.host.clone(),
             timing: self.timing.clone(),
             load: self.load.clone(),
+            rebalance: self.rebalance.clone(),
         }
     }
 

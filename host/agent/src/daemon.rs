@@ -117,7 +117,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let workers = config.policies.worker_count();
-    let deciders = Deciders::spawn(workers, policies.placement.clone(), answers_tx)
+    let deciding = crate::deciders::Deciding {
+        placement: policies.placement.clone(),
+        migration: policies.migration.clone(),
+        consolidation: policies.consolidation.clone(),
+    };
+    let deciders = Deciders::spawn(workers, deciding, answers_tx)
         .context("starting the policy workers")?;
     tracing::info!(workers, "policy workers started");
 
@@ -257,6 +262,7 @@ impl Core {
                 Output::Hypervisor { op, cmd } => round.commands.push((op, cmd)),
                 Output::Reply { req, reply } => round.answers.push((req, reply)),
                 Output::Decide { id, question } => self.deciders.ask(id, question),
+                Output::Plan { id, question } => self.deciders.plan(id, question),
                 Output::Event(e) => tracing::info!("{}", crate::control::clean(&e.to_string())),
                 Output::Gossip { topic, msg } => round.overlay.push(ToOverlay::Gossip(topic, msg)),
                 Output::Request { id, to, req } => round.overlay.push(ToOverlay::Request(id, to, req)),
@@ -362,7 +368,11 @@ impl Core {
     }
 
     fn decided(&mut self, a: Answered) {
-        let input = Input::Decided { now: Instant::now(), id: a.id, question: a.question, answer: a.answer };
+        let now = Instant::now();
+        let input = match a {
+            Answered::Placed { id, question, answer } => Input::Decided { now, id, question, answer },
+            Answered::Planned { id, answer } => Input::Planned { now, id, answer },
+        };
         self.node.handle_input(input);
     }
 

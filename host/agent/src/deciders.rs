@@ -1,6 +1,7 @@
 //! The policy workers: a bounded pool of plain threads that answer the
-//! node's placement questions beside it, so no policy call ever runs on the
-//! task that owns the node, or on any tokio thread.
+//! node's placement questions and rebalancing plans beside it, so no
+//! policy call ever runs on the task that owns the node, or on any tokio
+//! thread.
 //!
 //! Guest code must stay off tokio's threads (wasmtime-wasi's blocking stdio
 //! panics there), and a slow but legal policy must not hold up reads,
@@ -11,8 +12,9 @@
 //! in one intent commit.
 
 use locus_core::node::DecisionId;
+use locus_core::rebalance::{EventKind, PlanQuestion};
 use locus_core::{Policy, PolicyError, Question, Verdict};
-use locus_sdk::Placement;
+use locus_sdk::{Migration, Placement};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::mpsc;
@@ -22,18 +24,67 @@ const BATCH: usize = 32;
 
 /// One answered question.
 #[derive(Debug)]
-pub struct Answered {
-    /// The question's id.
-    pub id: DecisionId,
-    /// The question, handed back to the node.
-    pub question: Box<Question>,
-    /// The policy's answer.
-    pub answer: Result<Verdict<Placement>, PolicyError>,
+pub enum Answered {
+    /// A placement.
+    Placed {
+        /// The question's id.
+        id: DecisionId,
+        /// The question, handed back to the node.
+        question: Box<Question>,
+        /// The policy's answer.
+        answer: Result<Verdict<Placement>, PolicyError>,
+    },
+    /// A rebalancing plan.
+    Planned {
+        /// The question's id.
+        id: u64,
+        /// The policy's answer.
+        answer: Result<Verdict<Vec<Migration>>, PolicyError>,
+    },
 }
 
-struct Job {
-    id: DecisionId,
-    question: Box<Question>,
+enum Job {
+    Place(DecisionId, Box<Question>),
+    Plan(u64, Box<PlanQuestion>),
+}
+
+/// The policies the workers call: placement, and the two that plan.
+#[derive(Clone)]
+pub struct Deciding {
+    /// Places new VMs.
+    pub placement: Arc<dyn Policy>,
+    /// Relieves overloaded hosts.
+    pub migration: Arc<dyn Policy>,
+    /// Empties underloaded hosts.
+    pub consolidation: Arc<dyn Policy>,
+}
+
+impl std::fmt::Debug for Deciding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deciding")
+            .field("placement", &self.placement.name())
+            .field("migration", &self.migration.name())
+            .field("consolidation", &self.consolidation.name())
+            .finish()
+    }
+}
+
+impl Deciding {
+    fn answer(&self, job: Job) -> Answered {
+        match job {
+            Job::Place(id, question) => {
+                let answer = self.placement.place(&question.cluster, &question.request);
+                Answered::Placed { id, question, answer }
+            }
+            Job::Plan(id, question) => {
+                let policy = match question.kind {
+                    EventKind::Overload => &self.migration,
+                    EventKind::Consolidate => &self.consolidation,
+                };
+                Answered::Planned { id, answer: policy.plan(&question.partition) }
+            }
+        }
+    }
 }
 
 /// The pool. Dropping it lets the workers finish what is queued and joins them.
@@ -52,7 +103,7 @@ impl Deciders {
     /// Starts `workers` threads deciding with `policy`; answers go to `answers`.
     pub fn spawn(
         workers: usize,
-        policy: Arc<dyn Policy>,
+        policy: Deciding,
         answers: mpsc::UnboundedSender<Vec<Answered>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -64,13 +115,7 @@ impl Deciders {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter().take(BATCH - 1));
-                    let answered: Vec<Answered> = batch
-                        .into_iter()
-                        .map(|Job { id, question }| {
-                            let answer = policy.place(&question.cluster, &question.request);
-                            Answered { id, question, answer }
-                        })
-                        .collect();
+                    let answered: Vec<Answered> = batch.into_iter().map(|job| policy.answer(job)).collect();
                     if answers.send(answered).is_err() {
                         return;
                     }
@@ -81,12 +126,21 @@ impl Deciders {
         Ok(Deciders { jobs: Some(tx), threads })
     }
 
-    /// Queues a question.
+    /// Queues a placement question.
     pub fn ask(&self, id: DecisionId, question: Box<Question>) {
+        self.queue(Job::Place(id, question));
+    }
+
+    /// Queues a plan question.
+    pub fn plan(&self, id: u64, question: Box<PlanQuestion>) {
+        self.queue(Job::Plan(id, question));
+    }
+
+    fn queue(&self, job: Job) {
         if let Some(jobs) = &self.jobs {
             // The workers outlive the sender; a send fails only once they
             // are gone, and then the node's timeout decides.
-            let _ = jobs.send(Job { id, question });
+            let _ = jobs.send(job);
         }
     }
 }

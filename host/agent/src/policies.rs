@@ -32,8 +32,10 @@ pub const MAX_CONFIG_TOTAL: usize = 16 << 10;
 pub enum SlotName {
     /// Chooses hosts for new VMs.
     Placement,
-    /// Plans rebalancing migrations.
+    /// Plans migrations that relieve overloaded hosts.
     Migration,
+    /// Plans migrations that empty underloaded hosts (consolidation).
+    Consolidation,
 }
 
 impl SlotName {
@@ -42,14 +44,19 @@ impl SlotName {
         match self {
             SlotName::Placement => "placement",
             SlotName::Migration => "migration",
+            SlotName::Consolidation => "consolidation",
         }
     }
+
+    /// Every slot.
+    pub const ALL: [SlotName; 3] = [SlotName::Placement, SlotName::Migration, SlotName::Consolidation];
 
     /// Parses a slot name from a URL.
     pub fn parse(name: &str) -> Option<SlotName> {
         match name {
             "placement" => Some(SlotName::Placement),
             "migration" => Some(SlotName::Migration),
+            "consolidation" => Some(SlotName::Consolidation),
             _ => None,
         }
     }
@@ -57,7 +64,7 @@ impl SlotName {
     fn accepts(self, world: World) -> bool {
         match self {
             SlotName::Placement => world.places(),
-            SlotName::Migration => world.plans(),
+            SlotName::Migration | SlotName::Consolidation => world.plans(),
         }
     }
 }
@@ -189,11 +196,13 @@ pub struct Policies {
     store: Arc<Store>,
     /// Placement decisions.
     pub placement: Arc<Slot>,
-    /// Migration plans.
+    /// Plans that relieve overloaded hosts.
     pub migration: Arc<Slot>,
-    /// One lock for both slots' bookkeeping; it also orders stores, so what
+    /// Plans that empty underloaded hosts.
+    pub consolidation: Arc<Slot>,
+    /// One lock for the slots' bookkeeping; it also orders stores, so what
     /// is stored is what the slots hold.
-    books: Mutex<[Book; 2]>,
+    books: Mutex<[Book; 3]>,
 }
 
 impl Policies {
@@ -203,10 +212,12 @@ impl Policies {
         let runtime = Runtime::new(RuntimeConfig::default()).context("starting the policy runtime")?;
         let placement = Arc::new(Slot::new("placement", KEEP));
         let migration = Arc::new(Slot::new("migration", KEEP));
+        let consolidation = Arc::new(Slot::new("consolidation", KEEP));
         let mut books = Vec::new();
         for (slot, target, configured, cfg) in [
             (SlotName::Placement, &placement, &config.placement, &config.placement_config),
             (SlotName::Migration, &migration, &config.migration, &config.migration_config),
+            (SlotName::Consolidation, &consolidation, &config.consolidation, &config.consolidation_config),
         ] {
             check_config(cfg).map_err(|e| anyhow::anyhow!("policies.{}-config: {e}", slot.as_str()))?;
             let source = crate::source::resolve(configured, runtime.config().max_component_size)
@@ -256,8 +267,8 @@ impl Policies {
             let default = Default { hash: hex_hash(&source.bytes), bytes: source.bytes };
             books.push(Book { chosen, default, problems });
         }
-        let books: [Book; 2] = books.try_into().map_err(|_| anyhow::anyhow!("two slots"))?;
-        Ok(Policies { runtime, store, placement, migration, books: Mutex::new(books) })
+        let books: [Book; 3] = books.try_into().map_err(|_| anyhow::anyhow!("three slots"))?;
+        Ok(Policies { runtime, store, placement, migration, consolidation, books: Mutex::new(books) })
     }
 
     /// Verifies, compiles and activates a component in `slot`, and stores
@@ -349,14 +360,15 @@ impl Policies {
         match slot {
             SlotName::Placement => &self.placement,
             SlotName::Migration => &self.migration,
+            SlotName::Consolidation => &self.consolidation,
         }
     }
 
-    /// Both slots.
+    /// Every slot.
     pub fn list(&self) -> Vec<SlotListing> {
         let problems =
             |slot: SlotName| self.books.lock().map(|b| b[slot as usize].problems.clone()).unwrap_or_default();
-        [SlotName::Placement, SlotName::Migration]
+        SlotName::ALL
             .into_iter()
             .map(|name| {
                 let slot = self.slot(name);
@@ -374,7 +386,7 @@ impl Policies {
 fn wrong_slot(slot: SlotName, loaded: &Loaded) -> String {
     let needs = match slot {
         SlotName::Placement => "locus:policy/placement",
-        SlotName::Migration => "locus:policy/migration",
+        SlotName::Migration | SlotName::Consolidation => "locus:policy/migration",
     };
     format!(
         "{} is a {} component; the {} slot needs one that exports {needs}@{}",

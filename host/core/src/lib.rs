@@ -14,6 +14,7 @@
 //! - [`pipeline`]: filter → policy → validate, with the safe fallback.
 //! - [`spec`]: the cluster description files are written in.
 //! - [`load`]: when a host counts as overloaded or underloaded.
+//! - [`rebalance`]: cooperative rebalancing by partitions (DVMS lineage).
 //! - [`node`]: one host's state machine (API requests, hypervisor results
 //!   and samples in; intent changes, hypervisor commands and replies out),
 //!   with [`hypervisor`] and [`intent`] the values it exchanges.
@@ -27,6 +28,7 @@ pub mod model;
 pub mod node;
 pub mod pipeline;
 pub mod policy;
+pub mod rebalance;
 pub mod request;
 pub mod spec;
 pub mod validate;

@@ -104,6 +104,11 @@ impl LoadTracker {
         self.state
     }
 
+    /// What the latest sample alone says.
+    pub(crate) fn latest(&self) -> LoadState {
+        self.seen.0
+    }
+
     /// Samples in a row that agree with what the latest says.
     pub(crate) fn streak(&self) -> u32 {
         self.seen.1

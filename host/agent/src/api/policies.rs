@@ -47,7 +47,7 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
         Failure::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            format!("no slot {name:?}: use placement or migration"),
+            format!("no slot {name:?}: use placement, migration or consolidation"),
         )
     })
 }
@@ -55,7 +55,7 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
 /// Verifies, compiles, activates and stores a WebAssembly component in a
 /// slot; the body is the component's bytes.
 #[utoipa::path(put, path = "/v1/policies/{slot}", tag = "policies",
-    params(("slot" = SlotName, Path, description = "placement or migration"), LoadParams),
+    params(("slot" = SlotName, Path, description = "placement, migration or consolidation"), LoadParams),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
@@ -108,7 +108,7 @@ pub async fn load(
 
 /// Makes an earlier version of a slot active again, and stores that.
 #[utoipa::path(post, path = "/v1/policies/{slot}/rollback", tag = "policies",
-    params(("slot" = SlotName, Path, description = "placement or migration"), RollbackParams),
+    params(("slot" = SlotName, Path, description = "placement, migration or consolidation"), RollbackParams),
     responses((status = 200, description = "Active", body = PolicyVersion),
         (status = 404, description = "No such earlier version", body = ErrorBody),
         (status = 503, description = "Could not be stored; nothing changed", body = ErrorBody),

@@ -63,6 +63,27 @@ async fn follow(client: &crate::client::Client, mut host: HostStatus, quiet: boo
     }
 }
 
+fn rebalance_text(r: &locus_core::rebalance::RebalanceStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = &r.leading {
+        parts.push(format!("leading {l}"));
+    }
+    if let Some(e) = &r.member_of {
+        parts.push(format!("in the partition of event {e}"));
+    }
+    if let Some(last) = r.recent.last() {
+        let how = if last.solved { "solved" } else { "unsolved" };
+        parts.push(format!(
+            "last event {} {how} in {} ms over [{}]: {}",
+            last.event,
+            last.duration_ms,
+            last.partition.join(", "),
+            last.outcome
+        ));
+    }
+    if parts.is_empty() { "idle".into() } else { parts.join("; ") }
+}
+
 fn drain_text(d: &DrainStatus) -> String {
     let mut text = format!("draining: {} of {} moved, {} left", d.moved, d.total, d.remaining);
     for (vm, why) in &d.failed {
@@ -111,6 +132,7 @@ fn print_host(host: &HostStatus) -> Result<()> {
         ("other domains", format!("{} (not Locus's, left alone)", host.other_domains)),
         ("drain", host.drain.as_ref().map(drain_text).unwrap_or_default()),
         ("moves", clean(&host.moves.join("; "))),
+        ("rebalancing", clean(&rebalance_text(&host.rebalance))),
     ] {
         t.add_row(vec![k.to_owned(), v]);
     }

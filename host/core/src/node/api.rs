@@ -117,6 +117,18 @@ pub enum PeerRequest {
         /// The generation the move would have given it.
         generation: u64,
     },
+    /// Join the partition of this rebalancing event.
+    Join {
+        /// The event.
+        event: crate::rebalance::EventId,
+        /// What it is for.
+        kind: crate::rebalance::EventKind,
+    },
+    /// The event is over for you: you are free.
+    Leave {
+        /// The event.
+        event: crate::rebalance::EventId,
+    },
     /// Is the VM you were moving to me still on its way?
     Departure {
         /// The VM.
@@ -142,6 +154,15 @@ pub enum PeerResponse {
     },
     /// Where a VM being moved stands, as its source sees it.
     Departure(Departure),
+    /// Joined a partition: this host as a member.
+    Joined {
+        /// The host, its capacity and its VMs.
+        view: Box<crate::rebalance::MemberView>,
+        /// Agents to ask next (the members of a younger event that merged).
+        also: Vec<(crate::cluster::PeerId, String)>,
+    },
+    /// In the partition of another event.
+    Busy(crate::rebalance::EventId),
 }
 
 /// A source's answer about a VM it was moving.
@@ -331,6 +352,10 @@ pub struct HostStatus {
     /// VM moves under way or waiting, from this host.
     #[serde(default)]
     pub moves: Vec<String>,
+    /// Cooperative rebalancing: the event it leads or is part of, and how
+    /// recent events ended.
+    #[serde(default)]
+    pub rebalance: crate::rebalance::RebalanceStatus,
     /// VMs by state.
     pub vms: VmCounts,
     /// Domains on the hypervisor marked as this host's, at the last sample.

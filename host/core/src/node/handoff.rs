@@ -52,6 +52,10 @@ const MAX_IN: usize = 1;
 const ARRIVAL_CHECK: Duration = Duration::from_secs(20);
 /// The shortest time a live migration is given before it is aborted.
 const MIN_MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A move whose destination is busy receiving another VM is tried again
+/// after this long, this many times at most.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+const BUSY_RETRIES: u32 = 60;
 
 /// A move waiting for the host's outgoing slot.
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ struct Queued {
     /// The destination host; the placement policy chooses when none.
     to: Option<String>,
     origin: Option<Origin>,
+    /// Not before then (the destination was busy).
+    not_before: Option<Instant>,
 }
 
 /// Which message of the protocol an outbound request carries.
@@ -79,6 +85,8 @@ pub(super) struct Moves {
     active: BTreeSet<String>,
     /// Protocol messages sent and not answered yet.
     sent: HashMap<OutboundId, (String, Stage)>,
+    /// Times each waiting move found its destination busy.
+    retries: HashMap<String, u32>,
     drain: Option<DrainStatus>,
 }
 
@@ -86,6 +94,16 @@ impl Moves {
     /// Whether the host is draining.
     pub(super) fn draining(&self) -> bool {
         self.drain.is_some()
+    }
+
+    /// Whether no move leaves this host now or waits to.
+    pub(super) fn idle(&self) -> bool {
+        self.active.is_empty() && self.queue.is_empty()
+    }
+
+    /// Whether `vm` is moving or waiting to.
+    pub(super) fn busy_with(&self, vm: &str) -> bool {
+        self.active.contains(vm) || self.queue.iter().any(|q| q.vm == vm)
     }
 }
 
@@ -114,7 +132,7 @@ impl Node {
         if let Err(e) = self.movable(&name).and_then(|()| self.check_destination(&name, to.as_deref())) {
             return Some(e);
         }
-        self.moves.queue.push_back(Queued { vm: name, to, origin: Some(origin) });
+        self.moves.queue.push_back(Queued { vm: name, to, origin: Some(origin), not_before: None });
         self.next_move();
         None
     }
@@ -181,8 +199,13 @@ impl Node {
 
     /// Starts waiting moves while the outgoing slot is free.
     pub(super) fn next_move(&mut self) {
+        let now = self.now;
         while self.moves.active.len() < MAX_OUT {
-            let Some(q) = self.moves.queue.pop_front() else { return };
+            let due = |q: &Queued| q.not_before.is_none_or(|t| now.is_some_and(|now| now >= t));
+            let Some(q) = self.moves.queue.iter().position(due).and_then(|i| self.moves.queue.remove(i))
+            else {
+                return;
+            };
             if let Err(e) = self.movable(&q.vm) {
                 self.move_failed(&q.vm, q.origin, e);
                 continue;
@@ -304,6 +327,20 @@ impl Node {
                 // did get ready (its answer was lost) asks us in a while.
                 let to = self.handoff_host(&vm);
                 self.clear_handoff(&vm);
+                let busy =
+                    matches!(other, Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::Unavailable);
+                let tries = self.moves.retries.entry(vm.clone()).or_insert(0);
+                *tries += 1;
+                if busy && *tries <= BUSY_RETRIES {
+                    // The destination is receiving another VM: this one waits its turn.
+                    let task = self.vms.get_mut(&vm).and_then(|r| r.task.take());
+                    self.moves.active.remove(&vm);
+                    let not_before = self.now.map(|t| t + BUSY_RETRY);
+                    let origin = task.and_then(|t| t.origin);
+                    self.moves.queue.push_front(Queued { vm: vm.clone(), to: Some(to), origin, not_before });
+                    self.next_move();
+                    return true;
+                }
                 let e = ApiError::new(
                     ApiErrorKind::Unplaceable,
                     format!("vm {vm} cannot move to host {to}: {}", refused(other)),
@@ -657,7 +694,7 @@ impl Node {
                     self.answer(Origin::Peer(id), Err(e));
                 }
             }
-            _ => {}
+            other => self.rebalance_request(id, from, other),
         }
     }
 
@@ -704,7 +741,7 @@ impl Node {
             let queued = self.moves.active.contains(&vm) || self.moves.queue.iter().any(|q| q.vm == vm);
             let leaving = self.vms.get(&vm).is_some_and(|r| r.intent.handoff.is_some());
             if !queued && !leaving {
-                self.moves.queue.push_back(Queued { vm, to: None, origin: None });
+                self.moves.queue.push_back(Queued { vm, to: None, origin: None, not_before: None });
             }
         }
         self.next_move();

@@ -31,6 +31,7 @@ pub mod api;
 mod handoff;
 mod journal;
 mod overlay;
+mod rebalancing;
 mod timers;
 
 use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, Topic, Transition};
@@ -177,6 +178,8 @@ pub struct NodeConfig {
     pub timing: TimingConfig,
     /// When it counts as overloaded or underloaded.
     pub load: crate::load::LoadConfig,
+    /// Cooperative rebalancing.
+    pub rebalance: crate::rebalance::RebalanceConfig,
 }
 
 /// What happens to the node.
@@ -281,6 +284,15 @@ pub enum Input {
         /// The policy's answer.
         answer: Result<Verdict<Placement>, PolicyError>,
     },
+    /// The policy answered an [`Output::Plan`].
+    Planned {
+        /// When the answer arrived.
+        now: Instant,
+        /// The question's id.
+        id: u64,
+        /// The plan, validated against the partition, or why there is none.
+        answer: Result<Verdict<Vec<locus_sdk::Migration>>, PolicyError>,
+    },
     /// The deadline the node last asked for has passed.
     Timeout(Instant),
     /// Stop taking requests and finish what is in flight.
@@ -328,6 +340,14 @@ pub enum Output {
         id: DecisionId,
         /// What to decide.
         question: Box<Question>,
+    },
+    /// Ask the migration policy (or, for consolidation, the consolidation
+    /// policy) for a plan; answer with [`Input::Planned`].
+    Plan {
+        /// Echo in the answer.
+        id: u64,
+        /// What to plan.
+        question: Box<crate::rebalance::PlanQuestion>,
     },
     /// Answer an API request.
     Reply {
@@ -459,6 +479,8 @@ pub enum Event {
         /// The source host.
         from: String,
     },
+    /// Cooperative rebalancing: an event started, grew, planned, moved, ended.
+    Rebalance(String),
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -511,6 +533,7 @@ impl fmt::Display for Event {
                 "vm {vm}: moving cold to host {to} (the hypervisors cannot live-migrate: powered off here, booted there)"
             ),
             Event::Moved { vm, to } => write!(f, "vm {vm}: moved to host {to}"),
+            Event::Rebalance(line) => write!(f, "rebalancing: {line}"),
             Event::Arriving { vm, from } => write!(f, "vm {vm}: arriving from host {from}"),
             Event::Arrived { vm, from } => {
                 write!(f, "vm {vm}: arrived from host {from}; it is this host's now")
@@ -643,6 +666,8 @@ impl Task {
 enum Origin {
     Api(ReqId),
     Peer(InboundId),
+    /// A move of a rebalancing plan this host leads.
+    Plan(u64),
 }
 
 /// One VM: intent, what was last seen, what is going on.
@@ -716,6 +741,10 @@ pub struct Node {
     awaiting_record: Vec<(Origin, String)>,
     /// Moves between hosts: waiting, under way, a drain.
     moves: handoff::Moves,
+    /// Cooperative rebalancing: the event it leads or is part of.
+    rebalancer: crate::rebalance::Rebalancer,
+    /// Rebalancing messages and plan moves awaiting their answers.
+    rebalancing: rebalancing::Outstanding,
     closing: bool,
     closed: bool,
 }
@@ -762,6 +791,7 @@ impl Node {
         model.set_host_state(host_id, HostState::Down);
         let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone());
         let load = LoadTracker::new(config.load.clone());
+        let rebalancer = crate::rebalance::Rebalancer::new(config.rebalance.clone(), host.name.clone());
         let mut node = Node {
             config,
             model,
@@ -789,6 +819,8 @@ impl Node {
             load,
             awaiting_record: Vec::new(),
             moves: handoff::Moves::default(),
+            rebalancer,
+            rebalancing: rebalancing::Outstanding::default(),
             closing: false,
             closed: false,
         };
@@ -860,6 +892,10 @@ impl Node {
                 self.tick(now);
                 self.decided(id, &question, answer);
             }
+            Input::Planned { now, id, answer } => {
+                self.tick(now);
+                self.planned(now, id, answer);
+            }
             Input::Timeout(now) => {
                 self.tick(now);
                 while let Some(timer) = self.timers.pop_due(now) {
@@ -868,6 +904,7 @@ impl Node {
                         Timer::StopDeadline(vm) => self.stop_overdue(&vm),
                         Timer::Decision(id) => self.decision_overdue(id),
                         Timer::Arrival(vm) => self.arrival_overdue(&vm),
+                        Timer::Rebalance => self.rebalance_due(now),
                     }
                 }
             }
@@ -955,6 +992,7 @@ impl Node {
                 };
                 self.outputs.push_back(Output::Respond { id, resp });
             }
+            Origin::Plan(k) => self.plan_move_ended(k, &result),
         }
     }
 
@@ -1459,6 +1497,8 @@ impl Node {
             let (demand_cpu_milli, capacity_cpu_milli) = (demand.cpu_milli, demand.cpu_capacity_milli);
             self.event(Event::Load { state, demand_cpu_milli, capacity_cpu_milli });
         }
+        self.next_move();
+        self.maybe_rebalance(now);
     }
 
     /// What the running VMs demand: CPU as measured where the hypervisor
@@ -1680,6 +1720,7 @@ impl Node {
             load_streak: self.load.streak(),
             drain: self.drain_status(),
             moves: self.moves_status(),
+            rebalance: self.rebalancer.status(),
             vms,
             own_domains: self.own_domains,
             other_domains: self.others.len() as u32,

@@ -102,6 +102,9 @@ impl Node {
         self.timers.set(Timer::Heartbeat, now + period);
         for t in self.membership.tick(now) {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
+            if t.liveness == Liveness::Dead {
+                self.rebalance_host_dead(now, &t.host, &t.peer);
+            }
             self.event(Event::Member(t));
         }
         let own = self.host_summary();
@@ -481,7 +484,7 @@ impl Node {
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
-        if self.protocol_answer(id, &result) {
+        if self.protocol_answer(id, &result) || self.rebalance_answer(id, &result) {
             return;
         }
         let Some(Outbound { origin, purpose }) = self.outbound.remove(&id) else {

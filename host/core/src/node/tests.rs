@@ -25,7 +25,7 @@ pub(super) struct Hv {
     refuse_start: bool,
     down: bool,
     /// Reports no CPU use, as libvirt's test driver does.
-    unmeasured: bool,
+    pub(super) unmeasured: bool,
 }
 
 impl Hv {

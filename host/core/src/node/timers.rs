@@ -21,6 +21,9 @@ pub(super) enum Timer {
     /// This VM is arriving and nothing was heard of it for a while: its
     /// source is asked where the move stands.
     Arrival(String),
+    /// The rebalancing event this host leads reaches its deadline, or its
+    /// membership of another's partition its lease's end.
+    Rebalance,
 }
 
 /// The table: at most one deadline per reason.
