@@ -122,8 +122,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         migration: policies.migration.clone(),
         consolidation: policies.consolidation.clone(),
     };
-    let deciders = Deciders::spawn(workers, deciding, answers_tx)
-        .context("starting the policy workers")?;
+    let deciders = Deciders::spawn(workers, deciding, answers_tx).context("starting the policy workers")?;
     tracing::info!(workers, "policy workers started");
 
     let (core_tx, core_rx) = mpsc::channel(1024);

@@ -440,3 +440,140 @@ fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_hos
     let resumed: HostStatus = cluster.agents[to].json(&["host", "resume"]);
     assert!(resumed.drain.is_none());
 }
+
+/// One rebalancing event as the agents' logs tell it: when it started and
+/// ended (RFC 3339 stamps compare as text) and every host its partition had.
+#[derive(Debug, Default)]
+struct LoggedEvent {
+    start: String,
+    end: String,
+    hosts: std::collections::BTreeSet<String>,
+}
+
+fn logged_events(agents: &[Agent]) -> HashMap<String, LoggedEvent> {
+    let mut events: HashMap<String, LoggedEvent> = HashMap::new();
+    for a in agents {
+        for line in a.log().lines() {
+            let Some(at) = line.find("rebalancing: event ") else { continue };
+            let stamp = line.split_whitespace().next().unwrap_or_default().to_owned();
+            let rest = &line[at + "rebalancing: event ".len()..];
+            let Some((id, what)) = rest.split_once(": ") else { continue };
+            let e = events.entry(id.to_owned()).or_default();
+            if what.contains("leading a partition") {
+                e.start = stamp;
+                e.hosts.insert(id.split('#').next().unwrap_or_default().to_owned());
+            } else if what.starts_with("solved")
+                || what.starts_with("ended unsolved")
+                || what.starts_with("merged")
+            {
+                e.end = stamp;
+            } else if let Some(list) = what.split("partition [").nth(1) {
+                e.hosts.extend(list.trim_end_matches(']').split(", ").map(str::to_owned));
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_partitions_and_a_drain_empties_a_host()
+ {
+    let pops: [PopSpec; 3] = [
+        ("lyon", "FR", 45.76, 4.84, 3),
+        ("berlin", "DE", 52.52, 13.40, 3),
+        ("madrid", "ES", 40.42, -3.70, 3),
+    ];
+    let extra = [
+        "--set",
+        "load.sustain-samples=1",
+        "--set",
+        "rebalance.consolidate-interval-ms=0",
+        "--set",
+        "rebalance.retry-after-ms=2000",
+    ];
+    let cluster = Cluster::start(70, &pops, |_, _| 0, &extra);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(20), "the 9 agents converge", || {
+        clients.iter().all(|c| converged(c, 3, 9))
+    });
+    let host = |i: usize| cluster.agents[i].host.clone();
+    // Five busy VMs on each of two Lyon hosts: 5 × 3.4 CPUs on 16.
+    let mut on: HashMap<String, usize> = HashMap::new();
+    for k in 0..10 {
+        let target = k / 5;
+        let mut spec = vm(&format!("hot{k}"));
+        spec.vcpus = 4;
+        spec.memory_mib = 256;
+        spec.jurisdictions = vec!["FR".into()];
+        spec.load_cpu_milli = Some(0);
+        let placed = create(&cluster.agents[0], &spec).expect("create");
+        if placed.host != host(target) {
+            let _: VmStatus = cluster.agents[0].json(&["vm", "migrate", &spec.name, "--to", &host(target)]);
+        }
+        on.insert(spec.name, target);
+    }
+    for (name, owner) in &on {
+        let _: VmStatus = cluster.agents[*owner].json(&["vm", "set-load", name, "3400"]);
+    }
+    let load_of = |i: usize| -> u32 {
+        let vms: Vec<VmStatus> = cluster.agents[i].json(&["vm", "list"]);
+        vms.iter().map(|v| v.spec.expected_load()).sum()
+    };
+    wait_until(Duration::from_secs(60), "both overloads are relieved", || {
+        (0..3).all(|i| load_of(i) <= 16_000)
+            && (0..2).all(|i| {
+                let h: HostStatus = cluster.agents[i].json(&["host", "status"]);
+                h.rebalance.leading.is_none()
+            })
+    });
+    // Every event ended; the ones that overlapped in time never shared a host.
+    let events = logged_events(&cluster.agents);
+    assert!(!events.is_empty(), "events were logged");
+    // Each overloaded host led a solved event or was in the partition of
+    // one (an older event that took it in solved both at once).
+    let reports: Vec<_> = cluster.agents[..3]
+        .iter()
+        .flat_map(|a| a.json::<HostStatus>(&["host", "status"]).rebalance.recent)
+        .collect();
+    for i in 0..2 {
+        let relieved = reports.iter().any(|r| r.solved && r.partition.contains(&host(i)));
+        assert!(relieved, "{} was relieved by a solved event: {reports:?}", host(i));
+    }
+    let list: Vec<(&String, &LoggedEvent)> = events.iter().collect();
+    for (id, e) in &list {
+        eprintln!("event {id}: {} .. {} over {:?}", e.start, e.end, e.hosts);
+    }
+    for (id, e) in &list {
+        assert!(!e.start.is_empty() && !e.end.is_empty(), "event {id} started and ended: {e:?}");
+    }
+    for (i, (a, ea)) in list.iter().enumerate() {
+        for (b, eb) in &list[i + 1..] {
+            let overlap = ea.start < eb.end && eb.start < ea.end;
+            let shared: Vec<_> = ea.hosts.intersection(&eb.hosts).collect();
+            assert!(!overlap || shared.is_empty(), "events {a} and {b} ran at once and shared {shared:?}");
+        }
+    }
+    // The FR fence held: every VM is still in Lyon.
+    for name in on.keys() {
+        let s = show(&clients[4], name).expect("shown from Berlin");
+        assert_eq!(s.pop, "lyon", "{name}");
+    }
+
+    // A drain in Berlin empties a host onto its PoP-mates.
+    let berlin0 = host(3);
+    for k in 0..3 {
+        let mut spec = vm(&format!("de{k}"));
+        spec.jurisdictions = vec!["DE".into()];
+        let placed = create(&cluster.agents[3], &spec).expect("create");
+        if placed.host != berlin0 {
+            let _: VmStatus = cluster.agents[3].json(&["vm", "migrate", &spec.name, "--to", &berlin0]);
+        }
+    }
+    let drained: HostStatus = cluster.agents[3].json(&["host", "drain"]);
+    let drain = drained.drain.expect("drain status");
+    assert_eq!((drain.total, drain.moved, drain.remaining), (3, 3, 0), "{drain:?}");
+    for k in 0..3 {
+        let s = show(&clients[0], &format!("de{k}")).expect("shown");
+        assert!(s.pop == "berlin" && s.host != berlin0, "de{k} on {}", s.host);
+    }
+}

@@ -116,7 +116,9 @@ impl Node {
         if !self.vms.contains_key(&name) {
             return match self.membership.find_vm(&name) {
                 Some((peer, _, _, Liveness::Alive)) => {
-                    self.send(peer, PeerRequest::Migrate { name, to }, origin, super::overlay::relay());
+                    let req = PeerRequest::Migrate { name, to };
+                    let purpose = super::overlay::relay(&req);
+                    self.send(peer, req, origin, purpose);
                     None
                 }
                 Some((_, host, ..)) => Some(ApiError::new(

@@ -69,12 +69,14 @@ pub(super) enum Purpose {
     /// Forwarded to another PoP; `visited` includes it.
     Forward { spec: Box<VmRequest>, visited: Vec<String> },
     /// Asked where a VM is, or to act on it: the answer is passed on.
-    Show,
+    /// Sent where a summary said the VM is, it keeps the request to ask
+    /// the overlay's records when that host no longer has it (it moved).
+    Relay(Option<Box<PeerRequest>>),
 }
 
-/// What a request is for when its answer is only passed on.
-pub(super) fn relay() -> Purpose {
-    Purpose::Show
+/// What a request about a VM is for, sent where the summaries say it is.
+pub(super) fn relay(req: &PeerRequest) -> Purpose {
+    Purpose::Relay(Some(Box::new(req.clone())))
 }
 
 impl Node {
@@ -492,10 +494,13 @@ impl Node {
         };
         match (purpose, result) {
             (_, Ok(PeerResponse::Vm(status))) => self.answer(origin, Ok(Reply::Vm(status))),
-            (Purpose::Show, Ok(PeerResponse::Refused(e))) => self.answer(origin, Err(e)),
-            (Purpose::Show, Err(e)) => self
+            (Purpose::Relay(Some(req)), Ok(PeerResponse::Refused(e))) if e.kind == ApiErrorKind::NotFound => {
+                self.locate(origin, *req)
+            }
+            (Purpose::Relay(_), Ok(PeerResponse::Refused(e))) => self.answer(origin, Err(e)),
+            (Purpose::Relay(_), Err(e)) => self
                 .answer(origin, Err(ApiError::new(ApiErrorKind::Unavailable, format!("the VM's host: {e}")))),
-            (Purpose::Show, Ok(other)) => self.answer(
+            (Purpose::Relay(_), Ok(other)) => self.answer(
                 origin,
                 Err(ApiError::new(ApiErrorKind::Unavailable, format!("the VM's host answered {other:?}"))),
             ),
@@ -551,7 +556,9 @@ impl Node {
                 Ok(Some(Reply::Vm(Box::new(self.lost(&name, host, pop)))))
             }
             Some((peer, ..)) => {
-                self.send(peer, PeerRequest::Show(name.clone()), origin, Purpose::Show);
+                let req = PeerRequest::Show(name.clone());
+                let purpose = relay(&req);
+                self.send(peer, req, origin, purpose);
                 Ok(None)
             }
             // Not in any summary yet: ask the overlay's records.
@@ -578,7 +585,7 @@ impl Node {
     pub(super) fn located(&mut self, vm: String, peer: Option<PeerId>) {
         for (origin, req) in self.locating.remove(&vm).unwrap_or_default() {
             match &peer {
-                Some(p) if *p != self.config.peer => self.send(p.clone(), req, origin, Purpose::Show),
+                Some(p) if *p != self.config.peer => self.send(p.clone(), req, origin, Purpose::Relay(None)),
                 _ => {
                     let e =
                         ApiError::new(ApiErrorKind::NotFound, format!("no vm named {vm:?} in the cluster"));
