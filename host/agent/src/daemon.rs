@@ -267,7 +267,7 @@ impl Core {
                 Output::Request { id, to, req } => round.overlay.push(ToOverlay::Request(id, to, req)),
                 Output::Respond { id, resp } => round.overlay.push(ToOverlay::Respond(id, resp)),
                 Output::Dial(peer) => round.overlay.push(ToOverlay::Dial(peer)),
-                Output::Announce { vm, here } => round.overlay.push(ToOverlay::Announce(vm, here)),
+                Output::Announce { vm, at } => round.overlay.push(ToOverlay::Announce(vm, at)),
                 Output::Locate(vm) => round.overlay.push(ToOverlay::Locate(vm)),
                 Output::Closed => closed = true,
                 Output::Timeout(at) => break at,
@@ -382,7 +382,7 @@ impl Core {
             FromOverlay::Request(from, id, req) => Input::PeerRequest { now, from, id, req },
             FromOverlay::Response(id, result) => Input::PeerResponse { now, id, result },
             FromOverlay::Rtt(peer, rtt) => Input::Rtt { now, peer, rtt },
-            FromOverlay::Located(vm, peer) => Input::Located { now, vm, peer },
+            FromOverlay::Located(vm, at) => Input::Located { now, vm, at },
         };
         self.node.handle_input(input);
     }

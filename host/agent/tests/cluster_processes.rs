@@ -577,3 +577,56 @@ fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_par
         assert!(s.pop == "berlin" && s.host != berlin0, "de{k} on {}", s.host);
     }
 }
+
+#[test]
+fn processes_a_killed_hosts_always_vms_come_back_elsewhere_once_and_its_stale_copies_go_when_it_returns() {
+    let pops: [PopSpec; 1] = [("rennes", "FR", 48.11, -1.68, 3)];
+    let mut cluster = Cluster::start(80, &pops, |_, _| 0, &["--set", "rebalance.consolidate-interval-ms=0"]);
+    let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
+    wait_until(Duration::from_secs(10), "the agents see each other", || {
+        clients.iter().all(|c| converged(c, 1, 3))
+    });
+    let victim = cluster.agents[0].host.clone();
+    for name in ["keep1", "keep2", "once"] {
+        let mut spec = vm(name);
+        if name == "once" {
+            spec.restart = locus_core::RestartPolicy::Never;
+        }
+        if create(&cluster.agents[0], &spec).expect("create").host != victim {
+            let _: VmStatus = cluster.agents[0].json(&["vm", "migrate", name, "--to", &victim]);
+        }
+    }
+    // Its PoP-mates know what it runs from its summaries.
+    wait_until(Duration::from_secs(5), "its summary lists the three VMs", || {
+        view(&clients[1]).is_some_and(|v| v.cluster.hosts.iter().any(|h| h.host == victim && h.vms == 3))
+    });
+    cluster.agents[0].kill9();
+    wait_until(Duration::from_secs(20), "the VMs with restart always run elsewhere", || {
+        ["keep1", "keep2"]
+            .iter()
+            .all(|n| show(&clients[1], n).is_some_and(|s| s.host != victim && s.generation == 1))
+    });
+    let lost = show(&clients[1], "once").expect("shown");
+    assert_eq!(lost.state, locus_core::hypervisor::DomainState::Lost, "restart never: reported lost");
+    // Each was created again once, by one agent.
+    let everywhere = |agents: &[Agent], name: &str| -> usize {
+        agents
+            .iter()
+            .filter(|a| a.json::<Vec<VmStatus>>(&["vm", "list"]).iter().any(|v| v.name == name))
+            .count()
+    };
+    assert_eq!(
+        (everywhere(&cluster.agents[1..], "keep1"), everywhere(&cluster.agents[1..], "keep2")),
+        (1, 1)
+    );
+    // It comes back: its copies of those two are stale and go; "once" is its own.
+    cluster.agents[0].spawn();
+    let back = &cluster.agents[0];
+    wait_until(Duration::from_secs(30), "the returning host drops its stale copies", || {
+        let mine: Vec<String> =
+            back.json::<Vec<VmStatus>>(&["vm", "list"]).into_iter().map(|v| v.name).collect();
+        mine == vec!["once".to_owned()]
+    });
+    assert!(back.log().contains("is stale"), "{}", back.log());
+    assert_eq!((everywhere(&cluster.agents, "keep1"), everywhere(&cluster.agents, "keep2")), (1, 1));
+}

@@ -110,6 +110,26 @@ pub struct MemberSummary {
     pub vms: Vec<String>,
 }
 
+/// Where a VM runs and what it is, as its host records it in the overlay
+/// (a Kademlia record under the VM's name, replicated to several agents):
+/// found by name from anywhere, and still there when its host is dead, so
+/// that a PoP-mate can create the VM again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmLocation {
+    /// The agent whose host runs it.
+    pub peer: PeerId,
+    /// That host.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// Its generation (moves and re-creations so far).
+    pub generation: u64,
+    /// What it should be doing.
+    pub desired: crate::intent::Desired,
+    /// Its request.
+    pub spec: crate::VmRequest,
+}
+
 /// What is gossiped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {

@@ -63,8 +63,8 @@ pub enum ToOverlay {
     Respond(InboundId, PeerResponse),
     /// Connect to a peer Kademlia knows.
     Dial(CorePeer),
-    /// Put (or remove) the record saying this agent runs a VM.
-    Announce(String, bool),
+    /// Put the record saying where a VM runs and what it is (or remove it).
+    Announce(String, Option<Box<locus_core::cluster::VmLocation>>),
     /// Look up which agent runs a VM.
     Locate(String),
     /// Connect to an address (`locus cluster join`).
@@ -84,8 +84,8 @@ pub enum FromOverlay {
     Response(OutboundId, Result<PeerResponse, String>),
     /// A measured round trip.
     Rtt(CorePeer, Duration),
-    /// The agent a record names for a VM, if one was found.
-    Located(String, Option<CorePeer>),
+    /// A VM's record, if one was found.
+    Located(String, Option<Box<locus_core::cluster::VmLocation>>),
 }
 
 /// Overlay counters.
@@ -322,16 +322,17 @@ impl Task {
                     let _ = self.swarm.dial(peer);
                 }
             }
-            ToOverlay::Announce(vm, here) => {
+            ToOverlay::Announce(vm, at) => {
                 let key = record_key(&vm);
-                if here {
-                    let value = self.swarm.local_peer_id().to_bytes();
-                    let record = kad::Record::new(key, value);
-                    if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
-                        tracing::debug!(%vm, "location record not stored: {e}");
+                match at.map(|at| codec::encode(&*at)) {
+                    Some(Ok(value)) => {
+                        let record = kad::Record::new(key, value);
+                        if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                            tracing::debug!(%vm, "location record not stored: {e}");
+                        }
                     }
-                } else {
-                    self.swarm.behaviour_mut().kad.remove_record(&key);
+                    Some(Err(e)) => tracing::warn!(%vm, "location record not encoded: {e}"),
+                    None => self.swarm.behaviour_mut().kad.remove_record(&key),
                 }
             }
             ToOverlay::Locate(vm) => {
@@ -440,11 +441,19 @@ impl Task {
                 ..
             })) => {
                 let Some(vm) = self.lookups.remove(&id) else { return };
-                let peer = match result {
-                    Ok(kad::GetRecordOk::FoundRecord(found)) => PeerId::from_bytes(&found.record.value).ok(),
+                let at = match result {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                        match codec::decode::<locus_core::cluster::VmLocation>(&found.record.value) {
+                            Ok(at) => Some(Box::new(at)),
+                            Err(e) => {
+                                tracing::warn!(%vm, error = %e, "a location record that does not decode is ignored");
+                                None
+                            }
+                        }
+                    }
                     _ => None,
                 };
-                let _ = self.to_core.send(FromOverlay::Located(vm, peer.map(|p| CorePeer(p.to_string()))));
+                let _ = self.to_core.send(FromOverlay::Located(vm, at));
             }
             _ => {}
         }

@@ -74,6 +74,13 @@ pub struct OutboundId(pub u64);
 pub enum PeerRequest {
     /// Run this VM on your host (your PoP's placement chose it); refuse if it does not fit.
     Execute(Box<VmRequest>),
+    /// Create this VM of a dead host again on your host, with this generation.
+    Evacuate {
+        /// The VM.
+        spec: Box<VmRequest>,
+        /// Its generation from now on.
+        generation: u64,
+    },
     /// Place this VM in your PoP, or forward it on; `visited` PoPs were tried.
     Forward {
         /// The request.

@@ -553,7 +553,7 @@ impl Node {
                 self.timers.cancel(&Timer::Arrival(name.to_owned()));
                 let from = self.handoff_host(name);
                 self.clear_handoff(name);
-                self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: true });
+                self.announce(name);
                 self.event(Event::Arrived { vm: name.to_owned(), from });
                 self.finish(name, None);
             }

@@ -28,6 +28,7 @@
 //! after a crash the node repeats whatever it cannot know was done.
 
 pub mod api;
+mod evacuation;
 mod handoff;
 mod journal;
 mod overlay;
@@ -261,8 +262,8 @@ pub enum Input {
         now: Instant,
         /// The VM.
         vm: String,
-        /// The agent whose host runs it, if a record was found.
-        peer: Option<PeerId>,
+        /// Its record, if one was found.
+        at: Option<Box<crate::cluster::VmLocation>>,
     },
     /// A round trip to a peer was measured.
     Rtt {
@@ -381,12 +382,13 @@ pub enum Output {
     },
     /// Connect to this peer (to measure the latency to its PoP).
     Dial(PeerId),
-    /// Record in the overlay that this host runs `vm` (`here`), or no longer does.
+    /// Record in the overlay where `vm` runs and what it is (`at`), or
+    /// that this host no longer runs it (None).
     Announce {
         /// The VM.
         vm: String,
-        /// Whether it runs here now.
-        here: bool,
+        /// Its record, when it runs here.
+        at: Option<Box<crate::cluster::VmLocation>>,
     },
     /// Find which agent runs `vm`; answer with [`Input::Located`].
     Locate(String),
@@ -424,6 +426,25 @@ pub enum Event {
     Orphan(String),
     /// A member's liveness changed.
     Member(Transition),
+    /// A VM of a dead host was created again on another host.
+    Evacuated {
+        /// The VM.
+        vm: String,
+        /// The dead host.
+        from: String,
+        /// Where it runs now, or why it could not be created again.
+        to: Result<String, String>,
+    },
+    /// This host's copy of a VM is stale (the VM runs elsewhere with a
+    /// newer generation) and is removed.
+    Stale {
+        /// The VM.
+        vm: String,
+        /// The host with the current copy.
+        current: String,
+        /// Generations: this copy's and the current one's.
+        generations: (u64, u64),
+    },
     /// A request was handed to another agent.
     Handed {
         /// The VM.
@@ -534,6 +555,16 @@ impl fmt::Display for Event {
             ),
             Event::Moved { vm, to } => write!(f, "vm {vm}: moved to host {to}"),
             Event::Rebalance(line) => write!(f, "rebalancing: {line}"),
+            Event::Evacuated { vm, from, to: Ok(to) } => {
+                write!(f, "vm {vm}: its host {from} is dead; created again on host {to}")
+            }
+            Event::Evacuated { vm, from, to: Err(why) } => {
+                write!(f, "vm {vm}: its host {from} is dead; not created again: {why}")
+            }
+            Event::Stale { vm, current, generations: (mine, theirs) } => write!(
+                f,
+                "vm {vm}: this copy (generation {mine}) is stale: host {current} runs generation {theirs}; removing it"
+            ),
             Event::Arriving { vm, from } => write!(f, "vm {vm}: arriving from host {from}"),
             Event::Arrived { vm, from } => {
                 write!(f, "vm {vm}: arrived from host {from}; it is this host's now")
@@ -668,6 +699,8 @@ enum Origin {
     Peer(InboundId),
     /// A move of a rebalancing plan this host leads.
     Plan(u64),
+    /// A VM of a dead host this host re-creates as its PoP's speaker.
+    Evacuation,
 }
 
 /// One VM: intent, what was last seen, what is going on.
@@ -745,6 +778,14 @@ pub struct Node {
     rebalancer: crate::rebalance::Rebalancer,
     /// Rebalancing messages and plan moves awaiting their answers.
     rebalancing: rebalancing::Outstanding,
+    /// VMs of dead hosts this host is re-creating, by the dead host.
+    evacuating: BTreeMap<String, String>,
+    /// VMs also listed by a PoP-mate, being compared with its copy.
+    conflicts: HashMap<OutboundId, String>,
+    /// VMs whose overlay record is being looked up to check this copy is current.
+    verifying: BTreeSet<String>,
+    /// When copies were last checked against the records.
+    verified_at: Option<Instant>,
     closing: bool,
     closed: bool,
 }
@@ -821,6 +862,10 @@ impl Node {
             moves: handoff::Moves::default(),
             rebalancer,
             rebalancing: rebalancing::Outstanding::default(),
+            evacuating: BTreeMap::new(),
+            conflicts: HashMap::new(),
+            verifying: BTreeSet::new(),
+            verified_at: None,
             closing: false,
             closed: false,
         };
@@ -853,6 +898,7 @@ impl Node {
                 self.hypervisor_up(inventory);
                 self.arm_arrivals(now);
                 self.observe(now, domains, true);
+                self.verify_copies(now);
             }
             Input::HypervisorDown { now, reason } => {
                 self.tick(now);
@@ -880,9 +926,9 @@ impl Node {
                 self.tick(now);
                 self.peer_response(id, result);
             }
-            Input::Located { now, vm, peer } => {
+            Input::Located { now, vm, at } => {
                 self.tick(now);
-                self.located(vm, peer);
+                self.located(vm, at.map(|a| *a));
             }
             Input::Rtt { now, peer, rtt } => {
                 self.tick(now);
@@ -993,6 +1039,7 @@ impl Node {
                 self.outputs.push_back(Output::Respond { id, resp });
             }
             Origin::Plan(k) => self.plan_move_ended(k, &result),
+            Origin::Evacuation => self.evacuated(result),
         }
     }
 
@@ -1022,7 +1069,7 @@ impl Node {
                     let Some(record) = self.vms.remove(&name) else { continue };
                     self.timers.cancel(&Timer::StopDeadline(name.clone()));
                     self.model.remove_vm(record.id);
-                    self.outputs.push_back(Output::Announce { vm: name.clone(), here: false });
+                    self.outputs.push_back(Output::Announce { vm: name.clone(), at: None });
                     if let Some(origin) = record.task.and_then(|t| t.origin) {
                         self.answer(origin, Err(error(&name)));
                     }
@@ -1041,6 +1088,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Records in the overlay that this host runs `name`, and what it is.
+    fn announce(&mut self, name: &str) {
+        let Some(r) = self.vms.get(name) else { return };
+        let at = crate::cluster::VmLocation {
+            peer: self.config.peer.clone(),
+            host: self.config.host.name.clone(),
+            pop: self.config.pop.name.clone(),
+            generation: r.intent.generation,
+            desired: r.intent.desired,
+            spec: r.intent.spec.clone(),
+        };
+        self.outputs.push_back(Output::Announce { vm: name.to_owned(), at: Some(Box::new(at)) });
     }
 
     fn issue(&mut self, name: &str, step: Step, cmd: HvCommand) {
@@ -1158,8 +1219,10 @@ impl Node {
         Ok(())
     }
 
-    /// Checks that can be made before deciding where a VM goes.
-    fn admissible(&self, spec: &crate::VmRequest) -> Result<(), ApiError> {
+    /// Checks that can be made before deciding where a VM goes. A VM
+    /// re-created after its host died (`generation` > 0) may carry a name
+    /// the summaries still give to that dead host.
+    fn admissible(&self, spec: &crate::VmRequest, generation: u64) -> Result<(), ApiError> {
         spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         if self.vms.contains_key(&spec.name) {
             return Err(ApiError::new(ApiErrorKind::Conflict, format!("vm {:?} already exists", spec.name)));
@@ -1170,7 +1233,9 @@ impl Node {
                 format!("a domain named {:?} exists on the hypervisor and is not Locus's", spec.name),
             ));
         }
-        if let Some((_, host, _, _)) = self.membership.find_vm(&spec.name) {
+        if let Some((_, host, _, liveness)) = self.membership.find_vm(&spec.name)
+            && !(generation > 0 && liveness == crate::cluster::Liveness::Dead)
+        {
             return Err(ApiError::new(
                 ApiErrorKind::Conflict,
                 format!("vm {:?} already exists (on host {host})", spec.name),
@@ -1185,8 +1250,13 @@ impl Node {
     /// Creates a VM on this host, which the caller chose; refuses when this
     /// host cannot take it (the authoritative check: a host never takes more
     /// than it has, whoever asks).
-    fn create_here(&mut self, origin: Origin, spec: crate::VmRequest) -> Result<(), ApiError> {
-        self.admissible(&spec)?;
+    fn create_here(
+        &mut self,
+        origin: Origin,
+        spec: crate::VmRequest,
+        generation: u64,
+    ) -> Result<(), ApiError> {
+        self.admissible(&spec, generation)?;
         self.writable()?;
         self.room_to_record()?;
         let resolved = crate::filter::Resolved::new(&self.model, &spec);
@@ -1203,9 +1273,11 @@ impl Node {
             .record_placement(&spec, self.host)
             .map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         let name = spec.name.clone();
-        self.vms.insert(name.clone(), VmRecord::new(VmIntent::new(spec, Desired::Running), id));
+        let mut intent = VmIntent::new(spec, Desired::Running);
+        intent.generation = generation;
+        self.vms.insert(name.clone(), VmRecord::new(intent, id));
         self.persist(&name);
-        self.outputs.push_back(Output::Announce { vm: name.clone(), here: true });
+        self.announce(&name);
         self.begin(&name, Purpose::Create, Some(origin), Duration::ZERO);
         Ok(())
     }
@@ -1456,7 +1528,7 @@ impl Node {
         self.model.remove_vm(record.id);
         self.journal.remove(name);
         self.outputs.push_back(Output::Persist(Change::Remove(name.to_owned())));
-        self.outputs.push_back(Output::Announce { vm: name.to_owned(), here: false });
+        self.outputs.push_back(Output::Announce { vm: name.to_owned(), at: None });
         self.timers.cancel(&Timer::Arrival(name.to_owned()));
         if let Some(task) = record.task.as_ref().filter(|t| t.purpose == Purpose::MoveOut) {
             let result = task.moved.clone().ok_or_else(|| {

@@ -49,6 +49,8 @@ pub(super) struct Deciding {
     spec: Box<VmRequest>,
     /// A running VM of this host to move, rather than a new one to place.
     moving: bool,
+    /// A VM of a dead host created again, with this generation (else 0).
+    generation: u64,
     tried: Vec<PeerId>,
     visited: Vec<String>,
     /// Answers so far that named a host that had filled up meanwhile.
@@ -65,7 +67,7 @@ pub(super) struct Outbound {
 #[derive(Debug, Clone)]
 pub(super) enum Purpose {
     /// Handed to a PoP-mate's host.
-    Execute { spec: Box<VmRequest>, tried: Vec<PeerId>, visited: Vec<String> },
+    Execute { spec: Box<VmRequest>, tried: Vec<PeerId>, visited: Vec<String>, generation: u64 },
     /// Forwarded to another PoP; `visited` includes it.
     Forward { spec: Box<VmRequest>, visited: Vec<String> },
     /// Asked where a VM is, or to act on it: the answer is passed on.
@@ -106,6 +108,7 @@ impl Node {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
             if t.liveness == Liveness::Dead {
                 self.rebalance_host_dead(now, &t.host, &t.peer);
+                self.evacuate_dead(&t);
             }
             self.event(Event::Member(t));
         }
@@ -137,6 +140,9 @@ impl Node {
             Gossip::Host(summary) => {
                 let s = summary.clone();
                 if let Some(t) = self.membership.heard_host(now, from, summary) {
+                    // A PoP-mate comes (back) into view: this host may be the
+                    // one that was away, and its VMs may run elsewhere now.
+                    self.verify_copies(now);
                     self.event(Event::Member(t));
                 }
                 if self.membership.members.contains_key(from) {
@@ -153,6 +159,7 @@ impl Node {
 
     /// Keeps a PoP-mate's host in the model as its summary describes it.
     fn learn_host(&mut self, peer: &PeerId, s: &HostSummary) {
+        self.check_copies(peer, &s.vms);
         let id = match self.remote_hosts.get(peer) {
             Some(&id) => id,
             None => {
@@ -197,26 +204,36 @@ impl Node {
 
     /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
     pub(super) fn route(&mut self, origin: Origin, spec: VmRequest, visited: Vec<String>) {
-        if let Err(e) = self.admissible(&spec) {
+        if let Err(e) = self.admissible(&spec, 0) {
             return self.answer(origin, Err(e));
         }
-        self.place_in_pop(origin, Box::new(spec), Vec::new(), visited);
+        self.place_in_pop(origin, Box::new(spec), Vec::new(), visited, 0);
     }
 
-    fn place_in_pop(
+    pub(super) fn place_in_pop(
         &mut self,
         origin: Origin,
         spec: Box<VmRequest>,
         tried: Vec<PeerId>,
         visited: Vec<String>,
+        generation: u64,
     ) {
-        self.ask(Deciding { origin: Some(origin), spec, moving: false, tried, visited, stale: 0 });
+        self.ask(Deciding {
+            origin: Some(origin),
+            spec,
+            moving: false,
+            generation,
+            tried,
+            visited,
+            stale: 0,
+        });
     }
 
     /// Asks the placement policy where a VM of this host should move,
     /// among the PoP's other hosts.
     pub(super) fn ask_move(&mut self, origin: Option<Origin>, spec: Box<VmRequest>) {
-        self.ask(Deciding { origin, spec, moving: true, tried: Vec::new(), visited: Vec::new(), stale: 0 });
+        let (tried, visited) = (Vec::new(), Vec::new());
+        self.ask(Deciding { origin, spec, moving: true, generation: 0, tried, visited, stale: 0 });
     }
 
     /// Filters the PoP's hosts for a request and asks the policy to choose,
@@ -345,7 +362,7 @@ impl Node {
 
     /// Carries out a placement decision: here, on a PoP-mate, or elsewhere.
     fn act(&mut self, d: Deciding, decision: Decision) {
-        let Deciding { origin, spec, tried, visited, moving, .. } = d;
+        let Deciding { origin, spec, tried, visited, moving, generation, .. } = d;
         if let DecidedBy::Fallback { failure } = &decision.decided_by {
             self.event(Event::FellBack { vm: spec.name.clone(), failure: failure.to_string() });
         }
@@ -364,7 +381,7 @@ impl Node {
         let Some(origin) = origin else { return };
         match decision.outcome {
             Outcome::Placed { host } if host == self.host => {
-                if let Err(e) = self.create_here(origin, *spec) {
+                if let Err(e) = self.create_here(origin, *spec, generation) {
                     self.answer(origin, Err(e));
                 }
             }
@@ -381,8 +398,24 @@ impl Node {
                 // Reserve the room on our view of that host until its next
                 // summary, so requests placed meanwhile see it taken.
                 self.reserve(host, &spec, true);
-                let req = PeerRequest::Execute(spec.clone());
-                self.send(peer, req, origin, Purpose::Execute { spec, tried, visited });
+                let req = if generation > 0 {
+                    PeerRequest::Evacuate { spec: spec.clone(), generation }
+                } else {
+                    PeerRequest::Execute(spec.clone())
+                };
+                self.send(peer, req, origin, Purpose::Execute { spec, tried, visited, generation });
+            }
+            // A dead host's VM is created again in its PoP or not at all:
+            // its users and fences chose that PoP.
+            Outcome::Placed { .. } | Outcome::Rejected { .. } if generation > 0 => {
+                let why = match decision.outcome {
+                    Outcome::Rejected { message, .. } => message,
+                    _ => "the hosts of this PoP refused it".into(),
+                };
+                self.answer(
+                    origin,
+                    Err(ApiError::new(ApiErrorKind::Unplaceable, format!("vm {}: {why}", spec.name))),
+                );
             }
             Outcome::Placed { .. } => {
                 self.forward(origin, spec, visited, "hosts of this PoP refused it".into());
@@ -466,7 +499,12 @@ impl Node {
         let origin = Origin::Peer(id);
         match req {
             PeerRequest::Execute(spec) => {
-                if let Err(e) = self.create_here(origin, *spec) {
+                if let Err(e) = self.create_here(origin, *spec, 0) {
+                    self.answer(origin, Err(e));
+                }
+            }
+            PeerRequest::Evacuate { spec, generation } => {
+                if let Err(e) = self.create_here(origin, *spec, generation.max(1)) {
                     self.answer(origin, Err(e));
                 }
             }
@@ -486,7 +524,10 @@ impl Node {
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
-        if self.protocol_answer(id, &result) || self.rebalance_answer(id, &result) {
+        if self.protocol_answer(id, &result)
+            || self.rebalance_answer(id, &result)
+            || self.copy_answer(id, &result)
+        {
             return;
         }
         let Some(Outbound { origin, purpose }) = self.outbound.remove(&id) else {
@@ -510,11 +551,11 @@ impl Node {
             {
                 self.answer(origin, Err(e))
             }
-            (Purpose::Execute { spec, tried, visited }, _) => {
+            (Purpose::Execute { spec, tried, visited, generation }, _) => {
                 if let Some(&host) = tried.last().and_then(|p| self.remote_hosts.get(p)) {
                     self.reserve(host, &spec, false);
                 }
-                self.place_in_pop(origin, spec, tried, visited)
+                self.place_in_pop(origin, spec, tried, visited, generation)
             }
             (Purpose::Forward { spec, visited }, result) => {
                 let why = match result {
@@ -582,7 +623,14 @@ impl Node {
         }
     }
 
-    pub(super) fn located(&mut self, vm: String, peer: Option<PeerId>) {
+    pub(super) fn located(&mut self, vm: String, at: Option<crate::cluster::VmLocation>) {
+        if let Some(dead) = self.evacuating.remove(&vm) {
+            self.evacuate(&vm, &dead, at.clone());
+        }
+        if self.verifying.remove(&vm) {
+            self.verify_copy(&vm, at.clone());
+        }
+        let peer = at.map(|a| a.peer);
         for (origin, req) in self.locating.remove(&vm).unwrap_or_default() {
             match &peer {
                 Some(p) if *p != self.config.peer => self.send(p.clone(), req, origin, Purpose::Relay(None)),

@@ -8,7 +8,7 @@
 use super::tests::{Hv, inventory};
 use super::*;
 use crate::cluster::{Liveness, PeerId, Topic};
-use crate::request::Location;
+use crate::request::{Location, RestartPolicy};
 use crate::{Native, Policy, VmRequest};
 use locus_sdk::{Cluster, Placement, PlacementPolicy, Request};
 use proptest::prelude::*;
@@ -90,6 +90,9 @@ struct Sim {
     answers: HashMap<ReqId, Result<Reply, ApiError>>,
     migrations: HashMap<u64, Migration>,
     next_migration: u64,
+    /// The overlay's records of where VMs run (a Kademlia store that
+    /// outlives any one agent).
+    records: HashMap<String, crate::cluster::VmLocation>,
 }
 
 impl Sim {
@@ -131,6 +134,7 @@ impl Sim {
             answers: HashMap::new(),
             migrations: HashMap::new(),
             next_migration: 0,
+            records: HashMap::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.connect(i);
@@ -340,12 +344,17 @@ impl Sim {
                     self.to(i, DECIDE_US, Input::Planned { now, id, answer });
                 }
                 Output::Locate(vm) => {
-                    let peer = self
-                        .nodes
-                        .iter()
-                        .find(|n| n.node.vms.contains_key(&vm))
-                        .map(|n| n.node.config.peer.clone());
-                    self.to(i, 2_000, Input::Located { now, vm, peer });
+                    let at = self.records.get(&vm).cloned().map(Box::new);
+                    self.to(i, 2_000, Input::Located { now, vm, at });
+                }
+                Output::Announce { vm, at: Some(at) } => {
+                    self.records.insert(vm, *at);
+                }
+                Output::Announce { vm, at: None } => {
+                    let me = &self.nodes[i].node.config.peer;
+                    if self.records.get(&vm).is_some_and(|r| r.peer == *me) {
+                        self.records.remove(&vm);
+                    }
                 }
                 Output::Persist(change) => {
                     wrote = true;
@@ -359,7 +368,11 @@ impl Sim {
                         }
                     }
                 }
-                Output::Event(_) | Output::Announce { .. } => {}
+                Output::Event(e) => {
+                    if std::env::var("SIM_TRACE").is_ok() {
+                        eprintln!("{:>8} {}: {e}", self.now_us / 1000, self.nodes[i].node.config.host.name);
+                    }
+                }
             }
         }
     }
@@ -469,7 +482,10 @@ fn nodes_converge_then_place_by_jurisdiction_and_latency_across_pops() {
 fn a_crashed_node_is_declared_dead_everywhere_with_its_vms_lost() {
     let mut sim = Sim::new(3);
     sim.run(3_000_000);
-    sim.ask(4, 1, Command::Create(Box::new(vm("doomed".into()))));
+    // Restart policy never: it is reported lost, not created again.
+    let mut doomed = vm("doomed".into());
+    doomed.restart = RestartPolicy::Never;
+    sim.ask(4, 1, Command::Create(Box::new(doomed)));
     sim.run(4_500_000);
     let host = placed_on(&sim, 1).expect("placed").0;
     let victim = sim.nodes.iter().position(|n| n.node.config.host.name == host).expect("victim");
@@ -741,12 +757,17 @@ impl Sim {
 
     /// [`Sim::put`], fenced to the host's jurisdiction when `fenced`.
     fn put_fenced(&mut self, i: usize, name: &str, load: u32, fenced: bool) {
-        let now = self.instant(self.now_us);
         let mut r = vm(name.into());
         r.load_cpu_milli = Some(load);
         if fenced {
             r.jurisdictions = vec![POPS[self.nodes[i].pop].1.to_owned()];
         }
+        self.put_spec(i, r);
+    }
+
+    /// Creates `r` on node `i`.
+    fn put_spec(&mut self, i: usize, r: VmRequest) {
+        let now = self.instant(self.now_us);
         self.next_inbound += 1;
         let id = InboundId(self.next_inbound);
         let from = self.nodes[i].config.peer.clone();
@@ -900,4 +921,41 @@ proptest! {
             }
         }
     }
+}
+
+// ---- dead hosts ----
+
+#[test]
+fn a_dead_hosts_vms_are_created_again_once_and_its_stale_copies_go_when_it_returns() {
+    let mut sim = Sim::new(3).live();
+    sim.run(3_000_000);
+    // On paris-1: its PoP's speaker is paris-0 (the smallest peer id).
+    for name in ["a0", "a1"] {
+        sim.put_spec(1, vm(name.into()));
+    }
+    let mut never = vm("n0".into());
+    never.restart = RestartPolicy::Never;
+    sim.put_spec(1, never);
+    run_sampled(&mut sim, 1_000_000);
+    assert_eq!(sim.nodes[1].hv.domains.len(), 3);
+    // Cut off: its guests keep running where nobody can reach them.
+    sim.crash(1);
+    run_sampled(&mut sim, 8_000_000);
+    for name in ["a0", "a1"] {
+        let holders: Vec<usize> =
+            (0..sim.nodes.len()).filter(|&i| sim.nodes[i].store.contains_key(name)).collect();
+        assert_eq!(holders.len(), 2, "{name}: the dead host's record and one new copy: {holders:?}");
+        let new = holders.into_iter().find(|&i| i != 1).expect("a new copy");
+        assert!(new < 3, "{name} created again in Paris, on {new}");
+        assert_eq!(sim.nodes[new].store[name].generation, 1);
+        assert_eq!(sim.nodes[new].hv.domains[name].0, DomainState::Running);
+    }
+    assert!(sim.nodes.iter().enumerate().all(|(i, n)| i == 1 || !n.store.contains_key("n0")), "never: left");
+    // It comes back: its stale copies go, the VM it alone had stays.
+    sim.restart(1);
+    run_sampled(&mut sim, 5_000_000);
+    for name in ["a0", "a1"] {
+        assert_ne!(one_copy(&sim, name), 1, "{name}: the current copy is the new one");
+    }
+    assert_eq!(one_copy(&sim, "n0"), 1);
 }

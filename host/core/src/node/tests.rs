@@ -187,7 +187,7 @@ impl Rig {
                         queue.push_back(Input::Decided { now: self.now, id, question, answer });
                     }
                     // A lone node: the overlay's records know nothing more.
-                    Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, peer: None }),
+                    Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, at: None }),
                     other => self.log.push(other),
                 }
             }
