@@ -581,7 +581,12 @@ impl fmt::Display for Event {
                 };
                 write!(f, "host {} (pop {}, peer {}) is {liveness}", t.host, t.pop, t.peer)?;
                 if t.liveness == crate::cluster::Liveness::Dead && !t.vms.is_empty() {
-                    write!(f, "; its {} VM(s) are lost: {}", t.vms.len(), t.vms.join(", "))?;
+                    write!(
+                        f,
+                        "; its {} VM(s) are lost, save those with restart always, which its PoP creates again: {}",
+                        t.vms.len(),
+                        t.vms.join(", ")
+                    )?;
                 }
                 Ok(())
             }
