@@ -13,6 +13,7 @@
 //! - [`source`], [`files`]: where policy bytes come from on the command line.
 //! - [`vmbench`]: `locus bench vms`, create+start throughput and memory.
 //! - [`clusterbench`]: `locus bench cluster`, convergence, gossip traffic, placement latency.
+//! - [`migratebench`]: `locus bench migrate`, live migration against `virsh migrate`, rebalancing.
 
 pub mod api;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod deciders;
 pub mod files;
 pub mod images;
 pub mod libvirt;
+pub mod migratebench;
 pub mod overlay;
 pub mod policies;
 pub mod reserve;

@@ -73,6 +73,9 @@ enum BenchCommand {
     /// A cluster of agent processes on loopback: convergence, gossip bytes
     /// per agent, and placement latency in-PoP against forwarded.
     Cluster(locus::clusterbench::Args),
+    /// Live migration through the agents against `virsh migrate` (total
+    /// time, downtime), and an overload relieved in a PoP of agents.
+    Migrate(locus::migratebench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +229,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Cluster(args) } => {
             locus::clusterbench::run(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Migrate(args) } => {
+            locus::migratebench::run(args).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {
