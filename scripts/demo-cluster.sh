@@ -2,7 +2,9 @@
 # The live-cluster part of the demo: 3 PoPs x 3 agents on loopback (test
 # driver), joined by libp2p with a cluster key, with emulated WAN latency
 # between PoPs; VM requests from users in different places; where they land
-# and why; then a policy hot swap on one PoP's running agents.
+# and why; a policy hot swap on one PoP's running agents; an overloaded host
+# relieved by a partition of its PoP-mates; a drain; a host killed and its
+# VMs created again elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 locus=target/release/locus
@@ -34,7 +36,8 @@ for pop in "${pops[@]}"; do
         host="$name-$h"
         "$locus" agent --state-dir "$dir/$host" --libvirt-uri test:///default --host-name "$host" --pop "$name" \
             --set "pop.jurisdiction=$code" --set "pop.location={lat=$lat,lon=$lon}" \
-            --set host.vcpus=16 --set host.memory-mib=32768 --cluster-key "$dir/cluster.key" \
+            --set host.vcpus=64 --set host.memory-mib=32768 --cluster-key "$dir/cluster.key" \
+            --set load.sustain-samples=2 --set rebalance.consolidate-interval-ms=0 \
             --p2p-listen "/ip4/127.$net.0.$h/tcp/7946" --bootstrap /ip4/127.70.0.1/tcp/7946 \
             --set "overlay.emulated-latency=$latency" 2>"$dir/$host.log" &
         pids+=($!)
@@ -79,9 +82,33 @@ for i in 1 2 3; do place "batch-b$i" "no constraints (spread, after the swap)" -
 sleep 1.5
 "$locus" cluster status --socket "$(sock frankfurt-1)" | sed -n '/host /,/└/p'
 
-step "paris-2 is killed (kill -9): the others declare it dead and report its VMs lost"
+step "frankfurt-1 is overloaded (5 VMs busy with 3.4 CPUs each on 16): a partition of its PoP-mates relieves it"
+f1=$(sock frankfurt-1)
+for i in 1 2 3 4 5; do
+    host=$("$locus" vm create "hot-$i" --vcpus 4 --memory-mib 1024 --jurisdiction DE --json --socket "$f1" |
+        sed -n 's/^  "host": "\(.*\)",$/\1/p')
+    [[ $host == frankfurt-1 ]] || "$locus" vm migrate "hot-$i" --to frankfurt-1 --socket "$f1" >/dev/null
+done
+for i in 1 2 3 4 5; do "$locus" vm set-load "hot-$i" 3400 --socket "$f1" >/dev/null; done
+for _ in $(seq 100); do
+    grep -q "rebalancing: event .*: solved" "$dir/frankfurt-1.log" && break
+    sleep 0.1
+done
+grep -h "host overloaded\|rebalancing\|moving cold\|moved to" "$dir/frankfurt-1.log" | sed 's/^.*INFO locus::daemon: /  /'
+"$locus" host status --socket "$f1" | grep -E "load|rebalancing"
+
+step "frankfurt-2 is drained: it takes no new VMs and its VMs move to its PoP-mates, one at a time"
+f2=$(sock frankfurt-2)
+"$locus" vm list --socket "$f2"
+"$locus" host drain --socket "$f2" | grep -E "drain|moves"
+"$locus" vm list --socket "$f2"
+"$locus" host resume --socket "$f2" >/dev/null
+
+step "paris-2 is killed (kill -9): declared dead, and its PoP creates its VMs again (restart always)"
+"$locus" vm list --socket "$(sock paris-2)" | tail -n +1
 kill -9 "${pids[1]}"
 wait "${pids[1]}" 2>/dev/null || true
-sleep 4.5
+sleep 5
 "$locus" cluster status --socket "$(sock madrid-1)" | sed -n '/host /,/└/p'
 grep -h "paris-2 .* is dead" "$dir/madrid-1.log" | head -n 1 | sed 's/^.*INFO locus::daemon: /  /'
+grep -h "created again" "$dir"/paris-*.log | sed 's/^.*INFO locus::daemon: /  /'
