@@ -108,7 +108,9 @@ pub struct Hosts {
     pub allocated_memory_mib: Vec<u32>,
     /// Disk allocated to the host's VMs, in GiB.
     pub allocated_disk_gib: Vec<u32>,
-    /// Physical CPU capacity, in milli-CPUs (8 cores = 8000).
+    /// CPU capacity, in milli-CPUs (8 cores = 8000): load above it is an
+    /// overload. In a [`Partition`] it is the host's physical CPUs times
+    /// its agent's overload ratio.
     pub cpu_milli: Vec<u32>,
     /// Measured CPU demand of the host's VMs, in milli-CPUs.
     pub load_cpu_milli: Vec<u32>,
@@ -134,7 +136,8 @@ pub struct Host {
     pub capacity: Resources,
     /// Resources allocated to VMs.
     pub allocated: Resources,
-    /// Physical CPU capacity, in milli-CPUs.
+    /// CPU capacity, in milli-CPUs: load above it is an overload (in a
+    /// partition, the physical CPUs times the agent's overload ratio).
     pub cpu_milli: u32,
     /// Measured CPU demand, in milli-CPUs.
     pub load_cpu_milli: u32,
