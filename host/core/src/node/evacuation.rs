@@ -60,6 +60,7 @@ impl Node {
             why: format!("its host {dead} is dead"),
         });
         let generation = at.generation + 1;
+        self.evacuated_from.insert(vm.to_owned(), dead.to_owned());
         self.place_in_pop(Origin::Evacuation, Box::new(at.spec), Vec::new(), Vec::new(), generation);
     }
 
@@ -67,7 +68,7 @@ impl Node {
     pub(super) fn evacuated(&mut self, result: Result<Reply, ApiError>) {
         match result {
             Ok(Reply::Vm(s)) => {
-                let from = "a dead host".to_owned();
+                let from = self.evacuated_from.remove(&s.name).unwrap_or_else(|| "?".into());
                 self.event(Event::Evacuated { vm: s.name.clone(), from, to: Ok(s.host.clone()) });
             }
             Ok(_) => {}

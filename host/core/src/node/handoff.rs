@@ -66,7 +66,13 @@ struct Queued {
     origin: Option<Origin>,
     /// Not before then (the destination was busy).
     not_before: Option<Instant>,
+    /// Destinations that refused it; the policy chooses among the others.
+    avoid: Vec<PeerId>,
 }
+
+/// Destinations the placement policy may choose for one move before it
+/// fails (each refusal is avoided next time).
+const MAX_CHOICES: usize = 3;
 
 /// Which message of the protocol an outbound request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +93,9 @@ pub(super) struct Moves {
     sent: HashMap<OutboundId, (String, Stage)>,
     /// Times each waiting move found its destination busy.
     retries: HashMap<String, u32>,
+    /// Moves whose destination the policy chose, with the destinations
+    /// chosen so far (a refusal makes it choose again, elsewhere).
+    chosen: HashMap<String, Vec<PeerId>>,
     drain: Option<DrainStatus>,
 }
 
@@ -134,7 +143,13 @@ impl Node {
         if let Err(e) = self.movable(&name).and_then(|()| self.check_destination(&name, to.as_deref())) {
             return Some(e);
         }
-        self.moves.queue.push_back(Queued { vm: name, to, origin: Some(origin), not_before: None });
+        self.moves.queue.push_back(Queued {
+            vm: name,
+            to,
+            origin: Some(origin),
+            not_before: None,
+            avoid: vec![],
+        });
         self.next_move();
         None
     }
@@ -223,14 +238,20 @@ impl Node {
                 },
                 None => {
                     let spec = Box::new(self.vms[&q.vm].intent.spec.clone());
-                    self.ask_move(q.origin, spec);
+                    self.ask_move(q.origin, spec, q.avoid);
                 }
             }
         }
     }
 
     /// The placement policy chose `host` (of this PoP) for a VM to move to.
-    pub(super) fn move_decided(&mut self, origin: Option<Origin>, vm: &str, host: Result<PeerId, ApiError>) {
+    pub(super) fn move_decided(
+        &mut self,
+        origin: Option<Origin>,
+        vm: &str,
+        host: Result<PeerId, ApiError>,
+        mut avoid: Vec<PeerId>,
+    ) {
         let Some(to) =
             host.ok().and_then(|p| self.membership.members.get(&p).map(|m| (p, m.summary.host.clone())))
         else {
@@ -240,6 +261,8 @@ impl Node {
             );
             return self.move_ended(vm, origin, Err(e));
         };
+        avoid.push(to.0.clone());
+        self.moves.chosen.insert(vm.to_owned(), avoid);
         self.start_move(vm, to.0, to.1, origin);
     }
 
@@ -333,13 +356,27 @@ impl Node {
                     matches!(other, Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::Unavailable);
                 let tries = self.moves.retries.entry(vm.clone()).or_insert(0);
                 *tries += 1;
-                if busy && *tries <= BUSY_RETRIES {
+                let chosen = self.moves.chosen.remove(&vm);
+                let again = match (busy && *tries <= BUSY_RETRIES, chosen) {
                     // The destination is receiving another VM: this one waits its turn.
+                    (true, chosen) => {
+                        let not_before = self.now.map(|t| t + BUSY_RETRY);
+                        let avoid = chosen.map(|mut c| {
+                            c.pop();
+                            c
+                        });
+                        let to = if avoid.is_some() { None } else { Some(to.clone()) };
+                        Some((to, not_before, avoid.unwrap_or_default()))
+                    }
+                    // The policy's choice refused it: it chooses again, elsewhere.
+                    (false, Some(avoid)) if avoid.len() < MAX_CHOICES => Some((None, None, avoid)),
+                    _ => None,
+                };
+                if let Some((to, not_before, avoid)) = again {
                     let task = self.vms.get_mut(&vm).and_then(|r| r.task.take());
                     self.moves.active.remove(&vm);
-                    let not_before = self.now.map(|t| t + BUSY_RETRY);
                     let origin = task.and_then(|t| t.origin);
-                    self.moves.queue.push_front(Queued { vm: vm.clone(), to: Some(to), origin, not_before });
+                    self.moves.queue.push_front(Queued { vm: vm.clone(), to, origin, not_before, avoid });
                     self.next_move();
                     return true;
                 }
@@ -743,7 +780,13 @@ impl Node {
             let queued = self.moves.active.contains(&vm) || self.moves.queue.iter().any(|q| q.vm == vm);
             let leaving = self.vms.get(&vm).is_some_and(|r| r.intent.handoff.is_some());
             if !queued && !leaving {
-                self.moves.queue.push_back(Queued { vm, to: None, origin: None, not_before: None });
+                self.moves.queue.push_back(Queued {
+                    vm,
+                    to: None,
+                    origin: None,
+                    not_before: None,
+                    avoid: vec![],
+                });
             }
         }
         self.next_move();

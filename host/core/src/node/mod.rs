@@ -783,8 +783,10 @@ pub struct Node {
     rebalancer: crate::rebalance::Rebalancer,
     /// Rebalancing messages and plan moves awaiting their answers.
     rebalancing: rebalancing::Outstanding,
-    /// VMs of dead hosts this host is re-creating, by the dead host.
+    /// VMs of dead hosts this host is looking up to create again, by the dead host.
     evacuating: BTreeMap<String, String>,
+    /// VMs of dead hosts being created again, by the dead host.
+    evacuated_from: HashMap<String, String>,
     /// VMs also listed by a PoP-mate, being compared with its copy.
     conflicts: HashMap<OutboundId, String>,
     /// VMs whose overlay record is being looked up to check this copy is current.
@@ -868,6 +870,7 @@ impl Node {
             rebalancer,
             rebalancing: rebalancing::Outstanding::default(),
             evacuating: BTreeMap::new(),
+            evacuated_from: HashMap::new(),
             conflicts: HashMap::new(),
             verifying: BTreeSet::new(),
             verified_at: None,

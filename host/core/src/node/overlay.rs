@@ -231,9 +231,9 @@ impl Node {
 
     /// Asks the placement policy where a VM of this host should move,
     /// among the PoP's other hosts.
-    pub(super) fn ask_move(&mut self, origin: Option<Origin>, spec: Box<VmRequest>) {
-        let (tried, visited) = (Vec::new(), Vec::new());
-        self.ask(Deciding { origin, spec, moving: true, generation: 0, tried, visited, stale: 0 });
+    pub(super) fn ask_move(&mut self, origin: Option<Origin>, spec: Box<VmRequest>, avoid: Vec<PeerId>) {
+        let visited = Vec::new();
+        self.ask(Deciding { origin, spec, moving: true, generation: 0, tried: avoid, visited, stale: 0 });
     }
 
     /// Filters the PoP's hosts for a request and asks the policy to choose,
@@ -353,7 +353,7 @@ impl Node {
             self.timers.cancel(&Timer::Decision(id));
             let e = ApiError::new(ApiErrorKind::Unavailable, "the agent is shutting down");
             if d.moving {
-                self.move_decided(d.origin, &d.spec.name, Err(e));
+                self.move_decided(d.origin, &d.spec.name, Err(e), d.tried);
             } else {
                 self.reply_to(d.origin, Err(e));
             }
@@ -376,7 +376,7 @@ impl Node {
                     .ok_or_else(|| ApiError::new(ApiErrorKind::Unplaceable, "the chosen host is unknown")),
                 Outcome::Rejected { message, .. } => Err(ApiError::new(ApiErrorKind::Unplaceable, message)),
             };
-            return self.move_decided(origin, &spec.name, peer);
+            return self.move_decided(origin, &spec.name, peer, tried);
         }
         let Some(origin) = origin else { return };
         match decision.outcome {
