@@ -162,6 +162,36 @@ pub struct AgentConfig {
     pub load: locus_core::load::LoadConfig,
     /// Cooperative rebalancing and consolidation.
     pub rebalance: locus_core::rebalance::RebalanceConfig,
+    /// Standby of empty hosts.
+    pub energy: EnergyConfig,
+}
+
+/// `[energy]`: when an empty host goes to standby, and the commands that
+/// power it down and wake it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EnergyConfig {
+    /// A host with no VM for this long goes to standby, ms (0: never).
+    pub standby_after_ms: u64,
+    /// Run when the host goes to standby, as argv (no shell), e.g. a
+    /// power-capping or suspend helper; empty: nothing runs. The agent
+    /// must stay reachable (it wakes the host when a VM is placed on it).
+    pub standby_command: Vec<String>,
+    /// Run when the host wakes from standby, as argv; empty: nothing runs.
+    pub wake_command: Vec<String>,
+    /// Longest either command may run, ms.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for EnergyConfig {
+    fn default() -> Self {
+        EnergyConfig {
+            standby_after_ms: 600_000,
+            standby_command: Vec::new(),
+            wake_command: Vec::new(),
+            command_timeout_ms: 30_000,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -188,6 +218,7 @@ impl Default for AgentConfig {
             membership: MembershipConfig::default(),
             load: locus_core::load::LoadConfig::default(),
             rebalance: locus_core::rebalance::RebalanceConfig::default(),
+            energy: EnergyConfig::default(),
         }
     }
 }
@@ -270,6 +301,7 @@ impl AgentConfig {
             timing: self.timing.clone(),
             load: self.load.clone(),
             rebalance: self.rebalance.clone(),
+            energy: locus_core::node::EnergyConfig { standby_after_ms: self.energy.standby_after_ms },
         }
     }
 

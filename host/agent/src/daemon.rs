@@ -164,6 +164,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         replies: HashMap::new(),
         next_req: 0,
         reserve,
+        energy: config.energy.clone(),
     };
     let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
     cancel.cancel();
@@ -188,6 +189,8 @@ struct Core {
     /// Space kept for recording stops and deletes on a full disk; while it
     /// is spent, creates and starts wait for room.
     reserve: Reserve,
+    /// The standby and wake commands.
+    energy: crate::config::EnergyConfig,
 }
 
 impl Core {
@@ -269,6 +272,7 @@ impl Core {
                 Output::Dial(peer) => round.overlay.push(ToOverlay::Dial(peer)),
                 Output::Announce { vm, at } => round.overlay.push(ToOverlay::Announce(vm, at)),
                 Output::Locate(vm) => round.overlay.push(ToOverlay::Locate(vm)),
+                Output::Power { standby } => self.power(standby),
                 Output::Closed => closed = true,
                 Output::Timeout(at) => break at,
             }
@@ -364,6 +368,39 @@ impl Core {
         self.next_req += 1;
         self.replies.insert(req, call.reply);
         self.node.handle_input(Input::Api { now: Instant::now(), req, cmd: call.cmd });
+    }
+
+    /// Runs the configured standby or wake command, off the core task.
+    fn power(&self, standby: bool) {
+        let (what, argv) = if standby {
+            ("standby", self.energy.standby_command.clone())
+        } else {
+            ("wake", self.energy.wake_command.clone())
+        };
+        let Some((program, args)) = argv.split_first().map(|(p, a)| (p.clone(), a.to_vec())) else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.energy.command_timeout_ms);
+        tokio::spawn(async move {
+            let run = tokio::process::Command::new(&program).args(&args).kill_on_drop(true).output();
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(out)) if out.status.success() => {
+                    tracing::info!(command = program, "{what} command done")
+                }
+                Ok(Ok(out)) => tracing::warn!(
+                    command = program,
+                    status = %out.status,
+                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                    "{what} command failed"
+                ),
+                Ok(Err(e)) => tracing::warn!(command = program, error = %e, "{what} command did not start"),
+                Err(_) => tracing::warn!(
+                    command = program,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "{what} command timed out; killed"
+                ),
+            }
+        });
     }
 
     fn decided(&mut self, a: Answered) {

@@ -553,3 +553,28 @@ fn declared_load_drives_the_hosts_load_state_through_the_agent() {
         agent.json::<HostStatus>(&["host", "status"]).load_state == LoadState::Underloaded
     });
 }
+
+#[test]
+fn an_empty_host_goes_to_standby_running_its_command_and_a_vm_wakes_it() {
+    let marks = tempfile::tempdir().expect("tempdir");
+    let (down, up) = (marks.path().join("standby"), marks.path().join("woken"));
+    let standby = format!("energy.standby-command=[\"touch\", {:?}]", down.display().to_string());
+    let wake = format!("energy.wake-command=[\"touch\", {:?}]", up.display().to_string());
+    let agent = Agent::start(
+        "test:///default",
+        "sleepy",
+        &["--set", "energy.standby-after-ms=600", "--set", &standby, "--set", &wake],
+    );
+    wait_until(Duration::from_secs(10), "the empty host goes to standby", || {
+        let h: HostStatus = agent.json(&["host", "status"]);
+        h.power == "standby" && h.watts == 10
+    });
+    wait_until(Duration::from_secs(5), "its standby command ran", || down.exists());
+    assert!(!up.exists());
+    // Alone, it is the only host: a VM wakes it.
+    let _: VmStatus = agent.json(&["vm", "create", "alarm", "--memory-mib", "64"]);
+    let h: HostStatus = agent.json(&["host", "status"]);
+    assert_eq!(h.power, "on");
+    wait_until(Duration::from_secs(5), "its wake command ran", || up.exists());
+    assert!(agent.log().contains("host woken from standby"), "{}", agent.log());
+}

@@ -68,6 +68,12 @@ pub struct HostSummary {
     /// Whether it is draining (takes no new VMs).
     #[serde(default)]
     pub draining: bool,
+    /// Whether it is in standby (takes VMs only when no other host can).
+    #[serde(default)]
+    pub standby: bool,
+    /// Power in standby, watts.
+    #[serde(default)]
+    pub standby_watts: u32,
     /// The VMs it runs.
     pub vms: Vec<String>,
 }
@@ -438,6 +444,8 @@ mod tests {
             watts: (100, 200),
             up: true,
             draining: false,
+            standby: false,
+            standby_watts: 10,
             vms: vec![format!("vm-{peer}")],
         }
     }

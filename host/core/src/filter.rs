@@ -23,6 +23,8 @@ pub struct Resolved {
     pub max_latency_us: Option<u32>,
     /// The group, if it exists already, and its kind.
     pub group: Option<(Option<GroupId>, GroupKind)>,
+    /// Whether hosts in standby count (only when no other host can take it).
+    pub standby: bool,
 }
 
 impl Resolved {
@@ -45,6 +47,7 @@ impl Resolved {
             user_latency_us,
             max_latency_us: request.max_latency_us(),
             group: request.group.as_ref().map(|g| (model.group_id(&g.name), g.kind.into())),
+            standby: false,
         }
     }
 
@@ -111,7 +114,8 @@ fn failed(model: &Model, request: &Resolved, id: HostId) -> Option<Failed> {
     let host = model.hosts.get(id.0 as usize)?;
     let pop = &model.pops[host.pop.0 as usize];
     let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
-    if host.state != HostState::Up {
+    let up = host.state == HostState::Up || (request.standby && host.state == HostState::Standby);
+    if !up {
         Some(Failed::NotUp)
     } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
         Some(Failed::Jurisdiction)
@@ -160,7 +164,7 @@ pub fn refusal(model: &Model, request: &Resolved, host: HostId) -> Option<&'stat
         return Some("unknown host");
     }
     failed(model, request, host).map(|f| match f {
-        Failed::NotUp => "not up (down or draining)",
+        Failed::NotUp => "not up (down, draining or in standby)",
         Failed::Jurisdiction => "outside the allowed jurisdictions",
         Failed::Latency => "beyond the latency bound",
         Failed::AntiAffinity => "already running a member of the anti-affinity group",

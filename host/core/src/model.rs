@@ -55,6 +55,9 @@ pub enum HostState {
     Draining,
     /// Unreachable or powered off.
     Down,
+    /// Emptied and in standby (powered down): takes a VM only when no
+    /// other host can, and wakes for it.
+    Standby,
 }
 
 /// A physical host.
@@ -72,6 +75,8 @@ pub struct Host {
     pub idle_watts: u32,
     /// Full-load power, watts.
     pub max_watts: u32,
+    /// Power in standby, watts.
+    pub standby_watts: u32,
     /// Whether it takes new VMs.
     pub state: HostState,
     /// Sum of its VMs' sizes.
@@ -90,6 +95,9 @@ impl Host {
 
     /// Power drawn now under a linear model between idle and full load.
     pub fn current_watts(&self) -> u32 {
+        if self.state == HostState::Standby {
+            return self.standby_watts;
+        }
         if self.cpu_milli == 0 {
             return self.idle_watts;
         }
@@ -312,6 +320,7 @@ impl Model {
             cpu_milli,
             idle_watts,
             max_watts,
+            standby_watts: 0,
             state: HostState::Up,
             allocated: Resources::default(),
             load_cpu_milli: 0,
@@ -320,6 +329,13 @@ impl Model {
         let p = &mut self.pops[pop.0 as usize];
         p.capacity = p.capacity.plus(capacity);
         Ok(HostId(id))
+    }
+
+    /// Sets the power a host draws in standby.
+    pub fn set_standby_watts(&mut self, host: HostId, watts: u32) {
+        if let Some(h) = self.hosts.get_mut(host.0 as usize) {
+            h.standby_watts = watts;
+        }
     }
 
     /// Changes a host's allocatable resources and CPU capacity, as its

@@ -117,8 +117,13 @@ impl Placer {
     /// Applies the hard filters to `request` on `model` and builds the
     /// policy's view of what is left.
     pub fn prepare(&mut self, model: &Model, request: &VmRequest) -> Prepared {
-        let resolved = Resolved::new(model, request);
-        let excluded = filter::candidates(model, &resolved, &mut self.rows);
+        let mut resolved = Resolved::new(model, request);
+        let mut excluded = filter::candidates(model, &resolved, &mut self.rows);
+        // Hosts in standby are woken only when no other host can take it.
+        if self.rows.is_empty() && model.hosts.iter().any(|h| h.state == crate::model::HostState::Standby) {
+            resolved.standby = true;
+            excluded = filter::candidates(model, &resolved, &mut self.rows);
+        }
         let reject = |reason, message: String| {
             Prepared::Done(Decision {
                 outcome: Outcome::Rejected { reason, message },

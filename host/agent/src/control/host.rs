@@ -130,6 +130,7 @@ fn print_host(host: &HostStatus) -> Result<()> {
             ),
         ),
         ("other domains", format!("{} (not Locus's, left alone)", host.other_domains)),
+        ("power", format!("{} — {} W", host.power, host.watts)),
         ("drain", host.drain.as_ref().map(drain_text).unwrap_or_default()),
         ("moves", clean(&host.moves.join("; "))),
         ("rebalancing", clean(&rebalance_text(&host.rebalance))),

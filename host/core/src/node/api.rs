@@ -363,6 +363,13 @@ pub struct HostStatus {
     /// recent events ended.
     #[serde(default)]
     pub rebalance: crate::rebalance::RebalanceStatus,
+    /// `on`, or `standby` (emptied; woken when a VM needs it).
+    #[serde(default)]
+    pub power: String,
+    /// Power drawn now, watts (modelled from its CPU demand; its standby
+    /// watts in standby).
+    #[serde(default)]
+    pub watts: u32,
     /// VMs by state.
     pub vms: VmCounts,
     /// Domains on the hypervisor marked as this host's, at the last sample.

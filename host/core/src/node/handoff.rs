@@ -512,6 +512,7 @@ impl Node {
             }
         };
         let live = live && self.can_live();
+        self.wake("a VM arrives");
         let mut intent = VmIntent::new((*spec).clone(), desired);
         intent.generation = generation;
         intent.handoff = Some(handoff);
@@ -550,7 +551,8 @@ impl Node {
                 format!("host {host} is receiving another VM; try again when it is done"),
             ));
         }
-        let resolved = crate::filter::Resolved::new(&self.model, spec);
+        let mut resolved = crate::filter::Resolved::new(&self.model, spec);
+        resolved.standby = true;
         if let Some(why) = crate::filter::refusal(&self.model, &resolved, self.host) {
             return Err(ApiError::new(ApiErrorKind::Unplaceable, format!("host {host} is {why}")));
         }
@@ -797,6 +799,7 @@ impl Node {
     pub(super) fn resume(&mut self) -> Reply {
         self.moves.drain = None;
         self.moves.queue.retain(|q| q.origin.is_some());
+        self.wake("resumed");
         if matches!(self.hypervisor, super::Hypervisor::Up(_)) {
             self.model.set_host_state(self.host, HostState::Up);
         }

@@ -106,6 +106,8 @@ pub struct HostConfig {
     pub idle_watts: u32,
     /// Power drawn at full load, watts.
     pub max_watts: u32,
+    /// Power drawn in standby, watts.
+    pub standby_watts: u32,
 }
 
 impl Default for HostConfig {
@@ -119,6 +121,7 @@ impl Default for HostConfig {
             reserved_memory_mib: 0,
             idle_watts: 100,
             max_watts: 300,
+            standby_watts: 10,
         }
     }
 }
@@ -156,6 +159,20 @@ impl Default for TimingConfig {
     }
 }
 
+/// When an empty host goes to standby (`[energy]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EnergyConfig {
+    /// A host with no VM for this long goes to standby, ms (0: never).
+    pub standby_after_ms: u64,
+}
+
+impl Default for EnergyConfig {
+    fn default() -> Self {
+        EnergyConfig { standby_after_ms: 600_000 }
+    }
+}
+
 /// Longest a graceful stop may wait for its guest before powering it off,
 /// whatever a request or the configuration asks: an operation always ends.
 pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -181,6 +198,8 @@ pub struct NodeConfig {
     pub load: crate::load::LoadConfig,
     /// Cooperative rebalancing.
     pub rebalance: crate::rebalance::RebalanceConfig,
+    /// Standby of empty hosts.
+    pub energy: EnergyConfig,
 }
 
 /// What happens to the node.
@@ -396,6 +415,12 @@ pub enum Output {
     Event(Event),
     /// Nothing more for now; wake the node at this instant (None: only on input).
     Timeout(Option<Instant>),
+    /// The host goes to standby (`true`: run the power-down command) or
+    /// wakes from it (`false`: run the wake command).
+    Power {
+        /// Into standby, or out of it.
+        standby: bool,
+    },
     /// Shutting down and nothing is in flight: the shell may exit.
     Closed,
 }
@@ -502,6 +527,13 @@ pub enum Event {
     },
     /// Cooperative rebalancing: an event started, grew, planned, moved, ended.
     Rebalance(String),
+    /// The host went to standby or woke from it.
+    Power {
+        /// In standby now.
+        standby: bool,
+        /// Why.
+        why: String,
+    },
     /// A hypervisor command failed outside any request.
     Failed {
         /// The VM.
@@ -555,6 +587,8 @@ impl fmt::Display for Event {
             ),
             Event::Moved { vm, to } => write!(f, "vm {vm}: moved to host {to}"),
             Event::Rebalance(line) => write!(f, "rebalancing: {line}"),
+            Event::Power { standby: true, why } => write!(f, "host in standby: {why}"),
+            Event::Power { standby: false, why } => write!(f, "host woken from standby: {why}"),
             Event::Evacuated { vm, from, to: Ok(to) } => {
                 write!(f, "vm {vm}: its host {from} is dead; created again on host {to}")
             }
@@ -789,6 +823,10 @@ pub struct Node {
     evacuated_from: HashMap<String, String>,
     /// VMs also listed by a PoP-mate, being compared with its copy.
     conflicts: HashMap<OutboundId, String>,
+    /// In standby (powered down until a VM needs this host).
+    standby: bool,
+    /// Since when the host has had no VM.
+    empty_since: Option<Instant>,
     /// VMs whose overlay record is being looked up to check this copy is current.
     verifying: BTreeSet<String>,
     /// When copies were last checked against the records.
@@ -837,6 +875,7 @@ impl Node {
             .add_host(&host.name, &pop.name, Resources::default(), 0, (host.idle_watts, host.max_watts))
             .map_err(|e| NodeError::Config(e.to_string()))?;
         model.set_host_state(host_id, HostState::Down);
+        model.set_standby_watts(host_id, host.standby_watts);
         let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone());
         let load = LoadTracker::new(config.load.clone());
         let rebalancer = crate::rebalance::Rebalancer::new(config.rebalance.clone(), host.name.clone());
@@ -873,6 +912,8 @@ impl Node {
             evacuated_from: HashMap::new(),
             conflicts: HashMap::new(),
             verifying: BTreeSet::new(),
+            standby: false,
+            empty_since: None,
             verified_at: None,
             closing: false,
             closed: false,
@@ -1098,6 +1139,37 @@ impl Node {
         }
     }
 
+    /// An empty host goes to standby after `energy.standby-after-ms`.
+    fn maybe_standby(&mut self, now: Instant) {
+        let after = self.config.energy.standby_after_ms;
+        if !self.vms.is_empty() || self.moves.draining() || after == 0 {
+            self.empty_since = None;
+            return;
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        if self.standby || now < since + Duration::from_millis(after) {
+            return;
+        }
+        self.standby = true;
+        self.model.set_host_state(self.host, HostState::Standby);
+        self.outputs.push_back(Output::Power { standby: true });
+        self.event(Event::Power { standby: true, why: format!("no VM for {} s", after / 1000) });
+    }
+
+    /// A host in standby wakes: a VM needs it.
+    fn wake(&mut self, why: &str) {
+        self.empty_since = None;
+        if !self.standby {
+            return;
+        }
+        self.standby = false;
+        if matches!(self.hypervisor, Hypervisor::Up(_)) && !self.moves.draining() {
+            self.model.set_host_state(self.host, HostState::Up);
+        }
+        self.outputs.push_back(Output::Power { standby: false });
+        self.event(Event::Power { standby: false, why: why.to_owned() });
+    }
+
     /// Records in the overlay that this host runs `name`, and what it is.
     fn announce(&mut self, name: &str) {
         let Some(r) = self.vms.get(name) else { return };
@@ -1267,7 +1339,10 @@ impl Node {
         self.admissible(&spec, generation)?;
         self.writable()?;
         self.room_to_record()?;
-        let resolved = crate::filter::Resolved::new(&self.model, &spec);
+        // Chosen here even in standby: the placer wakes a host only when
+        // no other can take the VM.
+        let mut resolved = crate::filter::Resolved::new(&self.model, &spec);
+        resolved.standby = true;
         let mut rows = Vec::new();
         let excluded = crate::filter::candidates(&self.model, &resolved, &mut rows);
         if !rows.contains(&self.host) {
@@ -1280,6 +1355,7 @@ impl Node {
             .model
             .record_placement(&spec, self.host)
             .map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
+        self.wake("a VM is placed on it");
         let name = spec.name.clone();
         let mut intent = VmIntent::new(spec, Desired::Running);
         intent.generation = generation;
@@ -1368,7 +1444,13 @@ impl Node {
             Resources::new(vcpus, memory, h.disk_gib),
             inventory.cpus.saturating_mul(1000),
         );
-        let state = if self.moves.draining() { HostState::Draining } else { HostState::Up };
+        let state = if self.moves.draining() {
+            HostState::Draining
+        } else if self.standby {
+            HostState::Standby
+        } else {
+            HostState::Up
+        };
         self.model.set_host_state(self.host, state);
         self.event(Event::HypervisorUp(inventory.clone()));
         self.hypervisor = Hypervisor::Up(inventory);
@@ -1579,6 +1661,7 @@ impl Node {
         }
         self.next_move();
         self.maybe_rebalance(now);
+        self.maybe_standby(now);
     }
 
     /// What the running VMs demand: CPU as measured where the hypervisor
@@ -1801,6 +1884,8 @@ impl Node {
             drain: self.drain_status(),
             moves: self.moves_status(),
             rebalance: self.rebalancer.status(),
+            power: if self.standby { "standby".into() } else { "on".into() },
+            watts: h.current_watts(),
             vms,
             own_domains: self.own_domains,
             other_domains: self.others.len() as u32,

@@ -97,6 +97,8 @@ impl Node {
             watts: (h.idle_watts, h.max_watts),
             up: h.state != HostState::Down,
             draining: self.moves.draining(),
+            standby: self.standby,
+            standby_watts: h.standby_watts,
             vms: self.vms.keys().cloned().collect(),
         }
     }
@@ -178,12 +180,14 @@ impl Node {
         let size = |z: Size| Resources::new(z.vcpus, z.memory_mib, z.disk_gib);
         self.model.set_host_capacity(id, size(s.capacity), s.cpu_milli);
         self.model.set_host_usage(id, size(s.allocated), s.load_cpu_milli, s.vms.len() as u32);
-        let state = match (s.up, s.draining) {
-            (false, _) => HostState::Down,
-            (true, true) => HostState::Draining,
-            (true, false) => HostState::Up,
+        let state = match (s.up, s.draining, s.standby) {
+            (false, ..) => HostState::Down,
+            (true, true, _) => HostState::Draining,
+            (true, false, true) => HostState::Standby,
+            (true, false, false) => HostState::Up,
         };
         self.model.set_host_state(id, state);
+        self.model.set_standby_watts(id, s.standby_watts);
     }
 
     fn member_changed(&mut self, peer: &PeerId, liveness: Liveness, mine: bool) {
@@ -321,7 +325,10 @@ impl Node {
     /// tried for it already.
     fn still_fits(&self, spec: &VmRequest, tried: &[PeerId], host: crate::HostId) -> bool {
         let tried_here = tried.iter().any(|p| self.remote_hosts.get(p) == Some(&host));
-        !tried_here && filter::admits(&self.model, &filter::Resolved::new(&self.model, spec), host)
+        // A host in standby is offered only when no other could take it.
+        let mut resolved = filter::Resolved::new(&self.model, spec);
+        resolved.standby = true;
+        !tried_here && filter::admits(&self.model, &resolved, host)
     }
 
     /// Decides with the built-in fallback on the model as it is now.

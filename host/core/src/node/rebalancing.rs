@@ -47,6 +47,10 @@ impl Node {
             return;
         }
         let candidates = self.ring();
+        if candidates.is_empty() {
+            // Alone: no partition can form.
+            return;
+        }
         let actions = self.rebalancer.start(now, kind, me, candidates);
         self.act_on(now, actions);
     }
@@ -84,19 +88,26 @@ impl Node {
     }
 
     /// Hosts to ask, in order: this PoP's ring (by name, starting after
-    /// this host), then the other PoPs' hosts, nearest PoP first.
+    /// this host), its hosts in standby (woken only if needed), then the
+    /// other PoPs' hosts, nearest PoP first.
     fn ring(&self) -> Vec<(PeerId, String)> {
         let me = &self.config.host.name;
-        let mut pop: Vec<(PeerId, String)> = self
-            .membership
-            .members
-            .iter()
-            .filter(|(_, m)| m.liveness == Liveness::Alive && m.summary.up && !m.summary.draining)
-            .map(|(p, m)| (p.clone(), m.summary.host.clone()))
-            .collect();
-        pop.sort_by(|a, b| a.1.cmp(&b.1));
-        let split = pop.iter().position(|(_, h)| h > me).unwrap_or(pop.len());
-        pop.rotate_left(split);
+        let alive = |standby: bool| {
+            let mut hosts: Vec<(PeerId, String)> = self
+                .membership
+                .members
+                .iter()
+                .filter(|(_, m)| m.liveness == Liveness::Alive && m.summary.up && !m.summary.draining)
+                .filter(|(_, m)| m.summary.standby == standby)
+                .map(|(p, m)| (p.clone(), m.summary.host.clone()))
+                .collect();
+            hosts.sort_by(|a, b| a.1.cmp(&b.1));
+            let split = hosts.iter().position(|(_, h)| h > me).unwrap_or(hosts.len());
+            hosts.rotate_left(split);
+            hosts
+        };
+        let mut pop = alive(false);
+        pop.extend(alive(true));
         let mut others: Vec<_> = self.membership.pops.values().collect();
         others.sort_by_key(|p| p.rtt.unwrap_or(std::time::Duration::MAX));
         for p in others {

@@ -368,6 +368,8 @@ impl Sim {
                         }
                     }
                 }
+                // The simulated hosts keep their agents reachable in standby.
+                Output::Power { .. } => {}
                 Output::Event(e) => {
                     if std::env::var("SIM_TRACE").is_ok() {
                         eprintln!("{:>8} {}: {e}", self.now_us / 1000, self.nodes[i].node.config.host.name);
@@ -958,4 +960,36 @@ fn a_dead_hosts_vms_are_created_again_once_and_its_stale_copies_go_when_it_retur
         assert_ne!(one_copy(&sim, name), 1, "{name}: the current copy is the new one");
     }
     assert_eq!(one_copy(&sim, "n0"), 1);
+}
+
+// ---- energy ----
+
+#[test]
+fn empty_hosts_go_to_standby_and_one_is_woken_only_when_nothing_else_fits() {
+    let mut sim = Sim::new(3).configure(|c| c.energy.standby_after_ms = 2_000);
+    sim.run(1_000_000);
+    sim.put_spec(0, vm("first".into()));
+    run_sampled(&mut sim, 4_000_000);
+    let standby = |sim: &Sim, i: usize| sim.nodes[i].node.host_status().power == "standby";
+    assert!(!standby(&sim, 0), "a host with a VM stays on");
+    assert!((1..9).all(|i| standby(&sim, i)), "empty hosts are in standby");
+    assert_eq!(sim.nodes[1].node.host_status().watts, 10, "standby watts in the accounting");
+    // Three more fit on paris-0 (4 GiB): no host is woken for them.
+    for k in 0..3 {
+        let mut r = vm(format!("fit{k}"));
+        r.jurisdictions = vec!["FR".into()];
+        sim.ask(2, 10 + k, Command::Create(Box::new(r)));
+        sim.run(sim.now_us + 300_000);
+        assert_eq!(placed_on(&sim, 10 + k).map(|p| p.0), Some("paris-0".into()));
+    }
+    assert!((1..3).all(|i| standby(&sim, i)));
+    // The next one does not fit anywhere awake: one Paris host wakes for it.
+    let mut r = vm("wakes".into());
+    r.jurisdictions = vec!["FR".into()];
+    sim.ask(0, 20, Command::Create(Box::new(r)));
+    sim.run(sim.now_us + 500_000);
+    let (host, _) = placed_on(&sim, 20).expect("placed");
+    assert!(host == "paris-1" || host == "paris-2", "{host}");
+    let woken: Vec<usize> = (1..3).filter(|&i| !standby(&sim, i)).collect();
+    assert_eq!(woken.len(), 1, "one host woken: {woken:?}");
 }
