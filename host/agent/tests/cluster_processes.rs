@@ -604,7 +604,7 @@ fn processes_a_killed_hosts_always_vms_come_back_elsewhere_once_and_its_stale_co
         view(&clients[1]).is_some_and(|v| v.cluster.hosts.iter().any(|h| h.host == victim && h.vms == 3))
     });
     cluster.agents[0].kill9();
-    wait_until(Duration::from_secs(20), "the VMs with restart always run elsewhere", || {
+    wait_until(Duration::from_secs(40), "the VMs with restart always run elsewhere", || {
         ["keep1", "keep2"]
             .iter()
             .all(|n| show(&clients[1], n).is_some_and(|s| s.host != victim && s.generation == 1))

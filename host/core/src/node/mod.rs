@@ -1300,8 +1300,9 @@ impl Node {
     }
 
     /// Checks that can be made before deciding where a VM goes. A VM
-    /// re-created after its host died (`generation` > 0) may carry a name
-    /// the summaries still give to that dead host.
+    /// created again after its host died (`generation` > 0) carries a name
+    /// the summaries still give to that host, which this agent may not
+    /// have declared dead yet: its PoP's speaker did.
     fn admissible(&self, spec: &crate::VmRequest, generation: u64) -> Result<(), ApiError> {
         spec.validate().map_err(|e| ApiError::new(ApiErrorKind::BadRequest, e.to_string()))?;
         if self.vms.contains_key(&spec.name) {
@@ -1313,8 +1314,8 @@ impl Node {
                 format!("a domain named {:?} exists on the hypervisor and is not Locus's", spec.name),
             ));
         }
-        if let Some((_, host, _, liveness)) = self.membership.find_vm(&spec.name)
-            && !(generation > 0 && liveness == crate::cluster::Liveness::Dead)
+        if let Some((_, host, _, _)) = self.membership.find_vm(&spec.name)
+            && generation == 0
         {
             return Err(ApiError::new(
                 ApiErrorKind::Conflict,
