@@ -386,17 +386,26 @@ impl Membership {
 
     /// Where a VM runs, as far as summaries tell: (peer, host, pop, liveness).
     pub fn find_vm(&self, name: &str) -> Option<(PeerId, String, String, Liveness)> {
-        let mine = self.members.iter().find(|(_, m)| m.summary.vms.iter().any(|v| v == name));
-        if let Some((peer, m)) = mine {
-            return Some((peer.clone(), m.summary.host.clone(), self.pop.clone(), m.liveness));
-        }
-        self.pops.values().find_map(|p| {
+        // A dead host's last summary still lists the VMs it ran, one of
+        // which may run elsewhere now: a live holder wins, then this PoP's.
+        let rank = |l: Liveness| match l {
+            Liveness::Alive => 0,
+            Liveness::Suspect => 1,
+            Liveness::Dead => 2,
+        };
+        let here = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.summary.vms.iter().any(|v| v == name))
+            .map(|(peer, m)| (peer.clone(), m.summary.host.clone(), self.pop.clone(), m.liveness));
+        let there = self.pops.values().flat_map(|p| {
             p.summary
                 .members
                 .iter()
-                .find(|m| m.vms.iter().any(|v| v == name))
+                .filter(|m| m.vms.iter().any(|v| v == name))
                 .map(|m| (m.peer.clone(), m.host.clone(), p.summary.pop.clone(), m.liveness))
-        })
+        });
+        here.chain(there).min_by_key(|found| rank(found.3))
     }
 }
 
@@ -448,6 +457,20 @@ mod tests {
             standby_watts: 10,
             vms: vec![format!("vm-{peer}")],
         }
+    }
+
+    #[test]
+    fn a_vm_a_dead_host_still_lists_is_found_where_it_runs_now() {
+        let now = Instant::now();
+        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
+        let (mut a, mut b) = (summary("a", "p"), summary("b", "p"));
+        a.vms = vec!["x".into()];
+        b.vms = vec!["x".into()];
+        m.heard_host(now, &PeerId("a".into()), a);
+        m.heard_host(now + Duration::from_secs(3), &PeerId("b".into()), b);
+        m.tick(now + Duration::from_millis(3500));
+        let (peer, _, _, liveness) = m.find_vm("x").expect("found");
+        assert_eq!((peer.0.as_str(), liveness), ("b", Liveness::Alive));
     }
 
     #[test]

@@ -59,6 +59,17 @@ impl Agent {
     }
 
     fn launch(uri: &str, host: &str, extra: &[&str], envs: &[(&str, &str)], state: Option<&Path>) -> Agent {
+        Agent::launch_with(&[], uri, host, extra, envs, state)
+    }
+
+    fn launch_with(
+        wrapper: &[&str],
+        uri: &str,
+        host: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        state: Option<&Path>,
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -73,7 +84,8 @@ impl Agent {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut agent = Agent { dir, child: None, args, host: host.into(), envs, wrapper: vec![] };
+        let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        let mut agent = Agent { dir, child: None, args, host: host.into(), envs, wrapper };
         agent.spawn();
         agent
     }
@@ -81,23 +93,7 @@ impl Agent {
     /// An agent on libvirt `uri` started through `wrapper` (which execs it),
     /// with exactly the arguments given after its state, socket, URI and host.
     pub fn start_wrapped(wrapper: &[&str], uri: &str, host: &str, extra: &[&str]) -> Agent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut args: Vec<String> = vec![
-            "agent".into(),
-            "--state-dir".into(),
-            dir.path().display().to_string(),
-            "--set".into(),
-            format!("socket={:?}", dir.path().join("agent.sock").display().to_string()),
-            "--libvirt-uri".into(),
-            uri.into(),
-            "--host-name".into(),
-            host.into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
-        let mut agent = Agent { dir, child: None, args, host: host.into(), envs: vec![], wrapper };
-        agent.spawn();
-        agent
+        Agent::launch_with(wrapper, uri, host, extra, &[], None)
     }
 
     /// (Re)starts the process with the same state directory and arguments.

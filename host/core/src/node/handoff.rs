@@ -601,59 +601,57 @@ impl Node {
 
     /// Step 3 at the destination: the VM left its source; take it over.
     fn arrived(&mut self, id: InboundId, name: &str, generation: u64) {
-        let resp = match self.vms.get(name) {
-            Some(r) if r.intent.generation >= generation && r.intent.handoff.is_none() => {
-                PeerResponse::Vm(Box::new(self.status(r)))
+        let resp = match self.idle_arrival(name, generation) {
+            Some(Ok(())) => {
+                let from = self.handoff_host(name);
+                let Some(r) = self.vms.get_mut(name) else { return };
+                let spec = Box::new(r.intent.spec.clone());
+                r.task = Some(Task::new(Purpose::MoveIn, Step::Adopt, Some(Origin::Peer(id))));
+                return self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from });
             }
-            Some(r)
-                if r.intent.generation == generation
-                    && matches!(r.intent.handoff, Some(Handoff::From { .. })) =>
-            {
-                if r.task.is_some() {
-                    refused(
-                        ApiErrorKind::Unavailable,
-                        format!("vm {name} is busy on host {}", self.config.host.name),
-                    )
-                } else {
-                    let from = self.handoff_host(name);
-                    let spec = Box::new(r.intent.spec.clone());
-                    if let Some(r) = self.vms.get_mut(name) {
-                        r.task = Some(Task::new(Purpose::MoveIn, Step::Adopt, Some(Origin::Peer(id))));
-                    }
-                    return self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from });
+            Some(Err(busy)) => busy,
+            // Asked again after it was taken over (our answer was lost).
+            None => match self.vms.get(name) {
+                Some(r) if r.intent.generation >= generation && r.intent.handoff.is_none() => {
+                    PeerResponse::Vm(Box::new(self.status(r)))
                 }
-            }
-            _ => refused(
-                ApiErrorKind::NotFound,
-                format!("host {} expects no vm {name} of generation {generation}", self.config.host.name),
-            ),
+                _ => refused(
+                    ApiErrorKind::NotFound,
+                    format!("host {} expects no vm {name} of generation {generation}", self.config.host.name),
+                ),
+            },
         };
         self.outputs.push_back(Output::Respond { id, resp });
     }
 
     /// The source calls the move off: the arrival and its disk go.
     fn abandon(&mut self, id: InboundId, name: &str, generation: u64) {
-        let resp = match self.vms.get(name) {
-            None => PeerResponse::Done,
-            Some(r)
-                if r.intent.generation == generation
-                    && matches!(r.intent.handoff, Some(Handoff::From { .. })) =>
-            {
-                if r.task.is_some() {
-                    refused(
-                        ApiErrorKind::Unavailable,
-                        format!("vm {name} is busy on host {}", self.config.host.name),
-                    )
-                } else {
-                    self.drop_arrival(name, Some(Origin::Peer(id)));
-                    return;
-                }
-            }
-            Some(_) => {
+        let resp = match self.idle_arrival(name, generation) {
+            Some(Ok(())) => return self.drop_arrival(name, Some(Origin::Peer(id))),
+            Some(Err(busy)) => busy,
+            None if self.vms.contains_key(name) => {
                 refused(ApiErrorKind::Conflict, format!("vm {name} runs on host {}", self.config.host.name))
             }
+            None => PeerResponse::Done,
         };
         self.outputs.push_back(Output::Respond { id, resp });
+    }
+
+    /// Whether `name` is arriving here with `generation` and nothing in
+    /// flight (`Ok`), arriving but busy (`Err`, the answer to give), or
+    /// not arriving with that generation (`None`).
+    fn idle_arrival(&self, name: &str, generation: u64) -> Option<Result<(), PeerResponse>> {
+        let r = self.vms.get(name)?;
+        let arriving =
+            r.intent.generation == generation && matches!(r.intent.handoff, Some(Handoff::From { .. }));
+        if !arriving {
+            return None;
+        }
+        if r.task.is_some() {
+            let busy = format!("vm {name} is busy on host {}", self.config.host.name);
+            return Some(Err(refused(ApiErrorKind::Unavailable, busy)));
+        }
+        Some(Ok(()))
     }
 
     fn drop_arrival(&mut self, name: &str, origin: Option<Origin>) {
