@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use locus_core::cluster::{MembershipConfig, PeerId};
-use locus_core::node::{HostConfig, NodeConfig, PopConfig, TimingConfig};
+use locus_core::node::{HostConfig, MovesConfig, NodeConfig, PopConfig, TimingConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -164,6 +164,8 @@ pub struct AgentConfig {
     pub rebalance: locus_core::rebalance::RebalanceConfig,
     /// Standby of empty hosts.
     pub energy: EnergyConfig,
+    /// Bounds on concurrent migrations, per host and per PoP.
+    pub moves: MovesConfig,
 }
 
 /// `[energy]`: when an empty host goes to standby, and the commands that
@@ -219,6 +221,7 @@ impl Default for AgentConfig {
             load: locus_core::load::LoadConfig::default(),
             rebalance: locus_core::rebalance::RebalanceConfig::default(),
             energy: EnergyConfig::default(),
+            moves: MovesConfig::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl AgentConfig {
             load: self.load.clone(),
             rebalance: self.rebalance.clone(),
             energy: locus_core::node::EnergyConfig { standby_after_ms: self.energy.standby_after_ms },
+            moves: self.moves.clone(),
         }
     }
 

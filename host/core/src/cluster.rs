@@ -74,6 +74,10 @@ pub struct HostSummary {
     /// Power in standby, watts.
     #[serde(default)]
     pub standby_watts: u32,
+    /// VMs moving out of it that hold a slot of its PoP's bound on
+    /// concurrent migrations (the PoP's speaker counts them).
+    #[serde(default)]
+    pub moving: Vec<String>,
     /// The VMs it runs.
     pub vms: Vec<String>,
 }
@@ -327,7 +331,13 @@ impl Membership {
 
     /// True when this agent speaks for its PoP: no alive member has a smaller peer id.
     pub fn is_speaker(&self) -> bool {
-        !self.members.iter().any(|(peer, m)| m.liveness == Liveness::Alive && *peer < self.me)
+        self.speaker().is_none()
+    }
+
+    /// The PoP-mate that speaks for the PoP: the alive member with the
+    /// smallest peer id, or none when that is this agent.
+    pub fn speaker(&self) -> Option<&PeerId> {
+        self.members.iter().find(|(peer, m)| m.liveness == Liveness::Alive && **peer < self.me).map(|(p, _)| p)
     }
 
     /// This PoP's summary, from this agent's own summary and its members'.
@@ -455,6 +465,7 @@ mod tests {
             draining: false,
             standby: false,
             standby_watts: 10,
+            moving: vec![],
             vms: vec![format!("vm-{peer}")],
         }
     }

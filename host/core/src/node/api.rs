@@ -136,6 +136,17 @@ pub enum PeerRequest {
         /// The event.
         event: crate::rebalance::EventId,
     },
+    /// As my PoP's speaker, grant me a slot of the PoP's bound on
+    /// concurrent migrations to move this VM; refuse while the PoP is full.
+    Slot {
+        /// The VM.
+        vm: String,
+    },
+    /// The move of this VM ended: its slot is free.
+    SlotFree {
+        /// The VM.
+        vm: String,
+    },
     /// Is the VM you were moving to me still on its way?
     Departure {
         /// The VM.

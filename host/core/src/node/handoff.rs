@@ -26,7 +26,8 @@
 //!   stayed (drop the arrival and its disk), or gone (take it over).
 //!
 //! Both messages are idempotent, so a lost answer is repaired by asking
-//! again. At most one move leaves a host and one arrives at a time.
+//! again. By default at most one move leaves a host and one arrives at a
+//! time, and a move takes a slot of its PoP's bound first (see `slots`).
 
 use super::timers::Timer;
 use super::{Event, Node, Origin, Output, Purpose, Step, Task, VmRecord, not_found};
@@ -35,25 +36,22 @@ use crate::cluster::{Liveness, PeerId};
 use crate::hypervisor::HvCommand;
 use crate::intent::{Desired, Handoff, VmIntent};
 use crate::model::HostState;
+use crate::node::slots::SlotBook;
 use crate::node::{
     ApiError, ApiErrorKind, Departure, DrainStatus, InboundId, OutboundId, PeerRequest, PeerResponse, Reply,
     VmStatus,
 };
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Moves out of one host at once (Nova's default too): each takes the
-/// host's network and the guest's dirty pages.
-const MAX_OUT: usize = 1;
-/// VMs arriving on one host at once.
-const MAX_IN: usize = 1;
 /// A destination that has heard nothing about an arriving VM for this long
 /// asks its source where the move stands.
 const ARRIVAL_CHECK: Duration = Duration::from_secs(20);
 /// The shortest time a live migration is given before it is aborted.
 const MIN_MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// A move whose destination is busy receiving another VM is tried again
-/// after this long, this many times at most.
+/// A move whose destination is busy receiving another VM, or whose PoP has
+/// no free slot, is tried again after this long; a busy destination this
+/// many times at most.
 const BUSY_RETRY: Duration = Duration::from_millis(500);
 const BUSY_RETRIES: u32 = 60;
 
@@ -68,6 +66,8 @@ struct Queued {
     not_before: Option<Instant>,
     /// Destinations that refused it; the policy chooses among the others.
     avoid: Vec<PeerId>,
+    /// Why it waits, for `host status`.
+    why: Option<String>,
 }
 
 /// Destinations the placement policy may choose for one move before it
@@ -81,14 +81,24 @@ enum Stage {
     Arrived,
     Abandon,
     Departure,
+    Slot,
+    SlotFree,
 }
 
 /// The host's moves: waiting, under way, and a drain's progress.
 #[derive(Debug, Default)]
 pub(super) struct Moves {
     queue: VecDeque<Queued>,
-    /// Moves that left the queue: being decided or carried out.
+    /// Moves that left the queue: waiting for a slot, being decided or
+    /// carried out.
     active: BTreeSet<String>,
+    /// Moves waiting for the PoP's speaker (the second) to grant a slot.
+    asking: HashMap<String, (Queued, PeerId)>,
+    /// Moves holding a slot of the PoP's bound, with the agent that granted
+    /// it (none: this one, as speaker).
+    holding: BTreeMap<String, Option<PeerId>>,
+    /// Slots this agent granted as its PoP's speaker.
+    book: SlotBook,
     /// Protocol messages sent and not answered yet.
     sent: HashMap<OutboundId, (String, Stage)>,
     /// Times each waiting move found its destination busy.
@@ -113,6 +123,11 @@ impl Moves {
     /// Whether `vm` is moving or waiting to.
     pub(super) fn busy_with(&self, vm: &str) -> bool {
         self.active.contains(vm) || self.queue.iter().any(|q| q.vm == vm)
+    }
+
+    /// The moves holding a slot of the PoP's bound, for the summary.
+    pub(super) fn holding_slots(&self) -> Vec<String> {
+        self.holding.keys().cloned().collect()
     }
 }
 
@@ -149,6 +164,7 @@ impl Node {
             origin: Some(origin),
             not_before: None,
             avoid: vec![],
+            why: None,
         });
         self.next_move();
         None
@@ -156,12 +172,18 @@ impl Node {
 
     /// Whether a VM of this host can start moving now.
     fn movable(&self, name: &str) -> Result<(), ApiError> {
+        self.can_move(name)?;
+        if self.moves.busy_with(name) {
+            return Err(conflict(format!("vm {name} is already waiting to move")));
+        }
+        Ok(())
+    }
+
+    /// Whether a VM of this host can move now, as far as the VM goes.
+    fn can_move(&self, name: &str) -> Result<(), ApiError> {
         let r = self.vms.get(name).ok_or_else(|| not_found(name))?;
         if let Some(h) = &r.intent.handoff {
             return Err(conflict(format!("vm {name} is already {h}")));
-        }
-        if self.moves.active.contains(name) || self.moves.queue.iter().any(|q| q.vm == name) {
-            return Err(conflict(format!("vm {name} is already waiting to move")));
         }
         if r.intent.desired == Desired::Deleted {
             return Err(conflict(format!("vm {name} is being deleted")));
@@ -214,10 +236,11 @@ impl Node {
             .map(|m| m.peer.clone())
     }
 
-    /// Starts waiting moves while the outgoing slot is free.
+    /// Starts waiting moves while the host's outgoing slots are free.
     pub(super) fn next_move(&mut self) {
         let now = self.now;
-        while self.moves.active.len() < MAX_OUT {
+        let max_out = self.config.moves.max_out_per_host.max(1) as usize;
+        while self.moves.active.len() < max_out {
             let due = |q: &Queued| q.not_before.is_none_or(|t| now.is_some_and(|now| now >= t));
             let Some(q) = self.moves.queue.iter().position(due).and_then(|i| self.moves.queue.remove(i))
             else {
@@ -228,18 +251,124 @@ impl Node {
                 continue;
             }
             self.moves.active.insert(q.vm.clone());
-            match q.to {
-                Some(host) => match self.peer_of_host(&host) {
-                    Some(peer) => self.start_move(&q.vm, peer, host, q.origin),
-                    None => {
-                        let e = ApiError::new(ApiErrorKind::Unplaceable, format!("host {host} is not alive"));
-                        self.move_ended(&q.vm, q.origin, Err(e));
-                    }
-                },
-                None => {
-                    let spec = Box::new(self.vms[&q.vm].intent.spec.clone());
-                    self.ask_move(q.origin, spec, q.avoid);
+            self.take_slot(q);
+        }
+    }
+
+    /// A move asks its PoP's speaker for a slot (or grants itself one, as
+    /// the speaker) and starts once it has it.
+    fn take_slot(&mut self, q: Queued) {
+        match self.membership.speaker().cloned() {
+            None => {
+                let me = self.config.peer.clone();
+                match self.grant_slot(&me, &q.vm) {
+                    Ok(()) => self.granted(q, None),
+                    Err(why) => self.wait_for_slot(q, why),
                 }
+            }
+            Some(speaker) => {
+                let id = self.request(speaker.clone(), PeerRequest::Slot { vm: q.vm.clone() });
+                self.moves.sent.insert(id, (q.vm.clone(), Stage::Slot));
+                self.moves.asking.insert(q.vm.clone(), (q, speaker));
+            }
+        }
+    }
+
+    /// The PoP has no free slot (or its speaker did not answer): the move
+    /// waits its turn.
+    fn wait_for_slot(&mut self, q: Queued, why: String) {
+        self.moves.active.remove(&q.vm);
+        let not_before = self.now.map(|t| t + BUSY_RETRY);
+        self.moves.queue.push_front(Queued { not_before, why: Some(why), ..q });
+    }
+
+    /// As the PoP's speaker: a slot for `peer` to move `vm`, if the PoP has
+    /// one free.
+    fn grant_slot(&mut self, peer: &PeerId, vm: &str) -> Result<(), String> {
+        let Some(now) = self.now else { return Err("no clock yet".into()) };
+        let mut reported: BTreeMap<PeerId, Vec<String>> = self
+            .membership
+            .members
+            .iter()
+            .filter(|(_, m)| m.liveness == Liveness::Alive)
+            .map(|(p, m)| (p.clone(), m.summary.moving.clone()))
+            .collect();
+        reported.insert(self.config.peer.clone(), self.moves.holding_slots());
+        let max = self.config.moves.max_per_pop.max(1);
+        self.moves.book.grant(now, peer, vm, max, &reported).map_err(|in_use| {
+            format!("PoP {} has {in_use} of {max} migrations under way", self.config.pop.name)
+        })
+    }
+
+    /// Gives a move's slot back to whoever granted it.
+    fn release_slot(&mut self, vm: &str) {
+        match self.moves.holding.remove(vm) {
+            Some(None) => {
+                let me = self.config.peer.clone();
+                self.moves.book.release(&me, vm);
+            }
+            Some(Some(grantor)) => {
+                let id = self.request(grantor, PeerRequest::SlotFree { vm: vm.to_owned() });
+                self.moves.sent.insert(id, (vm.to_owned(), Stage::SlotFree));
+            }
+            None => {}
+        }
+    }
+
+    /// A move leaves the active set: its slot goes back.
+    fn leave_active(&mut self, vm: &str) -> bool {
+        self.release_slot(vm);
+        self.moves.active.remove(vm)
+    }
+
+    /// A PoP-mate asks this agent, as speaker, for a slot or gives one back.
+    fn slot_request(&mut self, id: InboundId, from: &PeerId, req: PeerRequest) {
+        let resp = if !self.membership.members.contains_key(from) {
+            refused(
+                ApiErrorKind::BadRequest,
+                format!("slots of PoP {} are for its members only", self.config.pop.name),
+            )
+        } else {
+            match req {
+                PeerRequest::Slot { vm } => match self.grant_slot(from, &vm) {
+                    Ok(()) => PeerResponse::Done,
+                    Err(why) => refused(ApiErrorKind::Unavailable, why),
+                },
+                PeerRequest::SlotFree { vm } => {
+                    self.moves.book.release(from, &vm);
+                    PeerResponse::Done
+                }
+                _ => return,
+            }
+        };
+        self.outputs.push_back(Output::Respond { id, resp });
+    }
+
+    /// A move has its slot (granted by `grantor`, or by this agent): it
+    /// starts, unless the VM changed while it waited.
+    fn granted(&mut self, q: Queued, grantor: Option<PeerId>) {
+        self.moves.holding.insert(q.vm.clone(), grantor);
+        if let Err(e) = self.can_move(&q.vm) {
+            self.leave_active(&q.vm);
+            return self.move_failed(&q.vm, q.origin, e);
+        }
+        self.start(q);
+    }
+
+    /// A move with its slot starts: towards its chosen host, or the
+    /// placement policy chooses one.
+    fn start(&mut self, q: Queued) {
+        match q.to {
+            Some(host) => match self.peer_of_host(&host) {
+                Some(peer) => self.start_move(&q.vm, peer, host, q.origin),
+                None => {
+                    let e = ApiError::new(ApiErrorKind::Unplaceable, format!("host {host} is not alive"));
+                    self.move_ended(&q.vm, q.origin, Err(e));
+                }
+            },
+            None => {
+                let spec = Box::new(self.vms[&q.vm].intent.spec.clone());
+                self.ask_move(q.origin, spec, q.avoid);
             }
         }
     }
@@ -350,7 +479,7 @@ impl Node {
             (Stage::Arrive, other) => {
                 // Called off before anything was copied. A destination that
                 // did get ready (its answer was lost) asks us in a while.
-                let to = self.handoff_host(&vm);
+                let dest = self.handoff_host(&vm);
                 self.clear_handoff(&vm);
                 let busy =
                     matches!(other, Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::Unavailable);
@@ -365,7 +494,7 @@ impl Node {
                             c.pop();
                             c
                         });
-                        let to = if avoid.is_some() { None } else { Some(to.clone()) };
+                        let to = if avoid.is_some() { None } else { Some(dest.clone()) };
                         Some((to, not_before, avoid.unwrap_or_default()))
                     }
                     // The policy's choice refused it: it chooses again, elsewhere.
@@ -374,15 +503,16 @@ impl Node {
                 };
                 if let Some((to, not_before, avoid)) = again {
                     let task = self.vms.get_mut(&vm).and_then(|r| r.task.take());
-                    self.moves.active.remove(&vm);
+                    self.leave_active(&vm);
                     let origin = task.and_then(|t| t.origin);
-                    self.moves.queue.push_front(Queued { vm: vm.clone(), to, origin, not_before, avoid });
+                    let why = busy.then(|| format!("host {dest} is receiving another VM"));
+                    self.moves.queue.push_front(Queued { vm: vm.clone(), to, origin, not_before, avoid, why });
                     self.next_move();
                     return true;
                 }
                 let e = ApiError::new(
                     ApiErrorKind::Unplaceable,
-                    format!("vm {vm} cannot move to host {to}: {}", refused(other)),
+                    format!("vm {vm} cannot move to host {dest}: {}", refused(other)),
                 );
                 self.finish(&vm, Some(e));
             }
@@ -409,6 +539,17 @@ impl Node {
                 );
                 self.finish(&vm, Some(e));
             }
+            (Stage::Slot, Ok(PeerResponse::Done)) => {
+                if let Some((q, grantor)) = self.moves.asking.remove(&vm) {
+                    self.granted(q, Some(grantor));
+                }
+            }
+            (Stage::Slot, other) => {
+                if let Some((q, _)) = self.moves.asking.remove(&vm) {
+                    self.wait_for_slot(q, refused(other));
+                }
+            }
+            (Stage::SlotFree, _) => {}
             (Stage::Departure, Ok(PeerResponse::Departure(d))) => self.departure_known(&vm, *d),
             (Stage::Departure, _) => self.check_arrival_later(&vm),
         }
@@ -453,7 +594,7 @@ impl Node {
         origin: Option<Origin>,
         result: Result<Box<VmStatus>, ApiError>,
     ) {
-        let was_active = self.moves.active.remove(name);
+        let was_active = self.leave_active(name);
         match &result {
             Ok(status) => self.event(Event::Moved { vm: name.to_owned(), to: status.host.clone() }),
             Err(e) => self.event(Event::Failed { vm: name.to_owned(), error: e.message.clone() }),
@@ -545,7 +686,7 @@ impl Node {
         }
         let arriving =
             self.vms.values().filter(|r| matches!(r.intent.handoff, Some(Handoff::From { .. }))).count();
-        if arriving >= MAX_IN {
+        if arriving >= self.config.moves.max_in_per_host.max(1) as usize {
             return Err(ApiError::new(
                 ApiErrorKind::Unavailable,
                 format!("host {host} is receiving another VM; try again when it is done"),
@@ -733,6 +874,7 @@ impl Node {
                     self.answer(Origin::Peer(id), Err(e));
                 }
             }
+            req @ (PeerRequest::Slot { .. } | PeerRequest::SlotFree { .. }) => self.slot_request(id, &from, req),
             other => self.rebalance_request(id, from, other),
         }
     }
@@ -786,6 +928,7 @@ impl Node {
                     origin: None,
                     not_before: None,
                     avoid: vec![],
+                    why: None,
                 });
             }
         }
@@ -820,9 +963,10 @@ impl Node {
             .iter()
             .filter_map(|(n, r)| r.intent.handoff.as_ref().map(|h| format!("{n}: {h}")))
             .collect();
-        out.extend(self.moves.queue.iter().map(|q| match &q.to {
-            Some(to) => format!("{}: waiting to move to {to}", q.vm),
-            None => format!("{}: waiting to move", q.vm),
+        out.extend(self.moves.queue.iter().map(|q| {
+            let to = q.to.as_ref().map(|to| format!(" to {to}")).unwrap_or_default();
+            let why = q.why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default();
+            format!("{}: waiting to move{to}{why}", q.vm)
         }));
         out
     }

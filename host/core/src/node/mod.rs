@@ -33,6 +33,7 @@ mod handoff;
 mod journal;
 mod overlay;
 mod rebalancing;
+mod slots;
 mod timers;
 
 use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, Topic, Transition};
@@ -159,6 +160,26 @@ impl Default for TimingConfig {
     }
 }
 
+/// How many migrations may run at once (`[moves]`): each takes a host's
+/// network and its guest's dirty pages, and a PoP's links are shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct MovesConfig {
+    /// Moves leaving one host at once (Nova's default is 1 too).
+    pub max_out_per_host: u32,
+    /// Moves arriving on one host at once.
+    pub max_in_per_host: u32,
+    /// Moves leaving the hosts of one PoP at once; the PoP's speaker
+    /// grants the slots.
+    pub max_per_pop: u32,
+}
+
+impl Default for MovesConfig {
+    fn default() -> Self {
+        MovesConfig { max_out_per_host: 1, max_in_per_host: 1, max_per_pop: 4 }
+    }
+}
+
 /// When an empty host goes to standby (`[energy]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -200,6 +221,8 @@ pub struct NodeConfig {
     pub rebalance: crate::rebalance::RebalanceConfig,
     /// Standby of empty hosts.
     pub energy: EnergyConfig,
+    /// Bounds on concurrent migrations.
+    pub moves: MovesConfig,
 }
 
 /// What happens to the node.

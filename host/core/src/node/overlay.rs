@@ -99,6 +99,7 @@ impl Node {
             draining: self.moves.draining(),
             standby: self.standby,
             standby_watts: h.standby_watts,
+            moving: self.moves.holding_slots(),
             vms: self.vms.keys().cloned().collect(),
         }
     }

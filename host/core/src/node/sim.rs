@@ -706,6 +706,58 @@ fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
     assert_eq!(sim.nodes[0].node.host_status().drain, None);
 }
 
+/// Moves under way out of the hosts of PoP `pop`: VMs whose source's
+/// intent says "moving to".
+fn moves_out_of(sim: &Sim, pop: usize) -> usize {
+    let leaving = |n: &SimNode| {
+        n.node.vms.values().filter(|r| matches!(r.intent.handoff, Some(crate::intent::Handoff::To { .. }))).count()
+    };
+    sim.nodes.iter().filter(|n| n.alive && n.pop == pop).map(leaving).sum()
+}
+
+#[test]
+fn a_pops_bound_on_concurrent_migrations_holds_and_every_move_still_ends() {
+    // Five hosts each send their two VMs to the next: ten moves, up to five
+    // at once by the per-host bounds alone.
+    for bound in [2usize, 16] {
+        let mut sim = Sim::new(5).live().configure(|c| c.moves.max_per_pop = bound as u32);
+        sim.run(3_000_000);
+        for i in 0..5 {
+            for k in 0..2 {
+                sim.put(i, &format!("m{i}-{k}"), 100);
+            }
+        }
+        sim.run(sim.now_us + 500_000);
+        for i in 0..5 {
+            for k in 0..2 {
+                let to = Some(host_name(&sim, (i + 1) % 5));
+                sim.ask(i, (10 * i + k) as u64, Command::Migrate { name: format!("m{i}-{k}"), to });
+            }
+        }
+        let mut most = 0;
+        sim.run_with(20_000_000, |sim| {
+            let now = moves_out_of(sim, 0);
+            assert!(now <= bound, "{now} moves under way in a PoP bounded to {bound}");
+            most = most.max(now);
+        });
+        for i in 0..5 {
+            for k in 0..2 {
+                let req = ReqId((10 * i + k) as u64);
+                match sim.answers.get(&req) {
+                    Some(Ok(Reply::Vm(s))) => assert_eq!(s.host, host_name(&sim, (i + 1) % 5)),
+                    other => panic!("bound {bound}: m{i}-{k}: {other:?}"),
+                }
+                assert_eq!(one_copy(&sim, &format!("m{i}-{k}")), (i + 1) % 5);
+            }
+        }
+        if bound == 2 {
+            assert_eq!(most, 2, "the bound is reached, not only kept");
+        } else {
+            assert!(most > 2, "without a tight bound more moves overlap: {most}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -779,6 +831,11 @@ impl Sim {
     /// Runs `us` with samples every second and the partition invariants
     /// checked after every input.
     fn run_checked(&mut self, us: u64) {
+        self.run_with(us, Sim::check_partitions);
+    }
+
+    /// Runs `us` with samples every second and `check` after every input.
+    fn run_with(&mut self, us: u64, mut check: impl FnMut(&Sim)) {
         let until = self.now_us + us;
         while self.now_us < until {
             self.sample_all();
@@ -786,7 +843,7 @@ impl Sim {
             while self.queue.peek().is_some_and(|&(Reverse(t), ..)| t <= step) {
                 let next = self.queue.peek().map(|&(Reverse(t), ..)| t).unwrap_or(step);
                 self.run(next);
-                self.check_partitions();
+                check(self);
             }
             self.now_us = step;
         }
