@@ -431,6 +431,7 @@ impl Core {
             FromHypervisor::Up(inventory, domains) => Input::HypervisorUp { now, inventory, domains },
             FromHypervisor::Down(reason) => Input::HypervisorDown { now, reason },
             FromHypervisor::Sampled(domains) => Input::Sampled { now, domains },
+            FromHypervisor::Progress(op, progress) => Input::MigrationProgress { now, op, progress },
         };
         self.node.handle_input(input);
     }

@@ -224,11 +224,42 @@ fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_and_a_
     let mut at = hosts.agents.iter().position(|x| x.host == created.host).expect("its host");
     let (_, uuid) = virsh(&hosts.uris[at], &["domuuid", &vm]);
 
-    // 1. A plain live migration, entered at the source's PoP-mate.
+    // 1. A plain live migration, entered at the source's PoP-mate; the
+    // source shows its progress meanwhile.
     let to = 1 - at;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (socket, vm, stop) = (hosts.agents[at].socket(), vm.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = vec![];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new(locus_bin())
+                    .args(["vm", "show", &vm, "--json", "--socket"])
+                    .arg(&socket)
+                    .output()
+                    .expect("run locus vm show");
+                let status: Option<VmStatus> = serde_json::from_slice(&out.stdout).ok();
+                seen.extend(status.and_then(|s| s.migration));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
     let started = Instant::now();
     let moved: VmStatus = hosts.agents[to].json(&["vm", "migrate", &vm, "--to", &hosts.agents[to].host]);
     let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let progress = watcher.join().expect("the watcher");
+    // A 64 MiB guest of zero pages copies in well under a second: the
+    // samples may all fall in the job's setup, before libvirt counts bytes.
+    assert!(
+        progress.iter().any(|p| p.elapsed_ms > 0),
+        "the source reports the job's progress while it runs: {progress:?}"
+    );
+    eprintln!(
+        "progress last seen during the migration: {}",
+        progress.last().map(|p| p.to_string()).unwrap_or_default()
+    );
     assert_eq!(moved.host, hosts.agents[to].host);
     assert_eq!((moved.generation, moved.state), (1, DomainState::Running));
     assert_eq!(hosts.wait_settled(&vm, "the first migration settles"), to);

@@ -337,7 +337,10 @@ impl Membership {
     /// The PoP-mate that speaks for the PoP: the alive member with the
     /// smallest peer id, or none when that is this agent.
     pub fn speaker(&self) -> Option<&PeerId> {
-        self.members.iter().find(|(peer, m)| m.liveness == Liveness::Alive && **peer < self.me).map(|(p, _)| p)
+        self.members
+            .iter()
+            .find(|(peer, m)| m.liveness == Liveness::Alive && **peer < self.me)
+            .map(|(p, _)| p)
     }
 
     /// This PoP's summary, from this agent's own summary and its members'.

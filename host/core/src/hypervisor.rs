@@ -177,3 +177,84 @@ pub struct Observation {
     /// Names of every other domain, left alone but kept out of the VM namespace.
     pub others: Vec<String>,
 }
+
+/// How far a live migration has got, from the hypervisor's job statistics
+/// (libvirt's `virDomainGetJobStats`), sampled while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MigrationProgress {
+    /// Time since the migration started, ms.
+    pub elapsed_ms: u64,
+    /// Bytes to copy in all, memory and disk; grows while the guest
+    /// dirties memory faster than it is copied.
+    pub total_bytes: u64,
+    /// Bytes sent so far (pages of zeros count for little).
+    pub processed_bytes: u64,
+    /// Bytes left to copy.
+    pub remaining_bytes: u64,
+    /// Passes over the guest's memory so far: more than a few means the
+    /// guest dirties memory about as fast as it is copied.
+    pub memory_passes: u64,
+    /// Memory copy rate, bytes per second.
+    pub memory_bytes_per_s: u64,
+    /// How much auto-converge slows the guest's CPUs, percent (0: not).
+    pub throttle_percent: u32,
+}
+
+impl MigrationProgress {
+    /// Share copied, percent, as far as the total is known.
+    pub fn percent(&self) -> u32 {
+        if self.total_bytes == 0 {
+            return 0;
+        }
+        let done = self.total_bytes.saturating_sub(self.remaining_bytes) as f64;
+        (done * 100.0 / self.total_bytes as f64).round().clamp(0.0, 100.0) as u32
+    }
+}
+
+impl std::fmt::Display for MigrationProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MIB: u64 = 1 << 20;
+        write!(
+            f,
+            "{} % after {:.1} s: {} MiB sent, {} of {} MiB left, memory pass {}, {} MiB/s",
+            self.percent(),
+            self.elapsed_ms as f64 / 1000.0,
+            self.processed_bytes / MIB,
+            self.remaining_bytes / MIB,
+            self.total_bytes / MIB,
+            self.memory_passes,
+            self.memory_bytes_per_s / MIB,
+        )?;
+        if self.throttle_percent > 0 {
+            write!(f, ", guest throttled {} %", self.throttle_percent)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MigrationProgress;
+
+    #[test]
+    fn progress_counts_what_is_left_of_the_total() {
+        let mib = 1 << 20;
+        let p = MigrationProgress {
+            elapsed_ms: 1500,
+            total_bytes: 1024 * mib,
+            processed_bytes: 300 * mib,
+            remaining_bytes: 256 * mib,
+            memory_passes: 2,
+            memory_bytes_per_s: 110 * mib,
+            throttle_percent: 20,
+        };
+        assert_eq!(p.percent(), 75);
+        assert_eq!(
+            p.to_string(),
+            "75 % after 1.5 s: 300 MiB sent, 256 of 1024 MiB left, memory pass 2, 110 MiB/s, guest throttled 20 %"
+        );
+        // In its setup, a job has counted nothing yet.
+        assert_eq!(MigrationProgress { elapsed_ms: 200, ..MigrationProgress::default() }.percent(), 0);
+    }
+}

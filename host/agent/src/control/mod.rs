@@ -467,6 +467,7 @@ fn print_vm(v: &VmStatus) -> Result<()> {
         ("last error", clean(v.last_error.as_deref().unwrap_or_default())),
         ("pending", clean(v.pending.as_deref().unwrap_or_default())),
         ("moving", clean(v.handoff.as_deref().unwrap_or_default())),
+        ("migration", v.migration.map(|p| p.to_string()).unwrap_or_default()),
         ("moves so far", v.generation.to_string()),
     ] {
         t.add_row(vec![k.to_owned(), val]);

@@ -6,10 +6,12 @@
 //! destination's), live, persistent at the destination and undefined
 //! here; the VM's own disk (the top of its qcow2 chain) is copied, its
 //! base is already there. Auto-converge slows a guest that dirties memory
-//! faster than it can be copied. A watchdog aborts the job when it runs
-//! past its deadline, and the guest keeps running here.
+//! faster than it can be copied. A watchdog samples the job's statistics
+//! four times a second (the progress `vm show` and `host status` report) and
+//! aborts the job when it runs past its deadline; the guest keeps running
+//! here.
 
-use locus_core::hypervisor::{DomainState, HvError, HvErrorKind, OpId};
+use locus_core::hypervisor::{DomainState, HvError, HvErrorKind, MigrationProgress, OpId};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ use super::FromHypervisor;
 
 /// How long a migration job gets to end after it was asked to abort.
 const ABORT_WAIT: Duration = Duration::from_secs(30);
+/// How often a migration's progress is sampled.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// One outgoing migration.
 #[derive(Debug)]
@@ -44,7 +48,7 @@ pub fn spawn(m: Outgoing, events: UnboundedSender<FromHypervisor>) {
     let spawned = thread::Builder::new().name(name).spawn({
         let events = events.clone();
         move || {
-            let result = run(&m);
+            let result = run(&m, &events);
             let _ = events.send(FromHypervisor::Done(m.op, result));
         }
     });
@@ -55,36 +59,26 @@ pub fn spawn(m: Outgoing, events: UnboundedSender<FromHypervisor>) {
     }
 }
 
-fn run(m: &Outgoing) -> Result<DomainState, HvError> {
+fn run(m: &Outgoing, events: &UnboundedSender<FromHypervisor>) -> Result<DomainState, HvError> {
     let refused = |message: String| HvError { kind: HvErrorKind::Refused, message };
     let mut conn = Connect::open(Some(&m.local_uri))
         .map_err(|e| HvError { kind: HvErrorKind::Unavailable, message: e.message().to_owned() })?;
-    let result = migrate(&conn, m).map_err(refused);
+    let result = migrate(&conn, m, events).map_err(refused);
     let _ = conn.close();
     result
 }
 
-fn migrate(conn: &Connect, m: &Outgoing) -> Result<DomainState, String> {
+fn migrate(
+    conn: &Connect,
+    m: &Outgoing,
+    events: &UnboundedSender<FromHypervisor>,
+) -> Result<DomainState, String> {
     let dom = Domain::lookup_by_name(conn, &m.vm).map_err(|e| e.message().to_owned())?;
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let watchdog = {
-        let (uri, vm, timeout) = (m.local_uri.clone(), m.vm.clone(), m.timeout);
-        thread::spawn(move || {
-            // Ends when the migration ends (the sender is dropped) or aborts it at the deadline.
-            if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
-                tracing::warn!(
-                    vm,
-                    timeout_s = timeout.as_secs(),
-                    "migration overran its deadline; aborting it"
-                );
-                if let Err(e) = abort_by_uri(&uri, &vm) {
-                    tracing::warn!(vm, error = e, "could not abort the migration");
-                }
-                true
-            } else {
-                false
-            }
-        })
+        let watch = Watch { uri: m.local_uri.clone(), vm: m.vm.clone(), timeout: m.timeout, op: m.op };
+        let events = events.clone();
+        thread::spawn(move || watch.run(&done_rx, &events))
     };
     let params = MigrateParameters {
         auto_converge_initial: Some(20),
@@ -118,12 +112,79 @@ fn migrate(conn: &Connect, m: &Outgoing) -> Result<DomainState, String> {
     }
 }
 
-fn abort_by_uri(uri: &str, vm: &str) -> Result<(), String> {
-    let mut conn = Connect::open(Some(uri)).map_err(|e| e.message().to_owned())?;
-    let result =
-        Domain::lookup_by_name(&conn, vm).map_err(|e| e.message().to_owned()).and_then(|d| abort(&d));
-    let _ = conn.close();
-    result
+/// The watchdog of one migration, on a connection of its own (the
+/// migration's blocks until it ends).
+struct Watch {
+    uri: String,
+    vm: String,
+    timeout: Duration,
+    op: OpId,
+}
+
+impl Watch {
+    /// Samples the job's progress until the migration ends (`done`'s sender
+    /// is dropped) or aborts it at its deadline; returns whether it did.
+    fn run(&self, done: &mpsc::Receiver<()>, events: &UnboundedSender<FromHypervisor>) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        let mut conn = match Connect::open(Some(&self.uri)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(vm = self.vm, error = e.message(), "cannot watch the migration");
+                None
+            }
+        };
+        let dom = conn.as_ref().and_then(|c| Domain::lookup_by_name(c, &self.vm).ok());
+        let aborted = loop {
+            let wait = PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()));
+            match done.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    tracing::warn!(
+                        vm = self.vm,
+                        timeout_s = self.timeout.as_secs(),
+                        "migration overran its deadline; aborting it"
+                    );
+                    match dom.as_ref().map(abort) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(vm = self.vm, error = e, "could not abort the migration")
+                        }
+                        None => tracing::warn!(vm = self.vm, "could not abort the migration: no connection"),
+                    }
+                    break true;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let stats = dom.as_ref().and_then(|d| d.get_job_stats(0).ok());
+                    if let Some(p) = stats.as_ref().and_then(progress) {
+                        tracing::debug!(vm = self.vm, "migration: {p}");
+                        let _ = events.send(FromHypervisor::Progress(self.op, p));
+                    }
+                }
+                _ => break false,
+            }
+        };
+        drop(dom);
+        if let Some(c) = conn.as_mut() {
+            let _ = c.close();
+        }
+        aborted
+    }
+}
+
+/// A migration job's statistics as the node reports them; none while no
+/// job runs.
+fn progress(s: &virt::domain::JobStats) -> Option<MigrationProgress> {
+    if s.r#type == virt::sys::VIR_DOMAIN_JOB_NONE as i32 {
+        return None;
+    }
+    Some(MigrationProgress {
+        elapsed_ms: s.time_elapsed.unwrap_or(0),
+        total_bytes: s.data_total.unwrap_or(0),
+        processed_bytes: s.data_processed.unwrap_or(0),
+        remaining_bytes: s.data_remaining.unwrap_or(0),
+        memory_passes: s.mem_iteration.unwrap_or(0),
+        memory_bytes_per_s: s.mem_bps.unwrap_or(0),
+        throttle_percent: s.auto_converge_throttle.and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
+    })
 }
 
 /// Asks libvirt to abort the domain's job. virt 0.4.3 has no safe wrapper.

@@ -46,6 +46,8 @@ pub enum FromHypervisor {
     Down(String),
     /// A periodic sample.
     Sampled(Observation),
+    /// How far a live migration has got.
+    Progress(OpId, locus_core::hypervisor::MigrationProgress),
 }
 
 /// How to reach libvirt and how often to sample.

@@ -300,6 +300,10 @@ pub struct VmStatus {
     /// A move between hosts under way: `moving to HOST` or `arriving from HOST`.
     #[serde(default)]
     pub handoff: Option<String>,
+    /// A live migration out of this host: how far it has got, from the
+    /// hypervisor's job statistics (sampled four times a second).
+    #[serde(default)]
+    pub migration: Option<crate::hypervisor::MigrationProgress>,
     /// How many times it has moved between hosts.
     #[serde(default)]
     pub generation: u64,

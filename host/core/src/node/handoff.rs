@@ -33,7 +33,7 @@ use super::timers::Timer;
 use super::{Event, Node, Origin, Output, Purpose, Step, Task, VmRecord, not_found};
 use crate::VmRequest;
 use crate::cluster::{Liveness, PeerId};
-use crate::hypervisor::HvCommand;
+use crate::hypervisor::{HvCommand, MigrationProgress};
 use crate::intent::{Desired, Handoff, VmIntent};
 use crate::model::HostState;
 use crate::node::slots::SlotBook;
@@ -506,7 +506,14 @@ impl Node {
                     self.leave_active(&vm);
                     let origin = task.and_then(|t| t.origin);
                     let why = busy.then(|| format!("host {dest} is receiving another VM"));
-                    self.moves.queue.push_front(Queued { vm: vm.clone(), to, origin, not_before, avoid, why });
+                    self.moves.queue.push_front(Queued {
+                        vm: vm.clone(),
+                        to,
+                        origin,
+                        not_before,
+                        avoid,
+                        why,
+                    });
                     self.next_move();
                     return true;
                 }
@@ -874,7 +881,9 @@ impl Node {
                     self.answer(Origin::Peer(id), Err(e));
                 }
             }
-            req @ (PeerRequest::Slot { .. } | PeerRequest::SlotFree { .. }) => self.slot_request(id, &from, req),
+            req @ (PeerRequest::Slot { .. } | PeerRequest::SlotFree { .. }) => {
+                self.slot_request(id, &from, req)
+            }
             other => self.rebalance_request(id, from, other),
         }
     }
@@ -956,12 +965,28 @@ impl Node {
         Some(d)
     }
 
+    /// A live migration's job statistics: kept with its task for `vm show`
+    /// and `host status`.
+    pub(super) fn migration_progress(&mut self, op: crate::hypervisor::OpId, progress: MigrationProgress) {
+        let Some(name) = self.ops.get(&op) else { return };
+        let Some(task) = self.vms.get_mut(name).and_then(|r| r.task.as_mut()) else { return };
+        if task.step == Step::Migrate && task.op == Some(op) {
+            task.progress = Some(progress);
+        }
+    }
+
     /// Moves under way or waiting, for `host status`.
     pub(super) fn moves_status(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .vms
             .iter()
-            .filter_map(|(n, r)| r.intent.handoff.as_ref().map(|h| format!("{n}: {h}")))
+            .filter_map(|(n, r)| {
+                let h = r.intent.handoff.as_ref()?;
+                Some(match r.task.as_ref().and_then(|t| t.progress) {
+                    Some(p) => format!("{n}: {h} ({p})"),
+                    None => format!("{n}: {h}"),
+                })
+            })
             .collect();
         out.extend(self.moves.queue.iter().map(|q| {
             let to = q.to.as_ref().map(|to| format!(" to {to}")).unwrap_or_default();

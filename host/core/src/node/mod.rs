@@ -262,6 +262,16 @@ pub enum Input {
         /// Why.
         reason: String,
     },
+    /// How far a live migration (a [`HvCommand::MigrateOut`] in flight)
+    /// has got.
+    MigrationProgress {
+        /// When it was sampled.
+        now: Instant,
+        /// The migration's command.
+        op: OpId,
+        /// Its job statistics.
+        progress: crate::hypervisor::MigrationProgress,
+    },
     /// A periodic sample of every domain (the Local Resources Tracker).
     Sampled {
         /// When.
@@ -737,6 +747,8 @@ struct Task {
     moved: Option<Box<VmStatus>>,
     /// An arrival by live migration.
     live: bool,
+    /// A live migration out: how far it has got.
+    progress: Option<crate::hypervisor::MigrationProgress>,
 }
 
 impl Task {
@@ -750,6 +762,7 @@ impl Task {
             failure: None,
             moved: None,
             live: false,
+            progress: None,
         }
     }
 }
@@ -979,6 +992,10 @@ impl Node {
                 }
                 self.hypervisor = Hypervisor::Down(reason);
                 self.model.set_host_state(self.host, HostState::Down);
+            }
+            Input::MigrationProgress { now, op, progress } => {
+                self.tick(now);
+                self.migration_progress(op, progress);
             }
             Input::Sampled { now, domains } => {
                 self.tick(now);
@@ -1848,6 +1865,7 @@ impl Node {
                 last_error: None,
                 pending: None,
                 handoff: None,
+                migration: None,
                 generation: 0,
                 spec: crate::VmRequest::default(),
             },
@@ -1870,6 +1888,7 @@ impl Node {
             last_error: r.last_error.clone(),
             pending: r.pending.clone(),
             handoff: r.intent.handoff.as_ref().map(|h| h.to_string()),
+            migration: r.task.as_ref().and_then(|t| t.progress),
             generation: r.intent.generation,
             spec: r.intent.spec.clone(),
         }

@@ -144,8 +144,10 @@ impl Sim {
 
     /// Hypervisors that live-migrate: every node's inventory says where.
     fn live(mut self) -> Self {
-        for n in &mut self.nodes {
-            n.live = true;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].live = true;
+            // The hypervisor comes up again, saying so.
+            self.connect(i);
         }
         self
     }
@@ -268,6 +270,17 @@ impl Sim {
                     let epoch = self.nodes[i].epoch;
                     self.migrations.insert(self.next_migration, Migration { vm, from: i, to, op, epoch });
                     self.at(MIGRATE_US, Due::Migrated(self.next_migration));
+                    // Halfway, the job statistics say so.
+                    let progress = crate::hypervisor::MigrationProgress {
+                        elapsed_ms: MIGRATE_US / 2_000,
+                        total_bytes: 1 << 30,
+                        processed_bytes: 1 << 29,
+                        remaining_bytes: 1 << 29,
+                        memory_passes: 1,
+                        memory_bytes_per_s: 1 << 31,
+                        throttle_percent: 0,
+                    };
+                    self.to(i, MIGRATE_US / 2, Input::MigrationProgress { now, op, progress });
                 }
                 Output::Hypervisor { op, cmd } => {
                     if let HvCommand::Settle(vm) = &cmd {
@@ -614,6 +627,17 @@ fn a_vm_moves_live_or_cold_to_the_host_asked_for_and_runs_once() {
         let cmd = Command::Migrate { name: "mover".into(), to: Some(host_name(&sim, to)) };
         // Asked of an agent in another PoP: passed to the VM's host.
         sim.ask(4, 2, cmd);
+        if live {
+            // While it copies, the source shows how far it has got.
+            let mut seen = None;
+            while seen.is_none() && !sim.answers.contains_key(&ReqId(2)) {
+                sim.run(sim.now_us + 10_000);
+                seen = sim.nodes[from].node.status_of("mover").migration;
+            }
+            assert_eq!(seen.map(|p| p.percent()), Some(50));
+            let moves = sim.nodes[from].node.host_status().moves;
+            assert!(moves.iter().any(|m| m.contains("moving to") && m.contains("50 %")), "{moves:?}");
+        }
         run_sampled(&mut sim, 2_000_000);
         match sim.answers.get(&ReqId(2)) {
             Some(Ok(Reply::Vm(s))) => {
@@ -710,7 +734,11 @@ fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
 /// intent says "moving to".
 fn moves_out_of(sim: &Sim, pop: usize) -> usize {
     let leaving = |n: &SimNode| {
-        n.node.vms.values().filter(|r| matches!(r.intent.handoff, Some(crate::intent::Handoff::To { .. }))).count()
+        n.node
+            .vms
+            .values()
+            .filter(|r| matches!(r.intent.handoff, Some(crate::intent::Handoff::To { .. })))
+            .count()
     };
     sim.nodes.iter().filter(|n| n.alive && n.pop == pop).map(leaving).sum()
 }
