@@ -390,7 +390,10 @@ fn show(c: &Client, vm: &str) -> Option<VmStatus> {
 #[test]
 fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_host() {
     let pops: [PopSpec; 1] = [("nantes", "FR", 47.2, -1.55, 3)];
-    let cluster = Cluster::start(50, &pops, |_, _| 0, &[]);
+    // One migration at a time in the PoP (checked at the end); room for
+    // every VM of the test on one host.
+    let bounds = ["--set", "moves.max-per-pop=1", "--set", "host.memory-mib=16384"];
+    let cluster = Cluster::start(50, &pops, |_, _| 0, &bounds);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
     wait_until(Duration::from_secs(10), "the agents see each other", || {
         clients.iter().all(|c| converged(c, 1, 3))
@@ -442,6 +445,53 @@ fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_hos
     }
     let resumed: HostStatus = cluster.agents[to].json(&["host", "resume"]);
     assert!(resumed.drain.is_none());
+
+    // Moves out of two hosts to two others, all asked at once: the PoP lets
+    // one run at a time, so they take turns (each host alone would let
+    // a → c and b → a overlap).
+    let (a, b, c) = (from, asked, to);
+    let plan = [("t0", a, c), ("t1", a, c), ("t2", b, a), ("t3", b, a)];
+    for (name, at, _) in plan {
+        if create(&cluster.agents[0], &vm(name)).expect("create").host != cluster.agents[at].host {
+            let _: VmStatus =
+                cluster.agents[0].json(&["vm", "migrate", name, "--to", &cluster.agents[at].host]);
+        }
+    }
+    let asked: Vec<std::process::Child> = plan
+        .iter()
+        .map(|(name, at, dest)| {
+            std::process::Command::new(common::locus_bin())
+                .args(["vm", "migrate", name, "--to", &cluster.agents[*dest].host, "--socket"])
+                .arg(cluster.agents[*at].socket())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn locus vm migrate")
+        })
+        .collect();
+    for (child, (name, ..)) in asked.into_iter().zip(plan) {
+        let out = child.wait_with_output().expect("vm migrate ends");
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut spans: Vec<(String, String, String)> = vec![];
+    for (name, at, dest) in plan {
+        let log = cluster.agents[at].log();
+        let stamp = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(&format!("vm {name}: {what}")))
+                .last()
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("{name}: no '{what}' in the log of host {at}:\n{log}"))
+        };
+        spans.push((stamp("moving cold to host"), stamp("moved to host"), name.to_owned()));
+        let s = show(&clients[0], name).expect("shown");
+        assert_eq!(s.host, cluster.agents[dest].host, "{name}");
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two moves of the PoP overlapped: {w:?}");
+    }
 }
 
 /// One rebalancing event as the agents' logs tell it: when it started and

@@ -112,22 +112,33 @@ enum Failed {
 
 fn failed(model: &Model, request: &Resolved, id: HostId) -> Option<Failed> {
     let host = model.hosts.get(id.0 as usize)?;
-    let pop = &model.pops[host.pop.0 as usize];
     let anti = request.anti_affinity_group().and_then(|g| model.groups.get(g.0 as usize));
     let up = host.state == HostState::Up || (request.standby && host.state == HostState::Standby);
     if !up {
         Some(Failed::NotUp)
-    } else if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
+    } else if let Some(f) = fenced(model, request, id) {
+        Some(f)
+    } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
+        Some(Failed::AntiAffinity)
+    } else if !request.size.fits_in(host.free()) {
+        Some(Failed::Capacity)
+    } else {
+        None
+    }
+}
+
+/// The constraints no change of the host's state can lift: the request's
+/// jurisdictions and latency bound against the host's PoP.
+fn fenced(model: &Model, request: &Resolved, id: HostId) -> Option<Failed> {
+    let host = model.hosts.get(id.0 as usize)?;
+    let pop = &model.pops[host.pop.0 as usize];
+    if request.jurisdictions.as_ref().is_some_and(|allowed| !allowed.contains(&pop.jurisdiction)) {
         Some(Failed::Jurisdiction)
     } else if request
         .max_latency_us
         .is_some_and(|bound| request.user_latency_us.get(host.pop.0 as usize).is_some_and(|&rtt| rtt > bound))
     {
         Some(Failed::Latency)
-    } else if anti.is_some_and(|g| g.members.get(&id).is_some_and(|&n| n > 0)) {
-        Some(Failed::AntiAffinity)
-    } else if !request.size.fits_in(host.free()) {
-        Some(Failed::Capacity)
     } else {
         None
     }
@@ -163,13 +174,23 @@ pub fn refusal(model: &Model, request: &Resolved, host: HostId) -> Option<&'stat
     if model.hosts.get(host.0 as usize).is_none() {
         return Some("unknown host");
     }
-    failed(model, request, host).map(|f| match f {
+    failed(model, request, host).map(why)
+}
+
+/// Why `host` can never take `request`, whatever its state (jurisdiction,
+/// latency): what a stale view of the host can still tell for sure.
+pub fn fence_refusal(model: &Model, request: &Resolved, host: HostId) -> Option<&'static str> {
+    fenced(model, request, host).map(why)
+}
+
+fn why(f: Failed) -> &'static str {
+    match f {
         Failed::NotUp => "not up (down, draining or in standby)",
         Failed::Jurisdiction => "outside the allowed jurisdictions",
         Failed::Latency => "beyond the latency bound",
         Failed::AntiAffinity => "already running a member of the anti-affinity group",
         Failed::Capacity => "without room",
-    })
+    }
 }
 
 #[cfg(test)]

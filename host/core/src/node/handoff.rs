@@ -197,7 +197,8 @@ impl Node {
     }
 
     /// Checks an operator's chosen destination against what this agent
-    /// knows (the destination checks again against its exact state).
+    /// knows for sure (its fence); the destination checks the rest against
+    /// its exact state (a summary may still say draining after a resume).
     fn check_destination(&self, name: &str, to: Option<&str>) -> Result<(), ApiError> {
         let Some(to) = to else { return Ok(()) };
         if to == self.config.host.name {
@@ -213,7 +214,7 @@ impl Node {
             return Ok(());
         };
         let resolved = crate::filter::Resolved::new(&self.model, &r.intent.spec);
-        match crate::filter::refusal(&self.model, &resolved, host) {
+        match crate::filter::fence_refusal(&self.model, &resolved, host) {
             None => Ok(()),
             Some(why) => Err(ApiError::new(
                 ApiErrorKind::Unplaceable,
