@@ -478,8 +478,7 @@ fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_hos
         let log = cluster.agents[at].log();
         let stamp = |what: &str| {
             log.lines()
-                .filter(|l| l.contains(&format!("vm {name}: {what}")))
-                .last()
+                .rfind(|l| l.contains(&format!("vm {name}: {what}")))
                 .and_then(|l| l.split_whitespace().next())
                 .map(str::to_owned)
                 .unwrap_or_else(|| panic!("{name}: no '{what}' in the log of host {at}:\n{log}"))
