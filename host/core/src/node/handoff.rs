@@ -739,6 +739,10 @@ impl Node {
             }
             _ => {
                 self.timers.cancel(&Timer::Arrival(name.to_owned()));
+                // Sampled while it arrived, the domain still carried its
+                // source's mark; it is this host's now, whatever the last
+                // sample said (a refusal to take it back would follow).
+                self.others.remove(name);
                 let from = self.handoff_host(name);
                 self.clear_handoff(name);
                 self.announce(name);
