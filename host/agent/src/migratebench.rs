@@ -186,7 +186,7 @@ fn live(args: &Args) -> Result<(Way, Way)> {
             "--set",
             "rebalance.enabled=false",
             "--set",
-            "log=warn",
+            "log=info,libp2p=warn",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -256,6 +256,19 @@ fn live(args: &Args) -> Result<(Way, Way)> {
             at = to;
         }
         anyhow::Ok((Way::of(totals, downs), at))
+    });
+    // A failed run says what the agents logged.
+    let through_agents = through_agents.map_err(|e| {
+        let logs: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {}:\n{}", a.log.display(), tail.join("\n"))
+            })
+            .collect();
+        e.context(format!("the agents' logs end:\n{}", logs.join("\n")))
     })?;
     let (agents_way, mut at) = through_agents;
     // The baseline: the same guest, by virsh alone, the agents stopped.

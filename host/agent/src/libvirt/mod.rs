@@ -258,7 +258,11 @@ impl Session {
             listed.insert(uuid.clone());
             let ours = match self.ours.get(&uuid) {
                 Some(&o) => o,
-                None => *self.ours.entry(uuid.clone()).or_insert_with(|| is_ours(&dom, &self.owner)),
+                None => match ownership(&dom, &self.owner) {
+                    Some(o) => *self.ours.entry(uuid.clone()).or_insert(o),
+                    // Seen again at the next sample.
+                    None => continue,
+                },
             };
             if !ours {
                 o.others.push(name);
@@ -528,10 +532,17 @@ fn disk_error(e: ImageError) -> HvError {
 }
 
 fn is_ours(dom: &Domain, owner: &str) -> bool {
-    dom.get_metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(domain_xml::NAMESPACE), 0)
-        .ok()
-        .and_then(|m| domain_xml::owner(&m))
-        .is_some_and(|o| o == owner)
+    ownership(dom, owner).unwrap_or(false)
+}
+
+/// Whether the domain is marked as `owner`'s; none when its mark cannot be
+/// read now (it is going away, or busy): neither ours nor another's yet.
+fn ownership(dom: &Domain, owner: &str) -> Option<bool> {
+    match dom.get_metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(domain_xml::NAMESPACE), 0) {
+        Ok(m) => Some(domain_xml::owner(&m).is_some_and(|o| o == owner)),
+        Err(e) if e.code() == ErrorNumber::NoDomainMetadata => Some(false),
+        Err(_) => None,
+    }
 }
 
 fn state(d: &Domain) -> Result<DomainState, virt::error::Error> {

@@ -1662,6 +1662,9 @@ impl Node {
         self.outputs.push_back(Output::Announce { vm: name.to_owned(), at: None });
         self.timers.cancel(&Timer::Arrival(name.to_owned()));
         if let Some(task) = record.task.as_ref().filter(|t| t.purpose == Purpose::MoveOut) {
+            // Its domain left: a sample that saw it as another host's (its
+            // mark unreadable as it went) must not keep it from coming back.
+            self.others.remove(name);
             let result = task.moved.clone().ok_or_else(|| {
                 failure
                     .clone()

@@ -733,15 +733,16 @@ fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
 #[test]
 fn a_vm_can_come_back_to_a_host_soon_after_it_left() {
     // The destination samples its domains while the VM lands, still marked
-    // as its source's; then the VM goes back and forth with no sample in
-    // between. The bench found the third move refused ("a domain named …
-    // exists") when that sample was all the host knew.
+    // as its source's, and the source as it leaves; then the VM goes back
+    // and forth with no other sample. `locus bench migrate` found a move
+    // back refused ("a domain named … exists") when such a sample was all
+    // the host knew.
     let mut sim = Sim::new(2).live();
     sim.run(3_000_000);
     let a = create_in_paris(&mut sim, 1, "yoyo");
     let b = 1 - a;
     sim.ask(a, 2, Command::Migrate { name: "yoyo".into(), to: Some(host_name(&sim, b)) });
-    while !sim.nodes[b].hv.domains.get("yoyo").is_some_and(|d| !d.1) {
+    while sim.nodes[b].hv.domains.get("yoyo").is_none_or(|d| d.1) {
         assert!(!sim.answers.contains_key(&ReqId(2)), "landed unseen: {:?}", sim.answers.get(&ReqId(2)));
         sim.run(sim.now_us + 100);
     }
@@ -750,7 +751,18 @@ fn a_vm_can_come_back_to_a_host_soon_after_it_left() {
     sim.to(b, 0, Input::Sampled { now, domains });
     sim.run(sim.now_us + 1_000_000);
     for (req, from, to) in [(2, a, b), (3, b, a), (4, a, b)] {
-        if req > 2 {
+        if req == 3 {
+            // As it leaves, its source's sample cannot read its mark and
+            // lists it as another host's domain (seen on real libvirt).
+            sim.ask(from, req, Command::Migrate { name: "yoyo".into(), to: Some(host_name(&sim, to)) });
+            while !sim.migrations.values().any(|m| m.vm == "yoyo") {
+                sim.run(sim.now_us + 100);
+            }
+            let now = sim.instant(sim.now_us);
+            let domains = crate::hypervisor::Observation { ours: vec![], others: vec!["yoyo".into()] };
+            sim.to(from, 0, Input::Sampled { now, domains });
+            sim.run(sim.now_us + 1_000_000);
+        } else if req == 4 {
             sim.ask(from, req, Command::Migrate { name: "yoyo".into(), to: Some(host_name(&sim, to)) });
             sim.run(sim.now_us + 1_000_000);
         }
