@@ -99,7 +99,14 @@ fn direct(count: u32) -> Result<f64> {
     let mut conn =
         virt::connect::Connect::open(Some("test:///default")).context("opening test:///default")?;
     let xml: Vec<String> = (0..count)
-        .map(|i| crate::libvirt::domain_xml::render(&spec(format!("direct-{i}")), "bench", "test", None))
+        .map(|i| {
+            crate::libvirt::domain_xml::render(
+                &spec(format!("direct-{i}")),
+                crate::libvirt::domain_xml::Mark { owner: "bench", generation: 0 },
+                "test",
+                None,
+            )
+        })
         .collect();
     let start = Instant::now();
     let mut domains = Vec::with_capacity(count as usize);

@@ -11,8 +11,15 @@ pub struct OpId(pub u64);
 /// One thing to do to a domain. Each names the VM (the domain has the VM's name).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HvCommand {
-    /// Define a persistent domain for this request, marked as this agent's.
-    Define(Box<crate::VmRequest>),
+    /// Define a persistent domain for this request, marked as this
+    /// agent's, with the VM's generation.
+    Define {
+        /// The VM.
+        spec: Box<crate::VmRequest>,
+        /// Its generation (moves and re-creations so far), written into
+        /// the mark so the domain itself says which copy it is.
+        generation: u64,
+    },
     /// Boot a defined domain.
     Start(String),
     /// Ask the guest to shut down (ACPI); returns at once.
@@ -29,6 +36,9 @@ pub enum HvCommand {
         spec: Box<crate::VmRequest>,
         /// Whether it arrives by live migration.
         live: bool,
+        /// Its generation once arrived (a cold move's definition is marked
+        /// with it).
+        generation: u64,
     },
     /// Live-migrate the running domain to the hypervisor at `uri`
     /// (peer-to-peer, persistent there, undefined here, its disk copied),
@@ -61,6 +71,8 @@ pub enum HvCommand {
         spec: Box<crate::VmRequest>,
         /// The host whose mark it carries now.
         from: String,
+        /// Its generation here.
+        generation: u64,
     },
 }
 
@@ -68,8 +80,9 @@ impl HvCommand {
     /// The VM it acts on.
     pub fn vm(&self) -> &str {
         match self {
-            HvCommand::Define(r) => &r.name,
-            HvCommand::Receive { spec, .. } | HvCommand::Adopt { spec, .. } => &spec.name,
+            HvCommand::Define { spec, .. }
+            | HvCommand::Receive { spec, .. }
+            | HvCommand::Adopt { spec, .. } => &spec.name,
             HvCommand::Start(n)
             | HvCommand::Shutdown(n)
             | HvCommand::Destroy(n)
@@ -167,6 +180,9 @@ pub struct DomainSeen {
     pub cpu_milli: Option<u32>,
     /// Memory the guest holds, KiB.
     pub memory_kib: u64,
+    /// The generation its mark carries; none where the mark has none (a
+    /// domain defined before marks carried it).
+    pub generation: Option<u64>,
 }
 
 /// A complete listing of the hypervisor's domains.

@@ -22,15 +22,24 @@ pub struct Disk<'a> {
     pub base_format: &'a str,
 }
 
-/// The domain definition for `spec`, owned by host `owner`, of libvirt
-/// domain type `domain_type` (`kvm`, `qemu` or `test`), booting from
-/// `disk` when it has one.
-pub fn render(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>>) -> String {
-    // Writing into a Vec cannot fail.
-    write(spec, owner, domain_type, disk).unwrap_or_default()
+/// Who owns a domain, and which copy of its VM it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark<'a> {
+    /// The host whose agent owns it.
+    pub owner: &'a str,
+    /// The VM's generation (moves and re-creations so far).
+    pub generation: u64,
 }
 
-fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>>) -> io::Result<String> {
+/// The domain definition for `spec`, marked with `mark`, of libvirt
+/// domain type `domain_type` (`kvm`, `qemu` or `test`), booting from
+/// `disk` when it has one.
+pub fn render(spec: &VmRequest, mark: Mark<'_>, domain_type: &str, disk: Option<Disk<'_>>) -> String {
+    // Writing into a Vec cannot fail.
+    write(spec, mark, domain_type, disk).unwrap_or_default()
+}
+
+fn write(spec: &VmRequest, owner: Mark<'_>, domain_type: &str, disk: Option<Disk<'_>>) -> io::Result<String> {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.create_element("domain").with_attribute(("type", domain_type)).write_inner_content(|w| {
         w.create_element("name").write_text_content(BytesText::new(&spec.name))?;
@@ -55,31 +64,34 @@ fn write(spec: &VmRequest, owner: &str, domain_type: &str, disk: Option<Disk<'_>
     Ok(String::from_utf8_lossy(&w.into_inner()).into_owned())
 }
 
-/// Locus's metadata element: the owner and the VM's labels. `prefix` is
-/// the namespace prefix with its colon, or empty where libvirt sets the
-/// namespace itself (`virDomainSetMetadata`).
-fn mark(w: &mut Writer<Vec<u8>>, spec: &VmRequest, owner: &str, prefix: &str) -> io::Result<()> {
+/// Locus's metadata element: the owner, the generation and the VM's
+/// labels. `prefix` is the namespace prefix with its colon, or empty where
+/// libvirt sets the namespace itself (`virDomainSetMetadata`).
+fn mark(w: &mut Writer<Vec<u8>>, spec: &VmRequest, m: Mark<'_>, prefix: &str) -> io::Result<()> {
     let mut vm = w.create_element(format!("{prefix}vm"));
     if !prefix.is_empty() {
         vm = vm.with_attribute(("xmlns:locus", NAMESPACE));
     }
-    vm.with_attribute(("owner", owner)).write_inner_content(|w| {
-        for (key, value) in &spec.labels {
-            w.create_element(format!("{prefix}label"))
-                .with_attribute(("key", key.as_str()))
-                .write_text_content(BytesText::new(value))?;
-        }
-        Ok(())
-    })?;
+    let generation = m.generation.to_string();
+    vm.with_attribute(("owner", m.owner))
+        .with_attribute(("generation", generation.as_str()))
+        .write_inner_content(|w| {
+            for (key, value) in &spec.labels {
+                w.create_element(format!("{prefix}label"))
+                    .with_attribute(("key", key.as_str()))
+                    .write_text_content(BytesText::new(value))?;
+            }
+            Ok(())
+        })?;
     Ok(())
 }
 
-/// The metadata element that marks a domain as `owner`'s, for
+/// The metadata element that marks a domain with `m`, for
 /// `virDomainSetMetadata` with key `locus` and [`NAMESPACE`] (a VM that
 /// arrived from another host).
-pub fn metadata(spec: &VmRequest, owner: &str) -> String {
+pub fn metadata(spec: &VmRequest, m: Mark<'_>) -> String {
     let mut w = Writer::new(Vec::new());
-    match mark(&mut w, spec, owner, "") {
+    match mark(&mut w, spec, m, "") {
         Ok(()) => String::from_utf8_lossy(&w.into_inner()).into_owned(),
         // Writing into a Vec cannot fail.
         Err(_) => String::new(),
@@ -143,11 +155,21 @@ fn devices(w: &mut Writer<Vec<u8>>, spec: &VmRequest, disk: Option<Disk<'_>>) ->
 /// The owner named in a domain's Locus metadata element (as libvirt returns
 /// it from `virDomainGetMetadata`), if it has one.
 pub fn owner(metadata: &str) -> Option<String> {
+    attribute(metadata, "owner")
+}
+
+/// The generation in a domain's Locus metadata element, if it has one
+/// (marks written before generations were have none).
+pub fn generation(metadata: &str) -> Option<u64> {
+    attribute(metadata, "generation")?.parse().ok()
+}
+
+fn attribute(metadata: &str, name: &str) -> Option<String> {
     let mut reader = quick_xml::Reader::from_str(metadata);
     loop {
         match reader.read_event() {
             Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == b"vm" => {
-                let attr = e.try_get_attribute("owner").ok()??;
+                let attr = e.try_get_attribute(name).ok()??;
                 return attr.unescape_value().ok().map(|v| v.into_owned());
             }
             Ok(Event::Eof) | Err(_) => return None,
@@ -169,7 +191,7 @@ mod tests {
             base: Path::new("/images/blobs/ab"),
             base_format: "raw",
         };
-        let xml = render(&spec, "host-a", "kvm", Some(disk));
+        let xml = render(&spec, Mark { owner: "host-a", generation: 3 }, "kvm", Some(disk));
         assert!(xml.contains("relabel=\"no\""), "{xml}");
         assert!(xml.contains("&lt;/locus:label&gt;&lt;evil attr=&apos;1&apos;&gt;&amp;"), "{xml}");
         assert!(xml.contains("file=\"/images/disks/a&amp;b.qcow2\""), "{xml}");
@@ -178,8 +200,12 @@ mod tests {
         let start = xml.find("<locus:vm").expect("metadata");
         let end = xml.find("</locus:vm>").expect("metadata end") + "</locus:vm>".len();
         assert_eq!(owner(&xml[start..end]).as_deref(), Some("host-a"));
-        assert_eq!(owner(&metadata(&spec, "host-b")).as_deref(), Some("host-b"));
-        assert!(metadata(&spec, "host-b").contains("&lt;/locus:label&gt;"));
+        assert_eq!(generation(&xml[start..end]), Some(3));
+        let b = Mark { owner: "host-b", generation: 4 };
+        assert_eq!(owner(&metadata(&spec, b)).as_deref(), Some("host-b"));
+        assert_eq!(generation(&metadata(&spec, b)), Some(4));
+        assert!(metadata(&spec, b).contains("&lt;/locus:label&gt;"));
+        assert_eq!(generation("<vm owner='old'/>"), None);
         assert_eq!(owner("<other/>"), None);
         assert_eq!(owner("not xml <"), None);
     }

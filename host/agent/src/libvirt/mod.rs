@@ -338,7 +338,9 @@ impl Session {
             Err(e) => return Err(self.error(e)),
         };
         match cmd {
-            HvCommand::Adopt { spec, from } => return self.adopt(existing, spec, from),
+            HvCommand::Adopt { spec, from, generation } => {
+                return self.adopt(existing, spec, from, *generation);
+            }
             HvCommand::Discard { from, .. } => return self.discard(existing, name, from),
             _ => {}
         }
@@ -352,8 +354,8 @@ impl Session {
         }
         let result = match (cmd, existing) {
             // Idempotent: an existing domain of ours is the one defined before a crash.
-            (HvCommand::Define(_), Some(d)) => state(&d),
-            (HvCommand::Define(spec), None) => return self.define(spec),
+            (HvCommand::Define { .. }, Some(d)) => state(&d),
+            (HvCommand::Define { spec, generation }, None) => return self.define(spec, *generation),
             (HvCommand::Start(_), None) => {
                 return Err(HvError {
                     kind: HvErrorKind::NotFound,
@@ -381,9 +383,11 @@ impl Session {
                 self.remove_disk(name);
                 DomainState::Missing
             }),
-            (HvCommand::Receive { live: false, spec }, None) => return self.define(spec),
+            (HvCommand::Receive { live: false, spec, generation }, None) => {
+                return self.define(spec, *generation);
+            }
             (HvCommand::Receive { live: false, .. }, Some(d)) => state(&d),
-            (HvCommand::Receive { live: true, spec }, _) => {
+            (HvCommand::Receive { live: true, spec, .. }, _) => {
                 return self.prepare_disk(spec).map(|_| DomainState::Missing);
             }
             (HvCommand::Settle(_), None) => Ok(DomainState::Missing),
@@ -416,6 +420,7 @@ impl Session {
         existing: Option<Domain>,
         spec: &VmRequest,
         from: &str,
+        generation: u64,
     ) -> Result<DomainState, HvError> {
         let name = &spec.name;
         let Some(d) = existing else {
@@ -446,7 +451,7 @@ impl Session {
             if persistent {
                 flags |= virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
             }
-            let mark = domain_xml::metadata(spec, &self.owner);
+            let mark = domain_xml::metadata(spec, domain_xml::Mark { owner: &self.owner, generation });
             d.set_metadata(
                 virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
                 Some(&mark),
@@ -486,11 +491,11 @@ impl Session {
 
     /// Defines a domain, on a disk of its own when it has an image (the
     /// disk it had, when it is defined again).
-    fn define(&mut self, spec: &VmRequest) -> Result<DomainState, HvError> {
+    fn define(&mut self, spec: &VmRequest, generation: u64) -> Result<DomainState, HvError> {
         let disk = self.prepare_disk(spec)?;
         let xml = domain_xml::render(
             spec,
-            &self.owner,
+            domain_xml::Mark { owner: &self.owner, generation },
             self.domain_type,
             disk.as_ref().map(|(overlay, base)| domain_xml::Disk {
                 overlay,
@@ -556,6 +561,9 @@ fn seen(name: String, info: &virt::domain::DomainInfo, cpu_milli: Option<u32>) -
         cpu_time_ns: info.cpu_time,
         cpu_milli,
         memory_kib: info.memory,
+        // Written into every mark; not read back yet (reconciliation
+        // decides stale copies from the overlay's records).
+        generation: None,
     }
 }
 

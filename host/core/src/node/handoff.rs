@@ -675,7 +675,7 @@ impl Node {
         if let Some(now) = self.now {
             self.timers.set(Timer::Arrival(name.clone()), now + ARRIVAL_CHECK);
         }
-        self.issue(&name, Step::Receive, HvCommand::Receive { spec, live });
+        self.issue(&name, Step::Receive, HvCommand::Receive { spec, live, generation });
     }
 
     /// Whether this host can take an arriving VM now.
@@ -760,7 +760,7 @@ impl Node {
                 let Some(r) = self.vms.get_mut(name) else { return };
                 let spec = Box::new(r.intent.spec.clone());
                 r.task = Some(Task::new(Purpose::MoveIn, Step::Adopt, Some(Origin::Peer(id))));
-                return self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from });
+                return self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from, generation });
             }
             Some(Err(busy)) => busy,
             // Asked again after it was taken over (our answer was lost).
@@ -862,12 +862,13 @@ impl Node {
             Departure::Gone => {
                 // The source forgot it: whatever arrived is ours. A domain
                 // that did not arrive is defined again by reconciliation.
-                let spec = Box::new(self.vms[name].intent.spec.clone());
+                let (spec, generation) =
+                    (Box::new(self.vms[name].intent.spec.clone()), self.vms[name].intent.generation);
                 let from = self.handoff_host(name);
                 if let Some(r) = self.vms.get_mut(name) {
                     r.task = Some(Task::new(Purpose::MoveIn, Step::Adopt, None));
                 }
-                self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from });
+                self.issue(name, Step::Adopt, HvCommand::Adopt { spec, from, generation });
             }
         }
     }

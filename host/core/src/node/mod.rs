@@ -1243,9 +1243,13 @@ impl Node {
         record.pending = None;
         record.task = Some(Task { stop_timeout, ..Task::new(purpose, Step::Define, origin) });
         let cmd = match purpose {
-            Purpose::Create | Purpose::Recreate => {
-                (Step::Define, HvCommand::Define(Box::new(record.intent.spec.clone())))
-            }
+            Purpose::Create | Purpose::Recreate => (
+                Step::Define,
+                HvCommand::Define {
+                    spec: Box::new(record.intent.spec.clone()),
+                    generation: record.intent.generation,
+                },
+            ),
             Purpose::Start | Purpose::Restart => (Step::Start, HvCommand::Start(name.to_owned())),
             Purpose::Stop if stop_timeout.is_zero() => (Step::Destroy, HvCommand::Destroy(name.to_owned())),
             Purpose::Stop => (Step::Shutdown, HvCommand::Shutdown(name.to_owned())),
@@ -1965,6 +1969,7 @@ fn set_state(record: &mut VmRecord, state: DomainState) {
                 cpu_time_ns: 0,
                 cpu_milli: None,
                 memory_kib: 0,
+                generation: None,
             })
         }
     }

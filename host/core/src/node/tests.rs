@@ -36,7 +36,7 @@ impl Hv {
         let name = cmd.vm().to_owned();
         let missing = || HvError { kind: HvErrorKind::NotFound, message: format!("no domain {name}") };
         let state = match cmd {
-            HvCommand::Define(_) => {
+            HvCommand::Define { .. } => {
                 self.domains.entry(name.clone()).or_insert((DomainState::Shutoff, true));
                 DomainState::Shutoff
             }
@@ -102,6 +102,7 @@ impl Hv {
                     cpu_time_ns: 1,
                     cpu_milli: (!self.unmeasured).then_some(250),
                     memory_kib: 1024,
+                    generation: None,
                 });
             } else {
                 o.others.push(name.clone());
@@ -283,7 +284,7 @@ fn create_persists_intent_before_defining_then_boots() {
     assert_eq!((status.state, status.desired), (DomainState::Running, Desired::Running));
     let persist = rig.log.iter().position(|o| matches!(o, Output::Persist(Change::Put(_))));
     let define =
-        rig.log.iter().position(|o| matches!(o, Output::Hypervisor { cmd: HvCommand::Define(_), .. }));
+        rig.log.iter().position(|o| matches!(o, Output::Hypervisor { cmd: HvCommand::Define { .. }, .. }));
     assert!(persist < define, "intent is written before the domain is defined: {:?}", rig.log);
     assert_eq!(rig.commands(), ["Define", "Start"]);
     assert_eq!(rig.node.model().hosts[0].allocated.memory_mib, 512);
