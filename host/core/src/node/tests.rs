@@ -252,7 +252,7 @@ impl Rig {
             .iter()
             .filter_map(|o| match o {
                 Output::Hypervisor { cmd, .. } => {
-                    Some(format!("{cmd:?}").split('(').next().unwrap_or("").to_owned())
+                    Some(format!("{cmd:?}").split(['(', ' ']).next().unwrap_or("").to_owned())
                 }
                 _ => None,
             })
