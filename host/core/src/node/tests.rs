@@ -21,6 +21,8 @@ impl PlacementPolicy for FirstCandidate {
 #[derive(Default)]
 pub(super) struct Hv {
     pub(super) domains: BTreeMap<String, (DomainState, bool)>,
+    /// The generation in a domain's mark, where it has one.
+    generations: BTreeMap<String, u64>,
     deaf_to_acpi: bool,
     refuse_start: bool,
     down: bool,
@@ -102,7 +104,7 @@ impl Hv {
                     cpu_time_ns: 1,
                     cpu_milli: (!self.unmeasured).then_some(250),
                     memory_kib: 1024,
-                    generation: None,
+                    generation: self.generations.get(name).copied(),
                 });
             } else {
                 o.others.push(name.clone());
@@ -143,6 +145,10 @@ struct Rig {
     log: Vec<Output>,
     /// The store refuses every write.
     disk_full: bool,
+    /// The overlay's location records, by VM.
+    records: BTreeMap<String, crate::cluster::VmLocation>,
+    /// Records looked up so far.
+    lookups: usize,
 }
 
 impl Rig {
@@ -158,6 +164,8 @@ impl Rig {
             next_req: 0,
             log: vec![],
             disk_full: false,
+            records: BTreeMap::new(),
+            lookups: 0,
         };
         let domains = rig.hv.observation();
         rig.input(Input::HypervisorUp { now: rig.now, inventory: inventory(), domains });
@@ -187,8 +195,11 @@ impl Rig {
                         let answer = crate::Policy::place(&self.policy, &question.cluster, &question.request);
                         queue.push_back(Input::Decided { now: self.now, id, question, answer });
                     }
-                    // A lone node: the overlay's records know nothing more.
-                    Output::Locate(vm) => queue.push_back(Input::Located { now: self.now, vm, at: None }),
+                    Output::Locate(vm) => {
+                        self.lookups += 1;
+                        let at = self.records.get(&vm).cloned().map(Box::new);
+                        queue.push_back(Input::Located { now: self.now, vm, at });
+                    }
                     other => self.log.push(other),
                 }
             }
@@ -494,6 +505,88 @@ fn restart_reconciles_intent_with_what_runs() {
     assert!(rig.log.contains(&Output::Persist(Change::Remove("half-deleted".into()))));
     let names: Vec<_> = rig.node.intents().map(|i| i.spec.name.as_str()).collect();
     assert_eq!(names, ["missing", "missing-never", "running", "stopped", "stopped-but-running"]);
+}
+
+/// A record of `name` at `generation` on host `host` (peer `peer`).
+fn record(name: &str, peer: &str, host: &str, generation: u64) -> crate::cluster::VmLocation {
+    crate::cluster::VmLocation {
+        peer: PeerId(peer.into()),
+        host: host.into(),
+        pop: "p".into(),
+        generation,
+        desired: Desired::Running,
+        spec: spec(name),
+    }
+}
+
+#[test]
+fn an_orphaned_domain_is_judged_by_its_generation_against_the_overlays_record() {
+    let mut hv = Hv::default();
+    for (name, generation) in [("here", 2), ("newer", 5), ("stale", 2), ("unrecorded", 1)] {
+        hv.domains.insert(name.into(), (DomainState::Running, true));
+        hv.generations.insert(name.into(), generation);
+    }
+    let mut rig = Rig::new(node(vec![]), hv);
+    let me = rig.node.config.peer.0.clone();
+    // The state directory was lost: the record still names this host.
+    rig.records.insert("here".into(), record("here", &me, "h1", 2));
+    // Its record lags: this host's copy is a later generation than the one recorded elsewhere.
+    rig.records.insert("newer".into(), record("newer", "p2", "h2", 4));
+    // Created again elsewhere while this host was away.
+    rig.records.insert("stale".into(), record("stale", "p2", "h2", 3));
+    assert_eq!(rig.lookups, 0, "one observation is not enough to judge");
+    assert!(rig.events().contains(&&Event::Orphan("here".into())));
+    rig.sample();
+    assert_eq!(rig.lookups, 4);
+    let events = rig.events();
+    for e in [
+        Event::Reclaimed { vm: "here".into(), generation: 2 },
+        Event::Reclaimed { vm: "newer".into(), generation: 5 },
+        Event::Stale { vm: "stale".into(), current: "h2".into(), generations: (2, 3) },
+    ] {
+        assert!(events.contains(&&e), "{e:?} in {events:?}");
+    }
+    assert_eq!(rig.commands(), ["Destroy", "Undefine"], "only the stale copy is touched");
+    let kept: Vec<_> = rig.hv.domains.keys().map(String::as_str).collect();
+    assert_eq!(kept, ["here", "newer", "unrecorded"]);
+    let intents: Vec<_> = rig.node.intents().map(|i| (i.spec.name.as_str(), i.generation)).collect();
+    assert_eq!(intents, [("here", 2), ("newer", 5)]);
+    let announced: Vec<_> = rig
+        .log
+        .iter()
+        .filter_map(|o| match o {
+            Output::Announce { vm, at: Some(at) } => Some((vm.as_str(), at.generation)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(announced, [("here", 2), ("newer", 5)]);
+    // The taken-back VMs are reconciled like any other; the one with no
+    // record is looked up again after a while, not at every sample.
+    rig.sample();
+    assert_eq!(rig.state("here").state, DomainState::Running);
+    assert_eq!(rig.lookups, 4);
+    rig.now += Duration::from_secs(6);
+    rig.sample();
+    assert_eq!(rig.lookups, 5);
+    assert!(rig.hv.domains.contains_key("unrecorded"));
+    assert_eq!(rig.commands(), ["Destroy", "Undefine"]);
+}
+
+#[test]
+fn a_domain_seen_by_one_observation_only_is_never_judged() {
+    let mut hv = Hv::default();
+    hv.domains.insert("passing".into(), (DomainState::Running, true));
+    hv.generations.insert("passing".into(), 1);
+    let mut rig = Rig::new(node(vec![]), hv);
+    let me = rig.node.config.peer.0.clone();
+    rig.records.insert("passing".into(), record("passing", &me, "h1", 1));
+    // It left (a move this node finished) before the next observation.
+    rig.hv.domains.clear();
+    rig.sample();
+    rig.hv.domains.insert("passing".into(), (DomainState::Running, true));
+    rig.sample();
+    assert_eq!(rig.lookups, 0);
+    assert_eq!(rig.node.intents().count(), 0);
 }
 
 #[test]
