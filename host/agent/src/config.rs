@@ -274,6 +274,7 @@ impl AgentConfig {
         }
         self.load.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         self.rebalance.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        self.moves.check().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if self.images.max_bytes == 0 || self.images.max_imports == 0 {
             bail!("invalid configuration: images.max-bytes and images.max-imports must be at least 1");
         }
@@ -386,6 +387,8 @@ mod tests {
         let e = AgentConfig::load(None, &[("listen".into(), "\"127.0.0.1:1\"".into()), dev()])
             .expect_err("token");
         assert!(e.to_string().contains("token-file"), "{e}");
+        let e = AgentConfig::load(None, &[("moves.max-per-pop".into(), "0".into()), dev()]).expect_err("0");
+        assert!(e.to_string().contains("max-per-pop must be at least 1"), "{e}");
         let e = AgentConfig::load(None, &[]).expect_err("no key");
         assert!(e.to_string().contains("no cluster key"), "{e}");
     }

@@ -198,6 +198,9 @@ fn live(args: &Args) -> Result<(Way, Way)> {
     };
     let peer_exec = args.scripts.join("libvirtd-peer.sh").display().to_string();
     let pid = std::process::id();
+    let vm = format!("bench-mig-{pid}");
+    // Declared before the agents, so dropped after they stop (else one would restart it).
+    let _guest = Guest { name: &vm, uris: &uris };
     let names = [format!("bench-a-{pid}"), format!("bench-b-{pid}")];
     let mut agents = vec![
         spawn(&[], dir.path(), &names[0], "qemu:///system", &common("127.62.0.1", &host_uri))?,
@@ -216,7 +219,6 @@ fn live(args: &Args) -> Result<(Way, Way)> {
     bytes[511] = 0xAA;
     std::fs::write(&image, &bytes)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let vm = format!("bench-mig-{pid}");
     let through_agents = rt.block_on(async {
         let clients: Vec<Client> = agents.iter().map(Agent::client).collect();
         for c in &clients {
@@ -328,9 +330,23 @@ fn live(args: &Args) -> Result<(Way, Way)> {
         }
         at = to;
     }
-    let _ = virsh(&uris[at], &["destroy", &vm]);
-    let _ = virsh(&uris[at], &["undefine", &vm]);
     Ok((agents_way, Way::of(totals, downs)))
+}
+
+/// The bench's guest, removed from both daemons however the run ends: one
+/// left spinning after a failure slows whatever runs next on the machine.
+struct Guest<'a> {
+    name: &'a str,
+    uris: &'a [String; 2],
+}
+
+impl Drop for Guest<'_> {
+    fn drop(&mut self) {
+        for uri in self.uris {
+            let _ = virsh(uri, &["destroy", self.name]);
+            let _ = virsh(uri, &["undefine", self.name]);
+        }
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -240,7 +240,7 @@ impl Node {
     /// Starts waiting moves while the host's outgoing slots are free.
     pub(super) fn next_move(&mut self) {
         let now = self.now;
-        let max_out = self.config.moves.max_out_per_host.max(1) as usize;
+        let max_out = self.config.moves.max_out_per_host as usize;
         while self.moves.active.len() < max_out {
             let due = |q: &Queued| q.not_before.is_none_or(|t| now.is_some_and(|now| now >= t));
             let Some(q) = self.moves.queue.iter().position(due).and_then(|i| self.moves.queue.remove(i))
@@ -295,7 +295,7 @@ impl Node {
             .map(|(p, m)| (p.clone(), m.summary.moving.clone()))
             .collect();
         reported.insert(self.config.peer.clone(), self.moves.holding_slots());
-        let max = self.config.moves.max_per_pop.max(1);
+        let max = self.config.moves.max_per_pop;
         self.moves.book.grant(now, peer, vm, max, &reported).map_err(|in_use| {
             format!("PoP {} has {in_use} of {max} migrations under way", self.config.pop.name)
         })
@@ -694,7 +694,7 @@ impl Node {
         }
         let arriving =
             self.vms.values().filter(|r| matches!(r.intent.handoff, Some(Handoff::From { .. }))).count();
-        if arriving >= self.config.moves.max_in_per_host.max(1) as usize {
+        if arriving >= self.config.moves.max_in_per_host as usize {
             return Err(ApiError::new(
                 ApiErrorKind::Unavailable,
                 format!("host {host} is receiving another VM; try again when it is done"),
@@ -739,10 +739,7 @@ impl Node {
             }
             _ => {
                 self.timers.cancel(&Timer::Arrival(name.to_owned()));
-                // Sampled while it arrived, the domain still carried its
-                // source's mark; it is this host's now, whatever the last
-                // sample said (a refusal to take it back would follow).
-                self.others.remove(name);
+                self.handoff_ended(name);
                 let from = self.handoff_host(name);
                 self.clear_handoff(name);
                 self.announce(name);
@@ -750,6 +747,14 @@ impl Node {
                 self.finish(name, None);
             }
         }
+    }
+
+    /// A hand-off of `name` ended, in or out. A sample taken during it may
+    /// have seen the domain as another host's (marked by its source, or its
+    /// mark unreadable as it left); that sighting is void, or the VM could
+    /// not come back here until the next sample.
+    pub(super) fn handoff_ended(&mut self, name: &str) {
+        self.others.remove(name);
     }
 
     /// Step 3 at the destination: the VM left its source; take it over.

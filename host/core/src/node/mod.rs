@@ -180,6 +180,16 @@ impl Default for MovesConfig {
     }
 }
 
+impl MovesConfig {
+    /// Refuses a bound of 0, which would keep every move waiting.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_out_per_host == 0 || self.max_in_per_host == 0 || self.max_per_pop == 0 {
+            return Err("moves.max-out-per-host, max-in-per-host and max-per-pop must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// When an empty host goes to standby (`[energy]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -1682,9 +1692,7 @@ impl Node {
         self.outputs.push_back(Output::Announce { vm: name.to_owned(), at: None });
         self.timers.cancel(&Timer::Arrival(name.to_owned()));
         if let Some(task) = record.task.as_ref().filter(|t| t.purpose == Purpose::MoveOut) {
-            // Its domain left: a sample that saw it as another host's (its
-            // mark unreadable as it went) must not keep it from coming back.
-            self.others.remove(name);
+            self.handoff_ended(name);
             let result = task.moved.clone().ok_or_else(|| {
                 failure
                     .clone()
