@@ -25,7 +25,7 @@
 //! reachable yet) it is left alone and looked up again later.
 
 use super::{Event, Node, Origin, Output, Purpose, Step, Task, VmRecord};
-use crate::cluster::{PeerId, Transition, VmLocation};
+use crate::cluster::{Liveness, PeerId, Transition, VmLocation};
 use crate::hypervisor::{DomainSeen, HvCommand};
 use crate::intent::{Desired, VmIntent};
 use crate::node::{ApiError, OutboundId, PeerRequest, PeerResponse, Reply};
@@ -165,6 +165,13 @@ impl Node {
         };
         if at.host != dead {
             // Moved (or created again) before its old host died.
+            return;
+        }
+        let living = at.peer == self.config.peer
+            || self.membership.members.get(&at.peer).is_some_and(|m| m.liveness == Liveness::Alive);
+        if living {
+            // Its host came back under a new peer id (its key was lost)
+            // and recorded the VM again: it runs there.
             return;
         }
         if at.desired != Desired::Running || at.spec.restart != RestartPolicy::Always {

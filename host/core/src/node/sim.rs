@@ -306,12 +306,11 @@ impl Sim {
                 }
                 Output::Request { id, to, req } => {
                     let from = self.nodes[i].node.config.peer.clone();
-                    let j = self.index(&to);
-                    if !self.nodes[j].alive {
+                    let Some(j) = self.index(&to).filter(|&j| self.nodes[j].alive) else {
                         let result = Err("connection refused".to_owned());
                         self.to(i, 1_000, Input::PeerResponse { now, id, result });
                         continue;
-                    }
+                    };
                     self.next_inbound += 1;
                     let epoch = self.nodes[i].epoch;
                     self.inbound.insert(self.next_inbound, (i, epoch, id));
@@ -329,7 +328,7 @@ impl Sim {
                     }
                 }
                 Output::Dial(peer) => {
-                    let j = self.index(&peer);
+                    let Some(j) = self.index(&peer) else { continue };
                     let rtt = Duration::from_micros(2 * one_way_us(self.nodes[i].pop, self.nodes[j].pop));
                     self.to(i, rtt.as_micros() as u64, Input::Rtt { now, peer, rtt });
                 }
@@ -404,8 +403,9 @@ impl Sim {
         }
     }
 
-    fn index(&self, peer: &PeerId) -> usize {
-        self.nodes.iter().position(|n| n.node.config.peer == *peer).expect("known peer")
+    /// The node with peer id `peer` (none for an id a node had before a restart).
+    fn index(&self, peer: &PeerId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.node.config.peer == *peer)
     }
 
     fn ask(&mut self, i: usize, req: u64, cmd: Command) {
@@ -1089,6 +1089,39 @@ fn a_dead_hosts_vms_are_created_again_once_and_its_stale_copies_go_when_it_retur
         assert_ne!(one_copy(&sim, name), 1, "{name}: the current copy is the new one");
     }
     assert_eq!(one_copy(&sim, "n0"), 1);
+}
+
+#[test]
+fn a_host_that_lost_its_state_takes_its_running_vms_back_and_they_are_not_created_again_elsewhere() {
+    let mut sim = Sim::new(3).live();
+    sim.run(3_000_000);
+    // On paris-1 (its PoP's speaker is paris-0); a0 has moved once (generation 1).
+    for name in ["a0", "a1"] {
+        sim.put_spec(1, vm(name.into()));
+    }
+    run_sampled(&mut sim, 1_000_000);
+    sim.ask(0, 1, Command::Migrate { name: "a0".into(), to: Some("paris-2".into()) });
+    run_sampled(&mut sim, 2_000_000);
+    sim.ask(2, 2, Command::Migrate { name: "a0".into(), to: Some("paris-1".into()) });
+    run_sampled(&mut sim, 2_000_000);
+    assert_eq!((one_copy(&sim, "a0"), sim.nodes[1].store["a0"].generation), (1, 2));
+    // The intent store is lost while the guests run on, then the key too
+    // (a new peer id: its old self is declared dead, with both VMs in its
+    // last summary).
+    for new_key in [false, true] {
+        sim.crash(1);
+        sim.nodes[1].store.clear();
+        if new_key {
+            sim.nodes[1].config.peer = PeerId("peer-0-1-new-key".into());
+        }
+        sim.restart(1);
+        run_sampled(&mut sim, 8_000_000);
+        for (name, generation) in [("a0", 2), ("a1", 0)] {
+            assert_eq!(one_copy(&sim, name), 1, "{name}: taken back (new key: {new_key})");
+            assert_eq!(sim.nodes[1].store[name].generation, generation, "{name}: the same copy");
+            assert_eq!(sim.records[name].host, "paris-1");
+        }
+    }
 }
 
 // ---- energy ----

@@ -22,7 +22,7 @@ impl PlacementPolicy for FirstCandidate {
 pub(super) struct Hv {
     pub(super) domains: BTreeMap<String, (DomainState, bool)>,
     /// The generation in a domain's mark, where it has one.
-    generations: BTreeMap<String, u64>,
+    pub(super) generations: BTreeMap<String, u64>,
     deaf_to_acpi: bool,
     refuse_start: bool,
     down: bool,
@@ -38,8 +38,11 @@ impl Hv {
         let name = cmd.vm().to_owned();
         let missing = || HvError { kind: HvErrorKind::NotFound, message: format!("no domain {name}") };
         let state = match cmd {
-            HvCommand::Define { .. } => {
-                self.domains.entry(name.clone()).or_insert((DomainState::Shutoff, true));
+            HvCommand::Define { generation, .. } => {
+                if !self.domains.contains_key(&name) {
+                    self.domains.insert(name.clone(), (DomainState::Shutoff, true));
+                    self.generations.insert(name.clone(), *generation);
+                }
                 DomainState::Shutoff
             }
             HvCommand::Start(_) if self.refuse_start => {
@@ -67,10 +70,14 @@ impl Hv {
             },
             HvCommand::Undefine(_) => {
                 self.domains.remove(&name);
+                self.generations.remove(&name);
                 DomainState::Missing
             }
             HvCommand::Receive { live: true, .. } => DomainState::Missing,
-            HvCommand::Receive { live: false, .. } => {
+            HvCommand::Receive { live: false, generation, .. } => {
+                if !self.domains.contains_key(&name) {
+                    self.generations.insert(name.clone(), *generation);
+                }
                 self.domains.entry(name.clone()).or_insert((DomainState::Shutoff, true)).0
             }
             // A lone hypervisor: the domain leaves for nowhere.
@@ -85,9 +92,12 @@ impl Hv {
                 }
                 DomainState::Missing
             }
-            HvCommand::Adopt { .. } => {
+            HvCommand::Adopt { generation, .. } => {
                 let d = self.domains.get_mut(&name).ok_or_else(missing)?;
-                d.1 = true;
+                if !d.1 {
+                    d.1 = true;
+                    self.generations.insert(name.clone(), *generation);
+                }
                 d.0
             }
         };
