@@ -687,9 +687,11 @@ impl Node {
         if self.moves.draining() {
             return Err(ApiError::new(ApiErrorKind::Unplaceable, format!("host {host} is draining")));
         }
-        if self.others.contains(&spec.name) && !self.vms.contains_key(&spec.name) {
-            // A domain of that name that is not ours: only an arriving
-            // migration may bring one, and this is not it.
+        let foreign = self.others.contains(&spec.name) || self.orphans.contains_key(&spec.name);
+        if foreign && !self.vms.contains_key(&spec.name) {
+            // A domain of that name that is not ours (or ours with no
+            // intent, being judged): only an arriving migration may bring
+            // one, and this is not it.
             return Err(conflict(format!("a domain named {:?} exists on host {host}", spec.name)));
         }
         let arriving =

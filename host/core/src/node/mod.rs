@@ -1384,6 +1384,16 @@ impl Node {
                 format!("a domain named {:?} exists on the hypervisor and is not Locus's", spec.name),
             ));
         }
+        if self.orphans.contains_key(&spec.name) {
+            return Err(ApiError::new(
+                ApiErrorKind::Conflict,
+                format!(
+                    "a domain named {:?} exists on this host with no intent; the overlay's record of it decides \
+                     whether it is taken back or removed",
+                    spec.name
+                ),
+            ));
+        }
         if let Some((_, host, _, _)) = self.membership.find_vm(&spec.name)
             && generation == 0
         {

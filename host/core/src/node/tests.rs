@@ -580,6 +580,10 @@ fn an_orphaned_domain_is_judged_by_its_generation_against_the_overlays_record() 
     assert_eq!(rig.lookups, 5);
     assert!(rig.hv.domains.contains_key("unrecorded"));
     assert_eq!(rig.commands(), ["Destroy", "Undefine"]);
+    // Its name is not free: a create would take the domain over.
+    let refused = rig.api(Command::Create(Box::new(spec("unrecorded")))).expect_err("refused");
+    assert_eq!(refused.kind, ApiErrorKind::Conflict, "{refused:?}");
+    assert!(refused.message.contains("no intent"), "{refused:?}");
 }
 
 #[test]
