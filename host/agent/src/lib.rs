@@ -29,6 +29,7 @@ pub mod migratebench;
 pub mod overlay;
 pub mod policies;
 pub mod reserve;
+pub mod simulate;
 pub mod source;
 pub mod store;
 pub mod vmbench;

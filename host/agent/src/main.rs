@@ -58,6 +58,9 @@ enum Command {
     },
     /// Dry-run placements of requests over a cluster description, offline.
     Place(place::Args),
+    /// Run a scenario in the simulator: the real node code of every host
+    /// in virtual time, with the network and hypervisors modelled.
+    Sim(locus::simulate::Args),
     /// Measure the agent.
     Bench {
         #[command(subcommand)]
@@ -224,6 +227,7 @@ fn main() -> ExitCode {
             control::policy_rollback(conn, args).map(|()| ExitCode::SUCCESS)
         }
         Command::Place(args) => place::run(args),
+        Command::Sim(args) => locus::simulate::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench { command: BenchCommand::Vms(args) } => {
             locus::vmbench::run(args).map(|()| ExitCode::SUCCESS)
         }

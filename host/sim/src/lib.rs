@@ -1,0 +1,19 @@
+//! `locus-sim`: the real `locus-core` nodes of a whole cluster in one
+//! process, in virtual time, around a modelled network and modelled
+//! hypervisors. One seed derives every random choice, so a run replays
+//! exactly; the node code is the agent's, so what the simulator shows is
+//! what the agents do.
+//!
+//! It never reads the clock or does IO of its own: time is virtual and the
+//! report is a value the caller prints.
+
+pub mod hypervisor;
+pub mod net;
+pub mod report;
+pub mod scenario;
+pub mod seed;
+pub mod world;
+
+pub use report::Report;
+pub use scenario::Scenario;
+pub use world::World;

@@ -1,0 +1,153 @@
+//! What a run shows: counts and latency percentiles, as JSON whose fields
+//! and order are fixed, so the same seed gives byte-identical output.
+
+use crate::hypervisor::MigrationTime;
+use crate::scenario::Scenario;
+use locus_core::node::Event;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Percentiles of a latency, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// How many were measured.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut us: Vec<u64>) -> Self {
+        if us.is_empty() {
+            return Percentiles::default();
+        }
+        us.sort_unstable();
+        let at = |q: f64| us[((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1] as f64 / 1000.0;
+        Percentiles { count: us.len() as u64, p50: at(0.5), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+/// A run's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed that reproduces the run.
+    pub seed: u64,
+    /// Hosts simulated.
+    pub hosts: usize,
+    /// Virtual time simulated, seconds.
+    pub virtual_s: f64,
+    /// Events the simulator processed.
+    pub events: u64,
+    /// Overlay messages sent (gossip counted once per receiver).
+    pub messages: u64,
+    /// Messages the network lost.
+    pub lost: u64,
+    /// VMs requested.
+    pub requested: u64,
+    /// Requests answered with a running VM.
+    pub placed: u64,
+    /// Requests refused.
+    pub refused: u64,
+    /// From a request entering the cluster to its answer.
+    pub placement_ms: Percentiles,
+    /// Live migrations started.
+    pub migrations: u64,
+    /// Bytes those migrations sent.
+    pub migration_bytes: u64,
+    /// How long they took.
+    pub migration_ms: Percentiles,
+    /// Events the nodes reported, by kind.
+    pub node_events: BTreeMap<&'static str, u64>,
+    #[serde(skip)]
+    placement_us: Vec<u64>,
+    #[serde(skip)]
+    migration_us: Vec<u64>,
+}
+
+impl Report {
+    /// An empty report for a run of `scenario` with `seed`.
+    pub fn new(scenario: &Scenario, seed: u64, hosts: usize) -> Self {
+        Report {
+            scenario: scenario.name.clone(),
+            seed,
+            hosts,
+            virtual_s: 0.0,
+            events: 0,
+            messages: 0,
+            lost: 0,
+            requested: 0,
+            placed: 0,
+            refused: 0,
+            placement_ms: Percentiles::default(),
+            migrations: 0,
+            migration_bytes: 0,
+            migration_ms: Percentiles::default(),
+            node_events: BTreeMap::new(),
+            placement_us: Vec::new(),
+            migration_us: Vec::new(),
+        }
+    }
+
+    /// A request was answered after `us`.
+    pub fn answered(&mut self, placed: bool, us: u64) {
+        if placed {
+            self.placed += 1;
+        } else {
+            self.refused += 1;
+        }
+        self.placement_us.push(us);
+    }
+
+    /// A live migration started and will take `time`.
+    pub fn migrated(&mut self, time: MigrationTime) {
+        self.migrations += 1;
+        self.migration_bytes += time.bytes;
+        self.migration_us.push(time.total_us);
+    }
+
+    /// A node reported `e`.
+    pub fn event(&mut self, e: &Event) {
+        *self.node_events.entry(kind(e)).or_default() += 1;
+    }
+
+    /// The run ended at `now_us`.
+    pub fn finish(&mut self, now_us: u64, lost: u64) {
+        self.virtual_s = now_us as f64 / 1e6;
+        self.lost = lost;
+        self.placement_ms = Percentiles::of(std::mem::take(&mut self.placement_us));
+        self.migration_ms = Percentiles::of(std::mem::take(&mut self.migration_us));
+    }
+}
+
+fn kind(e: &Event) -> &'static str {
+    match e {
+        Event::HypervisorUp(_) => "hypervisor-up",
+        Event::HypervisorDown(_) => "hypervisor-down",
+        Event::Adopted(_) => "adopted",
+        Event::Recreating(_) => "recreating",
+        Event::Restarting { .. } => "restarting",
+        Event::LeftStopped(_) => "left-stopped",
+        Event::Stopping(_) => "stopping",
+        Event::Orphan(_) => "orphan",
+        Event::Reclaimed { .. } => "reclaimed",
+        Event::Member(_) => "member",
+        Event::Evacuated { .. } => "evacuated",
+        Event::Stale { .. } => "stale",
+        Event::Handed { .. } => "handed",
+        Event::FellBack { .. } => "fell-back",
+        Event::Load { .. } => "load",
+        Event::Moving { .. } => "moving",
+        Event::Moved { .. } => "moved",
+        Event::Arriving { .. } => "arriving",
+        Event::Arrived { .. } => "arrived",
+        Event::Rebalance(_) => "rebalance",
+        Event::Power { .. } => "power",
+        Event::Failed { .. } => "failed",
+    }
+}

@@ -1,0 +1,162 @@
+//! A scenario, as a TOML file: the PoPs and their hosts, the network and
+//! hypervisor models, and the workload (VM arrivals). Everything random
+//! in it is drawn from the run's seed.
+
+use crate::hypervisor::HvConfig;
+use crate::net::NetConfig;
+use serde::{Deserialize, Serialize};
+
+/// A whole scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Scenario {
+    /// What it is called in reports.
+    pub name: String,
+    /// Virtual time it runs for, seconds.
+    pub duration_s: u64,
+    /// How often each agent samples its hypervisor, ms.
+    #[serde(default = "default_sample_ms")]
+    pub sample_interval_ms: u64,
+    /// The network model.
+    #[serde(default)]
+    pub network: NetConfig,
+    /// The hypervisor model.
+    #[serde(default)]
+    pub hypervisor: HvConfig,
+    /// The PoPs.
+    pub pops: Vec<Pop>,
+    /// VMs requested over time.
+    #[serde(default)]
+    pub arrivals: Vec<Arrivals>,
+}
+
+fn default_sample_ms() -> u64 {
+    1_000
+}
+
+/// A PoP and its hosts, all alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Pop {
+    /// Its name.
+    pub name: String,
+    /// Its jurisdiction (ISO country code).
+    pub jurisdiction: String,
+    /// Latitude.
+    pub lat: f32,
+    /// Longitude.
+    pub lon: f32,
+    /// How many hosts.
+    pub hosts: u32,
+    /// vCPUs per host.
+    pub vcpus: u32,
+    /// Memory per host, MiB.
+    pub memory_mib: u32,
+}
+
+/// A batch of alike VM requests, `count` of them from `at-s` on, one every
+/// `every-ms` on average (a Poisson process), each entering the cluster
+/// at a host drawn at random (of `pop`, when given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Arrivals {
+    /// When the first may arrive, seconds.
+    pub at_s: f64,
+    /// How many.
+    pub count: u32,
+    /// Mean gap between two, ms.
+    pub every_ms: f64,
+    /// vCPUs of each.
+    pub vcpus: u32,
+    /// Memory of each, MiB.
+    pub memory_mib: u32,
+    /// CPU each uses, milli-CPUs (at most its vCPUs × 1000).
+    #[serde(default)]
+    pub load_cpu_milli: Option<u32>,
+    /// The PoP where requests enter (anywhere when absent).
+    #[serde(default)]
+    pub pop: Option<String>,
+    /// Jurisdictions the VMs must stay in (none: anywhere).
+    #[serde(default)]
+    pub jurisdictions: Vec<String>,
+}
+
+/// A scenario that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Not TOML, or not this schema.
+    #[error("scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Parsed, but inconsistent.
+    #[error("scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    /// Parses and checks a scenario.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text)?;
+        s.check().map_err(ScenarioError::Invalid)?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.network.check()?;
+        if self.pops.is_empty() || self.pops.iter().any(|p| p.hosts == 0) {
+            return Err("every scenario needs PoPs, each with at least one host".into());
+        }
+        if self.sample_interval_ms == 0 {
+            return Err("sample-interval-ms must be at least 1".into());
+        }
+        for a in &self.arrivals {
+            if let Some(p) = &a.pop
+                && !self.pops.iter().any(|q| q.name == *p)
+            {
+                return Err(format!("arrivals enter at PoP {p:?}, which the scenario does not have"));
+            }
+            if !(a.every_ms.is_finite() && a.every_ms > 0.0 && a.at_s.is_finite() && a.at_s >= 0.0) {
+                return Err("arrivals need at-s >= 0 and every-ms > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every host, in order: (PoP index, host index within it).
+    pub fn hosts(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.pops.iter().enumerate().flat_map(|(p, pop)| (0..pop.hosts).map(move |h| (p, h)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_parses_and_bad_ones_say_what_is_wrong() {
+        let ok = r#"
+            name = "two pops"
+            duration-s = 10
+            [[pops]]
+            name = "paris"
+            jurisdiction = "FR"
+            lat = 48.86
+            lon = 2.35
+            hosts = 2
+            vcpus = 16
+            memory-mib = 65536
+            [[arrivals]]
+            at-s = 1
+            count = 10
+            every-ms = 100
+            vcpus = 1
+            memory-mib = 1024
+            pop = "paris"
+        "#;
+        let s = Scenario::parse(ok).expect("parses");
+        assert_eq!((s.hosts().count(), s.arrivals[0].count), (2, 10));
+        let bad = ok.replace("pop = \"paris\"", "pop = \"lyon\"");
+        assert!(Scenario::parse(&bad).expect_err("lyon").to_string().contains("lyon"));
+        let bad = ok.replace("hosts = 2", "hosts = 2\ncolour = 1");
+        assert!(Scenario::parse(&bad).expect_err("unknown").to_string().contains("colour"));
+    }
+}

@@ -1,0 +1,475 @@
+//! The simulated world: one real `locus_core::Node` per host, each with a
+//! simulated hypervisor, joined by the simulated network, in virtual time
+//! that jumps to the next due event (ties broken by the order they were
+//! scheduled). The node code is the agent's; only its surroundings are
+//! modelled: the store never fails, policies answer inline (natively for
+//! now) after a fixed virtual delay, and the overlay's records are one map
+//! that outlives every node, as the Kademlia store does.
+
+use crate::hypervisor::Hypervisor;
+use crate::net::Network;
+use crate::report::Report;
+use crate::scenario::Scenario;
+use crate::seed::{Rng, Seed};
+use locus_core::cluster::{PeerId, Topic, VmLocation};
+use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
+use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
+use locus_core::node::{Input, Output};
+use locus_core::request::Location;
+use locus_core::{Native, Policy, VmRequest};
+use rand::RngExt;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Virtual time a policy takes to answer, µs.
+const DECIDE_US: u64 = 2_000;
+/// A peer request unanswered for this long fails, as libp2p's does, µs.
+const REQUEST_TIMEOUT_US: u64 = 10_000_000;
+/// A lookup in the overlay's records, µs.
+const LOCATE_US: u64 = 20_000;
+
+/// An input made when it is delivered, so it carries the time it arrives.
+type Deliver = Box<dyn FnOnce(Instant) -> Input>;
+
+enum Due {
+    /// An input for node `.0`, unless it restarted since (`.1` is its epoch).
+    Input(usize, u64, Deliver),
+    /// Node `.0`'s deadline, if it is still the one it asked for.
+    Timer(usize, u64),
+    /// Node `.0` samples its hypervisor.
+    Sample(usize),
+    /// Request `.1` of arrival batch `.0` enters the cluster.
+    Arrival(usize, u32),
+    /// A peer request was not answered in time.
+    RequestTimeout(u64),
+    /// A live migration's copy is done.
+    Migrated(u64),
+}
+
+struct SimNode {
+    node: Node,
+    hv: Hypervisor,
+    /// Its overlay identity.
+    peer: PeerId,
+    pop: usize,
+    epoch: u64,
+    /// The deadline a `Timer` is scheduled for, µs.
+    timer_at: Option<u64>,
+}
+
+struct Migration {
+    vm: String,
+    from: usize,
+    to: usize,
+    op: OpId,
+    epoch: u64,
+}
+
+/// A running simulation.
+pub struct World {
+    scenario: Scenario,
+    seed: Seed,
+    start: Instant,
+    now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    dues: HashMap<u64, Due>,
+    nodes: Vec<SimNode>,
+    peers: HashMap<PeerId, usize>,
+    net: Network,
+    workload: Rng,
+    records: HashMap<String, VmLocation>,
+    inbound: HashMap<u64, (usize, u64, OutboundId)>,
+    next_inbound: u64,
+    next_req: u64,
+    /// Requests sent to the nodes: when, for the placement latency.
+    asked: HashMap<ReqId, u64>,
+    migrations: HashMap<u64, Migration>,
+    next_migration: u64,
+    placement: Native,
+    migration: Native,
+    consolidation: Native,
+    report: Report,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").field("nodes", &self.nodes.len()).field("now_us", &self.now_us).finish()
+    }
+}
+
+impl World {
+    /// A world for `scenario`, every random choice drawn from `seed`.
+    pub fn new(scenario: Scenario, seed: u64) -> Self {
+        let seed = Seed(seed);
+        let locations: Vec<Location> =
+            scenario.pops.iter().map(|p| Location { lat: p.lat, lon: p.lon }).collect();
+        let mut nodes = Vec::new();
+        let mut peers = HashMap::new();
+        for (p, h) in scenario.hosts() {
+            let pop = &scenario.pops[p];
+            let mut config = NodeConfig { peer: PeerId(format!("{p:04}-{h:05}")), ..NodeConfig::default() };
+            config.pop.name = pop.name.clone();
+            config.pop.jurisdiction = pop.jurisdiction.clone();
+            config.pop.location = locations[p];
+            config.host.name = format!("{}-{h}", pop.name);
+            config.host.vcpus = Some(pop.vcpus);
+            config.host.memory_mib = Some(pop.memory_mib);
+            let hv = Hypervisor::new(&config.host.name);
+            let peer = config.peer.clone();
+            peers.insert(peer.clone(), nodes.len());
+            // The scenario's hosts are all named by the rules: this cannot fail.
+            let node = Node::new(config, vec![]).unwrap_or_else(|e| panic!("a scenario host: {e}"));
+            nodes.push(SimNode { node, hv, peer, pop: p, epoch: 0, timer_at: None });
+        }
+        let net = Network::new(scenario.network.clone(), &locations, nodes.len(), seed.stream("network"));
+        let report = Report::new(&scenario, seed.0, nodes.len());
+        let mut world = World {
+            scenario,
+            seed,
+            start: Instant::now(),
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            dues: HashMap::new(),
+            nodes,
+            peers,
+            net,
+            workload: seed.stream("workload"),
+            records: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            next_req: 0,
+            asked: HashMap::new(),
+            migrations: HashMap::new(),
+            next_migration: 0,
+            placement: Native::placement::<policy_spread::Spread>("spread"),
+            migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
+            consolidation: Native::migration::<policy_consolidate::Consolidate>("consolidate"),
+            report,
+        };
+        world.boot();
+        world
+    }
+
+    fn boot(&mut self) {
+        let mut phases = self.seed.stream("sample-phases");
+        let interval = self.scenario.sample_interval_ms * 1000;
+        for i in 0..self.nodes.len() {
+            self.hypervisor_up(i);
+            let phase = phases.random_range(0..interval);
+            self.at(phase, Due::Sample(i));
+        }
+        let firsts: Vec<(usize, u64)> = (self.scenario.arrivals.iter().enumerate())
+            .filter(|(_, a)| a.count > 0)
+            .map(|(b, a)| (b, (a.at_s * 1e6) as u64))
+            .collect();
+        for (b, at) in firsts {
+            self.at(at, Due::Arrival(b, 0));
+        }
+    }
+
+    fn hypervisor_up(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let pop = &self.scenario.pops[n.pop];
+        let inventory = Inventory {
+            cpus: pop.vcpus,
+            memory_mib: pop.memory_mib,
+            hypervisor: "simulated".into(),
+            migration_uri: Some(format!("sim://{i}")),
+        };
+        let domains = n.hv.observation();
+        self.to(i, 0, Box::new(move |now| Input::HypervisorUp { now, inventory, domains }));
+    }
+
+    /// Runs to the scenario's end and says what happened.
+    pub fn run(mut self) -> Report {
+        let end = self.scenario.duration_s * 1_000_000;
+        self.run_until(end);
+        self.report.finish(self.now_us, self.net.lost);
+        self.report
+    }
+
+    /// Runs until virtual time `until_us`.
+    pub fn run_until(&mut self, until_us: u64) {
+        while let Some(&Reverse((t, seq))) = self.queue.peek() {
+            if t > until_us {
+                break;
+            }
+            self.queue.pop();
+            self.now_us = t;
+            let Some(due) = self.dues.remove(&seq) else { continue };
+            self.report.events += 1;
+            self.fire(due);
+        }
+        self.now_us = self.now_us.max(until_us);
+    }
+
+    fn fire(&mut self, due: Due) {
+        let now = self.instant(self.now_us);
+        match due {
+            Due::Input(i, epoch, deliver) if epoch == self.nodes[i].epoch => self.input(i, deliver(now)),
+            Due::Input(..) => {}
+            Due::Timer(i, at) => {
+                if self.nodes[i].timer_at == Some(at) {
+                    self.nodes[i].timer_at = None;
+                    self.input(i, Input::Timeout(now));
+                }
+            }
+            Due::Sample(i) => {
+                let domains = self.nodes[i].hv.observation();
+                self.input(i, Input::Sampled { now, domains });
+                self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
+            }
+            Due::Arrival(b, k) => self.arrive(b, k),
+            Due::RequestTimeout(id) => {
+                if let Some((asker, epoch, out)) = self.inbound.remove(&id)
+                    && epoch == self.nodes[asker].epoch
+                {
+                    self.input(
+                        asker,
+                        Input::PeerResponse { now, id: out, result: Err("request timed out".into()) },
+                    );
+                }
+            }
+            Due::Migrated(id) => self.land(id),
+        }
+    }
+
+    /// Request `k` of batch `b` enters at a random host (of its PoP).
+    fn arrive(&mut self, b: usize, k: u32) {
+        let batch = &self.scenario.arrivals[b];
+        let entries: Vec<usize> = match &batch.pop {
+            Some(p) => {
+                (0..self.nodes.len()).filter(|&i| self.scenario.pops[self.nodes[i].pop].name == *p).collect()
+            }
+            None => (0..self.nodes.len()).collect(),
+        };
+        let entry = entries[self.workload.random_range(0..entries.len())];
+        let spec = VmRequest {
+            name: format!("b{b}-{k}"),
+            vcpus: batch.vcpus,
+            memory_mib: batch.memory_mib,
+            load_cpu_milli: batch.load_cpu_milli,
+            jurisdictions: batch.jurisdictions.clone(),
+            ..VmRequest::default()
+        };
+        let (count, every_ms) = (batch.count, batch.every_ms);
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.asked.insert(req, self.now_us);
+        self.report.requested += 1;
+        let now = self.instant(self.now_us);
+        self.input(entry, Input::Api { now, req, cmd: Command::Create(Box::new(spec)) });
+        if k + 1 < count {
+            // Exponential gaps: a Poisson process.
+            let u: f64 = self.workload.random_range(f64::EPSILON..1.0);
+            let gap = (-u.ln() * every_ms * 1000.0) as u64;
+            self.at(gap.max(1), Due::Arrival(b, k + 1));
+        }
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        self.nodes[i].node.handle_input(input);
+        self.drain(i);
+    }
+
+    /// Carries out everything node `i` asked for.
+    fn drain(&mut self, i: usize) {
+        let mut wrote = false;
+        loop {
+            let now = self.instant(self.now_us);
+            match self.nodes[i].node.poll_output() {
+                // The simulated store never fails: a round's writes are durable.
+                Output::Timeout(_) | Output::Closed if wrote => {
+                    wrote = false;
+                    self.nodes[i].node.handle_input(locus_core::node::Input::Recorded);
+                }
+                Output::Timeout(Some(at)) => {
+                    let at_us = self.now_us + at.saturating_duration_since(now).as_micros() as u64;
+                    let at_us = at_us.max(self.now_us + 1);
+                    // One timer per node: a later deadline waits for the one scheduled.
+                    if self.nodes[i].timer_at.is_none_or(|t| at_us < t) {
+                        self.nodes[i].timer_at = Some(at_us);
+                        self.at(at_us - self.now_us, Due::Timer(i, at_us));
+                    }
+                    break;
+                }
+                Output::Timeout(None) | Output::Closed => break,
+                Output::Persist(_) => wrote = true,
+                Output::Hypervisor { op, cmd: HvCommand::MigrateOut { vm, uri, .. } } => {
+                    self.migrate(i, op, vm, &uri)
+                }
+                Output::Hypervisor { op, cmd } => {
+                    if let HvCommand::Settle(vm) = &cmd {
+                        // The job is aborted: the domain stays where it is.
+                        self.migrations.retain(|_, m| !(m.from == i && m.vm == *vm));
+                    }
+                    let (result, took) = self.nodes[i].hv.run(&cmd, &self.scenario.hypervisor);
+                    self.to(i, took, Box::new(move |now| Input::Hypervisor { now, op, result }));
+                }
+                Output::Gossip { topic, msg } => {
+                    let from = self.nodes[i].peer.clone();
+                    for j in 0..self.nodes.len() {
+                        let subscribed = match &topic {
+                            Topic::Global => true,
+                            Topic::Pop(p) => self.scenario.pops[self.nodes[j].pop].name == *p,
+                        };
+                        if j == i || !subscribed {
+                            continue;
+                        }
+                        self.report.messages += 1;
+                        for delay in self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop) {
+                            let (from, msg) = (from.clone(), msg.clone());
+                            self.to(j, delay, Box::new(move |now| Input::Gossip { now, from, msg }));
+                        }
+                    }
+                }
+                Output::Request { id, to, req } => {
+                    self.report.messages += 1;
+                    let from = self.nodes[i].peer.clone();
+                    let Some(&j) = self.peers.get(&to) else {
+                        let result = Err("no such peer".to_owned());
+                        self.to(i, 1_000, Box::new(move |now| Input::PeerResponse { now, id, result }));
+                        continue;
+                    };
+                    self.next_inbound += 1;
+                    let inbound = self.next_inbound;
+                    self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
+                    self.at(REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
+                    for delay in self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop) {
+                        let (from, req) = (from.clone(), req.clone());
+                        let id = InboundId(inbound);
+                        self.to(j, delay, Box::new(move |now| Input::PeerRequest { now, from, id, req }));
+                    }
+                }
+                Output::Respond { id, resp } => {
+                    self.report.messages += 1;
+                    let Some(&(asker, epoch, out)) = self.inbound.get(&id.0) else { continue };
+                    if epoch != self.nodes[asker].epoch {
+                        continue;
+                    }
+                    let deliveries = self.net.deliveries(i, self.nodes[i].pop, asker, self.nodes[asker].pop);
+                    if !deliveries.is_empty() {
+                        self.inbound.remove(&id.0);
+                    }
+                    for delay in deliveries {
+                        let resp = resp.clone();
+                        self.to(
+                            asker,
+                            delay,
+                            Box::new(move |now| Input::PeerResponse { now, id: out, result: Ok(resp) }),
+                        );
+                    }
+                }
+                Output::Dial(peer) => {
+                    let Some(&j) = self.peers.get(&peer) else { continue };
+                    let rtt_us = 2 * self.net.base_delay_us(self.nodes[i].pop, self.nodes[j].pop);
+                    let rtt = Duration::from_micros(rtt_us);
+                    self.to(i, rtt_us, Box::new(move |now| Input::Rtt { now, peer, rtt }));
+                }
+                Output::Reply { req, reply } => {
+                    if let Some(at) = self.asked.remove(&req) {
+                        let placed = matches!(reply, Ok(Reply::Vm(_)));
+                        self.report.answered(placed, self.now_us - at);
+                    }
+                }
+                Output::Decide { id, question } => {
+                    let answer = self.placement.place(&question.cluster, &question.request);
+                    self.to(i, DECIDE_US, Box::new(move |now| Input::Decided { now, id, question, answer }));
+                }
+                Output::Plan { id, question } => {
+                    let policy = match question.kind {
+                        locus_core::rebalance::EventKind::Overload => &self.migration,
+                        locus_core::rebalance::EventKind::Consolidate => &self.consolidation,
+                    };
+                    let answer = policy.plan(&question.partition);
+                    self.to(i, DECIDE_US, Box::new(move |now| Input::Planned { now, id, answer }));
+                }
+                Output::Locate(vm) => {
+                    let at = self.records.get(&vm).cloned().map(Box::new);
+                    self.to(i, LOCATE_US, Box::new(move |now| Input::Located { now, vm, at }));
+                }
+                Output::Announce { vm, at: Some(at) } => {
+                    self.records.insert(vm, *at);
+                }
+                Output::Announce { vm, at: None } => {
+                    let me = &self.nodes[i].peer;
+                    if self.records.get(&vm).is_some_and(|r| r.peer == *me) {
+                        self.records.remove(&vm);
+                    }
+                }
+                Output::Power { .. } => {}
+                Output::Event(e) => self.report.event(&e),
+            }
+        }
+    }
+
+    /// A live migration from node `from` to the hypervisor at `uri`, timed by the model.
+    fn migrate(&mut self, from: usize, op: OpId, vm: String, uri: &str) {
+        let to = uri
+            .strip_prefix("sim://")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&t| t < self.nodes.len());
+        let (Some(to), Some(d)) = (to, self.nodes[from].hv.domains.get(&vm)) else {
+            let result = Err(locus_core::hypervisor::HvError {
+                kind: locus_core::hypervisor::HvErrorKind::Refused,
+                message: format!("cannot migrate {vm} to {uri}"),
+            });
+            self.to(from, 1_000, Box::new(move |now| Input::Hypervisor { now, op, result }));
+            return;
+        };
+        let hv = &self.scenario.hypervisor;
+        let memory = u64::from(d.memory_mib) << 20;
+        let dirty = hv.dirty_bytes_per_s_per_vcpu * u64::from(d.cpu_milli) / 1000;
+        let time = hv.migration(memory, dirty);
+        self.report.migrated(time);
+        self.next_migration += 1;
+        let epoch = self.nodes[from].epoch;
+        self.migrations.insert(self.next_migration, Migration { vm, from, to, op, epoch });
+        self.at(time.total_us.max(1), Due::Migrated(self.next_migration));
+    }
+
+    /// A live migration's copy finished: the domain runs at the
+    /// destination (still marked as the source's) and is gone from the source.
+    fn land(&mut self, id: u64) {
+        let Some(m) = self.migrations.remove(&id) else { return };
+        let Some(d) = self.nodes[m.from].hv.domains.remove(&m.vm) else { return };
+        self.nodes[m.to].hv.domains.insert(m.vm, d);
+        if m.epoch == self.nodes[m.from].epoch {
+            let op = m.op;
+            self.to(
+                m.from,
+                0,
+                Box::new(move |now| Input::Hypervisor { now, op, result: Ok(DomainState::Missing) }),
+            );
+        }
+    }
+
+    fn instant(&self, us: u64) -> Instant {
+        self.start + Duration::from_micros(us)
+    }
+
+    fn to(&mut self, i: usize, delay_us: u64, deliver: Deliver) {
+        let epoch = self.nodes[i].epoch;
+        self.at(delay_us, Due::Input(i, epoch, deliver));
+    }
+
+    fn at(&mut self, delay_us: u64, due: Due) {
+        self.seq += 1;
+        self.dues.insert(self.seq, due);
+        self.queue.push(Reverse((self.now_us + delay_us, self.seq)));
+    }
+
+    /// Where each VM runs: (VM, host), for checks.
+    pub fn placements(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.node.intents().map(move |i| (i.spec.name.clone(), n.hv.host.clone())))
+            .collect();
+        out.sort();
+        out
+    }
+}
