@@ -3,6 +3,7 @@
 
 use crate::hypervisor::MigrationTime;
 use crate::scenario::Scenario;
+use locus_core::load::LoadState;
 use locus_core::node::Event;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -62,12 +63,25 @@ pub struct Report {
     pub migration_bytes: u64,
     /// How long they took.
     pub migration_ms: Percentiles,
+    /// Times a host became overloaded.
+    pub overloads: u64,
+    /// Overloads still going at the end.
+    pub overloads_unsolved: u64,
+    /// Time hosts spent overloaded, summed over hosts, seconds.
+    pub overload_host_s: f64,
+    /// From a host becoming overloaded to its being normal again.
+    pub overload_ms: Percentiles,
     /// Events the nodes reported, by kind.
     pub node_events: BTreeMap<&'static str, u64>,
     #[serde(skip)]
     placement_us: Vec<u64>,
     #[serde(skip)]
     migration_us: Vec<u64>,
+    /// Since when each overloaded host has been, µs, by node.
+    #[serde(skip)]
+    overloaded_since: BTreeMap<usize, u64>,
+    #[serde(skip)]
+    overload_us: Vec<u64>,
 }
 
 impl Report {
@@ -88,9 +102,15 @@ impl Report {
             migrations: 0,
             migration_bytes: 0,
             migration_ms: Percentiles::default(),
+            overloads: 0,
+            overloads_unsolved: 0,
+            overload_host_s: 0.0,
+            overload_ms: Percentiles::default(),
             node_events: BTreeMap::new(),
             placement_us: Vec::new(),
             migration_us: Vec::new(),
+            overloaded_since: BTreeMap::new(),
+            overload_us: Vec::new(),
         }
     }
 
@@ -111,15 +131,29 @@ impl Report {
         self.migration_us.push(time.total_us);
     }
 
-    /// A node reported `e`.
-    pub fn event(&mut self, e: &Event) {
+    /// Node `node` reported `e` at `now_us`.
+    pub fn event(&mut self, node: usize, now_us: u64, e: &Event) {
         *self.node_events.entry(kind(e)).or_default() += 1;
+        if let Event::Load { state, .. } = e {
+            if *state == LoadState::Overloaded {
+                self.overloads += 1;
+                self.overloaded_since.entry(node).or_insert(now_us);
+            } else if let Some(since) = self.overloaded_since.remove(&node) {
+                self.overload_us.push(now_us - since);
+                self.overload_host_s += (now_us - since) as f64 / 1e6;
+            }
+        }
     }
 
     /// The run ended at `now_us`.
     pub fn finish(&mut self, now_us: u64, lost: u64) {
         self.virtual_s = now_us as f64 / 1e6;
         self.lost = lost;
+        for since in std::mem::take(&mut self.overloaded_since).into_values() {
+            self.overloads_unsolved += 1;
+            self.overload_host_s += (now_us - since) as f64 / 1e6;
+        }
+        self.overload_ms = Percentiles::of(std::mem::take(&mut self.overload_us));
         self.placement_ms = Percentiles::of(std::mem::take(&mut self.placement_us));
         self.migration_ms = Percentiles::of(std::mem::take(&mut self.migration_us));
     }

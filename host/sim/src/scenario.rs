@@ -28,6 +28,9 @@ pub struct Scenario {
     /// VMs requested over time.
     #[serde(default)]
     pub arrivals: Vec<Arrivals>,
+    /// Guests whose CPU use changes over time.
+    #[serde(default)]
+    pub load_changes: Vec<LoadChanges>,
 }
 
 fn default_sample_ms() -> u64 {
@@ -48,8 +51,12 @@ pub struct Pop {
     pub lon: f32,
     /// How many hosts.
     pub hosts: u32,
-    /// vCPUs per host.
+    /// vCPUs each host offers.
     pub vcpus: u32,
+    /// Physical CPUs (threads) of each host, against which load is
+    /// measured; as many as its vCPUs when absent (no overcommit).
+    #[serde(default)]
+    pub cpus: Option<u32>,
     /// Memory per host, MiB.
     pub memory_mib: u32,
 }
@@ -79,6 +86,32 @@ pub struct Arrivals {
     /// Jurisdictions the VMs must stay in (none: anywhere).
     #[serde(default)]
     pub jurisdictions: Vec<String>,
+}
+
+/// Changes of guests' CPU use: `count` of them from `at-s` on, one every
+/// `every-ms` on average (a Poisson process), each setting a running VM
+/// drawn at random to a load drawn uniformly from `min-milli..=max-milli`
+/// in steps of `step-milli` (at most its vCPUs' worth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoadChanges {
+    /// When the first may happen, seconds.
+    pub at_s: f64,
+    /// How many.
+    pub count: u32,
+    /// Mean gap between two, ms.
+    pub every_ms: f64,
+    /// The lowest load drawn, milli-CPUs.
+    pub min_milli: u32,
+    /// The highest load drawn, milli-CPUs.
+    pub max_milli: u32,
+    /// Loads are multiples of this, milli-CPUs.
+    #[serde(default = "default_step")]
+    pub step_milli: u32,
+}
+
+fn default_step() -> u32 {
+    100
 }
 
 /// A scenario that cannot run.
@@ -116,6 +149,14 @@ impl Scenario {
             }
             if !(a.every_ms.is_finite() && a.every_ms > 0.0 && a.at_s.is_finite() && a.at_s >= 0.0) {
                 return Err("arrivals need at-s >= 0 and every-ms > 0".into());
+            }
+        }
+        for l in &self.load_changes {
+            if !(l.every_ms.is_finite() && l.every_ms > 0.0 && l.at_s.is_finite() && l.at_s >= 0.0) {
+                return Err("load-changes need at-s >= 0 and every-ms > 0".into());
+            }
+            if l.min_milli > l.max_milli || l.step_milli == 0 {
+                return Err("load-changes need min-milli <= max-milli and step-milli >= 1".into());
             }
         }
         Ok(())

@@ -41,6 +41,8 @@ enum Due {
     Sample(usize),
     /// Request `.1` of arrival batch `.0` enters the cluster.
     Arrival(usize, u32),
+    /// Change `.1` of load-change batch `.0` happens.
+    LoadChange(usize, u32),
     /// A peer request was not answered in time.
     RequestTimeout(u64),
     /// A live migration's copy is done.
@@ -168,13 +170,20 @@ impl World {
         for (b, at) in firsts {
             self.at(at, Due::Arrival(b, 0));
         }
+        let firsts: Vec<(usize, u64)> = (self.scenario.load_changes.iter().enumerate())
+            .filter(|(_, l)| l.count > 0)
+            .map(|(b, l)| (b, (l.at_s * 1e6) as u64))
+            .collect();
+        for (b, at) in firsts {
+            self.at(at, Due::LoadChange(b, 0));
+        }
     }
 
     fn hypervisor_up(&mut self, i: usize) {
         let n = &self.nodes[i];
         let pop = &self.scenario.pops[n.pop];
         let inventory = Inventory {
-            cpus: pop.vcpus,
+            cpus: pop.cpus.unwrap_or(pop.vcpus),
             memory_mib: pop.memory_mib,
             hypervisor: "simulated".into(),
             migration_uri: Some(format!("sim://{i}")),
@@ -223,6 +232,7 @@ impl World {
                 self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
             }
             Due::Arrival(b, k) => self.arrive(b, k),
+            Due::LoadChange(b, k) => self.change_load(b, k),
             Due::RequestTimeout(id) => {
                 if let Some((asker, epoch, out)) = self.inbound.remove(&id)
                     && epoch == self.nodes[asker].epoch
@@ -263,11 +273,37 @@ impl World {
         let now = self.instant(self.now_us);
         self.input(entry, Input::Api { now, req, cmd: Command::Create(Box::new(spec)) });
         if k + 1 < count {
-            // Exponential gaps: a Poisson process.
-            let u: f64 = self.workload.random_range(f64::EPSILON..1.0);
-            let gap = (-u.ln() * every_ms * 1000.0) as u64;
-            self.at(gap.max(1), Due::Arrival(b, k + 1));
+            let gap = self.poisson_gap_us(every_ms);
+            self.at(gap, Due::Arrival(b, k + 1));
         }
+    }
+
+    /// Change `k` of batch `b`: a running guest drawn at random uses a new amount of CPU.
+    fn change_load(&mut self, b: usize, k: u32) {
+        let batch = self.scenario.load_changes[b].clone();
+        let host = self.workload.random_range(0..self.nodes.len());
+        let running: Vec<String> = (self.nodes[host].hv.domains.iter())
+            .filter(|(_, d)| d.state == DomainState::Running)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !running.is_empty() {
+            let vm = &running[self.workload.random_range(0..running.len())];
+            let steps = (batch.max_milli - batch.min_milli) / batch.step_milli;
+            let milli = batch.min_milli + self.workload.random_range(0..=steps) * batch.step_milli;
+            if let Some(d) = self.nodes[host].hv.domains.get_mut(vm) {
+                d.cpu_milli = milli.min(d.vcpus * 1000);
+            }
+        }
+        if k + 1 < batch.count {
+            let gap = self.poisson_gap_us(batch.every_ms);
+            self.at(gap, Due::LoadChange(b, k + 1));
+        }
+    }
+
+    /// An exponential gap of mean `mean_ms`, µs: the next event of a Poisson process.
+    fn poisson_gap_us(&mut self, mean_ms: f64) -> u64 {
+        let u: f64 = self.workload.random_range(f64::EPSILON..1.0);
+        ((-u.ln() * mean_ms * 1000.0) as u64).max(1)
     }
 
     fn input(&mut self, i: usize, input: Input) {
@@ -401,7 +437,7 @@ impl World {
                     }
                 }
                 Output::Power { .. } => {}
-                Output::Event(e) => self.report.event(&e),
+                Output::Event(e) => self.report.event(i, self.now_us, &e),
             }
         }
     }

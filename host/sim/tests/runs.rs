@@ -40,3 +40,17 @@ fn every_request_is_answered_and_each_vm_placed_once_within_its_fence() {
         }
     }
 }
+
+#[test]
+fn changing_loads_overload_hosts_and_rebalancing_relieves_them_by_live_migration() {
+    let text = include_str!("../../../examples/scenarios/overload.toml");
+    let (json, placed) = run(text, 3);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(report["placed"], 40, "{json}");
+    let (overloads, migrations) = (report["overloads"].as_u64(), report["migrations"].as_u64());
+    assert!(overloads.is_some_and(|o| o > 0) && migrations.is_some_and(|m| m > 0), "{json}");
+    assert_eq!(report["overloads_unsolved"], 0, "{json}");
+    let mut names: Vec<&str> = placed.iter().map(|(vm, _)| vm.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 40, "each VM on one host after its moves");
+}
