@@ -49,6 +49,8 @@ pub struct Report {
     pub messages: u64,
     /// Messages the network lost.
     pub lost: u64,
+    /// Faults injected and undone.
+    pub faults: u64,
     /// VMs requested.
     pub requested: u64,
     /// Requests answered with a running VM.
@@ -95,6 +97,7 @@ impl Report {
             events: 0,
             messages: 0,
             lost: 0,
+            faults: 0,
             requested: 0,
             placed: 0,
             refused: 0,

@@ -31,6 +31,37 @@ pub struct Scenario {
     /// Guests whose CPU use changes over time.
     #[serde(default)]
     pub load_changes: Vec<LoadChanges>,
+    /// Faults, at set times.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+}
+
+/// A fault on some hosts at `at-s`, undone `for-s` later (never, when absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Fault {
+    /// When it happens, seconds.
+    pub at_s: f64,
+    /// What happens.
+    pub kind: FaultKind,
+    /// The hosts it hits, by name (`POP-N`).
+    pub hosts: Vec<String>,
+    /// How long until it is undone (the agents restart from what they
+    /// stored; the network heals), seconds.
+    #[serde(default)]
+    pub for_s: Option<f64>,
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// The hosts' agents die (their guests run on).
+    Crash,
+    /// The hosts are cut off from every other, both ways.
+    Partition,
+    /// The hosts can hear but not be heard.
+    PartitionOneWay,
 }
 
 fn default_sample_ms() -> u64 {
@@ -149,6 +180,16 @@ impl Scenario {
             }
             if !(a.every_ms.is_finite() && a.every_ms > 0.0 && a.at_s.is_finite() && a.at_s >= 0.0) {
                 return Err("arrivals need at-s >= 0 and every-ms > 0".into());
+            }
+        }
+        let names: Vec<String> = self.hosts().map(|(p, h)| format!("{}-{h}", self.pops[p].name)).collect();
+        for f in &self.faults {
+            if let Some(h) = f.hosts.iter().find(|h| !names.contains(h)) {
+                return Err(format!("a fault hits host {h:?}, which the scenario does not have"));
+            }
+            let ok = |v: f64| v.is_finite() && v >= 0.0;
+            if !ok(f.at_s) || f.for_s.is_some_and(|d| !ok(d)) {
+                return Err("faults need at-s >= 0 and for-s >= 0".into());
             }
         }
         for l in &self.load_changes {

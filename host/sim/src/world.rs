@@ -9,17 +9,18 @@
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
 use crate::report::Report;
-use crate::scenario::Scenario;
+use crate::scenario::{FaultKind, Scenario};
 use crate::seed::{Rng, Seed};
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
+use locus_core::intent::{Change, VmIntent};
 use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
 use locus_core::{Native, Policy, VmRequest};
 use rand::RngExt;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 /// Virtual time a policy takes to answer, µs.
@@ -43,6 +44,8 @@ enum Due {
     Arrival(usize, u32),
     /// Change `.1` of load-change batch `.0` happens.
     LoadChange(usize, u32),
+    /// Fault `.0` happens (`.1`: or is undone).
+    Fault(usize, bool),
     /// A peer request was not answered in time.
     RequestTimeout(u64),
     /// A live migration's copy is done.
@@ -51,6 +54,12 @@ enum Due {
 
 struct SimNode {
     node: Node,
+    /// What it was started with, to start it again.
+    config: NodeConfig,
+    /// Its intent store, as its writes left it.
+    store: BTreeMap<String, VmIntent>,
+    /// Its agent runs (its hypervisor always does).
+    alive: bool,
     hv: Hypervisor,
     /// Its overlay identity.
     peer: PeerId,
@@ -122,8 +131,19 @@ impl World {
             let peer = config.peer.clone();
             peers.insert(peer.clone(), nodes.len());
             // The scenario's hosts are all named by the rules: this cannot fail.
-            let node = Node::new(config, vec![]).unwrap_or_else(|e| panic!("a scenario host: {e}"));
-            nodes.push(SimNode { node, hv, peer, pop: p, epoch: 0, timer_at: None });
+            let node = Node::new(config.clone(), vec![]).unwrap_or_else(|e| panic!("a scenario host: {e}"));
+            let store = BTreeMap::new();
+            nodes.push(SimNode {
+                node,
+                config,
+                store,
+                alive: true,
+                hv,
+                peer,
+                pop: p,
+                epoch: 0,
+                timer_at: None,
+            });
         }
         let net = Network::new(scenario.network.clone(), &locations, nodes.len(), seed.stream("network"));
         let report = Report::new(&scenario, seed.0, nodes.len());
@@ -177,6 +197,10 @@ impl World {
         for (b, at) in firsts {
             self.at(at, Due::LoadChange(b, 0));
         }
+        let faults: Vec<u64> = self.scenario.faults.iter().map(|f| (f.at_s * 1e6) as u64).collect();
+        for (f, at) in faults.into_iter().enumerate() {
+            self.at(at, Due::Fault(f, false));
+        }
     }
 
     fn hypervisor_up(&mut self, i: usize) {
@@ -218,8 +242,13 @@ impl World {
     fn fire(&mut self, due: Due) {
         let now = self.instant(self.now_us);
         match due {
-            Due::Input(i, epoch, deliver) if epoch == self.nodes[i].epoch => self.input(i, deliver(now)),
+            Due::Input(i, epoch, deliver) if epoch == self.nodes[i].epoch && self.nodes[i].alive => {
+                self.input(i, deliver(now));
+            }
             Due::Input(..) => {}
+            Due::Sample(i) if !self.nodes[i].alive => {
+                self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
+            }
             Due::Timer(i, at) => {
                 if self.nodes[i].timer_at == Some(at) {
                     self.nodes[i].timer_at = None;
@@ -233,6 +262,7 @@ impl World {
             }
             Due::Arrival(b, k) => self.arrive(b, k),
             Due::LoadChange(b, k) => self.change_load(b, k),
+            Due::Fault(f, undo) => self.fault(f, undo),
             Due::RequestTimeout(id) => {
                 if let Some((asker, epoch, out)) = self.inbound.remove(&id)
                     && epoch == self.nodes[asker].epoch
@@ -300,6 +330,42 @@ impl World {
         }
     }
 
+    /// Fault `f` happens, or (`undo`) is undone.
+    fn fault(&mut self, f: usize, undo: bool) {
+        let fault = self.scenario.faults[f].clone();
+        let hit: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| fault.hosts.contains(&self.nodes[i].hv.host)).collect();
+        self.report.faults += 1;
+        match (fault.kind, undo) {
+            (FaultKind::Crash, false) => {
+                for &i in &hit {
+                    let n = &mut self.nodes[i];
+                    n.alive = false;
+                    n.epoch += 1;
+                    n.timer_at = None;
+                }
+            }
+            (FaultKind::Crash, true) => {
+                for &i in &hit {
+                    let n = &mut self.nodes[i];
+                    let intents = n.store.values().cloned().collect();
+                    // It started with this configuration before: it starts again.
+                    n.node =
+                        Node::new(n.config.clone(), intents).unwrap_or_else(|e| panic!("a restart: {e}"));
+                    n.alive = true;
+                    self.hypervisor_up(i);
+                }
+            }
+            (FaultKind::Partition | FaultKind::PartitionOneWay, false) => {
+                self.net.partition(&hit, fault.kind == FaultKind::PartitionOneWay);
+            }
+            (FaultKind::Partition | FaultKind::PartitionOneWay, true) => self.net.heal(),
+        }
+        if let (false, Some(d)) = (undo, fault.for_s) {
+            self.at((d * 1e6) as u64, Due::Fault(f, true));
+        }
+    }
+
     /// An exponential gap of mean `mean_ms`, µs: the next event of a Poisson process.
     fn poisson_gap_us(&mut self, mean_ms: f64) -> u64 {
         let u: f64 = self.workload.random_range(f64::EPSILON..1.0);
@@ -333,7 +399,18 @@ impl World {
                     break;
                 }
                 Output::Timeout(None) | Output::Closed => break,
-                Output::Persist(_) => wrote = true,
+                Output::Persist(change) => {
+                    wrote = true;
+                    let store = &mut self.nodes[i].store;
+                    match change {
+                        Change::Put(intent) => {
+                            store.insert(intent.spec.name.clone(), *intent);
+                        }
+                        Change::Remove(name) => {
+                            store.remove(&name);
+                        }
+                    }
+                }
                 Output::Hypervisor { op, cmd: HvCommand::MigrateOut { vm, uri, .. } } => {
                     self.migrate(i, op, vm, &uri)
                 }
@@ -365,8 +442,8 @@ impl World {
                 Output::Request { id, to, req } => {
                     self.report.messages += 1;
                     let from = self.nodes[i].peer.clone();
-                    let Some(&j) = self.peers.get(&to) else {
-                        let result = Err("no such peer".to_owned());
+                    let Some(&j) = self.peers.get(&to).filter(|&&j| self.nodes[j].alive) else {
+                        let result = Err("connection refused".to_owned());
                         self.to(i, 1_000, Box::new(move |now| Input::PeerResponse { now, id, result }));
                         continue;
                     };
@@ -496,6 +573,38 @@ impl World {
         self.seq += 1;
         self.dues.insert(self.seq, due);
         self.queue.push(Reverse((self.now_us + delay_us, self.seq)));
+    }
+
+    /// What is wrong once everything has settled: a VM whose domain runs
+    /// on other than one host, recorded by other than one agent, or
+    /// recorded by another agent than the one whose host runs it.
+    pub fn unsettled(&self) -> Vec<String> {
+        let mut running: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut recorded: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for n in &self.nodes {
+            for (vm, d) in &n.hv.domains {
+                if d.state.is_active() {
+                    running.entry(vm).or_default().push(&n.hv.host);
+                }
+            }
+            for i in n.store.values() {
+                recorded.entry(&i.spec.name).or_default().push(&n.hv.host);
+            }
+        }
+        let mut problems = Vec::new();
+        for (vm, hosts) in &recorded {
+            match running.get(vm) {
+                Some(on) if on == hosts && on.len() == 1 => {}
+                on => problems.push(format!(
+                    "{vm}: recorded on {hosts:?}, running on {:?}",
+                    on.cloned().unwrap_or_default()
+                )),
+            }
+        }
+        for (vm, on) in running.iter().filter(|(vm, _)| !recorded.contains_key(*vm)) {
+            problems.push(format!("{vm}: running on {on:?}, recorded nowhere"));
+        }
+        problems
     }
 
     /// Where each VM runs: (VM, host), for checks.

@@ -54,3 +54,18 @@ fn changing_loads_overload_hosts_and_rebalancing_relieves_them_by_live_migration
     names.dedup();
     assert_eq!(names.len(), 40, "each VM on one host after its moves");
 }
+
+#[test]
+fn after_a_crash_and_a_partition_heal_every_vm_runs_once_recorded_by_its_host() {
+    let text = include_str!("../../../examples/scenarios/faults.toml");
+    for seed in 0..5 {
+        let scenario = Scenario::parse(text).expect("scenario");
+        let mut world = World::new(scenario.clone(), seed);
+        world.run_until(scenario.duration_s * 1_000_000);
+        let problems = world.unsettled();
+        let report = world.run();
+        assert!(problems.is_empty(), "seed {seed}: {problems:#?}\n{report:#?}");
+        assert_eq!((report.placed, report.faults), (30, 4), "seed {seed}");
+        assert!(report.node_events.get("evacuated").is_some_and(|&n| n > 0), "seed {seed}: {report:#?}");
+    }
+}
