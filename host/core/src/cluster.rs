@@ -329,6 +329,24 @@ impl Membership {
         changes
     }
 
+    /// Whether this agent sees more than half of the hosts it knows of
+    /// alive (itself included): its PoP-mates as it hears them, and the
+    /// members of PoPs whose speakers it heard lately as they report them.
+    /// An agent cut off from the rest sees its peers go silent and must
+    /// not act on their deaths: it may be the one that is away.
+    pub fn in_majority(&self, now: Instant) -> bool {
+        let recent = Duration::from_millis(self.config.dead_ms);
+        let mut known = 1 + self.members.len();
+        let mut alive = 1 + self.members.values().filter(|m| m.liveness == Liveness::Alive).count();
+        for p in self.pops.values() {
+            known += p.summary.members.len();
+            if now.saturating_duration_since(p.heard) < recent {
+                alive += p.summary.members.iter().filter(|m| m.liveness == Liveness::Alive).count();
+            }
+        }
+        2 * alive > known
+    }
+
     /// True when this agent speaks for its PoP: no alive member has a smaller peer id.
     pub fn is_speaker(&self) -> bool {
         self.speaker().is_none()

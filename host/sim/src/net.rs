@@ -22,9 +22,10 @@ pub struct NetConfig {
     pub route_factor: f64,
     /// Each delivery's delay varies uniformly by up to this share of it.
     pub jitter: f64,
-    /// Probability that a message is lost.
+    /// Probability that a gossip message is lost (requests and responses
+    /// travel on streams: only partitions cut them).
     pub loss: f64,
-    /// Probability that a delivered message arrives twice.
+    /// Probability that a delivered gossip message arrives twice.
     pub duplicate: f64,
 }
 
@@ -86,15 +87,28 @@ impl Network {
         self.delay_us[a][b]
     }
 
-    /// The delays after which a message from node `from` (in PoP
+    /// The delays after which a gossip message from node `from` (in PoP
     /// `from_pop`) to node `to` (in `to_pop`) arrives: none when it is
     /// lost, two when it is duplicated.
     pub fn deliveries(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize) -> Vec<u64> {
-        if self.cut.contains(&(self.group[from], self.group[to])) || self.rng.random_bool(self.config.loss) {
+        self.send(from, from_pop, to, to_pop, false)
+    }
+
+    /// The delay after which a request or response arrives, if it does. It
+    /// travels on a stream (libp2p's request-response over TCP or QUIC):
+    /// never lost alone nor duplicated, only cut off by a partition (its
+    /// asker's timeout then tells it).
+    pub fn stream(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize) -> Option<u64> {
+        self.send(from, from_pop, to, to_pop, true).first().copied()
+    }
+
+    fn send(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize, reliable: bool) -> Vec<u64> {
+        let dropped = !reliable && self.rng.random_bool(self.config.loss);
+        if self.cut.contains(&(self.group[from], self.group[to])) || dropped {
             self.lost += 1;
             return vec![];
         }
-        let copies = if self.rng.random_bool(self.config.duplicate) { 2 } else { 1 };
+        let copies = if !reliable && self.rng.random_bool(self.config.duplicate) { 2 } else { 1 };
         let base = self.delay_us[from_pop][to_pop] as f64;
         (0..copies)
             .map(|_| {

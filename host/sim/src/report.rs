@@ -57,6 +57,8 @@ pub struct Report {
     pub placed: u64,
     /// Requests refused.
     pub refused: u64,
+    /// Requests whose agent died before answering, or was down when they came.
+    pub cut_off: u64,
     /// From a request entering the cluster to its answer.
     pub placement_ms: Percentiles,
     /// Live migrations started.
@@ -101,6 +103,7 @@ impl Report {
             requested: 0,
             placed: 0,
             refused: 0,
+            cut_off: 0,
             placement_ms: Percentiles::default(),
             migrations: 0,
             migration_bytes: 0,

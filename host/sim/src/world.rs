@@ -94,14 +94,18 @@ pub struct World {
     inbound: HashMap<u64, (usize, u64, OutboundId)>,
     next_inbound: u64,
     next_req: u64,
-    /// Requests sent to the nodes: when, for the placement latency.
-    asked: HashMap<ReqId, u64>,
+    /// Requests sent to the nodes: when, and to which node, for the
+    /// placement latency (a crash of that node ends them: its client's
+    /// connection breaks).
+    asked: HashMap<ReqId, (u64, usize)>,
     migrations: HashMap<u64, Migration>,
     next_migration: u64,
     placement: Native,
     migration: Native,
     consolidation: Native,
     report: Report,
+    /// Every node event, with its time and host, when asked for.
+    trace: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for World {
@@ -170,6 +174,7 @@ impl World {
             migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
             consolidation: Native::migration::<policy_consolidate::Consolidate>("consolidate"),
             report,
+            trace: None,
         };
         world.boot();
         world
@@ -214,6 +219,17 @@ impl World {
         };
         let domains = n.hv.observation();
         self.to(i, 0, Box::new(move |now| Input::HypervisorUp { now, inventory, domains }));
+    }
+
+    /// Keeps every node event from now on (see [`World::trace`]).
+    pub fn with_trace(mut self) -> Self {
+        self.trace = Some(Vec::new());
+        self
+    }
+
+    /// The node events kept, one line each: virtual seconds, host, event.
+    pub fn trace(&self) -> &[String] {
+        self.trace.as_deref().unwrap_or_default()
     }
 
     /// Runs to the scenario's end and says what happened.
@@ -296,12 +312,17 @@ impl World {
             ..VmRequest::default()
         };
         let (count, every_ms) = (batch.count, batch.every_ms);
-        let req = ReqId(self.next_req);
-        self.next_req += 1;
-        self.asked.insert(req, self.now_us);
         self.report.requested += 1;
-        let now = self.instant(self.now_us);
-        self.input(entry, Input::Api { now, req, cmd: Command::Create(Box::new(spec)) });
+        if self.nodes[entry].alive {
+            let req = ReqId(self.next_req);
+            self.next_req += 1;
+            self.asked.insert(req, (self.now_us, entry));
+            let now = self.instant(self.now_us);
+            self.input(entry, Input::Api { now, req, cmd: Command::Create(Box::new(spec)) });
+        } else {
+            // Its agent is down: the client's connection is refused.
+            self.report.cut_off += 1;
+        }
         if k + 1 < count {
             let gap = self.poisson_gap_us(every_ms);
             self.at(gap, Due::Arrival(b, k + 1));
@@ -343,6 +364,9 @@ impl World {
                     n.alive = false;
                     n.epoch += 1;
                     n.timer_at = None;
+                    let before = self.asked.len();
+                    self.asked.retain(|_, (_, entry)| *entry != i);
+                    self.report.cut_off += (before - self.asked.len()) as u64;
                 }
             }
             (FaultKind::Crash, true) => {
@@ -451,8 +475,7 @@ impl World {
                     let inbound = self.next_inbound;
                     self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
                     self.at(REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
-                    for delay in self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop) {
-                        let (from, req) = (from.clone(), req.clone());
+                    if let Some(delay) = self.net.stream(i, self.nodes[i].pop, j, self.nodes[j].pop) {
                         let id = InboundId(inbound);
                         self.to(j, delay, Box::new(move |now| Input::PeerRequest { now, from, id, req }));
                     }
@@ -463,17 +486,10 @@ impl World {
                     if epoch != self.nodes[asker].epoch {
                         continue;
                     }
-                    let deliveries = self.net.deliveries(i, self.nodes[i].pop, asker, self.nodes[asker].pop);
-                    if !deliveries.is_empty() {
+                    if let Some(delay) = self.net.stream(i, self.nodes[i].pop, asker, self.nodes[asker].pop) {
                         self.inbound.remove(&id.0);
-                    }
-                    for delay in deliveries {
-                        let resp = resp.clone();
-                        self.to(
-                            asker,
-                            delay,
-                            Box::new(move |now| Input::PeerResponse { now, id: out, result: Ok(resp) }),
-                        );
+                        let respond = move |now| Input::PeerResponse { now, id: out, result: Ok(resp) };
+                        self.to(asker, delay, Box::new(respond));
                     }
                 }
                 Output::Dial(peer) => {
@@ -483,7 +499,7 @@ impl World {
                     self.to(i, rtt_us, Box::new(move |now| Input::Rtt { now, peer, rtt }));
                 }
                 Output::Reply { req, reply } => {
-                    if let Some(at) = self.asked.remove(&req) {
+                    if let Some((at, _)) = self.asked.remove(&req) {
                         let placed = matches!(reply, Ok(Reply::Vm(_)));
                         self.report.answered(placed, self.now_us - at);
                     }
@@ -514,7 +530,12 @@ impl World {
                     }
                 }
                 Output::Power { .. } => {}
-                Output::Event(e) => self.report.event(i, self.now_us, &e),
+                Output::Event(e) => {
+                    if let Some(t) = &mut self.trace {
+                        t.push(format!("{:>10.3} {}: {e}", self.now_us as f64 / 1e6, self.nodes[i].hv.host));
+                    }
+                    self.report.event(i, self.now_us, &e);
+                }
             }
         }
     }
@@ -575,9 +596,10 @@ impl World {
         self.queue.push(Reverse((self.now_us + delay_us, self.seq)));
     }
 
-    /// What is wrong once everything has settled: a VM whose domain runs
-    /// on other than one host, recorded by other than one agent, or
-    /// recorded by another agent than the one whose host runs it.
+    /// What is wrong once everything has settled: a request never
+    /// answered, a fence crossed, a host holding more than it offers, or a
+    /// VM whose domain runs on other than one host, recorded by other than
+    /// one agent, or by another agent than the one whose host runs it.
     pub fn unsettled(&self) -> Vec<String> {
         let mut running: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         let mut recorded: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -592,6 +614,28 @@ impl World {
             }
         }
         let mut problems = Vec::new();
+        if !self.asked.is_empty() {
+            problems.push(format!("{} request(s) never answered", self.asked.len()));
+        }
+        for n in &self.nodes {
+            let pop = &self.scenario.pops[n.pop];
+            let (mut vcpus, mut memory) = (0u32, 0u32);
+            for i in n.store.values() {
+                let fenced = &i.spec.jurisdictions;
+                if !fenced.is_empty() && !fenced.contains(&pop.jurisdiction) {
+                    problems.push(format!(
+                        "{}: on {} in {}, fenced to {fenced:?}",
+                        i.spec.name, n.hv.host, pop.jurisdiction
+                    ));
+                }
+                vcpus += i.spec.vcpus;
+                memory += i.spec.memory_mib;
+            }
+            if vcpus > pop.vcpus || memory > pop.memory_mib {
+                problems
+                    .push(format!("{} holds {vcpus} vCPUs and {memory} MiB, over its capacity", n.hv.host));
+            }
+        }
         for (vm, hosts) in &recorded {
             match running.get(vm) {
                 Some(on) if on == hosts && on.len() == 1 => {}

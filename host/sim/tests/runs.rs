@@ -69,3 +69,10 @@ fn after_a_crash_and_a_partition_heal_every_vm_runs_once_recorded_by_its_host() 
         assert!(report.node_events.get("evacuated").is_some_and(|&n| n > 0), "seed {seed}: {report:#?}");
     }
 }
+
+#[test]
+fn the_checker_passes_a_modest_number_of_seeds() {
+    // `locus sim --check --seeds 2000` runs many more.
+    let failures: Vec<_> = (0..100).filter_map(|seed| locus_sim::check::check(seed).err()).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -27,7 +27,7 @@
 use super::{Event, Node, Origin, Output, Purpose, Step, Task, VmRecord};
 use crate::cluster::{Liveness, PeerId, Transition, VmLocation};
 use crate::hypervisor::{DomainSeen, HvCommand};
-use crate::intent::{Desired, VmIntent};
+use crate::intent::{Desired, Handoff, VmIntent};
 use crate::node::{ApiError, OutboundId, PeerRequest, PeerResponse, Reply};
 use crate::request::RestartPolicy;
 use std::time::{Duration, Instant};
@@ -142,8 +142,19 @@ impl Node {
     }
 
     /// A member was declared dead: its PoP's speaker looks up its VMs.
-    pub(super) fn evacuate_dead(&mut self, t: &Transition) {
+    pub(super) fn evacuate_dead(&mut self, now: Instant, t: &Transition) {
         if t.pop != self.config.pop.name || !self.membership.is_speaker() {
+            return;
+        }
+        if !self.membership.in_majority(now) {
+            // Cut off from most of the cluster, this host may be the one
+            // that is away: the majority's side evacuates, not this one.
+            let why =
+                "this host sees fewer than half of the cluster's hosts alive; it may be the one cut off";
+            for vm in &t.vms {
+                let to = Err(why.to_owned());
+                self.event(Event::Evacuated { vm: vm.clone(), from: t.host.clone(), to });
+            }
             return;
         }
         for vm in &t.vms {
@@ -257,6 +268,21 @@ impl Node {
         }
         let Some(at) = at else { return };
         let Some(mine) = self.vms.get(name) else { return };
+        let leaving = matches!(mine.intent.handoff, Some(Handoff::To { .. }));
+        if leaving && mine.task.is_none() && at.generation > mine.intent.generation + 1 {
+            // It left for its destination, and a later copy than the one
+            // it became there runs now: the move is over, whatever the
+            // destination did with it. What is left here goes.
+            self.event(Event::Stale {
+                vm: name.to_owned(),
+                current: at.host,
+                generations: (mine.intent.generation, at.generation),
+            });
+            if let Some(r) = self.vms.get_mut(name) {
+                r.task = Some(Task::new(Purpose::MoveOut, Step::Undefine, None));
+            }
+            return self.issue(name, Step::Undefine, HvCommand::Undefine(name.to_owned()));
+        }
         if at.peer == self.config.peer || mine.intent.handoff.is_some() || mine.task.is_some() {
             return;
         }
@@ -264,6 +290,11 @@ impl Node {
             || (at.generation == mine.intent.generation && at.host < self.config.host.name);
         if newer {
             self.drop_stale(name, at.host, at.generation);
+        } else {
+            // This copy is the current one, but the record names another
+            // (two sides of a partition each made one): the record is
+            // put right, and the other copy goes at its next check.
+            self.announce(name);
         }
     }
 
@@ -287,3 +318,6 @@ impl Node {
 
 /// Copies are looked up in the overlay at most this often.
 const VERIFY_EVERY: Duration = Duration::from_secs(5);
+/// And at least this often: a copy made on the other side of a partition
+/// in another PoP is found even when nothing else says so.
+pub(super) const VERIFY_AT_LEAST_EVERY: Duration = Duration::from_secs(30);

@@ -535,6 +535,23 @@ impl Node {
                 self.clear_handoff(&vm);
                 self.finish(&vm, None);
             }
+            (Stage::Arrived, Ok(PeerResponse::Refused(e))) if e.kind == ApiErrorKind::NotFound => {
+                // The destination took it over and has lost it since (its
+                // copy removed as stale after a partition, or deleted):
+                // the records say whether a newer copy runs elsewhere.
+                if self.verifying.insert(vm.clone()) && !self.locating.contains_key(&vm) {
+                    self.outputs.push_back(Output::Locate(vm.clone()));
+                }
+                let e = ApiError::new(
+                    ApiErrorKind::Unavailable,
+                    format!(
+                        "vm {vm}: the hand-off to {} is not settled yet: {}",
+                        self.handoff_host(&vm),
+                        e.message
+                    ),
+                );
+                self.finish(&vm, Some(e));
+            }
             (Stage::Arrived | Stage::Abandon, other) => {
                 // Asked again at the next observation.
                 let e = ApiError::new(

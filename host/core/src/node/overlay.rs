@@ -111,9 +111,12 @@ impl Node {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
             if t.liveness == Liveness::Dead {
                 self.rebalance_host_dead(now, &t.host, &t.peer);
-                self.evacuate_dead(&t);
+                self.evacuate_dead(now, &t);
             }
             self.event(Event::Member(t));
+        }
+        if self.verified_at.is_none_or(|t| now >= t + super::evacuation::VERIFY_AT_LEAST_EVERY) {
+            self.verify_copies(now);
         }
         let own = self.host_summary();
         self.outputs.push_back(Output::Gossip {
@@ -154,6 +157,11 @@ impl Node {
             }
             Gossip::Pop(summary) => {
                 for t in self.membership.heard_pop(now, from, summary) {
+                    if t.liveness == Liveness::Alive {
+                        // A host elsewhere comes back: copies made while it
+                        // was away may meet now.
+                        self.verify_copies(now);
+                    }
                     self.event(Event::Member(t));
                 }
             }
