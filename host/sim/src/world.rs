@@ -188,23 +188,17 @@ impl World {
             let phase = phases.random_range(0..interval);
             self.at(phase, Due::Sample(i));
         }
-        let firsts: Vec<(usize, u64)> = (self.scenario.arrivals.iter().enumerate())
-            .filter(|(_, a)| a.count > 0)
-            .map(|(b, a)| (b, (a.at_s * 1e6) as u64))
+        // The first of each batch of arrivals and load changes, and every fault.
+        let us = |s: f64| (s * 1e6) as u64;
+        let sc = &self.scenario;
+        let arrivals = sc.arrivals.iter().enumerate().filter(|(_, a)| a.count > 0);
+        let loads = sc.load_changes.iter().enumerate().filter(|(_, l)| l.count > 0);
+        let firsts: Vec<(u64, Due)> = (arrivals.map(|(b, a)| (us(a.at_s), Due::Arrival(b, 0))))
+            .chain(loads.map(|(b, l)| (us(l.at_s), Due::LoadChange(b, 0))))
+            .chain(sc.faults.iter().enumerate().map(|(f, x)| (us(x.at_s), Due::Fault(f, false))))
             .collect();
-        for (b, at) in firsts {
-            self.at(at, Due::Arrival(b, 0));
-        }
-        let firsts: Vec<(usize, u64)> = (self.scenario.load_changes.iter().enumerate())
-            .filter(|(_, l)| l.count > 0)
-            .map(|(b, l)| (b, (l.at_s * 1e6) as u64))
-            .collect();
-        for (b, at) in firsts {
-            self.at(at, Due::LoadChange(b, 0));
-        }
-        let faults: Vec<u64> = self.scenario.faults.iter().map(|f| (f.at_s * 1e6) as u64).collect();
-        for (f, at) in faults.into_iter().enumerate() {
-            self.at(at, Due::Fault(f, false));
+        for (at, due) in firsts {
+            self.at(at, due);
         }
     }
 
@@ -262,9 +256,7 @@ impl World {
                 self.input(i, deliver(now));
             }
             Due::Input(..) => {}
-            Due::Sample(i) if !self.nodes[i].alive => {
-                self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
-            }
+
             Due::Timer(i, at) => {
                 if self.nodes[i].timer_at == Some(at) {
                     self.nodes[i].timer_at = None;
@@ -272,8 +264,10 @@ impl World {
                 }
             }
             Due::Sample(i) => {
-                let domains = self.nodes[i].hv.observation();
-                self.input(i, Input::Sampled { now, domains });
+                if self.nodes[i].alive {
+                    let domains = self.nodes[i].hv.observation();
+                    self.input(i, Input::Sampled { now, domains });
+                }
                 self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
             }
             Due::Arrival(b, k) => self.arrive(b, k),
