@@ -41,7 +41,8 @@ pub fn run(args: Args) -> Result<()> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("seed {seed}: replay with `locus sim {} --seed {seed}`", path.display());
     let started = std::time::Instant::now();
-    let report = locus_sim::World::new(scenario, seed).run();
+    let world = locus_sim::World::new(scenario, seed).with_context(|| format!("in {}", path.display()))?;
+    let report = world.run();
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");
     eprintln!("{:.1} s of virtual time in {:.2} s", report.virtual_s, started.elapsed().as_secs_f64());

@@ -28,7 +28,8 @@ pub struct Failure {
 pub fn check(seed: u64) -> Result<Report, Failure> {
     let scenario = random_scenario(seed);
     let end = scenario.duration_s * 1_000_000;
-    let mut world = World::new(scenario, seed);
+    let mut world =
+        World::new(scenario, seed).map_err(|e| Failure { seed, problems: vec![e.to_string()] })?;
     world.run_until(end);
     let problems = world.unsettled();
     let report = world.run();
@@ -40,9 +41,14 @@ pub fn check(seed: u64) -> Result<Report, Failure> {
 pub fn trace(seed: u64) -> Vec<String> {
     let scenario = random_scenario(seed);
     let end = scenario.duration_s * 1_000_000;
-    let mut world = World::new(scenario, seed).with_trace();
-    world.run_until(end);
-    world.trace().to_vec()
+    match World::new(scenario, seed) {
+        Ok(world) => {
+            let mut world = world.with_trace();
+            world.run_until(end);
+            world.trace().to_vec()
+        }
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 const POPS: [(&str, &str, f32, f32); 4] = [

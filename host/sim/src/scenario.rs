@@ -64,6 +64,9 @@ pub enum FaultKind {
     PartitionOneWay,
 }
 
+/// The most hosts a scenario may have.
+pub const MAX_HOSTS: u64 = 100_000;
+
 fn default_sample_ms() -> u64 {
     1_000
 }
@@ -169,6 +172,23 @@ impl Scenario {
         if self.pops.is_empty() || self.pops.iter().any(|p| p.hosts == 0) {
             return Err("every scenario needs PoPs, each with at least one host".into());
         }
+        let hosts: u64 = self.pops.iter().map(|p| u64::from(p.hosts)).sum();
+        if hosts > MAX_HOSTS {
+            return Err(format!("{hosts} hosts: a scenario has at most {MAX_HOSTS}"));
+        }
+        for p in &self.pops {
+            // Its hosts are named `POP-N`, by the same rule.
+            let last = format!("{}-{}", p.name, p.hosts - 1);
+            if !locus_core::request::valid_name(&p.name) || !locus_core::request::valid_name(&last) {
+                return Err(format!(
+                    "PoP name {:?} breaks the naming rule (or its hosts' names would)",
+                    p.name
+                ));
+            }
+            if !((-90.0..=90.0).contains(&p.lat) && (-180.0..=180.0).contains(&p.lon)) {
+                return Err(format!("PoP {}: lat must be within -90..=90 and lon within -180..=180", p.name));
+            }
+        }
         if self.sample_interval_ms == 0 {
             return Err("sample-interval-ms must be at least 1".into());
         }
@@ -240,5 +260,13 @@ mod tests {
         assert!(Scenario::parse(&bad).expect_err("lyon").to_string().contains("lyon"));
         let bad = ok.replace("hosts = 2", "hosts = 2\ncolour = 1");
         assert!(Scenario::parse(&bad).expect_err("unknown").to_string().contains("colour"));
+        for (from, to, says) in [
+            ("name = \"paris\"", "name = \"par is!\"", "naming rule"),
+            ("lat = 48.86", "lat = 1000", "lat must be"),
+            ("hosts = 2", "hosts = 4000000000", "at most"),
+        ] {
+            let bad = ok.replace(from, to).replace("pop = \"paris\"", "");
+            assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{to}");
+        }
     }
 }

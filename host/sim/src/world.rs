@@ -9,7 +9,7 @@
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
 use crate::report::Report;
-use crate::scenario::{FaultKind, Scenario};
+use crate::scenario::{FaultKind, Scenario, ScenarioError};
 use crate::seed::{Rng, Seed};
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
@@ -115,8 +115,9 @@ impl std::fmt::Debug for World {
 }
 
 impl World {
-    /// A world for `scenario`, every random choice drawn from `seed`.
-    pub fn new(scenario: Scenario, seed: u64) -> Self {
+    /// A world for `scenario`, every random choice drawn from `seed`; an
+    /// error when a host of the scenario cannot be configured.
+    pub fn new(scenario: Scenario, seed: u64) -> Result<Self, ScenarioError> {
         let seed = Seed(seed);
         let locations: Vec<Location> =
             scenario.pops.iter().map(|p| Location { lat: p.lat, lon: p.lon }).collect();
@@ -134,8 +135,8 @@ impl World {
             let hv = Hypervisor::new(&config.host.name);
             let peer = config.peer.clone();
             peers.insert(peer.clone(), nodes.len());
-            // The scenario's hosts are all named by the rules: this cannot fail.
-            let node = Node::new(config.clone(), vec![]).unwrap_or_else(|e| panic!("a scenario host: {e}"));
+            let node = Node::new(config.clone(), vec![])
+                .map_err(|e| ScenarioError::Invalid(format!("host {}: {e}", config.host.name)))?;
             let store = BTreeMap::new();
             nodes.push(SimNode {
                 node,
@@ -177,7 +178,7 @@ impl World {
             trace: None,
         };
         world.boot();
-        world
+        Ok(world)
     }
 
     fn boot(&mut self) {
@@ -367,9 +368,10 @@ impl World {
                 for &i in &hit {
                     let n = &mut self.nodes[i];
                     let intents = n.store.values().cloned().collect();
-                    // It started with this configuration before: it starts again.
-                    n.node =
-                        Node::new(n.config.clone(), intents).unwrap_or_else(|e| panic!("a restart: {e}"));
+                    // It started with this configuration before, so it
+                    // starts again (an intent it cannot take is reported, not fatal).
+                    let Ok(node) = Node::new(n.config.clone(), intents) else { continue };
+                    n.node = node;
                     n.alive = true;
                     self.hypervisor_up(i);
                 }

@@ -7,7 +7,7 @@ const TWO_POPS: &str = include_str!("../../../examples/scenarios/two-pops.toml")
 
 fn run(text: &str, seed: u64) -> (String, Vec<(String, String)>) {
     let scenario = Scenario::parse(text).expect("scenario");
-    let mut world = World::new(scenario.clone(), seed);
+    let mut world = World::new(scenario.clone(), seed).expect("world");
     world.run_until(scenario.duration_s * 1_000_000);
     let placements = world.placements();
     let report = world.run();
@@ -60,7 +60,7 @@ fn after_a_crash_and_a_partition_heal_every_vm_runs_once_recorded_by_its_host() 
     let text = include_str!("../../../examples/scenarios/faults.toml");
     for seed in 0..5 {
         let scenario = Scenario::parse(text).expect("scenario");
-        let mut world = World::new(scenario.clone(), seed);
+        let mut world = World::new(scenario.clone(), seed).expect("world");
         world.run_until(scenario.duration_s * 1_000_000);
         let problems = world.unsettled();
         let report = world.run();
