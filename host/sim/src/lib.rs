@@ -13,6 +13,7 @@ pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod seed;
+pub mod traffic;
 pub mod world;
 
 pub use report::Report;

@@ -3,6 +3,7 @@
 
 use crate::hypervisor::MigrationTime;
 use crate::scenario::Scenario;
+use crate::traffic::{Traffic, TrafficReport};
 use locus_core::load::LoadState;
 use locus_core::node::Event;
 use serde::Serialize;
@@ -45,8 +46,6 @@ pub struct Report {
     pub virtual_s: f64,
     /// Events the simulator processed.
     pub events: u64,
-    /// Overlay messages sent (gossip counted once per receiver).
-    pub messages: u64,
     /// Messages the network lost.
     pub lost: u64,
     /// Faults injected and undone.
@@ -75,6 +74,8 @@ pub struct Report {
     pub overload_host_s: f64,
     /// From a host becoming overloaded to its being normal again.
     pub overload_ms: Percentiles,
+    /// What the overlay carried.
+    pub traffic: TrafficReport,
     /// Events the nodes reported, by kind.
     pub node_events: BTreeMap<&'static str, u64>,
     #[serde(skip)]
@@ -97,7 +98,7 @@ impl Report {
             hosts,
             virtual_s: 0.0,
             events: 0,
-            messages: 0,
+            traffic: TrafficReport::default(),
             lost: 0,
             faults: 0,
             requested: 0,
@@ -152,8 +153,9 @@ impl Report {
     }
 
     /// The run ended at `now_us`.
-    pub fn finish(&mut self, now_us: u64, lost: u64) {
+    pub fn finish(&mut self, now_us: u64, lost: u64, traffic: &Traffic) {
         self.virtual_s = now_us as f64 / 1e6;
+        self.traffic = TrafficReport::of(traffic, self.virtual_s);
         self.lost = lost;
         for since in std::mem::take(&mut self.overloaded_since).into_values() {
             self.overloads_unsolved += 1;

@@ -11,6 +11,7 @@ use crate::net::Network;
 use crate::report::Report;
 use crate::scenario::{FaultKind, Scenario, ScenarioError};
 use crate::seed::{Rng, Seed};
+use crate::traffic::{self, Traffic};
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
 use locus_core::intent::{Change, VmIntent};
@@ -21,6 +22,7 @@ use locus_core::{Native, Policy, VmRequest};
 use rand::RngExt;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Virtual time a policy takes to answer, µs.
@@ -88,7 +90,12 @@ pub struct World {
     dues: HashMap<u64, Due>,
     nodes: Vec<SimNode>,
     peers: HashMap<PeerId, usize>,
+    /// Every node, and the nodes of each PoP: who hears each topic.
+    everyone: Rc<[usize]>,
+    by_pop: Vec<Rc<[usize]>>,
+    pop_index: HashMap<String, usize>,
     net: Network,
+    traffic: Traffic,
     workload: Rng,
     records: HashMap<String, VmLocation>,
     inbound: HashMap<u64, (usize, u64, OutboundId)>,
@@ -152,6 +159,14 @@ impl World {
         }
         let net = Network::new(scenario.network.clone(), &locations, nodes.len(), seed.stream("network"));
         let report = Report::new(&scenario, seed.0, nodes.len());
+        let mut by_pop = vec![Vec::new(); scenario.pops.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            by_pop[n.pop].push(i);
+        }
+        let everyone = (0..nodes.len()).collect();
+        let by_pop = by_pop.into_iter().map(Rc::from).collect();
+        let traffic = Traffic::new(nodes.len());
+        let pop_index = scenario.pops.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
         let mut world = World {
             scenario,
             seed,
@@ -162,6 +177,10 @@ impl World {
             dues: HashMap::new(),
             nodes,
             peers,
+            everyone,
+            by_pop,
+            pop_index,
+            traffic,
             net,
             workload: seed.stream("workload"),
             records: HashMap::new(),
@@ -231,7 +250,7 @@ impl World {
     pub fn run(mut self) -> Report {
         let end = self.scenario.duration_s * 1_000_000;
         self.run_until(end);
-        self.report.finish(self.now_us, self.net.lost);
+        self.report.finish(self.now_us, self.net.lost, &self.traffic);
         self.report
     }
 
@@ -444,23 +463,31 @@ impl World {
                 }
                 Output::Gossip { topic, msg } => {
                     let from = self.nodes[i].peer.clone();
-                    for j in 0..self.nodes.len() {
-                        let subscribed = match &topic {
-                            Topic::Global => true,
-                            Topic::Pop(p) => self.scenario.pops[self.nodes[j].pop].name == *p,
-                        };
-                        if j == i || !subscribed {
-                            continue;
+                    let (receivers, name_len) = match &topic {
+                        Topic::Global => (self.everyone.clone(), "locus/global/1".len()),
+                        Topic::Pop(name) => match self.pop_index.get(name) {
+                            Some(&p) => (self.by_pop[p].clone(), "locus/pop//1".len() + name.len()),
+                            None => continue,
+                        },
+                    };
+                    let kind = match &msg {
+                        locus_core::cluster::Gossip::Host(_) => "host-summary",
+                        locus_core::cluster::Gossip::Pop(_) => "pop-summary",
+                    };
+                    let bytes = traffic::gossip_copy(name_len, &msg);
+                    let copies = traffic::copies(receivers.len());
+                    for &j in receivers.iter().filter(|&&j| j != i) {
+                        let deliveries = self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop);
+                        if !deliveries.is_empty() {
+                            self.traffic.received(kind, j, bytes, copies);
                         }
-                        self.report.messages += 1;
-                        for delay in self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop) {
+                        for delay in deliveries {
                             let (from, msg) = (from.clone(), msg.clone());
                             self.to(j, delay, Box::new(move |now| Input::Gossip { now, from, msg }));
                         }
                     }
                 }
                 Output::Request { id, to, req } => {
-                    self.report.messages += 1;
                     let from = self.nodes[i].peer.clone();
                     let Some(&j) = self.peers.get(&to).filter(|&&j| self.nodes[j].alive) else {
                         let result = Err("connection refused".to_owned());
@@ -472,18 +499,19 @@ impl World {
                     self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
                     self.at(REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
                     if let Some(delay) = self.net.stream(i, self.nodes[i].pop, j, self.nodes[j].pop) {
+                        self.traffic.received("request", j, traffic::stream_message(&req), 1);
                         let id = InboundId(inbound);
                         self.to(j, delay, Box::new(move |now| Input::PeerRequest { now, from, id, req }));
                     }
                 }
                 Output::Respond { id, resp } => {
-                    self.report.messages += 1;
                     let Some(&(asker, epoch, out)) = self.inbound.get(&id.0) else { continue };
                     if epoch != self.nodes[asker].epoch {
                         continue;
                     }
                     if let Some(delay) = self.net.stream(i, self.nodes[i].pop, asker, self.nodes[asker].pop) {
                         self.inbound.remove(&id.0);
+                        self.traffic.received("response", asker, traffic::stream_message(&resp), 1);
                         let respond = move |now| Input::PeerResponse { now, id: out, result: Ok(resp) };
                         self.to(asker, delay, Box::new(respond));
                     }
