@@ -46,7 +46,9 @@ for pop in "${pops[@]}"; do
 done
 sock() { echo "$dir/$1/agent.sock"; }
 for _ in $(seq 300); do
-    alive=$("$locus" cluster status --json --socket "$(sock paris-1)" 2>/dev/null | grep -c '"liveness": "alive"' || true)
+    # Hosts alive, summed over the PoPs' rows (other PoPs' hosts are counted, not listed).
+    alive=$("$locus" cluster status --json --socket "$(sock paris-1)" 2>/dev/null |
+        grep -o '"hosts_alive": [0-9]*' | awk '{ n += $2 } END { print n + 0 }' || true)
     [[ $alive -ge 9 ]] && break
     sleep 0.1
 done

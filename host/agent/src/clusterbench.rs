@@ -8,7 +8,6 @@ use crate::client::{Client, Endpoint};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use locus_core::VmRequest;
-use locus_core::cluster::Liveness;
 use locus_core::node::VmStatus;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -160,8 +159,7 @@ pub fn run(args: Args) -> Result<()> {
             let done = all.iter().all(|v| {
                 v.as_ref().is_some_and(|v| {
                     v.cluster.pops.len() == args.pops
-                        && v.cluster.hosts.iter().filter(|h| h.liveness == Liveness::Alive).count()
-                            == args.agents
+                        && v.cluster.pops.iter().map(|p| p.hosts_alive as usize).sum::<usize>() == args.agents
                 })
             });
             if done {

@@ -22,8 +22,9 @@ fn view(c: &Client) -> Option<ClusterView> {
 
 fn converged(c: &Client, pops: usize, hosts: usize) -> bool {
     view(c).is_some_and(|v| {
+        // Other PoPs' hosts are counted in their rows, not listed.
         v.cluster.pops.len() == pops
-            && v.cluster.hosts.iter().filter(|h| h.liveness == Liveness::Alive).count() == hosts
+            && v.cluster.pops.iter().map(|p| p.hosts_alive as usize).sum::<usize>() == hosts
     })
 }
 
@@ -73,7 +74,8 @@ fn processes_20_agents_in_4_pops_converge_and_a_killed_agent_is_declared_dead_by
     eprintln!("declared dead by all after {:?}", killed.elapsed());
     let lost: VmStatus = rt().block_on(others[3].get("/v1/vms/victim-vm")).expect("show");
     assert_eq!(serde_json::to_value(lost.state).expect("state"), "lost");
-    let log = cluster.agents[(victim + 1) % 20].log();
+    // Its PoP-mates name the VMs lost (other PoPs count hosts, not VMs).
+    let log = cluster.agents[victim / 5 * 5 + (victim + 1) % 5].log();
     assert!(log.contains("VM(s) are lost") && log.contains("victim-vm"), "{log}");
 }
 
@@ -620,6 +622,20 @@ fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_par
         let s = show(&clients[4], name).expect("shown from Berlin");
         assert_eq!(s.pop, "lyon", "{name}");
     }
+
+    // Host summaries name VMs to their PoP only; a create of a name that
+    // runs in another PoP is refused all the same (the overlay's records
+    // tell), and a deleted VM's name is free again everywhere.
+    let dup = create(&cluster.agents[7], &vm("hot0")).expect_err("hot0 runs in Lyon");
+    assert!(format!("{dup:#}").contains("already exists") && format!("{dup:#}").contains("lyon"), "{dup:#}");
+    let mut reused = vm("reused");
+    reused.jurisdictions = vec!["FR".into()];
+    create(&cluster.agents[0], &reused).expect("create in Lyon");
+    let _: serde_json::Value = cluster.agents[0].json(&["vm", "delete", "reused"]);
+    reused.jurisdictions = vec!["ES".into()];
+    let again = create(&cluster.agents[7], &reused).expect("the name is free again");
+    assert_eq!(again.pop, "madrid");
+    let _: serde_json::Value = cluster.agents[7].json(&["vm", "delete", "reused"]);
 
     // A drain in Berlin empties a host onto its PoP-mates.
     let berlin0 = host(3);

@@ -13,7 +13,7 @@
 use crate::node::Size;
 use crate::request::Location;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A libp2p peer id in its text form; the core only compares and stores it.
@@ -78,8 +78,169 @@ pub struct HostSummary {
     /// concurrent migrations (the PoP's speaker counts them).
     #[serde(default)]
     pub moving: Vec<String>,
-    /// The VMs it runs.
-    pub vms: Vec<String>,
+    /// The VMs it runs, as a digest and its latest changes.
+    pub vms: VmDigest,
+}
+
+/// A host's set of VMs as its summaries carry it: never the whole list,
+/// which grows with the host, but a digest to compare against and the
+/// changes of the last few heartbeats. A PoP-mate that heard every recent
+/// summary applies the changes; one that missed too many, or just started,
+/// finds its digest differs and asks the host for the whole list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmDigest {
+    /// How many VMs the host runs.
+    pub count: u32,
+    /// The XOR of every VM name's 64-bit FNV-1a hash: equal sets have
+    /// equal digests, and a change updates it without the rest of the set.
+    pub hash: u64,
+    /// The set's version: one more per change, from 0 when the agent starts.
+    pub version: u64,
+    /// The changes of the last few heartbeats, oldest first.
+    pub changes: Vec<VmChange>,
+}
+
+/// A VM that came to or left a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmChange {
+    /// The set's version this change made.
+    pub version: u64,
+    /// The VM.
+    pub vm: String,
+    /// Whether it came (else it left).
+    pub added: bool,
+}
+
+/// A VM name's hash in a [`VmDigest`].
+fn name_hash(name: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(name.as_bytes());
+    h.finish()
+}
+
+/// Heartbeats whose changes a summary repeats: a PoP-mate that missed
+/// fewer summaries than this in a row catches up without asking.
+const CHANGES_KEPT_FOR: usize = 4;
+/// Changes a summary carries at most; beyond, PoP-mates ask for the list.
+const MAX_CHANGES: usize = 256;
+
+/// This host's VMs as its summaries describe them.
+#[derive(Debug, Clone, Default)]
+pub struct VmLog {
+    set: BTreeSet<String>,
+    hash: u64,
+    version: u64,
+    /// Recent changes, oldest first.
+    recent: VecDeque<VmChange>,
+    /// The version at each of the last heartbeats, oldest first.
+    cuts: VecDeque<u64>,
+}
+
+impl VmLog {
+    /// The digest of `now`, this heartbeat's set, with the changes since
+    /// the last few heartbeats.
+    pub fn publish<'a>(&mut self, now: impl IntoIterator<Item = &'a String>) -> VmDigest {
+        let now: BTreeSet<&String> = now.into_iter().collect();
+        let gone: Vec<String> = self.set.iter().filter(|v| !now.contains(v)).cloned().collect();
+        let came: Vec<String> = now.into_iter().filter(|v| !self.set.contains(*v)).cloned().collect();
+        for (vm, added) in gone.into_iter().map(|v| (v, false)).chain(came.into_iter().map(|v| (v, true))) {
+            self.version += 1;
+            self.hash ^= name_hash(&vm);
+            if added {
+                self.set.insert(vm.clone());
+            } else {
+                self.set.remove(&vm);
+            }
+            self.recent.push_back(VmChange { version: self.version, vm, added });
+        }
+        self.cuts.push_back(self.version);
+        if self.cuts.len() > CHANGES_KEPT_FOR {
+            let oldest = self.cuts.pop_front().unwrap_or_default();
+            while self.recent.front().is_some_and(|c| c.version <= oldest) {
+                self.recent.pop_front();
+            }
+        }
+        while self.recent.len() > MAX_CHANGES {
+            self.recent.pop_front();
+        }
+        VmDigest {
+            count: self.set.len() as u32,
+            hash: self.hash,
+            version: self.version,
+            changes: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    /// The whole set as last published, with its version.
+    pub fn full(&self) -> (u64, Vec<String>) {
+        (self.version, self.set.iter().cloned().collect())
+    }
+}
+
+/// A PoP-mate's VMs as this agent knows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KnownVms {
+    /// The names.
+    pub set: BTreeSet<String>,
+    hash: u64,
+    version: u64,
+    /// Whether the set matches the member's last digest.
+    pub synced: bool,
+}
+
+impl KnownVms {
+    /// Applies a summary's digest: the changes newer than the version
+    /// known, then a check against the digest. Returns the names that
+    /// came and went.
+    fn apply(&mut self, d: &VmDigest) -> (Vec<String>, Vec<String>) {
+        let (mut came, mut went) = (vec![], vec![]);
+        if self.synced && d.hash == self.hash && d.count as usize == self.set.len() {
+            self.version = d.version;
+            return (came, went);
+        }
+        // Changes from the first version on are the whole history (a host
+        // that just started, or restarted and counts from 0 again): the set
+        // is rebuilt from them. Otherwise they apply when they continue
+        // the version known.
+        let first = d.changes.first().map(|c| c.version);
+        let from_scratch = first == Some(1);
+        let continues =
+            self.synced && first.is_some_and(|v| v <= self.version + 1) && d.version > self.version;
+        if from_scratch || continues {
+            let (mut set, mut hash, after) = if from_scratch {
+                (BTreeSet::new(), 0, 0)
+            } else {
+                (self.set.clone(), self.hash, self.version)
+            };
+            for c in d.changes.iter().filter(|c| c.version > after) {
+                let changed = if c.added { set.insert(c.vm.clone()) } else { set.remove(&c.vm) };
+                if changed {
+                    hash ^= name_hash(&c.vm);
+                }
+            }
+            came = set.difference(&self.set).cloned().collect();
+            went = self.set.difference(&set).cloned().collect();
+            (self.set, self.hash, self.version) = (set, hash, d.version);
+        }
+        self.synced = self.hash == d.hash && self.set.len() == d.count as usize;
+        (came, went)
+    }
+
+    /// Takes the whole list the member sent, at `version`. Returns the
+    /// names that came and went.
+    fn replace(&mut self, version: u64, vms: Vec<String>) -> (Vec<String>, Vec<String>) {
+        let new: BTreeSet<String> = vms.into_iter().collect();
+        let came = new.difference(&self.set).cloned().collect();
+        let went = self.set.difference(&new).cloned().collect();
+        self.hash = new.iter().fold(0, |h, v| h ^ name_hash(v));
+        self.set = new;
+        self.version = version;
+        self.synced = true;
+        (came, went)
+    }
 }
 
 /// One PoP, as its speaker describes it on the global topic.
@@ -102,8 +263,31 @@ pub struct PopSummary {
     pub largest_free_memory_mib: u32,
     /// The most free vCPUs on any one live host.
     pub largest_free_vcpus: u32,
-    /// Its members and their liveness.
-    pub members: Vec<MemberSummary>,
+    /// Its hosts, and how many of them are alive.
+    pub hosts: u32,
+    /// Its hosts alive.
+    pub alive: u32,
+    /// A few of its alive agents to send requests to (and to grow a
+    /// rebalancing partition into), the speaker first. Its other members
+    /// stay within the PoP: a summary every agent hears must not grow with
+    /// the PoP.
+    pub contacts: Vec<Contact>,
+    /// Its members declared dead (their VMs are lost, save those its PoP
+    /// creates again).
+    pub dead: Vec<MemberSummary>,
+}
+
+/// Agents a PoP summary names as contacts.
+const CONTACTS: usize = 3;
+
+/// An agent another PoP may send requests to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Contact {
+    /// Its peer id.
+    pub peer: PeerId,
+    /// Its host's name.
+    pub host: String,
 }
 
 /// A member of a PoP in its summary.
@@ -116,8 +300,8 @@ pub struct MemberSummary {
     pub host: String,
     /// Its liveness as the speaker sees it.
     pub liveness: Liveness,
-    /// The VMs it runs (or ran, when dead: these are lost).
-    pub vms: Vec<String>,
+    /// How many VMs it runs (or ran, when dead: these are lost).
+    pub vm_count: u32,
 }
 
 /// Where a VM runs and what it is, as its host records it in the overlay
@@ -158,6 +342,10 @@ pub enum Topic {
     Global,
 }
 
+/// Heartbeats per PoP summary: every agent hears every PoP's, so they
+/// come less often than host summaries, which only a PoP hears.
+pub const POP_SUMMARY_EVERY: u64 = 4;
+
 /// Heartbeat and failure-detection timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -187,6 +375,17 @@ pub struct Member {
     pub liveness: Liveness,
     /// Round trip measured by ping, if any.
     pub rtt: Option<Duration>,
+    /// Its VMs, as its summaries told them.
+    pub vms: KnownVms,
+}
+
+/// What a PoP-mate's summary changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heard {
+    /// It came (back) into view.
+    pub transition: Option<Transition>,
+    /// Its VMs are not known exactly: ask it for the list.
+    pub behind: bool,
 }
 
 /// Another PoP as this agent knows it.
@@ -227,10 +426,13 @@ pub struct Membership {
     pub members: BTreeMap<PeerId, Member>,
     /// Other PoPs, by name.
     pub pops: BTreeMap<String, RemotePop>,
-    /// Last liveness reported per remote member, to report changes once.
-    remote: BTreeMap<PeerId, Liveness>,
+    /// Members of other PoPs their speakers report dead: (host, PoP).
+    remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
     rtts: BTreeMap<PeerId, Duration>,
+    /// Which PoP-mates list each VM (one, but for a moment during a move
+    /// or after a host came back with stale copies).
+    index: BTreeMap<String, Vec<PeerId>>,
 }
 
 impl Membership {
@@ -242,8 +444,9 @@ impl Membership {
             pop,
             members: BTreeMap::new(),
             pops: BTreeMap::new(),
-            remote: BTreeMap::new(),
+            remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
+            index: BTreeMap::new(),
         }
     }
 
@@ -254,40 +457,85 @@ impl Membership {
 
     /// Records a host summary heard on this PoP's topic. Summaries from
     /// other PoPs (a misconfigured or confused peer) are ignored.
-    pub fn heard_host(&mut self, now: Instant, from: &PeerId, summary: HostSummary) -> Option<Transition> {
+    pub fn heard_host(&mut self, now: Instant, from: &PeerId, summary: HostSummary) -> Heard {
         if summary.pop != self.pop || *from != summary.peer || summary.peer == self.me {
-            return None;
+            return Heard::default();
         }
-        let rtt = self.members.get(from).and_then(|m| m.rtt);
-        let before = self.members.get(from).map(|m| m.liveness);
-        let member = Member { summary, heard: now, liveness: Liveness::Alive, rtt };
-        let t = (before != Some(Liveness::Alive)).then(|| transition(&member, &self.pop));
+        let known = self.members.remove(from);
+        let before = known.as_ref().map(|m| m.liveness);
+        let rtt = known.as_ref().and_then(|m| m.rtt);
+        let mut vms = known.map(|m| m.vms).unwrap_or_default();
+        let (came, went) = vms.apply(&summary.vms);
+        self.index_changes(from, came, went);
+        let behind = !vms.synced;
+        let member = Member { summary, heard: now, liveness: Liveness::Alive, rtt, vms };
+        let transition = (before != Some(Liveness::Alive)).then(|| transition(&member, &self.pop));
         self.members.insert(from.clone(), member);
-        t
+        Heard { transition, behind }
+    }
+
+    /// Takes the whole list of VMs a PoP-mate sent when asked, at its `version`.
+    pub fn heard_vms(&mut self, from: &PeerId, version: u64, vms: Vec<String>) {
+        let Some(m) = self.members.get_mut(from) else { return };
+        let (came, went) = m.vms.replace(version, vms);
+        self.index_changes(from, came, went);
+    }
+
+    fn index_changes(&mut self, peer: &PeerId, came: Vec<String>, went: Vec<String>) {
+        for vm in came {
+            let holders = self.index.entry(vm).or_default();
+            if !holders.contains(peer) {
+                holders.push(peer.clone());
+            }
+        }
+        for vm in went {
+            if let Some(holders) = self.index.get_mut(&vm) {
+                holders.retain(|p| p != peer);
+                if holders.is_empty() {
+                    self.index.remove(&vm);
+                }
+            }
+        }
+    }
+
+    /// The PoP-mates whose summaries list `vm`.
+    pub fn holders(&self, vm: &str) -> &[PeerId] {
+        self.index.get(vm).map_or(&[], |h| h.as_slice())
     }
 
     /// Records a PoP summary heard on the global topic, and reports the
-    /// liveness changes it carries for that PoP's members.
-    pub fn heard_pop(&mut self, now: Instant, from: &PeerId, summary: PopSummary) -> Vec<Transition> {
+    /// members it says died or came back; `more` when it has more hosts
+    /// alive than its last summary said (copies made while they were away
+    /// may meet now).
+    pub fn heard_pop(&mut self, now: Instant, from: &PeerId, summary: PopSummary) -> HeardPop {
         if summary.pop == self.pop {
-            return vec![];
+            return HeardPop::default();
         }
-        let mut changes = vec![];
-        for m in &summary.members {
-            if self.remote.insert(m.peer.clone(), m.liveness) != Some(m.liveness) {
-                changes.push(Transition {
-                    peer: m.peer.clone(),
-                    host: m.host.clone(),
-                    pop: summary.pop.clone(),
-                    liveness: m.liveness,
-                    vms: m.vms.clone(),
-                });
+        let mut heard = HeardPop::default();
+        let before = self.pops.get(&summary.pop).map(|p| p.summary.alive);
+        heard.more = before.is_none_or(|b| summary.alive > b);
+        for m in &summary.dead {
+            if !self.remote_dead.contains_key(&m.peer) {
+                self.remote_dead.insert(m.peer.clone(), (m.host.clone(), summary.pop.clone()));
+                heard.transitions.push(remote_transition(m, &summary.pop, Liveness::Dead));
             }
         }
-        let rtt = summary.members.iter().filter_map(|m| self.rtts.get(&m.peer)).min().copied();
+        let back: Vec<PeerId> = self
+            .remote_dead
+            .iter()
+            .filter(|(peer, (_, pop))| *pop == summary.pop && !summary.dead.iter().any(|m| m.peer == **peer))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in back {
+            if let Some((host, pop)) = self.remote_dead.remove(&peer) {
+                let m = MemberSummary { peer, host, liveness: Liveness::Alive, vm_count: 0 };
+                heard.transitions.push(remote_transition(&m, &pop, Liveness::Alive));
+            }
+        }
+        let rtt = summary.contacts.iter().filter_map(|c| self.rtts.get(&c.peer)).min().copied();
         let name = summary.pop.clone();
         self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now, rtt });
-        changes
+        heard
     }
 
     /// Records a measured round trip to `peer`.
@@ -298,7 +546,7 @@ impl Membership {
         }
         self.rtts.insert(peer.clone(), rtt);
         for p in self.pops.values_mut() {
-            if p.summary.members.iter().any(|m| m.peer == *peer) {
+            if p.summary.contacts.iter().any(|c| c.peer == *peer) {
                 p.rtt = Some(p.rtt.map_or(rtt, |r| r.min(rtt)));
             }
         }
@@ -335,13 +583,16 @@ impl Membership {
     /// An agent cut off from the rest sees its peers go silent and must
     /// not act on their deaths: it may be the one that is away.
     pub fn in_majority(&self, now: Instant) -> bool {
-        let recent = Duration::from_millis(self.config.dead_ms);
+        // A PoP's summaries come every few heartbeats: one lost must not
+        // count its hosts as gone.
+        let every = self.config.heartbeat_ms * POP_SUMMARY_EVERY;
+        let recent = Duration::from_millis(self.config.dead_ms.max(3 * every));
         let mut known = 1 + self.members.len();
         let mut alive = 1 + self.members.values().filter(|m| m.liveness == Liveness::Alive).count();
         for p in self.pops.values() {
-            known += p.summary.members.len();
+            known += p.summary.hosts as usize;
             if now.saturating_duration_since(p.heard) < recent {
-                alive += p.summary.members.iter().filter(|m| m.liveness == Liveness::Alive).count();
+                alive += p.summary.alive as usize;
             }
         }
         2 * alive > known
@@ -365,28 +616,31 @@ impl Membership {
     pub fn pop_summary(&self, own: &HostSummary, pop: &crate::node::PopConfig) -> PopSummary {
         let mut free = Size::default();
         let (mut largest_mem, mut largest_cpu) = (0, 0);
-        let mut members = vec![MemberSummary {
-            peer: own.peer.clone(),
-            host: own.host.clone(),
-            liveness: Liveness::Alive,
-            vms: own.vms.clone(),
-        }];
-        let live = std::iter::once(own)
-            .chain(self.members.values().filter(|m| m.liveness == Liveness::Alive).map(|m| &m.summary));
+        let alive_members = self.members.iter().filter(|(_, m)| m.liveness == Liveness::Alive);
+        let live = std::iter::once(own).chain(alive_members.clone().map(|(_, m)| &m.summary));
         for h in live.filter(|h| h.up) {
             let f = minus(h.capacity, h.allocated);
             free = plus(free, f);
             largest_mem = largest_mem.max(f.memory_mib);
             largest_cpu = largest_cpu.max(f.vcpus);
         }
-        for (peer, m) in &self.members {
-            members.push(MemberSummary {
+        let contacts = std::iter::once(Contact { peer: own.peer.clone(), host: own.host.clone() })
+            .chain(
+                alive_members.clone().map(|(p, m)| Contact { peer: p.clone(), host: m.summary.host.clone() }),
+            )
+            .take(CONTACTS)
+            .collect();
+        let dead = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.liveness == Liveness::Dead)
+            .map(|(peer, m)| MemberSummary {
                 peer: peer.clone(),
                 host: m.summary.host.clone(),
-                liveness: m.liveness,
-                vms: m.summary.vms.clone(),
-            });
-        }
+                liveness: Liveness::Dead,
+                vm_count: m.summary.vms.count,
+            })
+            .collect();
         PopSummary {
             pop: pop.name.clone(),
             jurisdiction: pop.jurisdiction.clone(),
@@ -396,48 +650,56 @@ impl Membership {
             free,
             largest_free_memory_mib: largest_mem,
             largest_free_vcpus: largest_cpu,
-            members,
+            hosts: 1 + self.members.len() as u32,
+            alive: 1 + alive_members.count() as u32,
+            contacts,
+            dead,
         }
     }
 
-    /// The alive members of another PoP, to forward a request to.
+    /// Alive agents of another PoP, to forward a request to.
     pub fn contacts(&self, pop: &str) -> Vec<PeerId> {
         self.pops
             .get(pop)
-            .map(|p| {
-                p.summary
-                    .members
-                    .iter()
-                    .filter(|m| m.liveness == Liveness::Alive)
-                    .map(|m| m.peer.clone())
-                    .collect()
-            })
+            .map(|p| p.summary.contacts.iter().map(|c| c.peer.clone()).collect())
             .unwrap_or_default()
     }
 
-    /// Where a VM runs, as far as summaries tell: (peer, host, pop, liveness).
+    /// Where a VM of this PoP runs, as far as its summaries tell: (peer,
+    /// host, pop, liveness). VMs of other PoPs are found in the overlay's
+    /// records; summaries do not carry them across PoPs.
     pub fn find_vm(&self, name: &str) -> Option<(PeerId, String, String, Liveness)> {
         // A dead host's last summary still lists the VMs it ran, one of
-        // which may run elsewhere now: a live holder wins, then this PoP's.
+        // which may run elsewhere now: a live holder wins.
         let rank = |l: Liveness| match l {
             Liveness::Alive => 0,
             Liveness::Suspect => 1,
             Liveness::Dead => 2,
         };
-        let here = self
-            .members
+        self.holders(name)
             .iter()
-            .filter(|(_, m)| m.summary.vms.iter().any(|v| v == name))
-            .map(|(peer, m)| (peer.clone(), m.summary.host.clone(), self.pop.clone(), m.liveness));
-        let there = self.pops.values().flat_map(|p| {
-            p.summary
-                .members
-                .iter()
-                .filter(|m| m.vms.iter().any(|v| v == name))
-                .map(|m| (m.peer.clone(), m.host.clone(), p.summary.pop.clone(), m.liveness))
-        });
-        here.chain(there).min_by_key(|found| rank(found.3))
+            .filter_map(|peer| self.members.get(peer).map(|m| (peer, m)))
+            .map(|(peer, m)| (peer.clone(), m.summary.host.clone(), self.pop.clone(), m.liveness))
+            .min_by_key(|found| rank(found.3))
     }
+
+    /// A member of another PoP its speaker reports dead: (host, pop).
+    pub fn remote_dead(&self, peer: &PeerId) -> Option<&(String, String)> {
+        self.remote_dead.get(peer)
+    }
+}
+
+/// What a PoP summary changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeardPop {
+    /// Its members that died or came back.
+    pub transitions: Vec<Transition>,
+    /// More of its hosts are alive than its last summary said, or it is new.
+    pub more: bool,
+}
+
+fn remote_transition(m: &MemberSummary, pop: &str, liveness: Liveness) -> Transition {
+    Transition { peer: m.peer.clone(), host: m.host.clone(), pop: pop.to_owned(), liveness, vms: vec![] }
 }
 
 fn transition(m: &Member, pop: &str) -> Transition {
@@ -446,7 +708,7 @@ fn transition(m: &Member, pop: &str) -> Transition {
         host: m.summary.host.clone(),
         pop: pop.to_owned(),
         liveness: m.liveness,
-        vms: m.summary.vms.clone(),
+        vms: m.vms.set.iter().cloned().collect(),
     }
 }
 
@@ -487,8 +749,13 @@ mod tests {
             standby: false,
             standby_watts: 10,
             moving: vec![],
-            vms: vec![format!("vm-{peer}")],
+            vms: digest(&[&format!("vm-{peer}")]),
         }
+    }
+
+    fn digest(names: &[&str]) -> VmDigest {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        VmLog::default().publish(&names)
     }
 
     #[test]
@@ -496,8 +763,8 @@ mod tests {
         let now = Instant::now();
         let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
         let (mut a, mut b) = (summary("a", "p"), summary("b", "p"));
-        a.vms = vec!["x".into()];
-        b.vms = vec!["x".into()];
+        a.vms = digest(&["x"]);
+        b.vms = digest(&["x"]);
         m.heard_host(now, &PeerId("a".into()), a);
         m.heard_host(now + Duration::from_secs(3), &PeerId("b".into()), b);
         m.tick(now + Duration::from_millis(3500));
@@ -510,17 +777,24 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::new(MembershipConfig::default(), PeerId("b".into()), "paris".into());
         let a = PeerId("a".into());
-        assert!(m.heard_host(t0, &a, summary("a", "paris")).is_some());
+        assert!(m.heard_host(t0, &a, summary("a", "paris")).transition.is_some());
         assert!(!m.is_speaker(), "a < b speaks while alive");
-        assert!(m.heard_host(t0, &PeerId("x".into()), summary("a", "paris")).is_none(), "spoofed sender");
-        assert!(m.heard_host(t0, &PeerId("c".into()), summary("c", "berlin")).is_none(), "other PoP");
+        assert!(
+            m.heard_host(t0, &PeerId("x".into()), summary("a", "paris")).transition.is_none(),
+            "spoofed sender"
+        );
+        assert!(
+            m.heard_host(t0, &PeerId("c".into()), summary("c", "berlin")).transition.is_none(),
+            "other PoP"
+        );
         assert!(m.tick(t0 + Duration::from_millis(1000)).is_empty());
         let s = m.tick(t0 + Duration::from_millis(1600));
         assert_eq!(s[0].liveness, Liveness::Suspect);
         assert!(m.is_speaker(), "b takes over once a is suspect");
         let d = m.tick(t0 + Duration::from_millis(3100));
         assert_eq!((d[0].liveness, d[0].vms.clone()), (Liveness::Dead, vec!["vm-a".to_owned()]));
-        let back = m.heard_host(t0 + Duration::from_secs(4), &a, summary("a", "paris")).expect("revived");
+        let back =
+            m.heard_host(t0 + Duration::from_secs(4), &a, summary("a", "paris")).transition.expect("revived");
         assert_eq!(back.liveness, Liveness::Alive);
     }
 
@@ -529,25 +803,126 @@ mod tests {
         let t0 = Instant::now();
         let pop = crate::node::PopConfig { name: "paris".into(), ..Default::default() };
         let mut paris = Membership::new(MembershipConfig::default(), PeerId("a".into()), "paris".into());
-        paris.heard_host(t0, &PeerId("b".into()), summary("b", "paris"));
+        for peer in ["b", "c", "d"] {
+            paris.heard_host(t0, &PeerId(peer.into()), summary(peer, "paris"));
+        }
         let own = summary("a", "paris");
         let s = paris.pop_summary(&own, &pop);
-        assert_eq!((s.free.vcpus, s.free.memory_mib, s.largest_free_memory_mib), (12, 14336, 7168));
-        assert_eq!(s.members.len(), 2);
+        assert_eq!((s.free.vcpus, s.free.memory_mib, s.largest_free_memory_mib), (24, 28672, 7168));
+        assert_eq!((s.hosts, s.alive, s.contacts.len()), (4, 4, CONTACTS), "counted, a few named");
+        assert_eq!(s.contacts[0].peer, PeerId("a".into()), "the speaker first");
+        assert!(s.dead.is_empty());
 
         let mut berlin = Membership::new(MembershipConfig::default(), PeerId("z".into()), "berlin".into());
         let news = berlin.heard_pop(t0, &PeerId("a".into()), s.clone());
-        assert_eq!(news.len(), 2, "both members are news");
+        assert!(news.transitions.is_empty() && news.more, "a new PoP: its hosts may hold copies");
+        assert!(!berlin.heard_pop(t0, &PeerId("a".into()), s.clone()).more, "the same again");
         berlin.measured(&PeerId("b".into()), Duration::from_millis(12));
         assert_eq!(berlin.pops["paris"].rtt, Some(Duration::from_millis(12)));
-        assert_eq!(berlin.find_vm("vm-b").map(|v| v.2), Some("paris".to_owned()));
-        assert_eq!(berlin.contacts("paris").len(), 2);
+        assert_eq!(berlin.find_vm("vm-b"), None, "another PoP's VMs are found in the records");
+        assert_eq!(berlin.contacts("paris").len(), CONTACTS);
+        assert!(berlin.in_majority(t0), "5 of 5 hosts alive");
 
+        // b, c and d fall silent; a keeps speaking.
         paris.tick(t0 + Duration::from_secs(4));
         let s = paris.pop_summary(&own, &pop);
         assert_eq!(s.free.vcpus, 6, "a dead host's room is not offered");
-        let news = berlin.heard_pop(t0 + Duration::from_secs(4), &PeerId("a".into()), s);
-        assert_eq!(news.iter().map(|t| t.liveness).collect::<Vec<_>>(), [Liveness::Dead]);
+        assert_eq!((s.hosts, s.alive, s.dead.len()), (4, 1, 3));
+        let later = t0 + Duration::from_secs(4);
+        let news = berlin.heard_pop(later, &PeerId("a".into()), s);
+        assert_eq!(news.transitions.iter().map(|t| t.liveness).collect::<Vec<_>>(), [Liveness::Dead; 3]);
         assert_eq!(berlin.contacts("paris"), [PeerId("a".into())]);
+        assert_eq!(berlin.remote_dead(&PeerId("b".into())), Some(&("h-b".to_owned(), "paris".to_owned())));
+        assert!(!berlin.in_majority(later), "2 of 5 hosts alive");
+
+        // b comes back.
+        paris.heard_host(later, &PeerId("b".into()), summary("b", "paris"));
+        let news = berlin.heard_pop(later, &PeerId("a".into()), paris.pop_summary(&own, &pop));
+        assert!(news.more);
+        assert_eq!(
+            news.transitions.iter().map(|t| (t.peer.0.as_str(), t.liveness)).collect::<Vec<_>>(),
+            [("b", Liveness::Alive)]
+        );
+        assert_eq!(berlin.remote_dead(&PeerId("b".into())), None);
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pop_mate_follows_a_hosts_vms_by_their_changes_and_asks_for_the_list_when_it_fell_behind() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
+        let a = PeerId("a".into());
+        let mut log = VmLog::default();
+        let mut s = summary("a", "p");
+        let mut hear = |m: &mut Membership, vms: VmDigest| {
+            s.vms = vms;
+            m.heard_host(t0, &a, s.clone()).behind
+        };
+        assert!(!hear(&mut m, log.publish(&names(&[]))), "an empty host is known at once");
+        assert!(!hear(&mut m, log.publish(&names(&["x", "y"]))), "two came");
+        assert!(!hear(&mut m, log.publish(&names(&["y", "z"]))), "one went, one came");
+        assert_eq!(m.holders("z"), std::slice::from_ref(&a));
+        assert!(m.holders("x").is_empty());
+        assert_eq!(m.find_vm("y").map(|f| f.1), Some("h-a".to_owned()));
+
+        // Summaries lost for longer than the changes are repeated: behind.
+        for k in 0..CHANGES_KEPT_FOR + 1 {
+            log.publish(&names(&["y", &format!("n{k}")]));
+        }
+        let d = log.publish(&names(&["y", "w"]));
+        assert!(hear(&mut m, d), "missed too many: asks for the list");
+        let (version, vms) = log.full();
+        m.heard_vms(&a, version, vms);
+        assert_eq!(m.members[&a].vms.set, ["w", "y"].map(String::from).into());
+        assert!(m.holders("z").is_empty() && m.holders("w") == std::slice::from_ref(&a));
+        assert!(!hear(&mut m, log.publish(&names(&["w", "y", "v"]))));
+
+        // Restarted, the agent counts from 0 and its changes are its whole
+        // history; once they are not, the digest tells the difference.
+        let mut restarted = VmLog::default();
+        assert!(!hear(&mut m, restarted.publish(&names(&["w"]))), "the whole history: rebuilt");
+        assert!(m.holders("y").is_empty() && m.holders("w") == std::slice::from_ref(&a));
+        for k in 0..CHANGES_KEPT_FOR + 1 {
+            restarted.publish(&names(&[&format!("n{k}")]));
+        }
+        let mut again = VmLog::default();
+        for k in 0..CHANGES_KEPT_FOR + 1 {
+            again.publish(&names(&[&format!("m{k}")]));
+        }
+        assert!(hear(&mut m, again.publish(&names(&["u"]))), "restarted unheard for long: asks");
+        let (version, vms) = again.full();
+        m.heard_vms(&a, version, vms);
+        assert!(!hear(&mut m, again.publish(&names(&["w", "u"]))));
+        assert_eq!(m.members[&a].vms.set, ["u", "w"].map(String::from).into());
+    }
+
+    proptest::proptest! {
+        /// However summaries are lost, a PoP-mate that says it knows a
+        /// host's VMs knows them exactly, and asking once puts it right.
+        #[test]
+        fn known_vms_are_exact_whenever_they_claim_to_be(
+            steps in proptest::collection::vec((proptest::collection::btree_set(0u8..12, 0..8), proptest::bool::weighted(0.3)), 1..60)
+        ) {
+            let mut log = VmLog::default();
+            let mut known = KnownVms::default();
+            for (set, lost) in steps {
+                let now: Vec<String> = set.iter().map(|v| format!("vm{v}")).collect::<BTreeSet<_>>().into_iter().collect();
+                let d = log.publish(&now);
+                if lost {
+                    continue;
+                }
+                known.apply(&d);
+                if known.synced {
+                    proptest::prop_assert_eq!(known.set.iter().cloned().collect::<Vec<_>>(), now.clone());
+                } else {
+                    let (version, vms) = log.full();
+                    known.replace(version, vms);
+                    proptest::prop_assert_eq!(known.set.iter().cloned().collect::<Vec<_>>(), now.clone());
+                }
+            }
+        }
     }
 }

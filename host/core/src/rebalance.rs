@@ -166,6 +166,8 @@ pub enum Action {
     Join {
         /// The agent.
         to: PeerId,
+        /// Its host.
+        host: String,
         /// The event.
         event: EventId,
         /// Its kind.
@@ -383,8 +385,8 @@ impl Rebalancer {
             if host == self.host || l.members.iter().any(|m| m.host == host) {
                 continue;
             }
-            l.phase = Phase::Joining(host);
-            return vec![Action::Join { to: peer, event: l.id.clone(), kind: l.kind }];
+            l.phase = Phase::Joining(host.clone());
+            return vec![Action::Join { to: peer, host, event: l.id.clone(), kind: l.kind }];
         }
         let mut why = format!("no plan over the {} host(s) that joined", l.members.len());
         if !l.busy.is_empty() {

@@ -147,6 +147,8 @@ pub enum PeerRequest {
         /// The VM.
         vm: String,
     },
+    /// Send me the whole list of your VMs (my copy fell behind your summaries).
+    Vms,
     /// Is the VM you were moving to me still on its way?
     Departure {
         /// The VM.
@@ -181,6 +183,13 @@ pub enum PeerResponse {
     },
     /// In the partition of another event.
     Busy(crate::rebalance::EventId),
+    /// The VMs of my host.
+    Vms {
+        /// The version of the set, as my summaries number it.
+        version: u64,
+        /// Their names.
+        vms: Vec<String>,
+    },
 }
 
 /// A source's answer about a VM it was moving.
@@ -463,6 +472,7 @@ pub struct ClusterStatus {
     pub pop: String,
     /// Every PoP, its own first.
     pub pops: Vec<PopStatus>,
-    /// Every host known: this PoP's from their own summaries, the others' from their speakers.
+    /// This PoP's hosts, from their own summaries, and other PoPs' dead hosts, from
+    /// their speakers (other PoPs' live hosts are counted in `pops`, not listed).
     pub hosts: Vec<MemberStatus>,
 }

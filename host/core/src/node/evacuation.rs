@@ -210,16 +210,23 @@ impl Node {
         }
     }
 
-    /// A PoP-mate lists VMs: those this host also has are compared.
-    pub(super) fn check_copies(&mut self, peer: &PeerId, names: &[String]) {
-        let shared: Vec<String> = names
+    /// VMs of this host that a PoP-mate's summaries also list are compared
+    /// with its copy (one question per VM at a time).
+    pub(super) fn check_copies(&mut self) {
+        let shared: Vec<(PeerId, String)> = self
+            .vms
             .iter()
-            .filter(|n| self.vms.get(*n).is_some_and(|r| r.intent.handoff.is_none() && r.task.is_none()))
-            .filter(|n| !self.conflicts.values().any(|c| c == *n))
-            .cloned()
+            .filter(|(_, r)| r.intent.handoff.is_none() && r.task.is_none())
+            .filter_map(|(n, _)| {
+                let alive = |p: &&PeerId| {
+                    self.membership.members.get(*p).is_some_and(|m| m.liveness == Liveness::Alive)
+                };
+                self.membership.holders(n).iter().find(alive).map(|p| (p.clone(), n.clone()))
+            })
+            .filter(|(_, n)| !self.conflicts.values().any(|c| c == n))
             .collect();
-        for name in shared {
-            let id = self.request(peer.clone(), PeerRequest::Show(name.clone()));
+        for (peer, name) in shared {
+            let id = self.request(peer, PeerRequest::Show(name.clone()));
             self.conflicts.insert(id, name);
         }
     }

@@ -208,7 +208,13 @@ impl Node {
             ));
         }
         let peer = self.peer_of_host(to).ok_or_else(|| {
-            ApiError::new(ApiErrorKind::Unplaceable, format!("no alive host named {to:?} in the cluster"))
+            ApiError::new(
+                ApiErrorKind::Unplaceable,
+                format!(
+                    "no alive host named {to:?} in PoP {} (VMs move within their PoP)",
+                    self.config.pop.name
+                ),
+            )
         })?;
         let (Some(&host), Some(r)) = (self.remote_hosts.get(&peer), self.vms.get(name)) else {
             return Ok(());
@@ -223,18 +229,11 @@ impl Node {
         }
     }
 
-    /// An alive agent whose host is `host`.
+    /// An alive agent of this PoP whose host is `host`. VMs move within
+    /// their PoP: its fences and policies judge its own hosts.
     fn peer_of_host(&self, host: &str) -> Option<PeerId> {
-        let here = self.membership.members.iter().find(|(_, m)| m.summary.host == host);
-        if let Some((peer, m)) = here {
-            return (m.liveness == Liveness::Alive).then(|| peer.clone());
-        }
-        self.membership
-            .pops
-            .values()
-            .flat_map(|p| &p.summary.members)
-            .find(|m| m.host == host && m.liveness == Liveness::Alive)
-            .map(|m| m.peer.clone())
+        let (peer, m) = self.membership.members.iter().find(|(_, m)| m.summary.host == host)?;
+        (m.liveness == Liveness::Alive).then(|| peer.clone())
     }
 
     /// Starts waiting moves while the host's outgoing slots are free.

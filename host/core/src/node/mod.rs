@@ -833,6 +833,9 @@ enum Hypervisor {
     Down(String),
 }
 
+/// A create waiting to learn whether its name is taken: who asked, and what.
+type Creating = (Origin, Box<crate::VmRequest>);
+
 /// One host's state machine. See the module documentation.
 pub struct Node {
     config: NodeConfig,
@@ -861,6 +864,12 @@ pub struct Node {
     /// Requests about a VM waiting for the overlay's records to say where
     /// it is, then passed to its agent.
     locating: HashMap<String, Vec<(Origin, PeerRequest)>>,
+    /// Creates waiting for the overlay's records to say whether their
+    /// name is taken in another PoP.
+    naming: HashMap<String, Vec<Creating>>,
+    /// Creates whose name another PoP's agent is recorded as running,
+    /// waiting for that agent to say whether it still does.
+    confirming: HashMap<OutboundId, (String, Vec<Creating>)>,
     ops: HashMap<OpId, String>,
     next_op: u64,
     now: Option<Instant>,
@@ -885,6 +894,12 @@ pub struct Node {
     evacuated_from: HashMap<String, String>,
     /// VMs also listed by a PoP-mate, being compared with its copy.
     conflicts: HashMap<OutboundId, String>,
+    /// This host's VMs as its summaries describe them.
+    vm_log: crate::cluster::VmLog,
+    /// Heartbeats so far.
+    heartbeats: u64,
+    /// PoP-mates asked for their whole list of VMs, by request.
+    asked_vms: HashMap<OutboundId, PeerId>,
     /// In standby (powered down until a VM needs this host).
     standby: bool,
     /// Since when the host has had no VM.
@@ -959,6 +974,8 @@ impl Node {
             next_outbound: 0,
             timers: Timers::default(),
             locating: HashMap::new(),
+            naming: HashMap::new(),
+            confirming: HashMap::new(),
             ops: HashMap::new(),
             next_op: 0,
             now: None,
@@ -973,6 +990,9 @@ impl Node {
             evacuating: BTreeMap::new(),
             evacuated_from: HashMap::new(),
             conflicts: HashMap::new(),
+            vm_log: Default::default(),
+            heartbeats: 0,
+            asked_vms: HashMap::new(),
             verifying: BTreeSet::new(),
             standby: false,
             empty_since: None,
@@ -1295,7 +1315,7 @@ impl Node {
             Command::Host => Ok(Some(Reply::Host(Box::new(self.host_status())))),
             Command::Cluster => Ok(Some(Reply::Cluster(Box::new(self.cluster_status())))),
             Command::Create(spec) => {
-                self.route(Origin::Api(req), *spec, Vec::new());
+                self.create(Origin::Api(req), spec);
                 Ok(None)
             }
             Command::Start(name) => self.change(req, &name, Purpose::Start, Duration::ZERO),

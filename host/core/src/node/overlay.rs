@@ -18,7 +18,7 @@
 use super::timers::Timer;
 use super::{DecisionId, Event, Node, Origin, Output};
 use crate::VmRequest;
-use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, minus};
+use crate::cluster::{Gossip, HostSummary, Liveness, POP_SUMMARY_EVERY, PeerId, Topic, VmDigest, minus};
 use crate::filter;
 use crate::hypervisor::DomainState;
 use crate::model::HostState;
@@ -82,8 +82,8 @@ pub(super) fn relay(req: &PeerRequest) -> Purpose {
 }
 
 impl Node {
-    /// This host as gossiped to its PoP.
-    pub(super) fn host_summary(&self) -> HostSummary {
+    /// This host as gossiped to its PoP, with its VMs as `vms` describes them.
+    pub(super) fn host_summary(&self, vms: VmDigest) -> HostSummary {
         let h = &self.model.hosts[self.host.0 as usize];
         HostSummary {
             peer: self.config.peer.clone(),
@@ -100,14 +100,18 @@ impl Node {
             standby: self.standby,
             standby_watts: h.standby_watts,
             moving: self.moves.holding_slots(),
-            vms: self.vms.keys().cloned().collect(),
+            vms,
         }
     }
 
     pub(super) fn heartbeat(&mut self, now: Instant) {
         let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
         self.timers.set(Timer::Heartbeat, now + period);
-        for t in self.membership.tick(now) {
+        let changes = self.membership.tick(now);
+        // The PoP's summary goes out at once when a member's liveness
+        // changed, and every few heartbeats otherwise.
+        let news = !changes.is_empty();
+        for t in changes {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
             if t.liveness == Liveness::Dead {
                 self.rebalance_host_dead(now, &t.host, &t.peer);
@@ -118,12 +122,15 @@ impl Node {
         if self.verified_at.is_none_or(|t| now >= t + super::evacuation::VERIFY_AT_LEAST_EVERY) {
             self.verify_copies(now);
         }
-        let own = self.host_summary();
+        self.check_copies();
+        let digest = self.vm_log.publish(self.vms.keys());
+        let own = self.host_summary(digest);
         self.outputs.push_back(Output::Gossip {
             topic: Topic::Pop(self.config.pop.name.clone()),
             msg: Gossip::Host(own.clone()),
         });
-        if self.membership.is_speaker() {
+        self.heartbeats += 1;
+        if self.membership.is_speaker() && (news || self.heartbeats % POP_SUMMARY_EVERY == 1) {
             let summary = self.membership.pop_summary(&own, &self.config.pop);
             self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg: Gossip::Pop(summary) });
         }
@@ -145,23 +152,29 @@ impl Node {
         match msg {
             Gossip::Host(summary) => {
                 let s = summary.clone();
-                if let Some(t) = self.membership.heard_host(now, from, summary) {
+                let heard = self.membership.heard_host(now, from, summary);
+                if let Some(t) = heard.transition {
                     // A PoP-mate comes (back) into view: this host may be the
                     // one that was away, and its VMs may run elsewhere now.
                     self.verify_copies(now);
                     self.event(Event::Member(t));
+                }
+                if heard.behind && !self.asked_vms.values().any(|p| p == from) {
+                    let id = self.request(from.clone(), PeerRequest::Vms);
+                    self.asked_vms.insert(id, from.clone());
                 }
                 if self.membership.members.contains_key(from) {
                     self.learn_host(from, &s);
                 }
             }
             Gossip::Pop(summary) => {
-                for t in self.membership.heard_pop(now, from, summary) {
-                    if t.liveness == Liveness::Alive {
-                        // A host elsewhere comes back: copies made while it
-                        // was away may meet now.
-                        self.verify_copies(now);
-                    }
+                let heard = self.membership.heard_pop(now, from, summary);
+                if heard.more || heard.transitions.iter().any(|t| t.liveness == Liveness::Alive) {
+                    // Hosts elsewhere come back: copies made while they
+                    // were away may meet now.
+                    self.verify_copies(now);
+                }
+                for t in heard.transitions {
                     self.event(Event::Member(t));
                 }
             }
@@ -170,7 +183,6 @@ impl Node {
 
     /// Keeps a PoP-mate's host in the model as its summary describes it.
     fn learn_host(&mut self, peer: &PeerId, s: &HostSummary) {
-        self.check_copies(peer, &s.vms);
         let id = match self.remote_hosts.get(peer) {
             Some(&id) => id,
             None => {
@@ -188,7 +200,7 @@ impl Node {
         };
         let size = |z: Size| Resources::new(z.vcpus, z.memory_mib, z.disk_gib);
         self.model.set_host_capacity(id, size(s.capacity), s.cpu_milli);
-        self.model.set_host_usage(id, size(s.allocated), s.load_cpu_milli, s.vms.len() as u32);
+        self.model.set_host_usage(id, size(s.allocated), s.load_cpu_milli, s.vms.count);
         let state = match (s.up, s.draining, s.standby) {
             (false, ..) => HostState::Down,
             (true, true, _) => HostState::Draining,
@@ -216,6 +228,65 @@ impl Node {
     // ---- placement across the cluster ----
 
     /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
+    /// A create entering the cluster at this agent. Summaries tell the VMs
+    /// of this PoP only: when there are other PoPs, the overlay's records
+    /// say first whether the name is taken in one of them.
+    pub(super) fn create(&mut self, origin: Origin, spec: Box<VmRequest>) {
+        if self.membership.pops.is_empty() {
+            return self.route(origin, *spec, Vec::new());
+        }
+        if let Err(e) = self.admissible(&spec, 0) {
+            return self.answer(origin, Err(e));
+        }
+        let name = spec.name.clone();
+        let waiting = self.naming.entry(name.clone()).or_default();
+        waiting.push((origin, spec));
+        if waiting.len() == 1 {
+            self.outputs.push_back(Output::Locate(name));
+        }
+    }
+
+    /// The records answered for creates waiting on their name.
+    fn named(&mut self, vm: &str, at: Option<&crate::cluster::VmLocation>) {
+        let Some(waiting) = self.naming.remove(vm) else { return };
+        match at {
+            // Recorded in another PoP: its agent says whether it still runs it.
+            Some(a) if a.peer != self.config.peer && a.pop != self.config.pop.name => {
+                let id = self.request(a.peer.clone(), PeerRequest::Show(vm.to_owned()));
+                self.confirming.insert(id, (vm.to_owned(), waiting));
+            }
+            // Unrecorded, or recorded in this PoP, whose summaries (already
+            // checked) are exact: a record left by a deleted VM.
+            _ => {
+                for (origin, spec) in waiting {
+                    self.route(origin, *spec, Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Another PoP's agent said whether it runs the VM a create names.
+    fn confirmed(&mut self, id: OutboundId, result: &Result<PeerResponse, String>) -> bool {
+        let Some((vm, waiting)) = self.confirming.remove(&id) else { return false };
+        let taken = match result {
+            Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::NotFound => None,
+            Ok(PeerResponse::Vm(s)) => {
+                Some(format!("vm {vm:?} already exists (on host {} in PoP {})", s.host, s.pop))
+            }
+            Ok(other) => Some(format!("vm {vm:?} is recorded elsewhere, whose agent answered {other:?}")),
+            Err(e) => {
+                Some(format!("vm {vm:?} is recorded on an agent of another PoP that does not answer: {e}"))
+            }
+        };
+        for (origin, spec) in waiting {
+            match &taken {
+                None => self.route(origin, *spec, Vec::new()),
+                Some(why) => self.answer(origin, Err(ApiError::new(ApiErrorKind::Conflict, why.clone()))),
+            }
+        }
+        true
+    }
+
     pub(super) fn route(&mut self, origin: Origin, spec: VmRequest, visited: Vec<String>) {
         if let Err(e) = self.admissible(&spec, 0) {
             return self.answer(origin, Err(e));
@@ -535,12 +606,24 @@ impl Node {
                 let result = self.show(&name);
                 self.answer(origin, result);
             }
+            PeerRequest::Vms => {
+                let (version, vms) = self.vm_log.full();
+                self.outputs.push_back(Output::Respond { id, resp: PeerResponse::Vms { version, vms } });
+            }
             other => self.handoff_request(id, from, other),
         }
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
-        if self.protocol_answer(id, &result)
+        if let Some(peer) = self.asked_vms.remove(&id) {
+            // Unanswered, the next summary finds the list still behind and asks again.
+            if let Ok(PeerResponse::Vms { version, vms }) = result {
+                self.membership.heard_vms(&peer, version, vms);
+            }
+            return;
+        }
+        if self.confirmed(id, &result)
+            || self.protocol_answer(id, &result)
             || self.rebalance_answer(id, &result)
             || self.copy_answer(id, &result)
         {
@@ -640,6 +723,7 @@ impl Node {
     }
 
     pub(super) fn located(&mut self, vm: String, at: Option<crate::cluster::VmLocation>) {
+        self.named(&vm, at.as_ref());
         if let Some(dead) = self.evacuating.remove(&vm) {
             self.evacuate(&vm, &dead, at.clone());
         }
@@ -647,9 +731,21 @@ impl Node {
             self.verify_copy(&vm, at.clone());
         }
         let peer = at.map(|a| a.peer);
+        // Recorded on a dead host of another PoP: lost, as its speaker says.
+        let dead = peer.as_ref().and_then(|p| self.membership.remote_dead(p)).cloned();
         for (origin, req) in self.locating.remove(&vm).unwrap_or_default() {
-            match &peer {
-                Some(p) if *p != self.config.peer => self.send(p.clone(), req, origin, Purpose::Relay(None)),
+            match (&peer, &dead, &req) {
+                (_, Some((host, pop)), PeerRequest::Show(_)) => {
+                    let lost = self.lost(&vm, host.clone(), pop.clone());
+                    self.answer(origin, Ok(Reply::Vm(Box::new(lost))));
+                }
+                (_, Some((host, _)), _) => {
+                    let why = format!("vm {vm} is on host {host}, which is not alive");
+                    self.answer(origin, Err(ApiError::new(ApiErrorKind::Unavailable, why)));
+                }
+                (Some(p), None, _) if *p != self.config.peer => {
+                    self.send(p.clone(), req, origin, Purpose::Relay(None))
+                }
                 _ => {
                     let e =
                         ApiError::new(ApiErrorKind::NotFound, format!("no vm named {vm:?} in the cluster"));
@@ -670,7 +766,7 @@ impl Node {
     }
 
     pub(super) fn cluster_status(&self) -> ClusterStatus {
-        let own = self.host_summary();
+        let own = self.host_summary(VmDigest { count: self.vms.len() as u32, ..VmDigest::default() });
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let mut hosts = vec![MemberStatus {
             peer: own.peer.0.clone(),
@@ -679,7 +775,7 @@ impl Node {
             liveness: Liveness::Alive,
             free: Some(minus(own.capacity, own.allocated)),
             rtt_ms: None,
-            vms: own.vms.len() as u32,
+            vms: own.vms.count,
             load: Some(own.load_state),
         }];
         for (peer, m) in &self.membership.members {
@@ -690,7 +786,7 @@ impl Node {
                 liveness: m.liveness,
                 free: Some(minus(m.summary.capacity, m.summary.allocated)),
                 rtt_ms: ms(m.rtt),
-                vms: m.summary.vms.len() as u32,
+                vms: m.summary.vms.count,
                 load: Some(m.summary.load_state),
             });
         }
@@ -698,8 +794,8 @@ impl Node {
         let mut pops = vec![PopStatus {
             pop: mine.pop.clone(),
             jurisdiction: mine.jurisdiction.clone(),
-            hosts_alive: mine.members.iter().filter(|m| m.liveness == Liveness::Alive).count() as u32,
-            hosts: mine.members.len() as u32,
+            hosts_alive: mine.alive,
+            hosts: mine.hosts,
             free: mine.free,
             rtt_ms: None,
             speaker: if self.membership.is_speaker() { own.peer.0.clone() } else { String::new() },
@@ -709,13 +805,14 @@ impl Node {
             pops.push(PopStatus {
                 pop: s.pop.clone(),
                 jurisdiction: s.jurisdiction.clone(),
-                hosts_alive: s.members.iter().filter(|m| m.liveness == Liveness::Alive).count() as u32,
-                hosts: s.members.len() as u32,
+                hosts_alive: s.alive,
+                hosts: s.hosts,
                 free: s.free,
                 rtt_ms: ms(p.rtt),
                 speaker: p.speaker.0.clone(),
             });
-            for m in &s.members {
+            // Other PoPs' hosts are counted, not listed, save the dead.
+            for m in &s.dead {
                 hosts.push(MemberStatus {
                     peer: m.peer.0.clone(),
                     host: m.host.clone(),
@@ -723,7 +820,7 @@ impl Node {
                     liveness: m.liveness,
                     free: None,
                     rtt_ms: None,
-                    vms: m.vms.len() as u32,
+                    vms: m.vm_count,
                     load: None,
                 });
             }

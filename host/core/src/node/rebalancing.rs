@@ -111,13 +111,9 @@ impl Node {
         let mut others: Vec<_> = self.membership.pops.values().collect();
         others.sort_by_key(|p| p.rtt.unwrap_or(std::time::Duration::MAX));
         for p in others {
-            let mut hosts: Vec<(PeerId, String)> = p
-                .summary
-                .members
-                .iter()
-                .filter(|m| m.liveness == Liveness::Alive)
-                .map(|m| (m.peer.clone(), m.host.clone()))
-                .collect();
+            // Another PoP is reached through the agents its summary names.
+            let mut hosts: Vec<(PeerId, String)> =
+                p.summary.contacts.iter().map(|c| (c.peer.clone(), c.host.clone())).collect();
             hosts.sort_by(|a, b| a.1.cmp(&b.1));
             pop.extend(hosts);
         }
@@ -158,8 +154,7 @@ impl Node {
     pub(super) fn act_on(&mut self, now: Instant, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Join { to, event, kind } => {
-                    let host = self.host_of_peer(&to);
+                Action::Join { to, host, event, kind } => {
                     let id = self.request(to, PeerRequest::Join { event: event.clone(), kind });
                     self.rebalancing.sent.insert(id, Sent::Join { event, host });
                 }
@@ -190,18 +185,6 @@ impl Node {
             Some(at) => self.timers.set(Timer::Rebalance, at),
             None => self.timers.cancel(&Timer::Rebalance),
         }
-    }
-
-    fn host_of_peer(&self, peer: &PeerId) -> String {
-        if let Some(m) = self.membership.members.get(peer) {
-            return m.summary.host.clone();
-        }
-        self.membership
-            .pops
-            .values()
-            .flat_map(|p| &p.summary.members)
-            .find(|m| m.peer == *peer)
-            .map_or_else(|| peer.0.clone(), |m| m.host.clone())
     }
 
     /// A plan move of a VM of this host ended (its origin was [`Origin::Plan`]).

@@ -674,7 +674,7 @@ fn the_policy_chooses_when_no_host_is_named_and_bad_moves_are_refused() {
     };
     assert!(to.starts_with("paris") && to != host_name(&sim, from), "{to}");
     let refusals = [
-        (3, ApiErrorKind::Unplaceable, "outside the allowed jurisdictions"),
+        (3, ApiErrorKind::Unplaceable, "VMs move within their PoP"),
         (4, ApiErrorKind::Unplaceable, "no alive host named"),
         (5, ApiErrorKind::NotFound, "no vm named"),
         (6, ApiErrorKind::BadRequest, "already on host"),
