@@ -11,6 +11,7 @@ pub mod check;
 pub mod hypervisor;
 pub mod net;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod seed;
 pub mod traffic;

@@ -167,7 +167,7 @@ impl Scenario {
         Ok(s)
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         self.network.check()?;
         if self.pops.is_empty() || self.pops.iter().any(|p| p.hosts == 0) {
             return Err("every scenario needs PoPs, each with at least one host".into());

@@ -1,0 +1,50 @@
+//! `locus sim` through the real binary: a scenario's report is the same
+//! for the same seed, the scale table has a row per size, and a bad
+//! scenario is refused with the reason.
+
+mod common;
+
+use common::locus_bin;
+use std::process::Command;
+
+fn sim(args: &[&str]) -> std::process::Output {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    Command::new(locus_bin()).current_dir(root).arg("sim").args(args).output().expect("run locus sim")
+}
+
+#[test]
+fn the_same_seed_gives_the_same_report_and_the_scale_table_has_a_row_per_size() {
+    let a = sim(&["examples/scenarios/two-pops.toml", "--seed", "7"]);
+    let b = sim(&["examples/scenarios/two-pops.toml", "--seed", "7"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout, "byte for byte");
+    let report: serde_json::Value = serde_json::from_slice(&a.stdout).expect("JSON report");
+    assert_eq!(report["placed"], 80, "{report}");
+    assert!(report["traffic"]["bytes_per_node_s"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+
+    let out = sim(&["--scale", "20,40", "--duration-s", "30", "--seed", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!((rows[0][0], rows[0][2]), ("20", "200"), "every VM placed: {table}");
+    assert_eq!((rows[1][0], rows[1][1], rows[1][2]), ("40", "2", "400"), "{table}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seed 1"), "the seed is printed");
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "name = \"x\"\nduration-s = 10\npops = []\n").expect("write");
+    let out = sim(&[path.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs PoPs"), "{err}");
+    let out = sim(&["--scale", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs hosts"));
+}
