@@ -833,9 +833,6 @@ enum Hypervisor {
     Down(String),
 }
 
-/// A create waiting to learn whether its name is taken: who asked, and what.
-type Creating = (Origin, Box<crate::VmRequest>);
-
 /// One host's state machine. See the module documentation.
 pub struct Node {
     config: NodeConfig,
@@ -864,12 +861,13 @@ pub struct Node {
     /// Requests about a VM waiting for the overlay's records to say where
     /// it is, then passed to its agent.
     locating: HashMap<String, Vec<(Origin, PeerRequest)>>,
-    /// Creates waiting for the overlay's records to say whether their
-    /// name is taken in another PoP.
-    naming: HashMap<String, Vec<Creating>>,
-    /// Creates whose name another PoP's agent is recorded as running,
-    /// waiting for that agent to say whether it still does.
-    confirming: HashMap<OutboundId, (String, Vec<Creating>)>,
+    /// Names of creates entering here whose lookup in the overlay's records
+    /// (is the name taken in another PoP?) has not concluded, with the
+    /// creates already decided meanwhile, parked until it does.
+    naming: HashMap<String, Vec<(overlay::Deciding, crate::pipeline::Decision)>>,
+    /// Names recorded in another PoP, waiting for that PoP's agent to say
+    /// whether it still runs the VM.
+    confirming: HashMap<OutboundId, String>,
     ops: HashMap<OpId, String>,
     next_op: u64,
     now: Option<Instant>,

@@ -230,44 +230,39 @@ impl Node {
     /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
     /// A create entering the cluster at this agent. Summaries tell the VMs
     /// of this PoP only: when there are other PoPs, the overlay's records
-    /// say first whether the name is taken in one of them.
+    /// are asked whether the name is taken in one of them while the policy
+    /// decides; a decision that comes first waits for the answer.
     pub(super) fn create(&mut self, origin: Origin, spec: Box<VmRequest>) {
-        if self.membership.pops.is_empty() {
-            return self.route(origin, *spec, Vec::new());
+        if !self.membership.pops.is_empty() && self.admissible(&spec, 0).is_ok() {
+            let name = spec.name.clone();
+            if !self.naming.contains_key(&name) {
+                self.naming.insert(name.clone(), Vec::new());
+                self.outputs.push_back(Output::Locate(name));
+            }
         }
-        if let Err(e) = self.admissible(&spec, 0) {
-            return self.answer(origin, Err(e));
-        }
-        let name = spec.name.clone();
-        let waiting = self.naming.entry(name.clone()).or_default();
-        waiting.push((origin, spec));
-        if waiting.len() == 1 {
-            self.outputs.push_back(Output::Locate(name));
-        }
+        self.route(origin, *spec, Vec::new());
     }
 
-    /// The records answered for creates waiting on their name.
+    /// The records answered for a name being created.
     fn named(&mut self, vm: &str, at: Option<&crate::cluster::VmLocation>) {
-        let Some(waiting) = self.naming.remove(vm) else { return };
+        if !self.naming.contains_key(vm) || self.confirming.values().any(|v| v == vm) {
+            return;
+        }
         match at {
             // Recorded in another PoP: its agent says whether it still runs it.
             Some(a) if a.peer != self.config.peer && a.pop != self.config.pop.name => {
                 let id = self.request(a.peer.clone(), PeerRequest::Show(vm.to_owned()));
-                self.confirming.insert(id, (vm.to_owned(), waiting));
+                self.confirming.insert(id, vm.to_owned());
             }
-            // Unrecorded, or recorded in this PoP, whose summaries (already
-            // checked) are exact: a record left by a deleted VM.
-            _ => {
-                for (origin, spec) in waiting {
-                    self.route(origin, *spec, Vec::new());
-                }
-            }
+            // Unrecorded, or recorded in this PoP, whose summaries are exact
+            // (a record left by a deleted VM): the name is free.
+            _ => self.name_checked(vm, None),
         }
     }
 
     /// Another PoP's agent said whether it runs the VM a create names.
     fn confirmed(&mut self, id: OutboundId, result: &Result<PeerResponse, String>) -> bool {
-        let Some((vm, waiting)) = self.confirming.remove(&id) else { return false };
+        let Some(vm) = self.confirming.remove(&id) else { return false };
         let taken = match result {
             Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::NotFound => None,
             Ok(PeerResponse::Vm(s)) => {
@@ -278,13 +273,33 @@ impl Node {
                 Some(format!("vm {vm:?} is recorded on an agent of another PoP that does not answer: {e}"))
             }
         };
-        for (origin, spec) in waiting {
-            match &taken {
-                None => self.route(origin, *spec, Vec::new()),
-                Some(why) => self.answer(origin, Err(ApiError::new(ApiErrorKind::Conflict, why.clone()))),
-            }
-        }
+        self.name_checked(&vm, taken);
         true
+    }
+
+    /// The lookup of a name being created concluded: free, or taken (with
+    /// the reason). Parked decisions go on or are refused; when taken,
+    /// creates of that name still deciding are refused too.
+    fn name_checked(&mut self, vm: &str, taken: Option<String>) {
+        let parked = self.naming.remove(vm).unwrap_or_default();
+        let Some(why) = taken else {
+            return parked.into_iter().for_each(|(d, decision)| self.act(d, decision));
+        };
+        let mut still: Vec<DecisionId> = self
+            .deciding
+            .iter()
+            .filter(|(_, d)| d.spec.name == vm && d.generation == 0 && !d.moving)
+            .map(|(id, _)| *id)
+            .collect();
+        still.sort_unstable();
+        let mut refused: Vec<Option<Origin>> = parked.into_iter().map(|(d, _)| d.origin).collect();
+        for id in still {
+            self.timers.cancel(&Timer::Decision(id));
+            refused.extend(self.deciding.remove(&id).map(|d| d.origin));
+        }
+        for origin in refused.into_iter().flatten() {
+            self.answer(origin, Err(ApiError::new(ApiErrorKind::Conflict, why.clone())));
+        }
     }
 
     pub(super) fn route(&mut self, origin: Origin, spec: VmRequest, visited: Vec<String>) {
@@ -449,6 +464,13 @@ impl Node {
 
     /// Carries out a placement decision: here, on a PoP-mate, or elsewhere.
     fn act(&mut self, d: Deciding, decision: Decision) {
+        if d.generation == 0 && !d.moving && self.naming.contains_key(&d.spec.name) {
+            // Its name is still being looked up in the records.
+            if let Some(parked) = self.naming.get_mut(&d.spec.name) {
+                parked.push((d, decision));
+            }
+            return;
+        }
         let Deciding { origin, spec, tried, visited, moving, generation, .. } = d;
         if let DecidedBy::Fallback { failure } = &decision.decided_by {
             self.event(Event::FellBack { vm: spec.name.clone(), failure: failure.to_string() });

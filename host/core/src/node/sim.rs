@@ -494,6 +494,53 @@ fn nodes_converge_then_place_by_jurisdiction_and_latency_across_pops() {
 }
 
 #[test]
+fn a_name_another_pop_runs_is_refused_while_a_deleted_ones_is_free_again() {
+    let mut sim = Sim::new(3);
+    sim.run(3_000_000);
+    let mut fr = vm("taken".into());
+    fr.jurisdictions = vec!["FR".into()];
+    sim.ask(0, 1, Command::Create(Box::new(fr.clone())));
+    sim.run(4_000_000);
+    assert_eq!(placed_on(&sim, 1).map(|p| p.1), Some("paris".to_owned()));
+    // Entering Berlin and Madrid agents: no Berlin or Madrid summary names
+    // it; the records and its Paris agent do.
+    sim.ask(3, 2, Command::Create(Box::new(vm("taken".into()))));
+    sim.ask(6, 3, Command::Create(Box::new(vm("taken".into()))));
+    sim.run(5_000_000);
+    for req in [2, 3] {
+        match sim.answers.get(&ReqId(req)) {
+            Some(Err(e)) => {
+                assert_eq!(e.kind, ApiErrorKind::Conflict, "{e}");
+                assert!(e.message.contains("already exists") && e.message.contains("paris"), "{e}");
+            }
+            other => panic!("request {req}: {other:?}"),
+        }
+    }
+    one_copy(&sim, "taken");
+    // Deleted, its record may linger (Kademlia replicas): the name is free.
+    let holder = sim.nodes.iter().position(|n| n.node.vms.contains_key("taken")).expect("holder");
+    sim.ask(holder, 4, Command::Delete("taken".into()));
+    sim.run(6_000_000);
+    let stale = crate::cluster::VmLocation {
+        peer: sim.nodes[holder].node.config.peer.clone(),
+        host: sim.nodes[holder].node.config.host.name.clone(),
+        pop: "paris".into(),
+        generation: 0,
+        desired: crate::intent::Desired::Running,
+        spec: fr,
+    };
+    sim.records.insert("taken".into(), stale);
+    sim.ask(3, 5, Command::Create(Box::new(vm("taken".into()))));
+    sim.run(7_000_000);
+    assert_eq!(
+        placed_on(&sim, 5).map(|p| p.1),
+        Some("berlin".to_owned()),
+        "{:?}",
+        sim.answers.get(&ReqId(5))
+    );
+}
+
+#[test]
 fn a_crashed_node_is_declared_dead_everywhere_with_its_vms_lost() {
     let mut sim = Sim::new(3);
     sim.run(3_000_000);
