@@ -92,8 +92,9 @@ pub struct HostSummary {
 pub struct VmDigest {
     /// How many VMs the host runs.
     pub count: u32,
-    /// The XOR of every VM name's 64-bit FNV-1a hash: equal sets have
-    /// equal digests, and a change updates it without the rest of the set.
+    /// The XOR of every VM name's 64-bit SipHash-1-3 (fixed keys): equal
+    /// sets have equal digests, and a change updates it without the rest
+    /// of the set.
     pub hash: u64,
     /// The set's version: one more per change, from 0 when the agent starts.
     pub version: u64,
@@ -113,10 +114,13 @@ pub struct VmChange {
     pub added: bool,
 }
 
-/// A VM name's hash in a [`VmDigest`].
+/// A VM name's hash in a [`VmDigest`]. A XOR of hashes is only as good as
+/// the hash: FNV-1a let sets of similar names (`vm4`, `vm9` … against
+/// `vm2`, `vm3` …) cancel out to the same digest; SipHash's outputs do not
+/// line up that way.
 fn name_hash(name: &str) -> u64 {
     use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x6c6f_6375_735f_766d, 0x6469_6765_7374_0001);
     h.write(name.as_bytes());
     h.finish()
 }
@@ -897,6 +901,20 @@ mod tests {
         m.heard_vms(&a, version, vms);
         assert!(!hear(&mut m, again.publish(&names(&["w", "u"]))));
         assert_eq!(m.members[&a].vms.set, ["u", "w"].map(String::from).into());
+    }
+
+    #[test]
+    fn sets_of_similar_names_have_different_digests() {
+        // FNV-1a hashes XORed to the same digest for these two sets.
+        let named = |v: &[u8]| v.iter().map(|n| format!("vm{n}")).collect::<Vec<_>>();
+        let (a, b) = (named(&[0, 4, 9, 10, 11]), named(&[0, 2, 3, 5, 8]));
+        let mut log = VmLog::default();
+        let mut known = KnownVms::default();
+        known.apply(&log.publish(&a));
+        let d = log.publish(&b);
+        assert_ne!(VmLog::default().publish(&a).hash, d.hash);
+        known.apply(&d);
+        assert!(known.synced && known.set.iter().eq(b.iter().collect::<BTreeSet<_>>()));
     }
 
     proptest::proptest! {
