@@ -227,7 +227,6 @@ impl Node {
 
     // ---- placement across the cluster ----
 
-    /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
     /// A create entering the cluster at this agent. Summaries tell the VMs
     /// of this PoP only: when there are other PoPs, the overlay's records
     /// are asked whether the name is taken in one of them while the policy
@@ -302,6 +301,7 @@ impl Node {
         }
     }
 
+    /// Places a request: in this PoP if it can, else in the nearest suitable PoP.
     pub(super) fn route(&mut self, origin: Origin, spec: VmRequest, visited: Vec<String>) {
         if let Err(e) = self.admissible(&spec, 0) {
             return self.answer(origin, Err(e));
