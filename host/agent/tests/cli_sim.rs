@@ -37,6 +37,47 @@ fn the_same_seed_gives_the_same_report_and_the_scale_table_has_a_row_per_size() 
 }
 
 #[test]
+fn overrides_change_the_run_and_show_in_the_replay_command_and_compare_prints_both_schedulers() {
+    let out = sim(&["examples/scenarios/overload.toml", "--seed", "3", "--consolidation", "false"]);
+    let central = sim(&[
+        "examples/scenarios/overload.toml",
+        "--seed",
+        "3",
+        "--consolidation",
+        "false",
+        "--scheduler",
+        "centralized",
+        "--period-s",
+        "20",
+    ]);
+    assert!(central.status.success(), "{}", String::from_utf8_lossy(&central.stderr));
+    let replay = String::from_utf8_lossy(&central.stderr);
+    assert!(
+        replay.contains("--consolidation false --scheduler centralized --period-s 20 --seed 3"),
+        "{replay}"
+    );
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&out.stdout).expect("JSON"),
+        serde_json::from_slice(&central.stdout).expect("JSON"),
+    );
+    assert_eq!(
+        (a["scheduler"].as_str(), b["scheduler"].as_str()),
+        (Some("distributed"), Some("centralized"))
+    );
+    assert_eq!(b["central_rounds"], 15, "every 20 s for 300 s: {b}");
+    let bad = sim(&["examples/scenarios/overload.toml", "--scheduler", "centralized"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("set policies.consolidation = false"), "{err}");
+
+    let out = sim(&["--scale", "20", "--duration-s", "30", "--compare", "--seed", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].contains("agents") && rows[1].contains("central"), "{table}");
+}
+
+#[test]
 fn a_bad_scenario_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");

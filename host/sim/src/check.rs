@@ -5,7 +5,9 @@
 //! host's agent alone). A failure names its seed; `locus sim --check
 //! --seeds 1 --from SEED` replays it.
 
-use crate::scenario::{Arrivals, Fault, FaultKind, LoadChanges, Pop, Scenario};
+use crate::scenario::{
+    Arrivals, Fault, FaultKind, LoadChanges, PLACEMENTS, Policies, Pop, Scenario, Scheduler, SchedulerKind,
+};
 use crate::seed::Seed;
 use crate::{Report, World};
 use rand::RngExt;
@@ -72,6 +74,7 @@ pub fn random_scenario(seed: u64) -> Scenario {
             vcpus: 16,
             cpus: Some(8),
             memory_mib: 16384,
+            energy: Default::default(),
         })
         .collect();
     let hosts: Vec<String> =
@@ -86,6 +89,8 @@ pub fn random_scenario(seed: u64) -> Scenario {
             load_cpu_milli: None,
             pop: None,
             jurisdictions: if r.random_bool(0.3) { vec![pops[0].jurisdiction.clone()] } else { vec![] },
+            user: None,
+            max_latency_ms: None,
         })
         .collect();
     let load_changes = vec![LoadChanges {
@@ -110,6 +115,15 @@ pub fn random_scenario(seed: u64) -> Scenario {
     let mut sometimes = |p: f64| if r.random_bool(0.3) { r.random_range(0.0..p) } else { 0.0 };
     let network =
         crate::net::NetConfig { loss: sometimes(0.02), duplicate: sometimes(0.02), ..Default::default() };
+    // Drawn last, so the rest of a seed's scenario is what it was before
+    // policies and the central scheduler were drawn too.
+    let placement = PLACEMENTS[r.random_range(0..PLACEMENTS.len())].to_owned();
+    let scheduler = if r.random_bool(0.25) {
+        Scheduler { kind: SchedulerKind::Centralized, period_s: r.random_range(5.0..30.0) }
+    } else {
+        Scheduler::default()
+    };
+    let consolidation = scheduler.kind == SchedulerKind::Distributed;
     Scenario {
         name: format!("check {seed}"),
         duration_s,
@@ -120,5 +134,7 @@ pub fn random_scenario(seed: u64) -> Scenario {
         arrivals,
         load_changes,
         faults,
+        policies: Policies { placement, consolidation },
+        scheduler,
     }
 }

@@ -7,6 +7,7 @@
 //! It never reads the clock or does IO of its own: time is virtual and the
 //! report is a value the caller prints.
 
+pub mod central;
 pub mod check;
 pub mod hypervisor;
 pub mod net;

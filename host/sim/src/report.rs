@@ -7,7 +7,7 @@ use crate::traffic::{Traffic, TrafficReport};
 use locus_core::load::LoadState;
 use locus_core::node::Event;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Percentiles of a latency, ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -42,6 +42,12 @@ pub struct Report {
     pub seed: u64,
     /// Hosts simulated.
     pub hosts: usize,
+    /// Who rebalanced: `distributed` or `centralized`.
+    pub scheduler: &'static str,
+    /// The placement policy.
+    pub placement: String,
+    /// Whether underloaded hosts were consolidated.
+    pub consolidation: bool,
     /// Virtual time simulated, seconds.
     pub virtual_s: f64,
     /// Events the simulator processed.
@@ -74,6 +80,19 @@ pub struct Report {
     pub overload_host_s: f64,
     /// From a host becoming overloaded to its being normal again.
     pub overload_ms: Percentiles,
+    /// What the hosts drew and where it came from.
+    pub energy: EnergyReport,
+    /// VMs ever recorded on a host outside the jurisdictions they are
+    /// fenced to (must be 0).
+    pub jurisdiction_violations: u64,
+    /// VMs farther from their users than they accept, at the end.
+    pub outside_latency_bound: u64,
+    /// Rounds of the central scheduler (0 when distributed).
+    pub central_rounds: u64,
+    /// Moves it sent to the agents.
+    pub central_moves: u64,
+    /// PoPs it could not plan for, summed over rounds.
+    pub central_failures: u64,
     /// What the overlay carried.
     pub traffic: TrafficReport,
     /// Events the nodes reported, by kind.
@@ -87,6 +106,37 @@ pub struct Report {
     overloaded_since: BTreeMap<usize, u64>,
     #[serde(skip)]
     overload_us: Vec<u64>,
+    #[serde(skip)]
+    fenced_out: BTreeSet<String>,
+}
+
+/// Energy: what the hosts drew, how much of it renewable power covered,
+/// and the grid's share and its carbon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnergyReport {
+    /// Everything the hosts drew, kWh.
+    pub kwh: f64,
+    /// Drawn from the grid (beyond the PoP's renewable power), kWh.
+    pub grid_kwh: f64,
+    /// Covered by renewable power, kWh.
+    pub renewable_kwh: f64,
+    /// The grid's carbon, kg CO2.
+    pub carbon_kg: f64,
+    /// The same, per PoP (in the scenario's order).
+    pub by_pop: Vec<PopEnergyReport>,
+}
+
+/// One PoP's energy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PopEnergyReport {
+    /// The PoP.
+    pub pop: String,
+    /// Drawn, kWh.
+    pub kwh: f64,
+    /// From the grid, kWh.
+    pub grid_kwh: f64,
+    /// The grid's carbon, kg CO2.
+    pub carbon_kg: f64,
 }
 
 impl Report {
@@ -96,6 +146,24 @@ impl Report {
             scenario: scenario.name.clone(),
             seed,
             hosts,
+            scheduler: match scenario.scheduler.kind {
+                crate::scenario::SchedulerKind::Distributed => "distributed",
+                crate::scenario::SchedulerKind::Centralized => "centralized",
+            },
+            placement: scenario.policies.placement.clone(),
+            consolidation: scenario.policies.consolidation,
+            energy: EnergyReport {
+                by_pop: (scenario.pops.iter())
+                    .map(|p| PopEnergyReport { pop: p.name.clone(), ..Default::default() })
+                    .collect(),
+                ..Default::default()
+            },
+            jurisdiction_violations: 0,
+            outside_latency_bound: 0,
+            central_rounds: 0,
+            central_moves: 0,
+            central_failures: 0,
+            fenced_out: BTreeSet::new(),
             virtual_s: 0.0,
             events: 0,
             traffic: TrafficReport::default(),
@@ -129,6 +197,28 @@ impl Report {
             self.refused += 1;
         }
         self.placement_us.push(us);
+    }
+
+    /// PoP `pop` drew `watts` for `us` with `renewable` watts of renewable
+    /// power and a grid of `carbon` gCO2/kWh.
+    pub fn metered(&mut self, pop: usize, watts: f64, renewable: u32, carbon: u32, us: u64) {
+        let hours = us as f64 / 3.6e9;
+        let kwh = watts * hours / 1000.0;
+        let grid = (watts - f64::from(renewable)).max(0.0) * hours / 1000.0;
+        let kg = grid * f64::from(carbon) / 1000.0;
+        let e = &mut self.energy;
+        (e.kwh, e.grid_kwh, e.renewable_kwh, e.carbon_kg) =
+            (e.kwh + kwh, e.grid_kwh + grid, e.renewable_kwh + kwh - grid, e.carbon_kg + kg);
+        if let Some(p) = e.by_pop.get_mut(pop) {
+            (p.kwh, p.grid_kwh, p.carbon_kg) = (p.kwh + kwh, p.grid_kwh + grid, p.carbon_kg + kg);
+        }
+    }
+
+    /// VM `vm` was recorded on a host outside its fence.
+    pub fn fence_crossed(&mut self, vm: &str) {
+        if self.fenced_out.insert(vm.to_owned()) {
+            self.jurisdiction_violations += 1;
+        }
     }
 
     /// A live migration started and will take `time`.
@@ -191,5 +281,28 @@ fn kind(e: &Event) -> &'static str {
         Event::Rebalance(_) => "rebalance",
         Event::Power { .. } => "power",
         Event::Failed { .. } => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_supplies_what_renewable_power_does_not_and_its_carbon_counts() {
+        let text = "name = \"e\"\nduration-s = 10\n[[pops]]\nname = \"a\"\njurisdiction = \"FR\"\n\
+                    lat = 0\nlon = 0\nhosts = 1\nvcpus = 1\nmemory-mib = 1\n";
+        let scenario = Scenario::parse(text).expect("scenario");
+        let mut r = Report::new(&scenario, 1, 1);
+        // 1000 W for an hour, 400 W of it renewable, then 300 W for an hour, all renewable.
+        r.metered(0, 1000.0, 400, 500, 3_600_000_000);
+        r.metered(0, 300.0, 400, 500, 3_600_000_000);
+        let e = &r.energy;
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(e.kwh, 1.3) && near(e.grid_kwh, 0.6) && near(e.renewable_kwh, 0.7), "{e:?}");
+        assert!(near(e.carbon_kg, 0.3) && near(e.by_pop[0].carbon_kg, 0.3), "{e:?}");
+        r.fence_crossed("vm");
+        r.fence_crossed("vm");
+        assert_eq!(r.jurisdiction_violations, 1, "a VM counts once");
     }
 }

@@ -32,6 +32,7 @@ pub fn scenario(hosts: u32, duration_s: u64) -> Result<Scenario, ScenarioError> 
                 vcpus: 32,
                 cpus: Some(16),
                 memory_mib: 65_536,
+                energy: Default::default(),
             }
         })
         .collect();
@@ -53,6 +54,8 @@ pub fn scenario(hosts: u32, duration_s: u64) -> Result<Scenario, ScenarioError> 
             load_cpu_milli: Some(800),
             pop: None,
             jurisdictions: vec![],
+            user: None,
+            max_latency_ms: None,
         }],
         load_changes: vec![LoadChanges {
             at_s: 25.0,
@@ -63,6 +66,8 @@ pub fn scenario(hosts: u32, duration_s: u64) -> Result<Scenario, ScenarioError> 
             step_milli: 100,
         }],
         faults: vec![],
+        policies: Default::default(),
+        scheduler: Default::default(),
     };
     scenario.check().map_err(ScenarioError::Invalid)?;
     Ok(scenario)

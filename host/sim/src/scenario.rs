@@ -34,6 +34,132 @@ pub struct Scenario {
     /// Faults, at set times.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The policies the agents run.
+    #[serde(default)]
+    pub policies: Policies,
+    /// Who rebalances: the agents, or one central scheduler.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+}
+
+/// The policies every agent runs (`[policies]`), natively built from the
+/// same sources as their WebAssembly components.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Policies {
+    /// The placement policy: one of [`PLACEMENTS`].
+    pub placement: String,
+    /// Whether underloaded hosts are emptied (`consolidate`) so they can
+    /// go to standby.
+    pub consolidation: bool,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies { placement: "spread".into(), consolidation: true }
+    }
+}
+
+/// The placement policies a scenario may name.
+pub const PLACEMENTS: [&str; 5] = ["spread", "green", "best-fit", "first-fit", "nearest"];
+
+/// Who rebalances (`[scheduler]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Scheduler {
+    /// `distributed` (the agents, by cooperative partitions) or
+    /// `centralized` (one scheduler, the baseline).
+    pub kind: SchedulerKind,
+    /// How often the central scheduler gathers every host and plans, s.
+    pub period_s: f64,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler { kind: SchedulerKind::Distributed, period_s: 30.0 }
+    }
+}
+
+/// Who rebalances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerKind {
+    /// Each overloaded agent gathers a partition of its neighbours and runs
+    /// the migration policy over it (DVMS-like).
+    Distributed,
+    /// One scheduler gathers every host every `period-s`, runs the same
+    /// migration policy over each PoP (VMs move within their PoP) and
+    /// sends the moves to the agents (Entropy-like). The agents start no
+    /// rebalancing of their own.
+    Centralized,
+}
+
+/// A quantity that changes over time: steps of `every-s` seconds that
+/// cycle through `values` (one value: constant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Series {
+    /// Length of a step, seconds.
+    #[serde(default = "default_step_s")]
+    pub every_s: f64,
+    /// The value of each step, in turn, then again from the first.
+    pub values: Vec<u32>,
+}
+
+fn default_step_s() -> f64 {
+    3_600.0
+}
+
+impl Series {
+    /// A value that never changes.
+    pub fn constant(value: u32) -> Self {
+        Series { every_s: default_step_s(), values: vec![value] }
+    }
+
+    /// The value at `us` of virtual time.
+    pub fn at(&self, us: u64) -> u32 {
+        let step = (us as f64 / 1e6 / self.every_s) as usize;
+        self.values.get(step % self.values.len().max(1)).copied().unwrap_or(0)
+    }
+
+    fn check(&self, what: &str) -> Result<(), String> {
+        if self.values.is_empty() || !(self.every_s.is_finite() && self.every_s > 0.0) {
+            return Err(format!("{what} needs values and every-s > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A PoP's power: its hosts' (all alike) and what its grid supplies
+/// (`[pops.energy]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PopEnergy {
+    /// A host's draw when idle, watts.
+    pub idle_watts: u32,
+    /// A host's draw at full CPU load, watts (linear in between).
+    pub max_watts: u32,
+    /// A host's draw in standby, watts.
+    pub standby_watts: u32,
+    /// Renewable power the PoP has, watts: what its hosts draw beyond it
+    /// comes from the grid.
+    pub renewable_watts: Series,
+    /// The grid's carbon intensity, gCO2/kWh.
+    pub carbon_g_per_kwh: Series,
+}
+
+impl Default for PopEnergy {
+    fn default() -> Self {
+        let host = locus_core::node::HostConfig::default();
+        let pop = locus_core::node::PopConfig::default();
+        PopEnergy {
+            idle_watts: host.idle_watts,
+            max_watts: host.max_watts,
+            standby_watts: host.standby_watts,
+            renewable_watts: Series::constant(pop.renewable_watts),
+            carbon_g_per_kwh: Series::constant(pop.carbon_g_per_kwh),
+        }
+    }
 }
 
 /// A fault on some hosts at `at-s`, undone `for-s` later (never, when absent).
@@ -93,6 +219,9 @@ pub struct Pop {
     pub cpus: Option<u32>,
     /// Memory per host, MiB.
     pub memory_mib: u32,
+    /// Its power model and energy supply.
+    #[serde(default)]
+    pub energy: PopEnergy,
 }
 
 /// A batch of alike VM requests, `count` of them from `at-s` on, one every
@@ -120,6 +249,12 @@ pub struct Arrivals {
     /// Jurisdictions the VMs must stay in (none: anywhere).
     #[serde(default)]
     pub jurisdictions: Vec<String>,
+    /// Where the VMs' users are.
+    #[serde(default)]
+    pub user: Option<locus_core::request::Location>,
+    /// Largest round trip to the users the VMs accept, ms (needs `user`).
+    #[serde(default)]
+    pub max_latency_ms: Option<f32>,
 }
 
 /// Changes of guests' CPU use: `count` of them from `at-s` on, one every
@@ -188,6 +323,28 @@ impl Scenario {
             if !((-90.0..=90.0).contains(&p.lat) && (-180.0..=180.0).contains(&p.lon)) {
                 return Err(format!("PoP {}: lat must be within -90..=90 and lon within -180..=180", p.name));
             }
+            let e = &p.energy;
+            e.renewable_watts.check(&format!("PoP {}: renewable-watts", p.name))?;
+            e.carbon_g_per_kwh.check(&format!("PoP {}: carbon-g-per-kwh", p.name))?;
+            if !(e.standby_watts <= e.idle_watts && e.idle_watts <= e.max_watts) {
+                return Err(format!("PoP {}: needs standby-watts <= idle-watts <= max-watts", p.name));
+            }
+        }
+        if !PLACEMENTS.contains(&self.policies.placement.as_str()) {
+            return Err(format!(
+                "placement policy {:?} is not one of {}",
+                self.policies.placement,
+                PLACEMENTS.join(", ")
+            ));
+        }
+        let period = self.scheduler.period_s;
+        if !(period.is_finite() && period >= 1.0) {
+            return Err("scheduler.period-s must be at least 1".into());
+        }
+        if self.scheduler.kind == SchedulerKind::Centralized && self.policies.consolidation {
+            return Err("the centralized scheduler runs the migration policy only: \
+                        set policies.consolidation = false"
+                .into());
         }
         if self.sample_interval_ms == 0 {
             return Err("sample-interval-ms must be at least 1".into());
@@ -200,6 +357,9 @@ impl Scenario {
             }
             if !(a.every_ms.is_finite() && a.every_ms > 0.0 && a.at_s.is_finite() && a.at_s >= 0.0) {
                 return Err("arrivals need at-s >= 0 and every-ms > 0".into());
+            }
+            if a.max_latency_ms.is_some() && a.user.is_none() {
+                return Err("arrivals with max-latency-ms need user = { lat, lon }".into());
             }
         }
         let names: Vec<String> = self.hosts().map(|(p, h)| format!("{}-{h}", self.pops[p].name)).collect();
@@ -268,5 +428,28 @@ mod tests {
             let bad = ok.replace(from, to).replace("pop = \"paris\"", "");
             assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{to}");
         }
+        for (extra, says) in [
+            ("[policies]\nplacement = \"cheapest\"\n", "is not one of spread, green"),
+            ("[scheduler]\nkind = \"centralized\"\n", "set policies.consolidation = false"),
+            ("[scheduler]\nperiod-s = 0\n", "period-s must be at least 1"),
+        ] {
+            let bad = format!("{ok}\n{extra}");
+            assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{extra}");
+        }
+        let energy =
+            "memory-mib = 65536\n[pops.energy]\nrenewable-watts = { every-s = 600, values = [0, 500] }\n";
+        let s = Scenario::parse(&ok.replace("memory-mib = 65536\n", energy)).expect("energy");
+        let r = &s.pops[0].energy.renewable_watts;
+        assert_eq!((r.at(0), r.at(600_000_000), r.at(1_200_000_000)), (0, 500, 0), "steps cycle");
+        for (energy, says) in [
+            ("renewable-watts = { values = [] }", "renewable-watts needs values"),
+            ("idle-watts = 500", "standby-watts <= idle-watts <= max-watts"),
+        ] {
+            let bad =
+                ok.replace("memory-mib = 65536\n", &format!("memory-mib = 65536\n[pops.energy]\n{energy}\n"));
+            assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{energy}");
+        }
+        let bad = ok.replace("pop = \"paris\"", "max-latency-ms = 20");
+        assert!(Scenario::parse(&bad).expect_err("user").to_string().contains("need user"));
     }
 }

@@ -6,10 +6,11 @@
 //! now) after a fixed virtual delay, and the overlay's records are one map
 //! that outlives every node, as the Kademlia store does.
 
+use crate::central;
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
 use crate::report::Report;
-use crate::scenario::{FaultKind, Scenario, ScenarioError};
+use crate::scenario::{FaultKind, Scenario, ScenarioError, SchedulerKind};
 use crate::seed::{Rng, Seed};
 use crate::traffic::{self, Traffic};
 use locus_core::cluster::{PeerId, Topic, VmLocation};
@@ -52,6 +53,10 @@ enum Due {
     RequestTimeout(u64),
     /// A live migration's copy is done.
     Migrated(u64),
+    /// The power meter reads every host and the PoPs' energy supply.
+    Meter,
+    /// The central scheduler gathers the hosts and plans.
+    Central,
 }
 
 struct SimNode {
@@ -69,6 +74,10 @@ struct SimNode {
     epoch: u64,
     /// The deadline a `Timer` is scheduled for, µs.
     timer_at: Option<u64>,
+    /// What the host draws, as of its last sample, watts.
+    watts: f64,
+    /// Its agent put it in standby.
+    standby: bool,
 }
 
 struct Migration {
@@ -109,6 +118,10 @@ pub struct World {
     next_migration: u64,
     placement: Native,
     migration: Native,
+    /// Per PoP: what its hosts draw, watts, and the renewable power and
+    /// carbon intensity its agents were last told.
+    pop_watts: Vec<f64>,
+    pop_energy: Vec<(u32, u32)>,
     consolidation: Native,
     report: Report,
     /// Every node event, with its time and host, when asked for.
@@ -125,6 +138,7 @@ impl World {
     /// A world for `scenario`, every random choice drawn from `seed`; an
     /// error when a host of the scenario cannot be configured.
     pub fn new(scenario: Scenario, seed: u64) -> Result<Self, ScenarioError> {
+        scenario.check().map_err(ScenarioError::Invalid)?;
         let seed = Seed(seed);
         let locations: Vec<Location> =
             scenario.pops.iter().map(|p| Location { lat: p.lat, lon: p.lon }).collect();
@@ -139,6 +153,15 @@ impl World {
             config.host.name = format!("{}-{h}", pop.name);
             config.host.vcpus = Some(pop.vcpus);
             config.host.memory_mib = Some(pop.memory_mib);
+            let e = &pop.energy;
+            (config.host.idle_watts, config.host.max_watts) = (e.idle_watts, e.max_watts);
+            config.host.standby_watts = e.standby_watts;
+            config.pop.renewable_watts = e.renewable_watts.at(0);
+            config.pop.carbon_g_per_kwh = e.carbon_g_per_kwh.at(0);
+            config.rebalance.enabled = scenario.scheduler.kind == SchedulerKind::Distributed;
+            if !scenario.policies.consolidation {
+                config.rebalance.consolidate_interval_ms = 0;
+            }
             let hv = Hypervisor::new(&config.host.name);
             let peer = config.peer.clone();
             peers.insert(peer.clone(), nodes.len());
@@ -155,6 +178,8 @@ impl World {
                 pop: p,
                 epoch: 0,
                 timer_at: None,
+                watts: f64::from(pop.energy.idle_watts),
+                standby: false,
             });
         }
         let net = Network::new(scenario.network.clone(), &locations, nodes.len(), seed.stream("network"));
@@ -167,6 +192,14 @@ impl World {
         let by_pop = by_pop.into_iter().map(Rc::from).collect();
         let traffic = Traffic::new(nodes.len());
         let pop_index = scenario.pops.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        let mut pop_watts = vec![0.0; scenario.pops.len()];
+        for n in &nodes {
+            pop_watts[n.pop] += n.watts;
+        }
+        let pop_energy = (scenario.pops.iter())
+            .map(|p| (p.energy.renewable_watts.at(0), p.energy.carbon_g_per_kwh.at(0)))
+            .collect();
+        let placement = placement_policy(&scenario.policies.placement);
         let mut world = World {
             scenario,
             seed,
@@ -190,7 +223,9 @@ impl World {
             asked: HashMap::new(),
             migrations: HashMap::new(),
             next_migration: 0,
-            placement: Native::placement::<policy_spread::Spread>("spread"),
+            placement,
+            pop_watts,
+            pop_energy,
             migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
             consolidation: Native::migration::<policy_consolidate::Consolidate>("consolidate"),
             report,
@@ -220,6 +255,14 @@ impl World {
         for (at, due) in firsts {
             self.at(at, due);
         }
+        self.at(0, Due::Meter);
+        if self.scenario.scheduler.kind == SchedulerKind::Centralized {
+            self.at(self.central_period_us(), Due::Central);
+        }
+    }
+
+    fn central_period_us(&self) -> u64 {
+        (self.scenario.scheduler.period_s * 1e6) as u64
     }
 
     fn hypervisor_up(&mut self, i: usize) {
@@ -250,6 +293,7 @@ impl World {
     pub fn run(mut self) -> Report {
         let end = self.scenario.duration_s * 1_000_000;
         self.run_until(end);
+        self.report.outside_latency_bound = self.outside_latency_bound();
         self.report.finish(self.now_us, self.net.lost, &self.traffic);
         self.report
     }
@@ -284,12 +328,15 @@ impl World {
                 }
             }
             Due::Sample(i) => {
+                self.power(i);
                 if self.nodes[i].alive {
                     let domains = self.nodes[i].hv.observation();
                     self.input(i, Input::Sampled { now, domains });
                 }
                 self.at(self.scenario.sample_interval_ms * 1000, Due::Sample(i));
             }
+            Due::Meter => self.meter(),
+            Due::Central => self.central(),
             Due::Arrival(b, k) => self.arrive(b, k),
             Due::LoadChange(b, k) => self.change_load(b, k),
             Due::Fault(f, undo) => self.fault(f, undo),
@@ -323,6 +370,8 @@ impl World {
             memory_mib: batch.memory_mib,
             load_cpu_milli: batch.load_cpu_milli,
             jurisdictions: batch.jurisdictions.clone(),
+            user: batch.user,
+            max_latency_ms: batch.max_latency_ms,
             ..VmRequest::default()
         };
         let (count, every_ms) = (batch.count, batch.every_ms);
@@ -405,6 +454,98 @@ impl World {
         }
     }
 
+    /// Host `i` draws what its load says now (the power model is linear in
+    /// CPU use between idle and full load; standby when its agent put it there).
+    fn power(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let pop = &self.scenario.pops[n.pop];
+        let e = &pop.energy;
+        let milli: u64 =
+            (n.hv.domains.values()).filter(|d| d.state.is_active()).map(|d| u64::from(d.cpu_milli)).sum();
+        let watts = if n.standby && milli == 0 {
+            f64::from(e.standby_watts)
+        } else {
+            let cpus = f64::from(pop.cpus.unwrap_or(pop.vcpus).max(1)) * 1000.0;
+            let busy = (milli as f64 / cpus).min(1.0);
+            f64::from(e.idle_watts) + f64::from(e.max_watts - e.idle_watts) * busy
+        };
+        self.pop_watts[n.pop] += watts - n.watts;
+        self.nodes[i].watts = watts;
+    }
+
+    /// The meter: every PoP's draw over the last interval against its
+    /// renewable supply; a PoP whose supply or grid changed tells its agents.
+    fn meter(&mut self) {
+        let interval = self.scenario.sample_interval_ms * 1000;
+        let now = self.instant(self.now_us);
+        for p in 0..self.scenario.pops.len() {
+            let e = &self.scenario.pops[p].energy;
+            let supply = (e.renewable_watts.at(self.now_us), e.carbon_g_per_kwh.at(self.now_us));
+            if self.now_us > 0 {
+                let (renewable, carbon) = self.pop_energy[p];
+                self.report.metered(p, self.pop_watts[p], renewable, carbon, interval);
+            }
+            if supply != self.pop_energy[p] {
+                self.pop_energy[p] = supply;
+                let (renewable_watts, carbon_g_per_kwh) = supply;
+                for k in 0..self.by_pop[p].len() {
+                    let j = self.by_pop[p][k];
+                    let pop = &mut self.nodes[j].config.pop;
+                    (pop.renewable_watts, pop.carbon_g_per_kwh) = supply;
+                    if self.nodes[j].alive {
+                        self.input(j, Input::Energy { now, renewable_watts, carbon_g_per_kwh });
+                    }
+                }
+            }
+        }
+        self.at(interval, Due::Meter);
+    }
+
+    /// The central scheduler's round: each PoP's live hosts as they
+    /// describe themselves, the migration policy over them, and each move
+    /// sent to the agent holding the VM. The scheduler sits in the first
+    /// PoP: a PoP's moves reach it after the round trip that gathered its
+    /// hosts, the policy's time and the way back.
+    fn central(&mut self) {
+        self.report.central_rounds += 1;
+        for p in 0..self.scenario.pops.len() {
+            let holders: Vec<usize> =
+                self.by_pop[p].iter().copied().filter(|&j| self.nodes[j].alive).collect();
+            let members: Vec<_> = holders.iter().map(|&j| self.nodes[j].node.member_view()).collect();
+            let pop = &self.scenario.pops[p];
+            let (renewable, carbon) = self.pop_energy[p];
+            let book = locus_core::rebalance::PopBook {
+                pops: vec![(
+                    pop.name.clone(),
+                    pop.jurisdiction.clone(),
+                    Location { lat: pop.lat, lon: pop.lon },
+                    renewable,
+                    carbon,
+                )],
+                ..Default::default()
+            };
+            let moves = match central::plan(&members, &book, &self.migration) {
+                Ok(moves) => moves,
+                Err(e) => {
+                    self.report.central_failures += 1;
+                    if let Some(t) = &mut self.trace {
+                        t.push(format!("{:>10.3} central: {}: {e}", self.now_us as f64 / 1e6, pop.name));
+                    }
+                    continue;
+                }
+            };
+            let delay = 3 * self.net.base_delay_us(0, p) + DECIDE_US;
+            for m in moves {
+                self.report.central_moves += 1;
+                let req = ReqId(self.next_req);
+                self.next_req += 1;
+                let cmd = Command::Migrate { name: m.vm, to: Some(m.to) };
+                self.to(holders[m.from], delay, Box::new(move |now| Input::Api { now, req, cmd }));
+            }
+        }
+        self.at(self.central_period_us(), Due::Central);
+    }
+
     /// An exponential gap of mean `mean_ms`, µs: the next event of a Poisson process.
     fn poisson_gap_us(&mut self, mean_ms: f64) -> u64 {
         let u: f64 = self.workload.random_range(f64::EPSILON..1.0);
@@ -440,13 +581,17 @@ impl World {
                 Output::Timeout(None) | Output::Closed => break,
                 Output::Persist(change) => {
                     wrote = true;
-                    let store = &mut self.nodes[i].store;
                     match change {
                         Change::Put(intent) => {
-                            store.insert(intent.spec.name.clone(), *intent);
+                            let fence = &intent.spec.jurisdictions;
+                            let pop = &self.scenario.pops[self.nodes[i].pop];
+                            if !fence.is_empty() && !fence.contains(&pop.jurisdiction) {
+                                self.report.fence_crossed(&intent.spec.name);
+                            }
+                            self.nodes[i].store.insert(intent.spec.name.clone(), *intent);
                         }
                         Change::Remove(name) => {
-                            store.remove(&name);
+                            self.nodes[i].store.remove(&name);
                         }
                     }
                 }
@@ -553,7 +698,10 @@ impl World {
                         self.records.remove(&vm);
                     }
                 }
-                Output::Power { .. } => {}
+                Output::Power { standby } => {
+                    self.nodes[i].standby = standby;
+                    self.power(i);
+                }
                 Output::Event(e) => {
                     if let Some(t) = &mut self.trace {
                         t.push(format!("{:>10.3} {}: {e}", self.now_us as f64 / 1e6, self.nodes[i].hv.host));
@@ -603,6 +751,23 @@ impl World {
                 Box::new(move |now| Input::Hypervisor { now, op, result: Ok(DomainState::Missing) }),
             );
         }
+    }
+
+    /// VMs whose host is farther from their users than they accept, now.
+    fn outside_latency_bound(&self) -> u64 {
+        let mut outside = 0;
+        for n in &self.nodes {
+            let pop = &self.scenario.pops[n.pop];
+            let at = locus_sdk::Coordinates::from(Location { lat: pop.lat, lon: pop.lon });
+            for i in n.store.values() {
+                if let (Some(user), Some(bound)) = (i.spec.user, i.spec.max_latency_us())
+                    && locus_sdk::geo::estimated_rtt_us(user.into(), at) > bound
+                {
+                    outside += 1;
+                }
+            }
+        }
+        outside
     }
 
     fn instant(&self, us: u64) -> Instant {
@@ -684,5 +849,17 @@ impl World {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// The placement policy a scenario names (checked against
+/// [`crate::scenario::PLACEMENTS`] when it was parsed).
+fn placement_policy(name: &str) -> Native {
+    match name {
+        "green" => Native::placement::<policy_green::Green>("green"),
+        "best-fit" => Native::placement::<policy_best_fit::BestFit>("best-fit"),
+        "first-fit" => Native::placement::<policy_first_fit::FirstFit>("first-fit"),
+        "nearest" => Native::placement::<policy_nearest::Nearest>("nearest"),
+        _ => Native::placement::<policy_spread::Spread>("spread"),
     }
 }

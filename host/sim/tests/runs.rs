@@ -76,3 +76,38 @@ fn the_checker_passes_a_modest_number_of_seeds() {
     let failures: Vec<_> = (0..100).filter_map(|seed| locus_sim::check::check(seed).err()).collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn the_central_scheduler_relieves_overloads_while_the_agents_start_no_rebalancing_of_their_own() {
+    let text = include_str!("../../../examples/scenarios/overload.toml").to_owned()
+        + "[policies]\nconsolidation = false\n[scheduler]\nkind = \"centralized\"\nperiod-s = 30\n";
+    let scenario = Scenario::parse(&text).expect("scenario");
+    let mut world = World::new(scenario.clone(), 3).expect("world");
+    world.run_until(scenario.duration_s * 1_000_000);
+    assert_eq!(world.unsettled(), Vec::<String>::new());
+    let report = world.run();
+    assert_eq!((report.scheduler, report.central_rounds, report.central_failures), ("centralized", 10, 0));
+    assert!(report.overloads > 0 && report.central_moves > 0 && report.migrations > 0, "{report:#?}");
+    assert!(!report.node_events.contains_key("rebalance"), "only the scheduler plans: {report:#?}");
+}
+
+#[test]
+fn green_placement_with_consolidation_draws_less_grid_power_than_spread_and_keeps_every_bound() {
+    let text = include_str!("../../../examples/scenarios/green.toml");
+    let mut green = Scenario::parse(text).expect("scenario");
+    // The first hour: every VM has arrived and emptied hosts have gone to standby.
+    green.duration_s = 3_600;
+    let spread = Scenario {
+        policies: locus_sim::scenario::Policies { placement: "spread".into(), consolidation: false },
+        ..green.clone()
+    };
+    let (g, s) = (World::new(green, 1).expect("world").run(), World::new(spread, 1).expect("world").run());
+    for r in [&g, &s] {
+        assert_eq!((r.placed, r.jurisdiction_violations, r.outside_latency_bound), (160, 0, 0), "{r:#?}");
+        assert!(r.energy.kwh > 0.0 && r.energy.renewable_kwh > 0.0, "{r:#?}");
+    }
+    assert!(g.node_events.get("power").is_some_and(|&n| n > 0), "hosts emptied go to standby: {g:#?}");
+    assert!(!s.node_events.contains_key("power"), "spread leaves no host empty");
+    assert!(g.energy.grid_kwh < s.energy.grid_kwh * 0.9, "{:?} against {:?}", g.energy, s.energy);
+    assert!(g.energy.carbon_kg < s.energy.carbon_kg, "{:?} against {:?}", g.energy, s.energy);
+}

@@ -381,6 +381,17 @@ pub enum Input {
         /// Short of space.
         low: bool,
     },
+    /// The PoP's energy changed: the renewable power it has unused and its
+    /// grid's carbon intensity now (a feed the shell follows). Placement
+    /// sees it at once, the other PoPs with the next PoP summary.
+    Energy {
+        /// When.
+        now: Instant,
+        /// Unused renewable power, watts.
+        renewable_watts: u32,
+        /// Grid carbon intensity, gCO2/kWh.
+        carbon_g_per_kwh: u32,
+    },
 }
 
 /// What the node wants done.
@@ -1110,6 +1121,15 @@ impl Node {
             Input::Storage { now, low } => {
                 self.tick(now);
                 self.storage_low = low;
+            }
+            Input::Energy { now, renewable_watts, carbon_g_per_kwh } => {
+                self.tick(now);
+                self.config.pop.renewable_watts = renewable_watts;
+                self.config.pop.carbon_g_per_kwh = carbon_g_per_kwh;
+                if let Ok(pop) = self.model.pop_id(&self.config.pop.name) {
+                    let p = &mut self.model.pops[pop.0 as usize];
+                    (p.renewable_watts, p.carbon_g_per_kwh) = (renewable_watts, carbon_g_per_kwh);
+                }
             }
         }
     }

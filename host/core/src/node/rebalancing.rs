@@ -55,8 +55,9 @@ impl Node {
         self.act_on(now, actions);
     }
 
-    /// This host as a partition member describes itself.
-    pub(super) fn member_view(&self) -> MemberView {
+    /// This host as a partition member describes itself (what it answers
+    /// a join with; a centralized scheduler gathers the same).
+    pub fn member_view(&self) -> MemberView {
         let h = &self.model.hosts[self.host.0 as usize];
         let threshold = (f64::from(h.cpu_milli) * f64::from(self.config.load.overload_ratio)) as u32;
         let (mut vms, mut fixed) = (Vec::new(), Vec::new());

@@ -850,3 +850,14 @@ fn declared_load_makes_a_host_overloaded_once_sustained_and_normal_again() {
     }
     assert_eq!(host(&mut rig).load_state, LoadState::Normal);
 }
+
+#[test]
+fn the_pops_energy_feed_reaches_the_placement_view_at_once() {
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    rig.hold = true;
+    rig.input(Input::Energy { now: rig.now, renewable_watts: 2_500, carbon_g_per_kwh: 40 });
+    rig.send(Command::Create(Box::new(spec("sunny"))));
+    let (_, question) = rig.held.front().expect("the policy was asked");
+    let pop = &question.cluster.pops[0];
+    assert_eq!((pop.renewable_watts, pop.carbon_g_per_kwh), (2_500, 40));
+}
