@@ -17,6 +17,10 @@ pub struct Args {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write the run's files into this directory (made if missing):
+    /// report.json, series.csv (a row per interval) and run.svg (charts).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Instead of a scenario, check many short runs drawn from their seeds,
     /// with faults, each required to settle once healed.
     #[arg(long, conflicts_with = "scenario")]
@@ -111,15 +115,50 @@ pub fn run(args: Args) -> Result<()> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("seed {seed}: replay with `locus sim {}{} --seed {seed}`", path.display(), args.overrides());
     let started = std::time::Instant::now();
-    let world = locus_sim::World::new(scenario, seed).with_context(|| format!("in {}", path.display()))?;
-    let report = world.run();
+    let title = format!("{} (seed {seed})", scenario.name);
+    let end_us = scenario.duration_s * 1_000_000;
+    let mut world =
+        locus_sim::World::new(scenario, seed).with_context(|| format!("in {}", path.display()))?;
+    let progress = progress_bar(end_us / 1_000_000, "virtual s");
+    // A hundred steps: the bar moves and its ETA holds without costing the run.
+    let step = (end_us / 100).max(1);
+    while world.now_us() < end_us {
+        world.run_until((world.now_us() + step).min(end_us));
+        progress.set_position(world.now_us() / 1_000_000);
+    }
+    progress.finish_and_clear();
+    let series = world.series().to_vec();
+    let report = world.finish();
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");
     eprintln!("{:.1} s of virtual time in {:.2} s", report.virtual_s, started.elapsed().as_secs_f64());
-    if let Some(path) = args.report {
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+        let csv = locus_sim::series::csv(&series).map_err(anyhow::Error::msg)?;
+        let svg = locus_sim::series::svg(&title, &series).map_err(anyhow::Error::msg)?;
+        for (name, text) in [("report.json", &json), ("series.csv", &csv), ("run.svg", &svg)] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("wrote report.json, series.csv and run.svg to {}", dir.display());
     }
     Ok(())
+}
+
+/// A progress bar to `len` `unit` with the time left, on the terminal
+/// only (drawn nowhere when stderr is not one).
+fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit}  {{elapsed}} elapsed, about {{eta}} left"
+    ));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Runs a generated scenario per size and prints a Markdown table.
@@ -231,18 +270,23 @@ fn peak_rss_mib() -> Option<u64> {
 fn check(from: u64, seeds: u64, trace: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
+    let progress = progress_bar(seeds, "seeds");
     for seed in from..from.saturating_add(seeds) {
         if let Err(f) = locus_sim::check::check(seed) {
-            eprintln!("seed {seed} failed: replay with `locus sim --check --seeds 1 --from {seed}`");
-            for p in &f.problems {
-                eprintln!("  {p}");
-            }
-            if trace {
-                locus_sim::check::trace(seed).iter().for_each(|line| eprintln!("{line}"));
-            }
+            progress.suspend(|| {
+                eprintln!("seed {seed} failed: replay with `locus sim --check --seeds 1 --from {seed}`");
+                for p in &f.problems {
+                    eprintln!("  {p}");
+                }
+                if trace {
+                    locus_sim::check::trace(seed).iter().for_each(|line| eprintln!("{line}"));
+                }
+            });
             failed.push(seed);
         }
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     eprintln!(
         "{} of {seeds} seeds from {from} settled, in {:.1} s",
         seeds - failed.len() as u64,

@@ -65,6 +65,20 @@ fn overrides_change_the_run_and_show_in_the_replay_command_and_compare_prints_bo
         (Some("distributed"), Some("centralized"))
     );
     assert_eq!(b["central_rounds"], 15, "every 20 s for 300 s: {b}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("run");
+    let out =
+        sim(&["examples/scenarios/overload.toml", "--seed", "3", "--out", out_dir.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).expect(name);
+    assert_eq!(read("report.json").as_bytes(), out.stdout.trim_ascii_end(), "the report, as printed");
+    let csv = read("series.csv");
+    assert!(csv.starts_with("t_s,vms,overloaded_hosts,"), "{csv}");
+    // 300 s, a row a second (the sample interval), the first at 0.
+    assert_eq!(csv.lines().count(), 1 + 301, "{csv}");
+    let svg = read("run.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("overloaded hosts"), "{svg}");
+
     let bad = sim(&["examples/scenarios/overload.toml", "--scheduler", "centralized"]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("set policies.consolidation = false"), "{err}");

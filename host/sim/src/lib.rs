@@ -15,6 +15,7 @@ pub mod report;
 pub mod scale;
 pub mod scenario;
 pub mod seed;
+pub mod series;
 pub mod traffic;
 pub mod world;
 

@@ -214,6 +214,11 @@ impl Report {
         }
     }
 
+    /// Hosts overloaded now.
+    pub fn overloaded_now(&self) -> u64 {
+        self.overloaded_since.len() as u64
+    }
+
     /// VM `vm` was recorded on a host outside its fence.
     pub fn fence_crossed(&mut self, vm: &str) {
         if self.fenced_out.insert(vm.to_owned()) {

@@ -82,6 +82,11 @@ impl Traffic {
         t.bytes += bytes * copies;
         self.by_node[to] += bytes * copies;
     }
+
+    /// Bytes received so far, by every node.
+    pub fn bytes(&self) -> u64 {
+        self.by_kind.values().map(|t| t.bytes).sum()
+    }
 }
 
 /// The traffic of a run, per node and second.

@@ -12,6 +12,7 @@ use crate::net::Network;
 use crate::report::Report;
 use crate::scenario::{FaultKind, Scenario, ScenarioError, SchedulerKind};
 use crate::seed::{Rng, Seed};
+use crate::series::{MAX_ROWS, Row};
 use crate::traffic::{self, Traffic};
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
@@ -122,6 +123,11 @@ pub struct World {
     /// carbon intensity its agents were last told.
     pop_watts: Vec<f64>,
     pop_energy: Vec<(u32, u32)>,
+    /// The run over time, a row every `row_every_us`, and the overlay's
+    /// bytes at the last row.
+    series: Vec<Row>,
+    row_every_us: u64,
+    row_bytes: u64,
     consolidation: Native,
     report: Report,
     /// Every node event, with its time and host, when asked for.
@@ -224,6 +230,9 @@ impl World {
             migrations: HashMap::new(),
             next_migration: 0,
             placement,
+            series: Vec::new(),
+            row_every_us: 0,
+            row_bytes: 0,
             pop_watts,
             pop_energy,
             migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
@@ -255,6 +264,9 @@ impl World {
         for (at, due) in firsts {
             self.at(at, due);
         }
+        let interval = self.scenario.sample_interval_ms * 1000;
+        let duration = self.scenario.duration_s * 1_000_000;
+        self.row_every_us = duration.div_ceil(MAX_ROWS).div_ceil(interval).max(1) * interval;
         self.at(0, Due::Meter);
         if self.scenario.scheduler.kind == SchedulerKind::Centralized {
             self.at(self.central_period_us(), Due::Central);
@@ -293,6 +305,11 @@ impl World {
     pub fn run(mut self) -> Report {
         let end = self.scenario.duration_s * 1_000_000;
         self.run_until(end);
+        self.finish()
+    }
+
+    /// What happened up to now, ending the run.
+    pub fn finish(mut self) -> Report {
         self.report.outside_latency_bound = self.outside_latency_bound();
         self.report.finish(self.now_us, self.net.lost, &self.traffic);
         self.report
@@ -498,7 +515,43 @@ impl World {
                 }
             }
         }
+        if self.now_us.is_multiple_of(self.row_every_us) {
+            self.row();
+        }
         self.at(interval, Due::Meter);
+    }
+
+    /// A row of the run's time series, now.
+    fn row(&mut self) {
+        let grid: f64 = (self.pop_watts.iter().zip(&self.pop_energy))
+            .map(|(&w, &(renewable, _))| (w - f64::from(renewable)).max(0.0))
+            .sum();
+        let bytes = self.traffic.bytes();
+        let per_node_s = (bytes - self.row_bytes) as f64
+            / self.nodes.len().max(1) as f64
+            / (self.row_every_us as f64 / 1e6);
+        self.row_bytes = bytes;
+        self.series.push(Row {
+            t_s: self.now_us as f64 / 1e6,
+            vms: self.nodes.iter().map(|n| n.store.len() as u64).sum(),
+            overloaded_hosts: self.report.overloaded_now(),
+            standby_hosts: self.nodes.iter().filter(|n| n.standby).count() as u64,
+            migrating: self.migrations.len() as u64,
+            migrations: self.report.migrations,
+            watts: self.pop_watts.iter().sum(),
+            grid_watts: grid,
+            overlay_bytes_per_node_s: if self.now_us == 0 { 0.0 } else { per_node_s },
+        });
+    }
+
+    /// The run over time so far.
+    pub fn series(&self) -> &[Row] {
+        &self.series
+    }
+
+    /// Virtual time now, µs.
+    pub fn now_us(&self) -> u64 {
+        self.now_us
     }
 
     /// The central scheduler's round: each PoP's live hosts as they
