@@ -84,13 +84,10 @@ pub fn svg(title: &str, rows: &[Row]) -> Result<String, String> {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+/// A line of a chart: its name, colour and points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-fn chart(
-    area: &Area<'_>,
-    y: &str,
-    end: f64,
-    lines: &[(&str, RGBColor, Vec<(f64, f64)>)],
-) -> Result<(), String> {
+fn chart(area: &Area<'_>, y: &str, end: f64, lines: &[Line<'_>]) -> Result<(), String> {
     let top = lines.iter().flat_map(|(_, _, l)| l.iter().map(|p| p.1)).fold(0.0, f64::max);
     let mut c = ChartBuilder::on(area)
         .margin(12)
