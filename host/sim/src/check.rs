@@ -100,6 +100,7 @@ pub fn random_scenario(seed: u64) -> Scenario {
         min_milli: 0,
         max_milli: 4000,
         step_milli: 250,
+        normal: None,
     }];
     let duration_s = r.random_range(SETTLE_S + 30..=SETTLE_S + 90);
     let faults = (0..r.random_range(0..=3))

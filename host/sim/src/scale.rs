@@ -64,6 +64,7 @@ pub fn scenario(hosts: u32, duration_s: u64) -> Result<Scenario, ScenarioError> 
             min_milli: 0,
             max_milli: 2_000,
             step_milli: 100,
+            normal: None,
         }],
         faults: vec![],
         policies: Default::default(),

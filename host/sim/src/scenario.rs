@@ -259,8 +259,8 @@ pub struct Arrivals {
 
 /// Changes of guests' CPU use: `count` of them from `at-s` on, one every
 /// `every-ms` on average (a Poisson process), each setting a running VM
-/// drawn at random to a load drawn uniformly from `min-milli..=max-milli`
-/// in steps of `step-milli` (at most its vCPUs' worth).
+/// drawn at random to a load drawn from `min-milli..=max-milli` in steps of
+/// `step-milli` (at most its vCPUs' worth): uniformly, or from `normal`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LoadChanges {
@@ -277,6 +277,38 @@ pub struct LoadChanges {
     /// Loads are multiples of this, milli-CPUs.
     #[serde(default = "default_step")]
     pub step_milli: u32,
+    /// Draw loads from this normal distribution (clamped to the range)
+    /// instead of uniformly.
+    #[serde(default)]
+    pub normal: Option<NormalLoad>,
+}
+
+/// A normal distribution of loads.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NormalLoad {
+    /// Its mean, milli-CPUs.
+    pub mean_milli: f64,
+    /// Its standard deviation, milli-CPUs.
+    pub std_milli: f64,
+}
+
+impl LoadChanges {
+    /// A load drawn from `rng`, milli-CPUs.
+    pub fn draw(&self, rng: &mut crate::seed::Rng) -> u32 {
+        use rand::RngExt;
+        let (min, max, step) = (self.min_milli, self.max_milli, self.step_milli);
+        match self.normal {
+            Some(n) => {
+                // Checked when parsed: a finite mean and a non-negative deviation.
+                let at = rand_distr::Normal::new(n.mean_milli, n.std_milli)
+                    .map_or(n.mean_milli, |d| rng.sample(d));
+                let steps = ((at - f64::from(min)) / f64::from(step)).round().max(0.0);
+                (min + (steps as u32).saturating_mul(step)).min(max)
+            }
+            None => min + rng.random_range(0..=(max - min) / step) * step,
+        }
+    }
 }
 
 fn default_step() -> u32 {
@@ -379,6 +411,11 @@ impl Scenario {
             if l.min_milli > l.max_milli || l.step_milli == 0 {
                 return Err("load-changes need min-milli <= max-milli and step-milli >= 1".into());
             }
+            if let Some(n) = l.normal
+                && !(n.mean_milli.is_finite() && n.std_milli.is_finite() && n.std_milli >= 0.0)
+            {
+                return Err("load-changes.normal needs a finite mean-milli and std-milli >= 0".into());
+            }
         }
         Ok(())
     }
@@ -451,5 +488,29 @@ mod tests {
         }
         let bad = ok.replace("pop = \"paris\"", "max-latency-ms = 20");
         assert!(Scenario::parse(&bad).expect_err("user").to_string().contains("need user"));
+    }
+}
+
+#[cfg(test)]
+mod draws {
+    use super::*;
+
+    #[test]
+    fn normal_loads_center_on_their_mean_in_steps_within_the_range() {
+        let changes = LoadChanges {
+            at_s: 0.0,
+            count: 1,
+            every_ms: 1.0,
+            min_milli: 0,
+            max_milli: 1000,
+            step_milli: 100,
+            normal: Some(NormalLoad { mean_milli: 600.0, std_milli: 200.0 }),
+        };
+        let mut rng = crate::seed::Seed(1).stream("test");
+        let draws: Vec<u32> = (0..10_000).map(|_| changes.draw(&mut rng)).collect();
+        assert!(draws.iter().all(|&d| d <= 1000 && d % 100 == 0));
+        let mean = draws.iter().map(|&d| f64::from(d)).sum::<f64>() / draws.len() as f64;
+        assert!((570.0..630.0).contains(&mean), "{mean}");
+        assert!(draws.contains(&1000) && draws.contains(&100), "both tails reached");
     }
 }

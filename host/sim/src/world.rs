@@ -419,8 +419,7 @@ impl World {
             .collect();
         if !running.is_empty() {
             let vm = &running[self.workload.random_range(0..running.len())];
-            let steps = (batch.max_milli - batch.min_milli) / batch.step_milli;
-            let milli = batch.min_milli + self.workload.random_range(0..=steps) * batch.step_milli;
+            let milli = batch.draw(&mut self.workload);
             if let Some(d) = self.nodes[host].hv.domains.get_mut(vm) {
                 d.cpu_milli = milli.min(d.vcpus * 1000);
             }
@@ -703,6 +702,10 @@ impl World {
                     }
                 }
                 Output::Respond { id, resp } => {
+                    if let (Some(t), locus_core::node::PeerResponse::Refused(e)) = (&mut self.trace, &resp) {
+                        let (now, host) = (self.now_us as f64 / 1e6, &self.nodes[i].hv.host);
+                        t.push(format!("{now:>10.3} {host}: refused a peer: {e}"));
+                    }
                     let Some(&(asker, epoch, out)) = self.inbound.get(&id.0) else { continue };
                     if epoch != self.nodes[asker].epoch {
                         continue;
@@ -721,6 +724,10 @@ impl World {
                     self.to(i, rtt_us, Box::new(move |now| Input::Rtt { now, peer, rtt }));
                 }
                 Output::Reply { req, reply } => {
+                    if let (Some(t), Err(e)) = (&mut self.trace, &reply) {
+                        let (now, host) = (self.now_us as f64 / 1e6, &self.nodes[i].hv.host);
+                        t.push(format!("{now:>10.3} {host}: refused: {e}"));
+                    }
                     if let Some((at, _)) = self.asked.remove(&req) {
                         let placed = matches!(reply, Ok(Reply::Vm(_)));
                         self.report.answered(placed, self.now_us - at);

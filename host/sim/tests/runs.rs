@@ -111,3 +111,32 @@ fn green_placement_with_consolidation_draws_less_grid_power_than_spread_and_keep
     assert!(g.energy.grid_kwh < s.energy.grid_kwh * 0.9, "{:?} against {:?}", g.energy, s.energy);
     assert!(g.energy.carbon_kg < s.energy.carbon_kg, "{:?} against {:?}", g.energy, s.energy);
 }
+
+#[test]
+fn a_burst_entering_every_agent_of_a_pop_at_once_is_placed_without_refusals() {
+    // 200 creates a second into 32 agents: every placer's view shows the same
+    // hosts emptiest until the next summaries, so first choices collide.
+    let text = r#"
+        name = "burst"
+        duration-s = 20
+        [[pops]]
+        name = "site"
+        jurisdiction = "FR"
+        lat = 47.22
+        lon = -1.55
+        hosts = 32
+        vcpus = 16
+        cpus = 8
+        memory-mib = 32768
+        [[arrivals]]
+        at-s = 1
+        count = 320
+        every-ms = 5
+        vcpus = 1
+        memory-mib = 1024
+    "#;
+    let (json, placed) = run(text, 1);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!((report["placed"].as_u64(), report["refused"].as_u64()), (Some(320), Some(0)), "{json}");
+    assert_eq!(placed.len(), 320);
+}

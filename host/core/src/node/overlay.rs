@@ -31,8 +31,11 @@ use crate::policy::{ErrorKind, PolicyError, Verdict};
 use locus_sdk::{Placement, Resources};
 use std::time::{Duration, Instant};
 
-/// Hosts of this PoP tried for one request before it is forwarded.
-const MAX_HANDOFFS: usize = 3;
+/// Hosts of this PoP tried for one request before it is forwarded: enough
+/// for a burst entering many agents at once, whose first choices collide
+/// on the hosts every view shows emptiest (a host found full counts as
+/// full in the placer's view until its next summary).
+const MAX_HANDOFFS: usize = 5;
 /// PoPs a request may visit.
 const MAX_POPS: usize = 4;
 /// Placements that may wait for the policy at once; more are refused (503)
@@ -672,9 +675,18 @@ impl Node {
             {
                 self.answer(origin, Err(e))
             }
-            (Purpose::Execute { spec, tried, visited, generation }, _) => {
+            (Purpose::Execute { spec, tried, visited, generation }, result) => {
                 if let Some(&host) = tried.last().and_then(|p| self.remote_hosts.get(p)) {
-                    self.reserve(host, &spec, false);
+                    match result {
+                        // Full, whatever our view said: agents placing at the same
+                        // time chose it too. Full it stays until its next summary.
+                        Ok(PeerResponse::Refused(e)) if e.kind == ApiErrorKind::Unplaceable => {
+                            let h = &self.model.hosts[host.0 as usize];
+                            let (capacity, load, count) = (h.capacity, h.load_cpu_milli, h.vm_count);
+                            self.model.set_host_usage(host, capacity, load, count);
+                        }
+                        _ => self.reserve(host, &spec, false),
+                    }
                 }
                 self.place_in_pop(origin, spec, tried, visited, generation)
             }
