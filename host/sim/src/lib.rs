@@ -9,6 +9,7 @@
 
 pub mod central;
 pub mod check;
+pub mod energy;
 pub mod hypervisor;
 pub mod net;
 pub mod report;

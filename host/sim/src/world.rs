@@ -7,6 +7,7 @@
 //! that outlives every node, as the Kademlia store does.
 
 use crate::central;
+use crate::energy::Energy;
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
 use crate::report::Report;
@@ -75,8 +76,6 @@ struct SimNode {
     epoch: u64,
     /// The deadline a `Timer` is scheduled for, µs.
     timer_at: Option<u64>,
-    /// What the host draws, as of its last sample, watts.
-    watts: f64,
     /// Its agent put it in standby.
     standby: bool,
 }
@@ -119,10 +118,8 @@ pub struct World {
     next_migration: u64,
     placement: Native,
     migration: Native,
-    /// Per PoP: what its hosts draw, watts, and the renewable power and
-    /// carbon intensity its agents were last told.
-    pop_watts: Vec<f64>,
-    pop_energy: Vec<(u32, u32)>,
+    /// What the hosts draw and what their PoPs are supplied with.
+    energy: Energy,
     /// The run over time, a row every `row_every_us`, and the overlay's
     /// bytes at the last row.
     series: Vec<Row>,
@@ -184,7 +181,6 @@ impl World {
                 pop: p,
                 epoch: 0,
                 timer_at: None,
-                watts: f64::from(pop.energy.idle_watts),
                 standby: false,
             });
         }
@@ -198,13 +194,7 @@ impl World {
         let by_pop = by_pop.into_iter().map(Rc::from).collect();
         let traffic = Traffic::new(nodes.len());
         let pop_index = scenario.pops.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
-        let mut pop_watts = vec![0.0; scenario.pops.len()];
-        for n in &nodes {
-            pop_watts[n.pop] += n.watts;
-        }
-        let pop_energy = (scenario.pops.iter())
-            .map(|p| (p.energy.renewable_watts.at(0), p.energy.carbon_g_per_kwh.at(0)))
-            .collect();
+        let energy = Energy::new(&scenario.pops, nodes.iter().map(|n| n.pop));
         let placement = placement_policy(&scenario.policies.placement);
         let mut world = World {
             scenario,
@@ -233,8 +223,7 @@ impl World {
             series: Vec::new(),
             row_every_us: 0,
             row_bytes: 0,
-            pop_watts,
-            pop_energy,
+            energy,
             migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
             consolidation: Native::migration::<policy_consolidate::Consolidate>("consolidate"),
             report,
@@ -470,23 +459,10 @@ impl World {
         }
     }
 
-    /// Host `i` draws what its load says now (the power model is linear in
-    /// CPU use between idle and full load; standby when its agent put it there).
+    /// Host `i` draws what its load says now.
     fn power(&mut self, i: usize) {
         let n = &self.nodes[i];
-        let pop = &self.scenario.pops[n.pop];
-        let e = &pop.energy;
-        let milli: u64 =
-            (n.hv.domains.values()).filter(|d| d.state.is_active()).map(|d| u64::from(d.cpu_milli)).sum();
-        let watts = if n.standby && milli == 0 {
-            f64::from(e.standby_watts)
-        } else {
-            let cpus = f64::from(pop.cpus.unwrap_or(pop.vcpus).max(1)) * 1000.0;
-            let busy = (milli as f64 / cpus).min(1.0);
-            f64::from(e.idle_watts) + f64::from(e.max_watts - e.idle_watts) * busy
-        };
-        self.pop_watts[n.pop] += watts - n.watts;
-        self.nodes[i].watts = watts;
+        self.energy.host(i, n.pop, &self.scenario.pops, &n.hv, n.standby);
     }
 
     /// The meter: every PoP's draw over the last interval against its
@@ -495,14 +471,11 @@ impl World {
         let interval = self.scenario.sample_interval_ms * 1000;
         let now = self.instant(self.now_us);
         for p in 0..self.scenario.pops.len() {
-            let e = &self.scenario.pops[p].energy;
-            let supply = (e.renewable_watts.at(self.now_us), e.carbon_g_per_kwh.at(self.now_us));
             if self.now_us > 0 {
-                let (renewable, carbon) = self.pop_energy[p];
-                self.report.metered(p, self.pop_watts[p], renewable, carbon, interval);
+                let (watts, (renewable, carbon)) = self.energy.pop(p);
+                self.report.metered(p, watts, renewable, carbon, interval);
             }
-            if supply != self.pop_energy[p] {
-                self.pop_energy[p] = supply;
+            if let Some(supply) = self.energy.supply_changed(p, &self.scenario.pops, self.now_us) {
                 let (renewable_watts, carbon_g_per_kwh) = supply;
                 for k in 0..self.by_pop[p].len() {
                     let j = self.by_pop[p][k];
@@ -522,9 +495,7 @@ impl World {
 
     /// A row of the run's time series, now.
     fn row(&mut self) {
-        let grid: f64 = (self.pop_watts.iter().zip(&self.pop_energy))
-            .map(|(&w, &(renewable, _))| (w - f64::from(renewable)).max(0.0))
-            .sum();
+        let (watts, grid) = self.energy.totals();
         let bytes = self.traffic.bytes();
         let per_node_s = (bytes - self.row_bytes) as f64
             / self.nodes.len().max(1) as f64
@@ -537,7 +508,7 @@ impl World {
             standby_hosts: self.nodes.iter().filter(|n| n.standby).count() as u64,
             migrating: self.migrations.len() as u64,
             migrations: self.report.migrations,
-            watts: self.pop_watts.iter().sum(),
+            watts,
             grid_watts: grid,
             overlay_bytes_per_node_s: if self.now_us == 0 { 0.0 } else { per_node_s },
         });
@@ -565,7 +536,7 @@ impl World {
                 self.by_pop[p].iter().copied().filter(|&j| self.nodes[j].alive).collect();
             let members: Vec<_> = holders.iter().map(|&j| self.nodes[j].node.member_view()).collect();
             let pop = &self.scenario.pops[p];
-            let (renewable, carbon) = self.pop_energy[p];
+            let (_, (renewable, carbon)) = self.energy.pop(p);
             let book = locus_core::rebalance::PopBook {
                 pops: vec![(
                     pop.name.clone(),
