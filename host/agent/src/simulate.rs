@@ -59,6 +59,10 @@ pub struct Args {
     /// Override how often the central scheduler plans, s.
     #[arg(long)]
     pub period_s: Option<f64>,
+    /// Override how the policies run: natively, or as the WebAssembly
+    /// components the agents load, metered by fuel.
+    #[arg(long, value_parser = ["native", "wasm"])]
+    pub runtime: Option<String>,
 }
 
 impl Args {
@@ -79,6 +83,11 @@ impl Args {
         if let Some(p) = self.period_s {
             scenario.scheduler.period_s = p;
         }
+        match self.runtime.as_deref() {
+            Some("wasm") => scenario.policies.runtime = locus_sim::scenario::PolicyRuntime::Wasm,
+            Some(_) => scenario.policies.runtime = locus_sim::scenario::PolicyRuntime::Native,
+            None => {}
+        }
         scenario
     }
 
@@ -94,6 +103,7 @@ impl Args {
         add("consolidation", self.consolidation.map(|c| c.to_string()));
         add("scheduler", self.scheduler.clone());
         add("period-s", self.period_s.map(|p| p.to_string()));
+        add("runtime", self.runtime.clone());
         out
     }
 }
@@ -103,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
     if !args.scale.is_empty() {
         let seed = args.seed.unwrap_or_else(fresh_seed);
         if args.compare {
-            return compare(&args.scale, args.duration_s, seed);
+            return compare(&args, seed);
         }
         return scale(&args, seed);
     }
@@ -199,11 +209,13 @@ fn scale(args: &Args, seed: u64) -> Result<()> {
 
 /// Runs each generated scenario rebalanced by the agents and by the
 /// central scheduler, and prints them side by side.
-fn compare(sizes: &[u32], duration_s: u64, seed: u64) -> Result<()> {
+fn compare(args: &Args, seed: u64) -> Result<()> {
     use locus_sim::scenario::SchedulerKind;
+    let (sizes, duration_s) = (&args.scale, args.duration_s);
     let list = sizes.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     eprintln!(
-        "seed {seed}: replay with `locus sim --scale {list} --duration-s {duration_s} --compare --seed {seed}`"
+        "seed {seed}: replay with `locus sim --scale {list} --duration-s {duration_s} --compare{} --seed {seed}`",
+        args.overrides()
     );
     eprintln!("each VM's load changes about once a minute, uniformly within 0..=2.6 CPUs");
     println!(
@@ -213,7 +225,7 @@ fn compare(sizes: &[u32], duration_s: u64, seed: u64) -> Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &hosts in sizes {
         for kind in [SchedulerKind::Distributed, SchedulerKind::Centralized] {
-            let mut scenario = locus_sim::scale::scenario(hosts, duration_s)?;
+            let mut scenario = args.apply(locus_sim::scale::scenario(hosts, duration_s)?);
             scenario.policies.consolidation = false;
             scenario.scheduler.kind = kind;
             // Busier than the scale runs: a host's demand averages 13 of

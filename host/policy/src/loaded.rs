@@ -100,6 +100,7 @@ pub(crate) struct CallLimits {
     pub deadline: Duration,
     pub instantiate_deadline: Duration,
     pub memory_cap: usize,
+    pub fuel: Option<u64>,
 }
 
 /// A policy version ready to be called, from any thread.
@@ -123,6 +124,8 @@ impl std::fmt::Debug for Loaded {
 /// A fresh instance of a loaded policy, good for one decision.
 pub struct Instance<'a> {
     loaded: &'a Loaded,
+    /// Fuel the last call used (0 when not metered).
+    fuel_used: u64,
     store: Store<State>,
     placement: Option<placement::Guest>,
     migration: Option<migration::Guest>,
@@ -192,6 +195,11 @@ impl Loaded {
         // The ticker only says "look at the clock"; the wall clock decides,
         // so a ticker descheduled under load cannot stretch a deadline.
         store.set_epoch_deadline(1);
+        if let Some(fuel) = self.limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            return Err(PolicyError::new(&self.id, ErrorKind::Instantiate, format!("{e:#}")));
+        }
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
             if Instant::now() >= state.deadline {
@@ -219,7 +227,7 @@ impl Loaded {
             Ok(m) => m,
             Err(e) => return Err(fail(e, &store)),
         };
-        Ok(Instance { loaded: self, store, placement, migration })
+        Ok(Instance { loaded: self, fuel_used: 0, store, placement, migration })
     }
 
     /// Places with a fresh instance and validates the answer.
@@ -234,6 +242,35 @@ impl Loaded {
     /// Plans with a fresh instance and validates the answer.
     pub fn plan(&self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
         self.metered(|| self.instance()?.plan(partition))
+    }
+
+    /// [`Loaded::place`], and the fuel the call used (0 when the runtime
+    /// does not meter fuel, or the instance could not be made).
+    pub fn place_fueled(
+        &self,
+        cluster: &sdk::Cluster,
+        request: &sdk::Request,
+    ) -> (Result<sdk::Placement, PolicyError>, u64) {
+        let mut fuel = 0;
+        let result = self.metered(|| {
+            let mut instance = self.instance()?;
+            let result = instance.place_once(cluster, request);
+            fuel = instance.fuel_used;
+            result
+        });
+        (result, fuel)
+    }
+
+    /// [`Loaded::plan`], and the fuel the call used.
+    pub fn plan_fueled(&self, partition: &sdk::Partition) -> (Result<Vec<sdk::Migration>, PolicyError>, u64) {
+        let mut fuel = 0;
+        let result = self.metered(|| {
+            let mut instance = self.instance()?;
+            let result = instance.plan_once(partition);
+            fuel = instance.fuel_used;
+            result
+        });
+        (result, fuel)
     }
 
     /// Runs one decision off any tokio runtime, counting it and its failure.
@@ -258,6 +295,20 @@ impl Instance<'_> {
         cluster: &sdk::Cluster,
         request: &sdk::Request,
     ) -> Result<sdk::Placement, PolicyError> {
+        self.place_once(cluster, request)
+    }
+
+    /// Calls `plan` and validates the answer, consuming the instance.
+    pub fn plan(mut self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
+        self.plan_once(partition)
+    }
+
+    /// Calls `place` (an instance answers once: the guest is taken).
+    fn place_once(
+        &mut self,
+        cluster: &sdk::Cluster,
+        request: &sdk::Request,
+    ) -> Result<sdk::Placement, PolicyError> {
         let pops = convert::pops(&cluster.pops);
         let jurisdictions: Vec<&str> = cluster.jurisdictions.iter().map(String::as_str).collect();
         let wit_cluster = convert::cluster(cluster, &pops, &jurisdictions);
@@ -272,8 +323,7 @@ impl Instance<'_> {
         Ok(placement)
     }
 
-    /// Calls `plan` and validates the answer, consuming the instance.
-    pub fn plan(mut self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
+    fn plan_once(&mut self, partition: &sdk::Partition) -> Result<Vec<sdk::Migration>, PolicyError> {
         let pops = convert::pops(&partition.cluster.pops);
         let jurisdictions: Vec<&str> = partition.cluster.jurisdictions.iter().map(String::as_str).collect();
         let groups = convert::group_kinds(&partition.groups);
@@ -307,7 +357,16 @@ impl Instance<'_> {
         self.store.data_mut().deadline = start + self.loaded.limits.deadline;
         let budget = budget.saturating_add(TEXT_BUDGET);
         self.store.set_hostcall_fuel(budget);
+        let fuel = self.loaded.limits.fuel;
+        if let Some(fuel) = fuel
+            && let Err(e) = self.store.set_fuel(fuel)
+        {
+            return Err(PolicyError::new(&self.loaded.id, ErrorKind::Trap, format!("{e:#}")));
+        }
         let result = f(&mut self.store);
+        if let (Some(fuel), Ok(left)) = (fuel, self.store.get_fuel()) {
+            self.fuel_used = fuel - left;
+        }
         let state = self.store.data();
         if state.dropped_log_lines() > 0 {
             tracing::debug!(policy = %self.loaded.id, dropped = state.dropped_log_lines(), "policy log lines over the per-call limit were dropped");
@@ -349,9 +408,11 @@ impl Instance<'_> {
             (ErrorKind::InvalidDecision, message)
         } else {
             match e.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt | Trap::OutOfFuel) => {
-                    (ErrorKind::Deadline, format!("interrupted ({e})"))
-                }
+                Some(Trap::OutOfFuel) => (
+                    ErrorKind::Deadline,
+                    format!("ran out of fuel: each call has {}", limits.fuel.unwrap_or_default()),
+                ),
+                Some(Trap::Interrupt) => (ErrorKind::Deadline, format!("interrupted ({e})")),
                 Some(trap) => (ErrorKind::Trap, format!("trapped ({trap})")),
                 None => (ErrorKind::Trap, format!("{e:#}")),
             }

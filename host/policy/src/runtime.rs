@@ -50,6 +50,12 @@ pub struct RuntimeConfig {
     /// Only bit-for-bit replay across machines needs it (the simulator); it
     /// costs about a tenth of a placement call.
     pub canonicalize_nans: bool,
+    /// Meter guests by fuel (about one unit per WebAssembly instruction):
+    /// each instantiation and each call gets this much, runs out of it
+    /// deterministically, and reports what it used. For the simulator,
+    /// which derives a decision's virtual duration from it; None (the
+    /// agent): not metered, only the deadline holds.
+    pub fuel: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -62,6 +68,7 @@ impl Default for RuntimeConfig {
             tick: Duration::from_millis(1),
             max_instances: 256,
             canonicalize_nans: false,
+            fuel: None,
         }
     }
 }
@@ -118,6 +125,7 @@ impl Runtime {
         c.wasm_component_model(true);
         c.epoch_interruption(true);
         c.cranelift_nan_canonicalization(config.canonicalize_nans);
+        c.consume_fuel(config.fuel.is_some());
         // Pooled instance slots: a fresh instance per decision then costs a
         // few microseconds instead of mapping and unmapping memory each
         // time. Where the kernel can report which pages a guest wrote
@@ -165,6 +173,7 @@ impl Runtime {
             deadline: self.config.deadline,
             instantiate_deadline: self.config.instantiate_deadline,
             memory_cap: self.config.memory_cap,
+            fuel: self.config.fuel,
         }
     }
 

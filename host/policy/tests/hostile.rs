@@ -154,3 +154,32 @@ fn without_a_previous_version_the_pipeline_falls_back() {
     assert!(matches!(d.outcome, Outcome::Placed { .. }));
     assert!(matches!(d.decided_by, DecidedBy::Fallback { ref failure } if failure.kind == ErrorKind::Trap));
 }
+
+#[test]
+fn metered_by_fuel_a_call_reports_the_same_fuel_every_time_and_an_infinite_loop_runs_out() {
+    let metered = RuntimeConfig {
+        fuel: Some(50_000_000),
+        deadline: Duration::from_secs(60),
+        canonicalize_nans: true,
+        ..RuntimeConfig::default()
+    };
+    let rt = Runtime::new(metered).expect("runtime");
+    let spread = load(&rt, policies::SPREAD, "spread");
+    let c = cluster(10);
+    let r = request(&c);
+    let (first, fuel) = spread.place_fueled(&c, &r);
+    let (again, fuel_again) = spread.place_fueled(&c, &r);
+    assert!(first.is_ok() && fuel > 0, "{first:?} {fuel}");
+    assert_eq!((first.ok(), fuel), (again.ok(), fuel_again), "the same call, the same fuel");
+    let (_, bigger) = spread.place_fueled(&cluster(100), &request(&cluster(100)));
+    assert!(bigger > 3 * fuel, "ten times the hosts: {bigger} against {fuel}");
+    // Out of fuel long before the minute's deadline: the budget, not the clock, stops it.
+    let spin = load(&rt, hostile::SPIN, "hostile-spin");
+    let start = Instant::now();
+    let (err, used) = spin.place_fueled(&c, &r);
+    let err = err.expect_err("runs out");
+    assert_eq!(err.kind, ErrorKind::Deadline, "{err}");
+    assert!(err.message.contains("ran out of fuel: each call has 50000000"), "{err}");
+    assert_eq!(used, 50_000_000);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

@@ -5,8 +5,8 @@
 //! move to the agent that holds the VM, which carries it out as it would
 //! a rebalancing move. Entropy's scheme, against which DVMS was measured.
 
-use locus_core::rebalance::{MemberView, PopBook, build_partition};
-use locus_core::{Native, Policy};
+use crate::deciders::Deciders;
+use locus_core::rebalance::{EventKind, MemberView, PopBook, build_partition};
 
 /// A move the plan asks for: VM `vm`, held by member `from`, to host `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,15 +19,17 @@ pub struct Move {
     pub to: String,
 }
 
-/// The moves `policy` plans over `members` (one PoP's hosts, described by
-/// `book`), or why it could not plan.
-pub fn plan(members: &[MemberView], book: &PopBook, policy: &Native) -> Result<Vec<Move>, String> {
+/// The moves the migration policy plans over `members` (one PoP's hosts,
+/// described by `book`) and how long planning took, µs; or why it could
+/// not plan.
+pub fn plan(members: &[MemberView], book: &PopBook, policies: &Deciders) -> Result<(Vec<Move>, u64), String> {
     if members.len() < 2 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let (partition, rows) = build_partition(members, book)?;
-    let verdict = policy.plan(&partition).map_err(|e| e.to_string())?;
-    Ok(verdict
+    let (verdict, us) = policies.plan(EventKind::Overload, &partition);
+    let verdict = verdict.map_err(|e| e.to_string())?;
+    let moves = verdict
         .value
         .iter()
         .filter_map(|m| {
@@ -39,7 +41,8 @@ pub fn plan(members: &[MemberView], book: &PopBook, policy: &Native) -> Result<V
                 to: to.host.clone(),
             })
         })
-        .collect())
+        .collect();
+    Ok((moves, us))
 }
 
 #[cfg(test)]
@@ -82,13 +85,13 @@ mod tests {
             pops: vec![("lyon".into(), "FR".into(), Location { lat: 45.76, lon: 4.84 }, 0, 300)],
             ..Default::default()
         };
-        let policy = Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload");
+        let policy = Deciders::new(&Default::default()).expect("native");
         let members = [member("a", &[2000, 2000, 2000, 2000]), member("b", &[500]), member("c", &[500, 500])];
-        let moves = plan(&members, &book, &policy).expect("plans");
+        let (moves, _) = plan(&members, &book, &policy).expect("plans");
         assert!(!moves.is_empty(), "a holds 8 CPUs of demand against 7.2");
         assert!(moves.iter().all(|m| m.from == 0 && m.to != "a" && m.vm.starts_with("a-")), "{moves:?}");
         let calm = [member("a", &[1000]), member("b", &[500])];
-        assert_eq!(plan(&calm, &book, &policy), Ok(vec![]));
-        assert_eq!(plan(&members[..1], &book, &policy), Ok(vec![]), "alone: nowhere to go");
+        assert_eq!(plan(&calm, &book, &policy).map(|p| p.0), Ok(vec![]));
+        assert_eq!(plan(&members[..1], &book, &policy), Ok((vec![], 0)), "alone: nowhere to go");
     }
 }

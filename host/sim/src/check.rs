@@ -135,7 +135,7 @@ pub fn random_scenario(seed: u64) -> Scenario {
         arrivals,
         load_changes,
         faults,
-        policies: Policies { placement, consolidation },
+        policies: Policies { placement, consolidation, ..Policies::default() },
         scheduler,
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod central;
 pub mod check;
+pub mod deciders;
 pub mod energy;
 pub mod hypervisor;
 pub mod net;

@@ -48,6 +48,8 @@ pub struct Report {
     pub placement: String,
     /// Whether underloaded hosts were consolidated.
     pub consolidation: bool,
+    /// How the policies ran: `native` or `wasm` (metered by fuel).
+    pub runtime: &'static str,
     /// Virtual time simulated, seconds.
     pub virtual_s: f64,
     /// Events the simulator processed.
@@ -152,6 +154,10 @@ impl Report {
             },
             placement: scenario.policies.placement.clone(),
             consolidation: scenario.policies.consolidation,
+            runtime: match scenario.policies.runtime {
+                crate::scenario::PolicyRuntime::Native => "native",
+                crate::scenario::PolicyRuntime::Wasm => "wasm",
+            },
             energy: EnergyReport {
                 by_pop: (scenario.pops.iter())
                     .map(|p| PopEnergyReport { pop: p.name.clone(), ..Default::default() })

@@ -52,12 +52,27 @@ pub struct Policies {
     /// Whether underloaded hosts are emptied (`consolidate`) so they can
     /// go to standby.
     pub consolidation: bool,
+    /// How they run: natively built (fast), or as the WebAssembly
+    /// components the agents load, metered by fuel.
+    pub runtime: PolicyRuntime,
 }
 
 impl Default for Policies {
     fn default() -> Self {
-        Policies { placement: "spread".into(), consolidation: true }
+        Policies { placement: "spread".into(), consolidation: true, runtime: PolicyRuntime::Native }
     }
+}
+
+/// How the simulated agents run their policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyRuntime {
+    /// Built into the simulator from the same sources; every decision takes
+    /// a fixed 2 ms of virtual time.
+    Native,
+    /// The built-in WebAssembly components in the agents' runtime, metered
+    /// by fuel: a decision's virtual time follows from the fuel it burnt.
+    Wasm,
 }
 
 /// The placement policies a scenario may name.

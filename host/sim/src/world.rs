@@ -7,6 +7,7 @@
 //! that outlives every node, as the Kademlia store does.
 
 use crate::central;
+use crate::deciders::Deciders;
 use crate::energy::Energy;
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
@@ -15,21 +16,19 @@ use crate::scenario::{FaultKind, Scenario, ScenarioError, SchedulerKind};
 use crate::seed::{Rng, Seed};
 use crate::series::{MAX_ROWS, Row};
 use crate::traffic::{self, Traffic};
+use locus_core::VmRequest;
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
 use locus_core::intent::{Change, VmIntent};
 use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
-use locus_core::{Native, Policy, VmRequest};
 use rand::RngExt;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Virtual time a policy takes to answer, µs.
-const DECIDE_US: u64 = 2_000;
 /// A peer request unanswered for this long fails, as libp2p's does, µs.
 const REQUEST_TIMEOUT_US: u64 = 10_000_000;
 /// A lookup in the overlay's records, µs.
@@ -116,8 +115,8 @@ pub struct World {
     asked: HashMap<ReqId, (u64, usize)>,
     migrations: HashMap<u64, Migration>,
     next_migration: u64,
-    placement: Native,
-    migration: Native,
+    /// The policies, and how long they take to answer.
+    deciders: Deciders,
     /// What the hosts draw and what their PoPs are supplied with.
     energy: Energy,
     /// The run over time, a row every `row_every_us`, and the overlay's
@@ -125,7 +124,6 @@ pub struct World {
     series: Vec<Row>,
     row_every_us: u64,
     row_bytes: u64,
-    consolidation: Native,
     report: Report,
     /// Every node event, with its time and host, when asked for.
     trace: Option<Vec<String>>,
@@ -195,7 +193,7 @@ impl World {
         let traffic = Traffic::new(nodes.len());
         let pop_index = scenario.pops.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
         let energy = Energy::new(&scenario.pops, nodes.iter().map(|n| n.pop));
-        let placement = placement_policy(&scenario.policies.placement);
+        let deciders = Deciders::new(&scenario.policies).map_err(ScenarioError::Invalid)?;
         let mut world = World {
             scenario,
             seed,
@@ -219,13 +217,11 @@ impl World {
             asked: HashMap::new(),
             migrations: HashMap::new(),
             next_migration: 0,
-            placement,
+            deciders,
             series: Vec::new(),
             row_every_us: 0,
             row_bytes: 0,
             energy,
-            migration: Native::migration::<policy_relieve_overload::RelieveOverload>("relieve-overload"),
-            consolidation: Native::migration::<policy_consolidate::Consolidate>("consolidate"),
             report,
             trace: None,
         };
@@ -531,6 +527,7 @@ impl World {
     /// hosts, the policy's time and the way back.
     fn central(&mut self) {
         self.report.central_rounds += 1;
+        let mut computing_us = 0;
         for p in 0..self.scenario.pops.len() {
             let holders: Vec<usize> =
                 self.by_pop[p].iter().copied().filter(|&j| self.nodes[j].alive).collect();
@@ -547,8 +544,12 @@ impl World {
                 )],
                 ..Default::default()
             };
-            let moves = match central::plan(&members, &book, &self.migration) {
-                Ok(moves) => moves,
+            let moves = match central::plan(&members, &book, &self.deciders) {
+                Ok((moves, us)) => {
+                    // One scheduler plans the PoPs one after another.
+                    computing_us += us;
+                    moves
+                }
                 Err(e) => {
                     self.report.central_failures += 1;
                     if let Some(t) = &mut self.trace {
@@ -557,7 +558,7 @@ impl World {
                     continue;
                 }
             };
-            let delay = 3 * self.net.base_delay_us(0, p) + DECIDE_US;
+            let delay = 3 * self.net.base_delay_us(0, p) + computing_us;
             for m in moves {
                 self.report.central_moves += 1;
                 let req = ReqId(self.next_req);
@@ -705,16 +706,12 @@ impl World {
                     }
                 }
                 Output::Decide { id, question } => {
-                    let answer = self.placement.place(&question.cluster, &question.request);
-                    self.to(i, DECIDE_US, Box::new(move |now| Input::Decided { now, id, question, answer }));
+                    let (answer, us) = self.deciders.place(&question.cluster, &question.request);
+                    self.to(i, us, Box::new(move |now| Input::Decided { now, id, question, answer }));
                 }
                 Output::Plan { id, question } => {
-                    let policy = match question.kind {
-                        locus_core::rebalance::EventKind::Overload => &self.migration,
-                        locus_core::rebalance::EventKind::Consolidate => &self.consolidation,
-                    };
-                    let answer = policy.plan(&question.partition);
-                    self.to(i, DECIDE_US, Box::new(move |now| Input::Planned { now, id, answer }));
+                    let (answer, us) = self.deciders.plan(question.kind, &question.partition);
+                    self.to(i, us, Box::new(move |now| Input::Planned { now, id, answer }));
                 }
                 Output::Locate(vm) => {
                     let at = self.records.get(&vm).cloned().map(Box::new);
@@ -880,17 +877,5 @@ impl World {
             .collect();
         out.sort();
         out
-    }
-}
-
-/// The placement policy a scenario names (checked against
-/// [`crate::scenario::PLACEMENTS`] when it was parsed).
-fn placement_policy(name: &str) -> Native {
-    match name {
-        "green" => Native::placement::<policy_green::Green>("green"),
-        "best-fit" => Native::placement::<policy_best_fit::BestFit>("best-fit"),
-        "first-fit" => Native::placement::<policy_first_fit::FirstFit>("first-fit"),
-        "nearest" => Native::placement::<policy_nearest::Nearest>("nearest"),
-        _ => Native::placement::<policy_spread::Spread>("spread"),
     }
 }

@@ -98,7 +98,11 @@ fn green_placement_with_consolidation_draws_less_grid_power_than_spread_and_keep
     // The first hour: every VM has arrived and emptied hosts have gone to standby.
     green.duration_s = 3_600;
     let spread = Scenario {
-        policies: locus_sim::scenario::Policies { placement: "spread".into(), consolidation: false },
+        policies: locus_sim::scenario::Policies {
+            placement: "spread".into(),
+            consolidation: false,
+            ..Default::default()
+        },
         ..green.clone()
     };
     let (g, s) = (World::new(green, 1).expect("world").run(), World::new(spread, 1).expect("world").run());
@@ -139,4 +143,26 @@ fn a_burst_entering_every_agent_of_a_pop_at_once_is_placed_without_refusals() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!((report["placed"].as_u64(), report["refused"].as_u64()), (Some(320), Some(0)), "{json}");
     assert_eq!(placed.len(), 320);
+}
+
+#[test]
+fn the_webassembly_components_metered_by_fuel_replay_byte_for_byte_and_decide_as_the_native_builds() {
+    let wasm = format!(
+        "{}\n[policies]\nruntime = \"wasm\"\n",
+        include_str!("../../../examples/scenarios/overload.toml")
+    );
+    let (a, placed_a) = run(&wasm, 5);
+    let (b, placed_b) = run(&wasm, 5);
+    assert_eq!((&a, &placed_a), (&b, &placed_b), "fuel, not the clock, times the decisions");
+    let report: serde_json::Value = serde_json::from_str(&a).expect("json");
+    assert_eq!((report["runtime"].as_str(), report["placed"].as_u64()), (Some("wasm"), Some(40)), "{a}");
+    assert!(report["migrations"].as_u64().is_some_and(|m| m > 0), "the migration component planned: {a}");
+    assert!(
+        !report["node_events"].as_object().is_some_and(|e| e.contains_key("fell-back")),
+        "no failure: {a}"
+    );
+    // A decision's virtual time follows from the fuel it burnt, not the fixed native 2 ms.
+    let (native, _) = run(include_str!("../../../examples/scenarios/overload.toml"), 5);
+    let native: serde_json::Value = serde_json::from_str(&native).expect("json");
+    assert_ne!(report["placement_ms"], native["placement_ms"], "{a}");
 }
