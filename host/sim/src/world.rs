@@ -552,9 +552,8 @@ impl World {
                 }
                 Err(e) => {
                     self.report.central_failures += 1;
-                    if let Some(t) = &mut self.trace {
-                        t.push(format!("{:>10.3} central: {}: {e}", self.now_us as f64 / 1e6, pop.name));
-                    }
+                    let line = format!("{}: {e}", pop.name);
+                    self.note("central", line);
                     continue;
                 }
             };
@@ -674,9 +673,8 @@ impl World {
                     }
                 }
                 Output::Respond { id, resp } => {
-                    if let (Some(t), locus_core::node::PeerResponse::Refused(e)) = (&mut self.trace, &resp) {
-                        let (now, host) = (self.now_us as f64 / 1e6, &self.nodes[i].hv.host);
-                        t.push(format!("{now:>10.3} {host}: refused a peer: {e}"));
+                    if let locus_core::node::PeerResponse::Refused(e) = &resp {
+                        self.note_of(i, format_args!("refused a peer: {e}"));
                     }
                     let Some(&(asker, epoch, out)) = self.inbound.get(&id.0) else { continue };
                     if epoch != self.nodes[asker].epoch {
@@ -696,9 +694,8 @@ impl World {
                     self.to(i, rtt_us, Box::new(move |now| Input::Rtt { now, peer, rtt }));
                 }
                 Output::Reply { req, reply } => {
-                    if let (Some(t), Err(e)) = (&mut self.trace, &reply) {
-                        let (now, host) = (self.now_us as f64 / 1e6, &self.nodes[i].hv.host);
-                        t.push(format!("{now:>10.3} {host}: refused: {e}"));
+                    if let Err(e) = &reply {
+                        self.note_of(i, format_args!("refused: {e}"));
                     }
                     if let Some((at, _)) = self.asked.remove(&req) {
                         let placed = matches!(reply, Ok(Reply::Vm(_)));
@@ -731,9 +728,7 @@ impl World {
                     self.power(i);
                 }
                 Output::Event(e) => {
-                    if let Some(t) = &mut self.trace {
-                        t.push(format!("{:>10.3} {}: {e}", self.now_us as f64 / 1e6, self.nodes[i].hv.host));
-                    }
+                    self.note_of(i, format_args!("{e}"));
                     self.report.event(i, self.now_us, &e);
                 }
             }
@@ -778,6 +773,21 @@ impl World {
                 0,
                 Box::new(move |now| Input::Hypervisor { now, op, result: Ok(DomainState::Missing) }),
             );
+        }
+    }
+
+    /// Keeps a line of the trace, when one is kept: the time, who, what.
+    fn note(&mut self, who: &str, what: impl std::fmt::Display) {
+        if let Some(t) = &mut self.trace {
+            t.push(format!("{:>10.3} {who}: {what}", self.now_us as f64 / 1e6));
+        }
+    }
+
+    /// [`World::note`] about node `i`'s host.
+    fn note_of(&mut self, i: usize, what: std::fmt::Arguments<'_>) {
+        if self.trace.is_some() {
+            let host = self.nodes[i].hv.host.clone();
+            self.note(&host, what);
         }
     }
 
