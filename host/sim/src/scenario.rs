@@ -207,6 +207,8 @@ pub enum FaultKind {
 
 /// The most hosts a scenario may have.
 pub const MAX_HOSTS: u64 = 100_000;
+/// The longest a scenario may run: a year of virtual time.
+pub const MAX_DURATION_S: u64 = 365 * 86_400;
 
 fn default_sample_ms() -> u64 {
     1_000
@@ -319,7 +321,7 @@ impl LoadChanges {
                 let at = rand_distr::Normal::new(n.mean_milli, n.std_milli)
                     .map_or(n.mean_milli, |d| rng.sample(d));
                 let steps = ((at - f64::from(min)) / f64::from(step)).round().max(0.0);
-                (min + (steps as u32).saturating_mul(step)).min(max)
+                min.saturating_add((steps as u32).saturating_mul(step)).min(max)
             }
             None => min + rng.random_range(0..=(max - min) / step) * step,
         }
@@ -351,6 +353,12 @@ impl Scenario {
 
     pub(crate) fn check(&self) -> Result<(), String> {
         self.network.check()?;
+        if self.duration_s > MAX_DURATION_S {
+            return Err(format!(
+                "duration-s {}: a scenario runs for at most {MAX_DURATION_S} s",
+                self.duration_s
+            ));
+        }
         if self.pops.is_empty() || self.pops.iter().any(|p| p.hosts == 0) {
             return Err("every scenario needs PoPs, each with at least one host".into());
         }
@@ -385,8 +393,8 @@ impl Scenario {
             ));
         }
         let period = self.scheduler.period_s;
-        if !(period.is_finite() && period >= 1.0) {
-            return Err("scheduler.period-s must be at least 1".into());
+        if !(period.is_finite() && (1.0..=86_400.0).contains(&period)) {
+            return Err("scheduler.period-s must be within 1..=86400".into());
         }
         if self.scheduler.kind == SchedulerKind::Centralized && self.policies.consolidation {
             return Err("the centralized scheduler runs the migration policy only: \
@@ -476,6 +484,7 @@ mod tests {
             ("name = \"paris\"", "name = \"par is!\"", "naming rule"),
             ("lat = 48.86", "lat = 1000", "lat must be"),
             ("hosts = 2", "hosts = 4000000000", "at most"),
+            ("duration-s = 10", "duration-s = 99999999999", "at most 31536000 s"),
         ] {
             let bad = ok.replace(from, to).replace("pop = \"paris\"", "");
             assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{to}");
@@ -483,7 +492,8 @@ mod tests {
         for (extra, says) in [
             ("[policies]\nplacement = \"cheapest\"\n", "is not one of spread, green"),
             ("[scheduler]\nkind = \"centralized\"\n", "set policies.consolidation = false"),
-            ("[scheduler]\nperiod-s = 0\n", "period-s must be at least 1"),
+            ("[scheduler]\nperiod-s = 0\n", "period-s must be within 1..=86400"),
+            ("[scheduler]\nperiod-s = 1e30\n", "period-s must be within 1..=86400"),
         ] {
             let bad = format!("{ok}\n{extra}");
             assert!(Scenario::parse(&bad).expect_err(says).to_string().contains(says), "{extra}");
@@ -527,5 +537,11 @@ mod draws {
         let mean = draws.iter().map(|&d| f64::from(d)).sum::<f64>() / draws.len() as f64;
         assert!((570.0..630.0).contains(&mean), "{mean}");
         assert!(draws.contains(&1000) && draws.contains(&100), "both tails reached");
+        let far = LoadChanges {
+            min_milli: 900,
+            normal: Some(NormalLoad { mean_milli: 1e15, std_milli: 1.0 }),
+            ..changes
+        };
+        assert_eq!(far.draw(&mut rng), 1000, "clamped, never overflowing");
     }
 }
