@@ -100,6 +100,11 @@ fn a_bad_scenario_is_refused_with_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs PoPs"), "{err}");
+    std::fs::write(&path, "name = \"x\"\nduration-s = 10\ncolour = 1\npops = []\n").expect("write");
+    let out = sim(&[path.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("unknown field `colour`").count(), 1, "said once, with where: {err}");
+    assert!(err.contains("line 3"), "{err}");
     let out = sim(&["--scale", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("needs hosts"));
 }

@@ -335,12 +335,19 @@ fn default_step() -> u32 {
 /// A scenario that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    /// Not TOML, or not this schema.
+    /// Not TOML, or not this schema (the parser's message says where; it
+    /// is not also the error's source, so a chain prints it once).
     #[error("scenario: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     /// Parsed, but inconsistent.
     #[error("scenario: {0}")]
     Invalid(String),
+}
+
+impl From<toml::de::Error> for ScenarioError {
+    fn from(e: toml::de::Error) -> Self {
+        ScenarioError::Parse(e)
+    }
 }
 
 impl Scenario {
