@@ -13,12 +13,14 @@
 //! - [`validate`]: the checks every decision passes.
 //! - [`pipeline`]: filter → policy → validate, with the safe fallback.
 //! - [`spec`]: the cluster description files are written in.
+//! - [`cluster`] and [`beacon`]: what agents tell each other, and when.
 //! - [`load`]: when a host counts as overloaded or underloaded.
 //! - [`rebalance`]: cooperative rebalancing by partitions (DVMS lineage).
 //! - [`node`]: one host's state machine (API requests, hypervisor results
 //!   and samples in; intent changes, hypervisor commands and replies out),
 //!   with [`hypervisor`] and [`intent`] the values it exchanges.
 
+pub mod beacon;
 pub mod cluster;
 pub mod filter;
 pub mod hypervisor;

@@ -149,6 +149,8 @@ pub enum PeerRequest {
     },
     /// Send me the whole list of your VMs (my copy fell behind your summaries).
     Vms,
+    /// Send me your latest summary (your keepalive named one I missed).
+    Summary,
     /// Is the VM you were moving to me still on its way?
     Departure {
         /// The VM.
@@ -183,6 +185,8 @@ pub enum PeerResponse {
     },
     /// In the partition of another event.
     Busy(crate::rebalance::EventId),
+    /// My latest summary.
+    Summary(Box<crate::cluster::HostSummary>),
     /// The VMs of my host.
     Vms {
         /// The version of the set, as my summaries number it.

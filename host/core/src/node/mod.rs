@@ -903,12 +903,12 @@ pub struct Node {
     evacuated_from: HashMap<String, String>,
     /// VMs also listed by a PoP-mate, being compared with its copy.
     conflicts: HashMap<OutboundId, String>,
-    /// This host's VMs as its summaries describe them.
-    vm_log: crate::cluster::VmLog,
-    /// Heartbeats so far.
-    heartbeats: u64,
+    /// What this host said on the overlay, to decide what it says next.
+    beacon: crate::beacon::Beacon,
     /// PoP-mates asked for their whole list of VMs, by request.
     asked_vms: HashMap<OutboundId, PeerId>,
+    /// PoP-mates asked for the latest summary they published, by request.
+    asked_summary: HashMap<OutboundId, PeerId>,
     /// In standby (powered down until a VM needs this host).
     standby: bool,
     /// Since when the host has had no VM.
@@ -999,8 +999,8 @@ impl Node {
             evacuating: BTreeMap::new(),
             evacuated_from: HashMap::new(),
             conflicts: HashMap::new(),
-            vm_log: Default::default(),
-            heartbeats: 0,
+            beacon: Default::default(),
+            asked_summary: HashMap::new(),
             asked_vms: HashMap::new(),
             verifying: BTreeSet::new(),
             standby: false,

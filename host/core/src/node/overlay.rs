@@ -18,7 +18,7 @@
 use super::timers::Timer;
 use super::{DecisionId, Event, Node, Origin, Output};
 use crate::VmRequest;
-use crate::cluster::{Gossip, HostSummary, Liveness, POP_SUMMARY_EVERY, PeerId, Topic, VmDigest, minus};
+use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, VmDigest, minus};
 use crate::filter;
 use crate::hypervisor::DomainState;
 use crate::model::HostState;
@@ -104,6 +104,7 @@ impl Node {
             standby_watts: h.standby_watts,
             moving: self.moves.holding_slots(),
             vms,
+            seq: 0,
         }
     }
 
@@ -111,8 +112,7 @@ impl Node {
         let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
         self.timers.set(Timer::Heartbeat, now + period);
         let changes = self.membership.tick(now);
-        // The PoP's summary goes out at once when a member's liveness
-        // changed, and every few heartbeats otherwise.
+        // The PoP's summary goes out at once when a member's liveness changed.
         let news = !changes.is_empty();
         for t in changes {
             self.member_changed(&t.peer, t.liveness, t.pop == self.config.pop.name);
@@ -126,16 +126,18 @@ impl Node {
             self.verify_copies(now);
         }
         self.check_copies();
-        let digest = self.vm_log.publish(self.vms.keys());
-        let own = self.host_summary(digest);
-        self.outputs.push_back(Output::Gossip {
-            topic: Topic::Pop(self.config.pop.name.clone()),
-            msg: Gossip::Host(own.clone()),
-        });
-        self.heartbeats += 1;
-        if self.membership.is_speaker() && (news || self.heartbeats % POP_SUMMARY_EVERY == 1) {
-            let summary = self.membership.pop_summary(&own, &self.config.pop);
-            self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg: Gossip::Pop(summary) });
+        let own = self.host_summary(self.beacon.digest());
+        let speaking =
+            self.membership.is_speaker().then(|| self.membership.pop_summary(&own, &self.config.pop));
+        let said = self.beacon.host(own, self.vms.keys());
+        self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg: said });
+        match speaking {
+            None => self.beacon.not_speaker(),
+            Some(summary) => {
+                if let Some(msg) = self.beacon.pop(summary, news) {
+                    self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg });
+                }
+            }
         }
         // Latency to another PoP is measured by ping on a connection to one
         // of its members: ask for one where there is none yet.
@@ -168,6 +170,20 @@ impl Node {
                 }
                 if self.membership.members.contains_key(from) {
                     self.learn_host(from, &s);
+                }
+            }
+            Gossip::Alive { seq } => {
+                let heard = self.membership.heard_alive(now, from, seq);
+                if let Some(t) = heard.transition {
+                    self.verify_copies(now);
+                    if let Some(s) = self.membership.members.get(from).map(|m| m.summary.clone()) {
+                        self.learn_host(from, &s);
+                    }
+                    self.event(Event::Member(t));
+                }
+                if heard.stale && !self.asked_summary.values().any(|p| p == from) {
+                    let id = self.request(from.clone(), PeerRequest::Summary);
+                    self.asked_summary.insert(id, from.clone());
                 }
             }
             Gossip::Pop(summary) => {
@@ -631,8 +647,18 @@ impl Node {
                 let result = self.show(&name);
                 self.answer(origin, result);
             }
+            PeerRequest::Summary => {
+                let resp = match self.beacon.last() {
+                    Some(s) => PeerResponse::Summary(Box::new(s.clone())),
+                    None => PeerResponse::Refused(ApiError::new(
+                        ApiErrorKind::Unavailable,
+                        "this agent has not summarized its host yet",
+                    )),
+                };
+                self.outputs.push_back(Output::Respond { id, resp });
+            }
             PeerRequest::Vms => {
-                let (version, vms) = self.vm_log.full();
+                let (version, vms) = self.beacon.vms();
                 self.outputs.push_back(Output::Respond { id, resp: PeerResponse::Vms { version, vms } });
             }
             other => self.handoff_request(id, from, other),
@@ -640,6 +666,13 @@ impl Node {
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
+        if let Some(peer) = self.asked_summary.remove(&id) {
+            // Unanswered, its next keepalive asks again.
+            if let (Ok(PeerResponse::Summary(s)), Some(now)) = (result, self.now) {
+                self.gossip(now, &peer, Gossip::Host(*s));
+            }
+            return;
+        }
         if let Some(peer) = self.asked_vms.remove(&id) {
             // Unanswered, the next summary finds the list still behind and asks again.
             if let Ok(PeerResponse::Vms { version, vms }) = result {

@@ -1,0 +1,241 @@
+//! What this agent says on the overlay at each heartbeat, and when it says
+//! more than that it is alive.
+//!
+//! Gossip is heard by every subscriber of its topic, so its cost grows with
+//! the topic: a PoP's summaries with the PoP's hosts, the global topic's
+//! with every host of the cluster. Both stay quiet while nothing changes:
+//!
+//! - on its PoP's topic, a host publishes its [`HostSummary`] when
+//!   something its PoP-mates act on changed (its allocations, state, VMs,
+//!   or its CPU demand by a twentieth of its capacity), and every
+//!   [`REFRESH_EVERY`] heartbeats to repair losses; at the other heartbeats
+//!   a keepalive of a few bytes naming its latest summary, so that a
+//!   PoP-mate that missed one knows at once and asks for it;
+//! - on the global topic, a PoP's speaker publishes the [`PopSummary`]
+//!   when a member's liveness changed, when it changed otherwise (at most
+//!   every [`POP_SUMMARY_EVERY`] heartbeats), and every
+//!   [`POP_REFRESH_EVERY`] heartbeats.
+
+use crate::cluster::{
+    Gossip, HostSummary, POP_REFRESH_EVERY, POP_SUMMARY_EVERY, PopSummary, VmDigest, VmLog,
+};
+
+/// Heartbeats at most between two host summaries, changed or not.
+pub const REFRESH_EVERY: u64 = 20;
+
+/// What this agent has said, to decide what it says next.
+#[derive(Debug, Default)]
+pub struct Beacon {
+    /// Its VMs as its summaries told them.
+    vms: VmLog,
+    /// Its latest summary (its `seq` counts them).
+    last: Option<HostSummary>,
+    /// Heartbeats since `last`.
+    since: u64,
+    /// The latest PoP summary it published while speaker.
+    pop_last: Option<PopSummary>,
+    /// Heartbeats since `pop_last`.
+    pop_since: u64,
+}
+
+impl Beacon {
+    /// What to say on the PoP's topic at this heartbeat: `own` (whose VMs
+    /// are filled in from `vms`) when it changed or is due, else a keepalive.
+    pub fn host<'a>(
+        &mut self,
+        mut own: HostSummary,
+        vms: impl IntoIterator<Item = &'a String> + Clone,
+    ) -> Gossip {
+        self.since += 1;
+        let due = match &self.last {
+            None => true,
+            Some(last) => self.since >= REFRESH_EVERY || differs(last, &own) || self.vms.differs(vms.clone()),
+        };
+        let seq = self.last.as_ref().map_or(0, |l| l.seq);
+        if !due {
+            return Gossip::Alive { seq };
+        }
+        own.vms = self.vms.publish(vms);
+        own.seq = seq + 1;
+        self.since = 0;
+        self.last = Some(own.clone());
+        Gossip::Host(own)
+    }
+
+    /// The latest summary published, as a PoP-mate that missed it asks.
+    pub fn last(&self) -> Option<&HostSummary> {
+        self.last.as_ref()
+    }
+
+    /// Its VMs as last published, with their version.
+    pub fn vms(&self) -> (u64, Vec<String>) {
+        self.vms.full()
+    }
+
+    /// The digest of its VMs as last published, without their changes.
+    pub fn digest(&self) -> VmDigest {
+        let (version, set) = self.vms.full();
+        VmDigest { count: set.len() as u32, version, ..VmDigest::default() }
+    }
+
+    /// Whether to publish `summary` on the global topic at this heartbeat,
+    /// speaking for the PoP; `news` when a member's liveness just changed.
+    pub fn pop(&mut self, summary: PopSummary, news: bool) -> Option<Gossip> {
+        self.pop_since += 1;
+        let due = match &self.pop_last {
+            None => true,
+            Some(last) => {
+                news || self.pop_since >= POP_REFRESH_EVERY
+                    || (self.pop_since >= POP_SUMMARY_EVERY && *last != summary)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.pop_since = 0;
+        self.pop_last = Some(summary.clone());
+        Some(Gossip::Pop(summary))
+    }
+
+    /// Another member speaks for the PoP: once this one does again, it
+    /// publishes at once.
+    pub fn not_speaker(&mut self) {
+        self.pop_last = None;
+    }
+}
+
+/// Whether `now` says something PoP-mates act on that `last` did not. The
+/// VMs are compared apart; CPU demand moves with every sample, and counts
+/// when it moved by a twentieth of the host's capacity.
+fn differs(last: &HostSummary, now: &HostSummary) -> bool {
+    let HostSummary {
+        peer,
+        host,
+        pop,
+        capacity,
+        allocated,
+        cpu_milli,
+        load_cpu_milli,
+        load_state,
+        watts,
+        up,
+        draining,
+        standby,
+        standby_watts,
+        moving,
+        vms: _,
+        seq: _,
+    } = now;
+    let step = (*cpu_milli / 20).max(1);
+    *peer != last.peer
+        || *host != last.host
+        || *pop != last.pop
+        || *capacity != last.capacity
+        || *allocated != last.allocated
+        || *cpu_milli != last.cpu_milli
+        || load_cpu_milli.abs_diff(last.load_cpu_milli) >= step
+        || *load_state != last.load_state
+        || *watts != last.watts
+        || *up != last.up
+        || *draining != last.draining
+        || *standby != last.standby
+        || *standby_watts != last.standby_watts
+        || *moving != last.moving
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::PeerId;
+    use crate::node::Size;
+
+    fn own() -> HostSummary {
+        HostSummary {
+            peer: PeerId("a".into()),
+            host: "h-a".into(),
+            pop: "p".into(),
+            capacity: Size { vcpus: 8, memory_mib: 8192, disk_gib: 100 },
+            allocated: Size::default(),
+            cpu_milli: 8000,
+            load_cpu_milli: 0,
+            load_state: crate::load::LoadState::Normal,
+            watts: (100, 200),
+            up: true,
+            draining: false,
+            standby: false,
+            standby_watts: 10,
+            moving: vec![],
+            vms: VmDigest::default(),
+            seq: 0,
+        }
+    }
+
+    fn seq(g: &Gossip) -> (bool, u64) {
+        match g {
+            Gossip::Host(s) => (true, s.seq),
+            Gossip::Alive { seq } => (false, *seq),
+            Gossip::Pop(_) => panic!("a PoP summary on the PoP's topic"),
+        }
+    }
+
+    #[test]
+    fn a_host_summarizes_itself_when_it_changes_and_says_it_is_alive_otherwise() {
+        let mut b = Beacon::default();
+        let none: Vec<String> = vec![];
+        assert_eq!(seq(&b.host(own(), &none)), (true, 1), "first: the summary");
+        assert_eq!(seq(&b.host(own(), &none)), (false, 1), "unchanged: a keepalive naming it");
+
+        let mut busier = own();
+        busier.load_cpu_milli = 300;
+        assert_eq!(seq(&b.host(busier.clone(), &none)), (false, 1), "demand moved by less than 5 %");
+        busier.load_cpu_milli = 400;
+        assert_eq!(seq(&b.host(busier.clone(), &none)), (true, 2), "by a twentieth of 8 CPUs");
+
+        let vms = vec!["x".to_owned()];
+        match b.host(busier.clone(), &vms) {
+            Gossip::Host(s) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (3, 1, 1)),
+            other => panic!("a VM came: {other:?}"),
+        }
+        assert_eq!(b.vms(), (1, vms.clone()));
+        let mut allocated = busier.clone();
+        allocated.allocated.vcpus = 2;
+        assert_eq!(seq(&b.host(allocated.clone(), &vms)), (true, 4));
+        assert_eq!(b.last().map(|s| s.allocated.vcpus), Some(2), "what a PoP-mate that missed it gets");
+
+        let quiet: Vec<bool> = (0..REFRESH_EVERY).map(|_| seq(&b.host(allocated.clone(), &vms)).0).collect();
+        assert_eq!(quiet.iter().filter(|&&full| full).count(), 1, "one refresh in {REFRESH_EVERY}");
+        assert!(quiet[quiet.len() - 1], "the refresh comes on time");
+    }
+
+    fn pop(free: u32) -> PopSummary {
+        PopSummary {
+            pop: "p".into(),
+            jurisdiction: "FR".into(),
+            location: crate::Location { lat: 48.9, lon: 2.4 },
+            renewable_watts: 0,
+            carbon_g_per_kwh: 0,
+            free: Size { vcpus: free, memory_mib: 0, disk_gib: 0 },
+            largest_free_memory_mib: 0,
+            largest_free_vcpus: free,
+            hosts: 1,
+            alive: 1,
+            contacts: vec![],
+            dead: vec![],
+        }
+    }
+
+    #[test]
+    fn a_speaker_summarizes_its_pop_on_news_at_once_on_change_at_a_pace_and_else_rarely() {
+        let mut b = Beacon::default();
+        assert!(b.pop(pop(8), false).is_some(), "first: at once");
+        assert!(b.pop(pop(8), false).is_none());
+        assert!(b.pop(pop(8), true).is_some(), "a member's liveness changed: at once");
+        let changed: Vec<bool> = (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        assert_eq!(changed.iter().filter(|&&s| s).count(), 1);
+        assert!(changed[changed.len() - 1], "a change waits for the pace");
+        let quiet: Vec<bool> = (0..POP_REFRESH_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        assert_eq!(quiet.iter().filter(|&&s| s).count(), 1, "unchanged: once per refresh");
+        b.not_speaker();
+        assert!(b.pop(pop(6), false).is_some(), "speaking again: at once");
+    }
+}
