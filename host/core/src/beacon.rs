@@ -1,5 +1,4 @@
-//! What this agent says on the overlay at each heartbeat, and when it says
-//! more than that it is alive.
+//! What this agent publishes on the overlay at each heartbeat, if anything.
 //!
 //! Gossip is heard by every subscriber of its topic, so its cost grows with
 //! the topic: a PoP's summaries with the PoP's hosts, the global topic's
@@ -7,21 +6,19 @@
 //!
 //! - on its PoP's topic, a host publishes its [`HostSummary`] when
 //!   something its PoP-mates act on changed (its allocations, state, VMs,
-//!   or its CPU demand by a twentieth of its capacity), and every
-//!   [`REFRESH_EVERY`] heartbeats to repair losses; at the other heartbeats
-//!   a keepalive of a few bytes naming its latest summary, so that a
-//!   PoP-mate that missed one knows at once and asks for it;
+//!   or its CPU demand by a twentieth of its capacity), when it refutes a
+//!   suspicion, and every [`REFRESH_EVERY`] heartbeats to repair losses.
+//!   Liveness needs no more (see [`crate::cluster`]): probes carry the
+//!   number of the latest summary, so a PoP-mate that missed one knows and
+//!   asks for it;
 //! - on the global topic, a PoP's speaker publishes the [`PopSummary`]
 //!   when a member's liveness changed, when it changed otherwise (at most
 //!   every [`POP_SUMMARY_EVERY`] heartbeats), and every
 //!   [`POP_REFRESH_EVERY`] heartbeats.
 
 use crate::cluster::{
-    Gossip, HostSummary, POP_REFRESH_EVERY, POP_SUMMARY_EVERY, PopSummary, VmDigest, VmLog,
+    Gossip, HostSummary, POP_REFRESH_EVERY, POP_SUMMARY_EVERY, PopSummary, REFRESH_EVERY, VmDigest, VmLog,
 };
-
-/// Heartbeats at most between two host summaries, changed or not.
-pub const REFRESH_EVERY: u64 = 20;
 
 /// What this agent has said, to decide what it says next.
 #[derive(Debug, Default)]
@@ -32,6 +29,8 @@ pub struct Beacon {
     last: Option<HostSummary>,
     /// Heartbeats since `last`.
     since: u64,
+    /// A PoP-mate suspects this host: summarize it at once.
+    refute: bool,
     /// The latest PoP summary it published while speaker.
     pop_last: Option<PopSummary>,
     /// Heartbeats since `pop_last`.
@@ -40,26 +39,43 @@ pub struct Beacon {
 
 impl Beacon {
     /// What to say on the PoP's topic at this heartbeat: `own` (whose VMs
-    /// are filled in from `vms`) when it changed or is due, else a keepalive.
+    /// are filled in from `vms`) when it changed, is due or refutes a
+    /// suspicion; else nothing.
     pub fn host<'a>(
         &mut self,
         mut own: HostSummary,
         vms: impl IntoIterator<Item = &'a String> + Clone,
-    ) -> Gossip {
+    ) -> Option<Gossip> {
         self.since += 1;
         let due = match &self.last {
             None => true,
-            Some(last) => self.since >= REFRESH_EVERY || differs(last, &own) || self.vms.differs(vms.clone()),
+            Some(last) => {
+                self.refute
+                    || self.since >= REFRESH_EVERY
+                    || differs(last, &own)
+                    || self.vms.differs(vms.clone())
+            }
         };
-        let seq = self.last.as_ref().map_or(0, |l| l.seq);
         if !due {
-            return Gossip::Alive { seq };
+            return None;
         }
         own.vms = self.vms.publish(vms);
-        own.seq = seq + 1;
+        own.seq = self.seq() + 1;
         self.since = 0;
+        self.refute = false;
         self.last = Some(own.clone());
-        Gossip::Host(own)
+        Some(Gossip::Host(own))
+    }
+
+    /// The number of the latest summary published (0 before the first).
+    pub fn seq(&self) -> u64 {
+        self.last.as_ref().map_or(0, |l| l.seq)
+    }
+
+    /// A PoP-mate suspects this host: the next heartbeat summarizes it,
+    /// changed or not.
+    pub fn refute(&mut self) {
+        self.refute = true;
     }
 
     /// The latest summary published, as a PoP-mate that missed it asks.
@@ -170,39 +186,46 @@ mod tests {
         }
     }
 
-    fn seq(g: &Gossip) -> (bool, u64) {
-        match g {
-            Gossip::Host(s) => (true, s.seq),
-            Gossip::Alive { seq } => (false, *seq),
-            Gossip::Pop(_) => panic!("a PoP summary on the PoP's topic"),
+    /// Whether `b` summarized the host at this heartbeat, and its latest summary's number.
+    fn said(b: &mut Beacon, own: HostSummary, vms: &[String]) -> (bool, u64) {
+        let full = match b.host(own, vms) {
+            Some(Gossip::Host(s)) => Some(s.seq),
+            None => None,
+            Some(other) => panic!("{other:?} on the PoP's topic"),
+        };
+        if let Some(seq) = full {
+            assert_eq!(seq, b.seq());
         }
+        (full.is_some(), b.seq())
     }
 
     #[test]
-    fn a_host_summarizes_itself_when_it_changes_and_says_it_is_alive_otherwise() {
+    fn a_host_summarizes_itself_when_it_changes_refutes_or_is_due_and_is_quiet_otherwise() {
         let mut b = Beacon::default();
         let none: Vec<String> = vec![];
-        assert_eq!(seq(&b.host(own(), &none)), (true, 1), "first: the summary");
-        assert_eq!(seq(&b.host(own(), &none)), (false, 1), "unchanged: a keepalive naming it");
+        assert_eq!(said(&mut b, own(), &none), (true, 1), "first: the summary");
+        assert_eq!(said(&mut b, own(), &none), (false, 1), "unchanged: nothing");
 
         let mut busier = own();
         busier.load_cpu_milli = 300;
-        assert_eq!(seq(&b.host(busier.clone(), &none)), (false, 1), "demand moved by less than 5 %");
+        assert_eq!(said(&mut b, busier.clone(), &none), (false, 1), "demand moved by less than 5 %");
         busier.load_cpu_milli = 400;
-        assert_eq!(seq(&b.host(busier.clone(), &none)), (true, 2), "by a twentieth of 8 CPUs");
+        assert_eq!(said(&mut b, busier.clone(), &none), (true, 2), "by a twentieth of 8 CPUs");
 
         let vms = vec!["x".to_owned()];
         match b.host(busier.clone(), &vms) {
-            Gossip::Host(s) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (3, 1, 1)),
+            Some(Gossip::Host(s)) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (3, 1, 1)),
             other => panic!("a VM came: {other:?}"),
         }
         assert_eq!(b.vms(), (1, vms.clone()));
         let mut allocated = busier.clone();
         allocated.allocated.vcpus = 2;
-        assert_eq!(seq(&b.host(allocated.clone(), &vms)), (true, 4));
+        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, 4));
         assert_eq!(b.last().map(|s| s.allocated.vcpus), Some(2), "what a PoP-mate that missed it gets");
+        b.refute();
+        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, 5), "suspected: a newer summary");
 
-        let quiet: Vec<bool> = (0..REFRESH_EVERY).map(|_| seq(&b.host(allocated.clone(), &vms)).0).collect();
+        let quiet: Vec<bool> = (0..REFRESH_EVERY).map(|_| said(&mut b, allocated.clone(), &vms).0).collect();
         assert_eq!(quiet.iter().filter(|&&full| full).count(), 1, "one refresh in {REFRESH_EVERY}");
         assert!(quiet[quiet.len() - 1], "the refresh comes on time");
     }

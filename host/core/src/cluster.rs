@@ -2,15 +2,22 @@
 //! Discovery Network Tracker's state, sans IO.
 //!
 //! Every agent publishes a [`HostSummary`] on its PoP's topic when it
-//! changes, and a keepalive naming its latest summary at every other
-//! heartbeat (see [`crate::beacon`]). The PoP's *speaker* (its alive member
+//! changes (see [`crate::beacon`]). The PoP's *speaker* (its alive member
 //! with the smallest peer id) also publishes a [`PopSummary`] on the global
-//! topic when it changes, and every [`POP_REFRESH_EVERY`] heartbeats. From these,
-//! [`Membership`] keeps the agent's PoP's hosts and a summary of every other
-//! PoP, and decides liveness: a member not heard from for `suspect-ms` is
-//! suspect, after `dead-ms` dead. Other PoPs' members take the liveness their
-//! speaker reports. Latency between PoPs is what libp2p's ping measured to
-//! their members.
+//! topic. From these, [`Membership`] keeps the agent's PoP's hosts and a
+//! summary of every other PoP.
+//!
+//! Liveness within a PoP is SWIM's (Das, Gupta, Motivala, 2002): at every
+//! heartbeat each agent probes one PoP-mate, in turn, with a direct ping.
+//! A PoP-mate that does not answer within `suspect-ms` is suspect, and the
+//! prober says so on the PoP's topic; a suspect that hears it refutes it
+//! with a newer summary, and one that stays suspect for `dead-ms` less
+//! `suspect-ms` is dead. So each agent sends and hears a few messages per
+//! heartbeat however large its PoP, rather than one from every PoP-mate;
+//! a member silent for [`SILENCE_LIMIT_EVERY`] heartbeats is suspect too,
+//! whoever probed it. Other PoPs' members take the liveness their speaker
+//! reports. Latency between PoPs is what libp2p's ping measured to their
+//! members.
 
 use crate::node::Size;
 use crate::request::Location;
@@ -36,9 +43,11 @@ impl std::fmt::Display for PeerId {
 pub enum Liveness {
     /// Heard from recently.
     Alive,
-    /// Not heard from for `suspect-ms`: takes no new VMs.
+    /// Did not answer a probe within `suspect-ms` (or silent for long):
+    /// takes no new VMs.
     Suspect,
-    /// Not heard from for `dead-ms`: its VMs are lost.
+    /// Suspect for `dead-ms` less `suspect-ms` without refuting it: its
+    /// VMs are lost.
     Dead,
 }
 
@@ -351,10 +360,13 @@ pub struct VmLocation {
 pub enum Gossip {
     /// On the PoP's topic, when the host changed (or to repair losses).
     Host(HostSummary),
-    /// On the PoP's topic at the other heartbeats: the sender is alive and
-    /// `seq` is its latest summary's number.
-    Alive {
-        /// The [`HostSummary::seq`] of the sender's latest summary.
+    /// On the PoP's topic: the sender's probe of `peer` went unanswered.
+    /// Those who know no newer summary of `peer` than `seq` suspect it;
+    /// `peer` itself refutes it with a newer summary.
+    Suspect {
+        /// The member suspected.
+        peer: PeerId,
+        /// The number of its latest summary the sender knew.
         seq: u64,
     },
     /// On the global topic.
@@ -370,6 +382,12 @@ pub enum Topic {
     Global,
 }
 
+/// Heartbeats at most between two host summaries, changed or not: a lost
+/// one is repaired, and a member silent for a few of these is suspect.
+pub const REFRESH_EVERY: u64 = 20;
+/// Heartbeats of silence after which a member is suspect, probed or not.
+pub const SILENCE_LIMIT_EVERY: u64 = 3 * REFRESH_EVERY;
+
 /// Heartbeats at least between two PoP summaries: every agent hears every
 /// PoP's, so a PoP changing fast is heard at this pace, not at every change.
 pub const POP_SUMMARY_EVERY: u64 = 4;
@@ -383,11 +401,11 @@ pub const POP_REFRESH_EVERY: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct MembershipConfig {
-    /// Time between host (and PoP) summaries, ms.
+    /// Time between probes (and the pace of summaries), ms.
     pub heartbeat_ms: u64,
-    /// Silence after which a member is suspect, ms.
+    /// Time a probe waits for its answer before its target is suspect, ms.
     pub suspect_ms: u64,
-    /// Silence after which a member is dead, ms.
+    /// Time from a probe to its unrefuted target being dead, ms.
     pub dead_ms: u64,
 }
 
@@ -406,6 +424,8 @@ pub struct Member {
     pub heard: Instant,
     /// Liveness.
     pub liveness: Liveness,
+    /// Since when it is suspect.
+    pub suspected: Option<Instant>,
     /// Round trip measured by ping, if any.
     pub rtt: Option<Duration>,
     /// Its VMs, as its summaries told them.
@@ -510,25 +530,65 @@ impl Membership {
         let (came, went) = vms.apply(&summary.vms);
         self.index_changes(from, came, went);
         let behind = !vms.synced;
-        let member = Member { summary, heard: now, liveness: Liveness::Alive, rtt, vms };
+        let member = Member { summary, heard: now, liveness: Liveness::Alive, suspected: None, rtt, vms };
         let transition = (before != Some(Liveness::Alive)).then(|| transition(&member, &self.pop));
         self.members.insert(from.clone(), member);
         Heard { transition, behind }
     }
 
-    /// Records a PoP-mate's keepalive naming its latest summary `seq`.
+    /// Records a PoP-mate's probe or answer naming its latest summary `seq`.
     pub fn heard_alive(&mut self, now: Instant, from: &PeerId, seq: u64) -> HeardAlive {
         let Some(m) = self.members.get_mut(from) else {
             // Never summarized to us (we just started, or it did): ask.
             return HeardAlive { transition: None, stale: true };
         };
         m.heard = now;
+        m.suspected = None;
         let stale = m.summary.seq != seq;
         if m.liveness == Liveness::Alive {
             return HeardAlive { transition: None, stale };
         }
         m.liveness = Liveness::Alive;
         HeardAlive { transition: Some(transition(m, &self.pop)), stale }
+    }
+
+    /// This agent's probe of `peer` went unanswered: it is suspect.
+    /// Returns the transition, and the number of its latest summary known
+    /// (for the others to weigh the suspicion against what they know).
+    pub fn probe_failed(&mut self, now: Instant, peer: &PeerId) -> Option<(Transition, u64)> {
+        let m = self.members.get_mut(peer)?;
+        if m.liveness != Liveness::Alive {
+            return None;
+        }
+        m.liveness = Liveness::Suspect;
+        m.suspected = Some(now);
+        Some((transition(m, &self.pop), m.summary.seq))
+    }
+
+    /// Another agent suspects `peer`, knowing its summaries up to `seq`.
+    pub fn heard_suspect(&mut self, now: Instant, peer: &PeerId, seq: u64) -> Option<Transition> {
+        let m = self.members.get_mut(peer)?;
+        // A newer summary than the suspicion knew is a refutation already.
+        if m.liveness != Liveness::Alive || m.summary.seq > seq {
+            return None;
+        }
+        m.liveness = Liveness::Suspect;
+        m.suspected = Some(now);
+        Some(transition(m, &self.pop))
+    }
+
+    /// The PoP-mate to probe at heartbeat `turn`: the alive and suspect
+    /// members in peer-id order, one per heartbeat, each agent starting at
+    /// its own place so that every member is probed about once a heartbeat.
+    pub fn probe_target(&self, turn: u64) -> Option<PeerId> {
+        let candidates = self.members.iter().filter(|(_, m)| m.liveness != Liveness::Dead);
+        let n = candidates.clone().count() as u64;
+        if n == 0 {
+            return None;
+        }
+        let start = name_hash(&self.me.0);
+        let k = (start.wrapping_add(turn) % n) as usize;
+        candidates.map(|(p, _)| p.clone()).nth(k)
     }
 
     /// Takes the whole list of VMs a PoP-mate sent when asked, at its `version`.
@@ -609,19 +669,24 @@ impl Membership {
         }
     }
 
-    /// Ages every member; returns the liveness changes.
+    /// Ages every member: a suspect unrefuted for long is dead, and one
+    /// silent for long is suspect. Returns the liveness changes.
     pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
-        let (suspect, dead) =
-            (Duration::from_millis(self.config.suspect_ms), Duration::from_millis(self.config.dead_ms));
+        let config = &self.config;
+        let grace = Duration::from_millis(config.dead_ms.saturating_sub(config.suspect_ms));
+        let silence = Duration::from_millis(config.heartbeat_ms * SILENCE_LIMIT_EVERY);
+        let dead = Duration::from_millis(config.dead_ms);
         let mut changes = vec![];
         for m in self.members.values_mut() {
-            let silent = now.saturating_duration_since(m.heard);
-            let liveness = if silent >= dead {
-                Liveness::Dead
-            } else if silent >= suspect {
-                Liveness::Suspect
-            } else {
-                Liveness::Alive
+            let liveness = match (m.liveness, m.suspected) {
+                (Liveness::Suspect, Some(since)) if now.saturating_duration_since(since) >= grace => {
+                    Liveness::Dead
+                }
+                (Liveness::Alive, _) if now.saturating_duration_since(m.heard) >= silence => {
+                    m.suspected = Some(now);
+                    Liveness::Suspect
+                }
+                (l, _) => l,
             };
             if liveness != m.liveness {
                 m.liveness = liveness;
@@ -829,14 +894,16 @@ mod tests {
         b.vms = digest(&["x"]);
         m.heard_host(now, &PeerId("a".into()), a);
         m.heard_host(now + Duration::from_secs(3), &PeerId("b".into()), b);
-        m.tick(now + Duration::from_millis(3500));
+        m.probe_failed(now + Duration::from_secs(3), &PeerId("a".into()));
+        m.tick(now + Duration::from_millis(4500));
         let (peer, _, _, liveness) = m.find_vm("x").expect("found");
         assert_eq!((peer.0.as_str(), liveness), ("b", Liveness::Alive));
     }
 
     #[test]
-    fn silence_makes_a_member_suspect_then_dead_and_a_word_revives_it() {
+    fn an_unanswered_probe_makes_a_member_suspect_then_dead_and_a_word_revives_it() {
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let mut m = Membership::new(MembershipConfig::default(), PeerId("b".into()), "paris".into());
         let a = PeerId("a".into());
         assert!(m.heard_host(t0, &a, summary("a", "paris")).transition.is_some());
@@ -849,19 +916,25 @@ mod tests {
             m.heard_host(t0, &PeerId("c".into()), summary("c", "berlin")).transition.is_none(),
             "other PoP"
         );
-        assert!(m.tick(t0 + Duration::from_millis(1000)).is_empty());
-        let s = m.tick(t0 + Duration::from_millis(1600));
-        assert_eq!(s[0].liveness, Liveness::Suspect);
+        assert!(m.tick(ms(10_000)).is_empty(), "quiet is not dead: probes tell");
+        let (s, seq) = m.probe_failed(ms(10_000), &a).expect("suspect");
+        assert_eq!((s.liveness, seq), (Liveness::Suspect, 1));
+        assert!(m.probe_failed(ms(10_100), &a).is_none(), "suspect already");
         assert!(m.is_speaker(), "b takes over once a is suspect");
-        let d = m.tick(t0 + Duration::from_millis(3100));
+        assert!(m.tick(ms(11_400)).is_empty(), "suspect for less than dead-ms less suspect-ms");
+        let d = m.tick(ms(11_500));
         assert_eq!((d[0].liveness, d[0].vms.clone()), (Liveness::Dead, vec!["vm-a".to_owned()]));
-        let back =
-            m.heard_host(t0 + Duration::from_secs(4), &a, summary("a", "paris")).transition.expect("revived");
+        let back = m.heard_host(ms(12_000), &a, summary("a", "paris")).transition.expect("revived");
         assert_eq!(back.liveness, Liveness::Alive);
+
+        // Silent for long, probed or not: suspect.
+        let limit = m.config().heartbeat_ms * SILENCE_LIMIT_EVERY;
+        assert!(m.tick(ms(12_000 + limit - 1)).is_empty());
+        assert_eq!(m.tick(ms(12_000 + limit))[0].liveness, Liveness::Suspect);
     }
 
     #[test]
-    fn a_keepalive_keeps_a_member_alive_and_says_when_its_summary_was_missed() {
+    fn a_suspicion_spreads_unless_a_newer_summary_refuted_it_and_a_probe_revives() {
         let t0 = Instant::now();
         let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
         let a = PeerId("a".into());
@@ -869,11 +942,32 @@ mod tests {
         m.heard_host(t0, &a, summary("a", "p"));
         let fresh = m.heard_alive(t0 + Duration::from_millis(1000), &a, 1);
         assert_eq!((fresh.stale, fresh.transition), (false, None));
-        assert!(m.tick(t0 + Duration::from_millis(2000)).is_empty(), "alive as of its keepalive");
-        assert_eq!(m.tick(t0 + Duration::from_millis(2600))[0].liveness, Liveness::Suspect);
-        let back = m.heard_alive(t0 + Duration::from_millis(2700), &a, 2);
-        assert!(back.stale, "summary 2 was missed");
+        let mut newer = summary("a", "p");
+        newer.seq = 2;
+        m.heard_host(t0, &a, newer);
+        assert!(m.heard_suspect(t0, &a, 1).is_none(), "summary 2 refutes a suspicion knowing 1");
+        let t = m.heard_suspect(t0, &a, 2).expect("suspect");
+        assert_eq!(t.liveness, Liveness::Suspect);
+        let back = m.heard_alive(t0 + Duration::from_millis(700), &a, 3);
+        assert!(back.stale, "summary 3 was missed");
         assert_eq!(back.transition.map(|t| t.liveness), Some(Liveness::Alive));
+        assert!(m.tick(t0 + Duration::from_secs(5)).is_empty(), "no longer suspect");
+    }
+
+    #[test]
+    fn probes_go_round_every_live_member_in_turn() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
+        assert_eq!(m.probe_target(1), None, "alone");
+        for p in ["a", "b", "c", "d"] {
+            m.heard_host(t0, &PeerId(p.into()), summary(p, "p"));
+        }
+        let round: BTreeSet<PeerId> = (0..4).filter_map(|t| m.probe_target(t)).collect();
+        assert_eq!(round.len(), 4, "four turns, four members");
+        m.probe_failed(t0, &PeerId("b".into()));
+        m.tick(t0 + Duration::from_secs(2));
+        let round: BTreeSet<PeerId> = (0..6).filter_map(|t| m.probe_target(t)).collect();
+        assert!(!round.contains(&PeerId("b".into())) && round.len() == 3, "the dead are not probed");
     }
 
     #[test]
@@ -901,7 +995,10 @@ mod tests {
         assert_eq!(berlin.contacts("paris").len(), CONTACTS);
         assert!(berlin.in_majority(t0), "5 of 5 hosts alive");
 
-        // b, c and d fall silent; a keeps speaking.
+        // b, c and d stop answering; a keeps speaking.
+        for peer in ["b", "c", "d"] {
+            paris.probe_failed(t0 + Duration::from_secs(1), &PeerId(peer.into()));
+        }
         paris.tick(t0 + Duration::from_secs(4));
         let s = paris.pop_summary(&own, &pop);
         assert_eq!(s.free.vcpus, 6, "a dead host's room is not offered");

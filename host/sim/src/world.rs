@@ -640,7 +640,7 @@ impl World {
                     };
                     let kind = match &msg {
                         locus_core::cluster::Gossip::Host(_) => "host-summary",
-                        locus_core::cluster::Gossip::Alive { .. } => "keepalive",
+                        locus_core::cluster::Gossip::Suspect { .. } => "suspicion",
                         locus_core::cluster::Gossip::Pop(_) => "pop-summary",
                     };
                     let bytes = traffic::gossip_copy(name_len, &msg);

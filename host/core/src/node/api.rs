@@ -149,8 +149,13 @@ pub enum PeerRequest {
     },
     /// Send me the whole list of your VMs (my copy fell behind your summaries).
     Vms,
-    /// Send me your latest summary (your keepalive named one I missed).
+    /// Send me your latest summary (your probe or answer named one I missed).
     Summary,
+    /// Are you alive? (SWIM's probe.) `seq` numbers my latest summary.
+    Ping {
+        /// The number of the sender's latest summary.
+        seq: u64,
+    },
     /// Is the VM you were moving to me still on its way?
     Departure {
         /// The VM.
@@ -187,6 +192,11 @@ pub enum PeerResponse {
     Busy(crate::rebalance::EventId),
     /// My latest summary.
     Summary(Box<crate::cluster::HostSummary>),
+    /// Alive, answering a probe; `seq` numbers my latest summary.
+    Pong {
+        /// The number of the answering agent's latest summary.
+        seq: u64,
+    },
     /// The VMs of my host.
     Vms {
         /// The version of the set, as my summaries number it.

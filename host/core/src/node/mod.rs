@@ -32,6 +32,7 @@ mod evacuation;
 mod handoff;
 mod journal;
 mod overlay;
+mod probes;
 mod rebalancing;
 mod slots;
 mod timers;
@@ -909,6 +910,8 @@ pub struct Node {
     asked_vms: HashMap<OutboundId, PeerId>,
     /// PoP-mates asked for the latest summary they published, by request.
     asked_summary: HashMap<OutboundId, PeerId>,
+    /// The probes of PoP-mates, for their liveness.
+    probes: probes::Probes,
     /// In standby (powered down until a VM needs this host).
     standby: bool,
     /// Since when the host has had no VM.
@@ -1001,6 +1004,7 @@ impl Node {
             conflicts: HashMap::new(),
             beacon: Default::default(),
             asked_summary: HashMap::new(),
+            probes: Default::default(),
             asked_vms: HashMap::new(),
             verifying: BTreeSet::new(),
             standby: false,

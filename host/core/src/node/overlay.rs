@@ -1,5 +1,5 @@
-//! The node's side of the overlay: heartbeats and gossip, liveness, and
-//! placement across hosts and PoPs.
+//! The node's side of the overlay: heartbeats, gossip and probes,
+//! liveness, and placement across hosts and PoPs.
 //!
 //! A VM request entering any agent is placed by the PoP's placement policy
 //! over the PoP's hosts (this agent's own and its PoP-mates', as their
@@ -111,7 +111,11 @@ impl Node {
     pub(super) fn heartbeat(&mut self, now: Instant) {
         let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
         self.timers.set(Timer::Heartbeat, now + period);
-        let changes = self.membership.tick(now);
+        let mut changes = self.membership.tick(now);
+        let timeout = Duration::from_millis(self.membership.config().suspect_ms);
+        for peer in self.probes.overdue(now, timeout) {
+            changes.extend(self.probe_failed(now, &peer));
+        }
         // The PoP's summary goes out at once when a member's liveness changed.
         let news = !changes.is_empty();
         for t in changes {
@@ -129,8 +133,9 @@ impl Node {
         let own = self.host_summary(self.beacon.digest());
         let speaking =
             self.membership.is_speaker().then(|| self.membership.pop_summary(&own, &self.config.pop));
-        let said = self.beacon.host(own, self.vms.keys());
-        self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg: said });
+        if let Some(msg) = self.beacon.host(own, self.vms.keys()) {
+            self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg });
+        }
         match speaking {
             None => self.beacon.not_speaker(),
             Some(summary) => {
@@ -138,6 +143,13 @@ impl Node {
                     self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg });
                 }
             }
+        }
+        let turn = self.probes.next_turn();
+        if let Some(peer) = self.membership.probe_target(turn)
+            && !self.probes.waiting_for(&peer)
+        {
+            let id = self.request(peer.clone(), PeerRequest::Ping { seq: self.beacon.seq() });
+            self.probes.sent(id, peer, now);
         }
         // Latency to another PoP is measured by ping on a connection to one
         // of its members: ask for one where there is none yet.
@@ -172,18 +184,14 @@ impl Node {
                     self.learn_host(from, &s);
                 }
             }
-            Gossip::Alive { seq } => {
-                let heard = self.membership.heard_alive(now, from, seq);
-                if let Some(t) = heard.transition {
-                    self.verify_copies(now);
-                    if let Some(s) = self.membership.members.get(from).map(|m| m.summary.clone()) {
-                        self.learn_host(from, &s);
-                    }
+            Gossip::Suspect { peer, seq } if peer == self.config.peer => {
+                let _ = seq;
+                self.beacon.refute();
+            }
+            Gossip::Suspect { peer, seq } => {
+                if let Some(t) = self.membership.heard_suspect(now, &peer, seq) {
+                    self.member_changed(&t.peer, t.liveness, true);
                     self.event(Event::Member(t));
-                }
-                if heard.stale && !self.asked_summary.values().any(|p| p == from) {
-                    let id = self.request(from.clone(), PeerRequest::Summary);
-                    self.asked_summary.insert(id, from.clone());
                 }
             }
             Gossip::Pop(summary) => {
@@ -198,6 +206,33 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A PoP-mate probed this agent or answered its probe, naming its
+    /// latest summary `seq`: alive, and asked for that summary if missed.
+    fn heard_alive(&mut self, now: Instant, from: &PeerId, seq: u64) {
+        let heard = self.membership.heard_alive(now, from, seq);
+        if let Some(t) = heard.transition {
+            // Back from suspicion: copies made meanwhile may meet now.
+            self.verify_copies(now);
+            if let Some(s) = self.membership.members.get(from).map(|m| m.summary.clone()) {
+                self.learn_host(from, &s);
+            }
+            self.event(Event::Member(t));
+        }
+        if heard.stale && !self.asked_summary.values().any(|p| p == from) {
+            let id = self.request(from.clone(), PeerRequest::Summary);
+            self.asked_summary.insert(id, from.clone());
+        }
+    }
+
+    /// A probe of `peer` went unanswered: suspect it, and say so on the
+    /// PoP's topic. Returns the transition for the caller to act on.
+    fn probe_failed(&mut self, now: Instant, peer: &PeerId) -> Option<crate::cluster::Transition> {
+        let (t, seq) = self.membership.probe_failed(now, peer)?;
+        let msg = Gossip::Suspect { peer: peer.clone(), seq };
+        self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg });
+        Some(t)
     }
 
     /// Keeps a PoP-mate's host in the model as its summary describes it.
@@ -647,6 +682,13 @@ impl Node {
                 let result = self.show(&name);
                 self.answer(origin, result);
             }
+            PeerRequest::Ping { seq } => {
+                if let Some(now) = self.now {
+                    self.heard_alive(now, &from, seq);
+                }
+                let resp = PeerResponse::Pong { seq: self.beacon.seq() };
+                self.outputs.push_back(Output::Respond { id, resp });
+            }
             PeerRequest::Summary => {
                 let resp = match self.beacon.last() {
                     Some(s) => PeerResponse::Summary(Box::new(s.clone())),
@@ -666,6 +708,24 @@ impl Node {
     }
 
     pub(super) fn peer_response(&mut self, id: OutboundId, result: Result<PeerResponse, String>) {
+        if let Some(peer) = self.probes.answered(id) {
+            let Some(now) = self.now else { return };
+            match result {
+                Ok(PeerResponse::Pong { seq }) => self.heard_alive(now, &peer, seq),
+                // An agent that answers otherwise is alive, whatever it knows.
+                Ok(_) => {
+                    let seq = self.membership.members.get(&peer).map_or(0, |m| m.summary.seq);
+                    self.heard_alive(now, &peer, seq);
+                }
+                Err(_) => {
+                    if let Some(t) = self.probe_failed(now, &peer) {
+                        self.member_changed(&t.peer, t.liveness, true);
+                        self.event(Event::Member(t));
+                    }
+                }
+            }
+            return;
+        }
         if let Some(peer) = self.asked_summary.remove(&id) {
             // Unanswered, its next keepalive asks again.
             if let (Ok(PeerResponse::Summary(s)), Some(now)) = (result, self.now) {
