@@ -26,6 +26,12 @@ install() {
         # The image's backported qemu-utils conflicts with bookworm's QEMU; apt replaces it.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+    # Installing QEMU can remove the backported qemu-utils without putting
+    # bookworm's in its place: the image store needs qemu-img.
+    if ! command -v qemu-img >/dev/null; then
+        echo "libvirtd: installing qemu-utils again" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+    fi
 }
 
 configure() {

@@ -102,7 +102,7 @@ impl Beacon {
             None => true,
             Some(last) => {
                 news || self.pop_since >= POP_REFRESH_EVERY
-                    || (self.pop_since >= POP_SUMMARY_EVERY && *last != summary)
+                    || (self.pop_since >= POP_SUMMARY_EVERY && pop_differs(last, &summary))
             }
         };
         if !due {
@@ -118,6 +118,14 @@ impl Beacon {
     pub fn not_speaker(&mut self) {
         self.pop_last = None;
     }
+}
+
+/// Whether `now` says something other PoPs act on that `last` did not:
+/// the free room summed over the PoP moves with every VM and only informs
+/// (a request goes where one host can take it), so it rides along.
+fn pop_differs(last: &PopSummary, now: &PopSummary) -> bool {
+    let free = |s: &PopSummary| PopSummary { free: crate::node::Size::default(), ..s.clone() };
+    free(last) != free(now)
 }
 
 /// Whether `now` says something PoP-mates act on that `last` did not. The
@@ -253,6 +261,15 @@ mod tests {
         assert!(b.pop(pop(8), false).is_some(), "first: at once");
         assert!(b.pop(pop(8), false).is_none());
         assert!(b.pop(pop(8), true).is_some(), "a member's liveness changed: at once");
+        let rides: Vec<bool> = (0..POP_REFRESH_EVERY - 1)
+            .map(|_| {
+                let mut fuller = pop(8);
+                fuller.free.vcpus = 3;
+                b.pop(fuller, false).is_some()
+            })
+            .collect();
+        assert!(rides.iter().all(|&s| !s), "only the sum of free room moved: it waits for the refresh");
+        assert!(b.pop(pop(8), false).is_some(), "the refresh");
         let changed: Vec<bool> = (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
         assert_eq!(changed.iter().filter(|&&s| s).count(), 1);
         assert!(changed[changed.len() - 1], "a change waits for the pace");
