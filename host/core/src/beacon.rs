@@ -7,18 +7,25 @@
 //! - on its PoP's topic, a host publishes its [`HostSummary`] when
 //!   something its PoP-mates act on changed (its allocations, state, VMs,
 //!   or its CPU demand by a twentieth of its capacity), when it refutes a
-//!   suspicion, and every [`REFRESH_EVERY`] heartbeats to repair losses.
+//!   suspicion or a PoP-mate came into view, at every heartbeat of its
+//!   first [`STARTUP_HEARTBEATS`] (while the overlay's mesh forms), and
+//!   every [`REFRESH_EVERY`] heartbeats to repair losses.
 //!   Liveness needs no more (see [`crate::cluster`]): probes carry the
 //!   number of the latest summary, so a PoP-mate that missed one knows and
 //!   asks for it;
 //! - on the global topic, a PoP's speaker publishes the [`PopSummary`]
-//!   when a member's liveness changed, when it changed otherwise (at most
-//!   every [`POP_SUMMARY_EVERY`] heartbeats), and every
+//!   when a member's liveness changed or another PoP (or more of its
+//!   hosts) came into view, when it changed otherwise (at most every
+//!   [`POP_SUMMARY_EVERY`] heartbeats), and every
 //!   [`POP_REFRESH_EVERY`] heartbeats.
 
 use crate::cluster::{
     Gossip, HostSummary, POP_REFRESH_EVERY, POP_SUMMARY_EVERY, PopSummary, REFRESH_EVERY, VmDigest, VmLog,
 };
+
+/// Heartbeats after start at which the summary goes out whatever changed:
+/// gossip published before the overlay's mesh has formed is lost.
+pub const STARTUP_HEARTBEATS: u64 = 10;
 
 /// What this agent has said, to decide what it says next.
 #[derive(Debug, Default)]
@@ -29,12 +36,17 @@ pub struct Beacon {
     last: Option<HostSummary>,
     /// Heartbeats since `last`.
     since: u64,
-    /// A PoP-mate suspects this host: summarize it at once.
-    refute: bool,
+    /// Summarize at the next heartbeat, changed or not: a PoP-mate suspects
+    /// this host, or one came into view that has not heard it yet.
+    again: bool,
+    /// Heartbeats since the agent started.
+    heartbeats: u64,
     /// The latest PoP summary it published while speaker.
     pop_last: Option<PopSummary>,
     /// Heartbeats since `pop_last`.
     pop_since: u64,
+    /// Publish the PoP's summary at the next paced heartbeat, changed or not.
+    pop_again: bool,
 }
 
 impl Beacon {
@@ -47,10 +59,12 @@ impl Beacon {
         vms: impl IntoIterator<Item = &'a String> + Clone,
     ) -> Option<Gossip> {
         self.since += 1;
+        self.heartbeats += 1;
         let due = match &self.last {
             None => true,
             Some(last) => {
-                self.refute
+                self.again
+                    || self.heartbeats <= STARTUP_HEARTBEATS
                     || self.since >= REFRESH_EVERY
                     || differs(last, &own)
                     || self.vms.differs(vms.clone())
@@ -62,7 +76,7 @@ impl Beacon {
         own.vms = self.vms.publish(vms);
         own.seq = self.seq() + 1;
         self.since = 0;
-        self.refute = false;
+        self.again = false;
         self.last = Some(own.clone());
         Some(Gossip::Host(own))
     }
@@ -72,10 +86,10 @@ impl Beacon {
         self.last.as_ref().map_or(0, |l| l.seq)
     }
 
-    /// A PoP-mate suspects this host: the next heartbeat summarizes it,
-    /// changed or not.
-    pub fn refute(&mut self) {
-        self.refute = true;
+    /// The next heartbeat summarizes this host, changed or not: a PoP-mate
+    /// suspects it, or one came into view that has not heard it yet.
+    pub fn again(&mut self) {
+        self.again = true;
     }
 
     /// The latest summary published, as a PoP-mate that missed it asks.
@@ -102,13 +116,15 @@ impl Beacon {
             None => true,
             Some(last) => {
                 news || self.pop_since >= POP_REFRESH_EVERY
-                    || (self.pop_since >= POP_SUMMARY_EVERY && pop_differs(last, &summary))
+                    || (self.pop_since >= POP_SUMMARY_EVERY
+                        && (self.pop_again || pop_differs(last, &summary)))
             }
         };
         if !due {
             return None;
         }
         self.pop_since = 0;
+        self.pop_again = false;
         self.pop_last = Some(summary.clone());
         Some(Gossip::Pop(summary))
     }
@@ -117,6 +133,13 @@ impl Beacon {
     /// publishes at once.
     pub fn not_speaker(&mut self) {
         self.pop_last = None;
+    }
+
+    /// The PoP's summary goes out at the next paced heartbeat, changed or
+    /// not: another PoP, or more of its hosts, came into view, which may
+    /// not have heard it yet.
+    pub fn pop_again(&mut self) {
+        self.pop_again = true;
     }
 }
 
@@ -211,27 +234,30 @@ mod tests {
     fn a_host_summarizes_itself_when_it_changes_refutes_or_is_due_and_is_quiet_otherwise() {
         let mut b = Beacon::default();
         let none: Vec<String> = vec![];
-        assert_eq!(said(&mut b, own(), &none), (true, 1), "first: the summary");
-        assert_eq!(said(&mut b, own(), &none), (false, 1), "unchanged: nothing");
+        for k in 1..=STARTUP_HEARTBEATS {
+            assert_eq!(said(&mut b, own(), &none), (true, k), "starting: at every heartbeat");
+        }
+        let n = STARTUP_HEARTBEATS;
+        assert_eq!(said(&mut b, own(), &none), (false, n), "unchanged: nothing");
 
         let mut busier = own();
         busier.load_cpu_milli = 300;
-        assert_eq!(said(&mut b, busier.clone(), &none), (false, 1), "demand moved by less than 5 %");
+        assert_eq!(said(&mut b, busier.clone(), &none), (false, n), "demand moved by less than 5 %");
         busier.load_cpu_milli = 400;
-        assert_eq!(said(&mut b, busier.clone(), &none), (true, 2), "by a twentieth of 8 CPUs");
+        assert_eq!(said(&mut b, busier.clone(), &none), (true, n + 1), "by a twentieth of 8 CPUs");
 
         let vms = vec!["x".to_owned()];
         match b.host(busier.clone(), &vms) {
-            Some(Gossip::Host(s)) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (3, 1, 1)),
+            Some(Gossip::Host(s)) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (n + 2, 1, 1)),
             other => panic!("a VM came: {other:?}"),
         }
         assert_eq!(b.vms(), (1, vms.clone()));
         let mut allocated = busier.clone();
         allocated.allocated.vcpus = 2;
-        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, 4));
+        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, n + 3));
         assert_eq!(b.last().map(|s| s.allocated.vcpus), Some(2), "what a PoP-mate that missed it gets");
-        b.refute();
-        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, 5), "suspected: a newer summary");
+        b.again();
+        assert_eq!(said(&mut b, allocated.clone(), &vms), (true, n + 4), "suspected: a newer summary");
 
         let quiet: Vec<bool> = (0..REFRESH_EVERY).map(|_| said(&mut b, allocated.clone(), &vms).0).collect();
         assert_eq!(quiet.iter().filter(|&&full| full).count(), 1, "one refresh in {REFRESH_EVERY}");
@@ -277,5 +303,8 @@ mod tests {
         assert_eq!(quiet.iter().filter(|&&s| s).count(), 1, "unchanged: once per refresh");
         b.not_speaker();
         assert!(b.pop(pop(6), false).is_some(), "speaking again: at once");
+        b.pop_again();
+        let again: Vec<bool> = (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        assert_eq!(again, [false, false, false, true], "another PoP came: at the pace");
     }
 }

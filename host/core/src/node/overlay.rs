@@ -172,7 +172,9 @@ impl Node {
                 let heard = self.membership.heard_host(now, from, summary);
                 if let Some(t) = heard.transition {
                     // A PoP-mate comes (back) into view: this host may be the
-                    // one that was away, and its VMs may run elsewhere now.
+                    // one that was away, and its VMs may run elsewhere now;
+                    // and it may not have heard this host yet.
+                    self.beacon.again();
                     self.verify_copies(now);
                     self.event(Event::Member(t));
                 }
@@ -184,10 +186,7 @@ impl Node {
                     self.learn_host(from, &s);
                 }
             }
-            Gossip::Suspect { peer, seq } if peer == self.config.peer => {
-                let _ = seq;
-                self.beacon.refute();
-            }
+            Gossip::Suspect { peer, .. } if peer == self.config.peer => self.beacon.again(),
             Gossip::Suspect { peer, seq } => {
                 if let Some(t) = self.membership.heard_suspect(now, &peer, seq) {
                     self.member_changed(&t.peer, t.liveness, true);
@@ -196,6 +195,10 @@ impl Node {
             }
             Gossip::Pop(summary) => {
                 let heard = self.membership.heard_pop(now, from, summary);
+                if heard.more {
+                    // New hosts elsewhere may not have heard this PoP yet.
+                    self.beacon.pop_again();
+                }
                 if heard.more || heard.transitions.iter().any(|t| t.liveness == Liveness::Alive) {
                     // Hosts elsewhere come back: copies made while they
                     // were away may meet now.
