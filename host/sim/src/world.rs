@@ -40,6 +40,9 @@ type Deliver = Box<dyn FnOnce(Instant) -> Input>;
 enum Due {
     /// An input for node `.0`, unless it restarted since (`.1` is its epoch).
     Input(usize, u64, Deliver),
+    /// A gossip message (its publisher and itself) for node `.0`, unless it
+    /// restarted since: one copy shared by every subscriber until delivered.
+    Gossip(usize, u64, Rc<(PeerId, locus_core::cluster::Gossip)>),
     /// Node `.0`'s deadline, if it is still the one it asked for.
     Timer(usize, u64),
     /// Node `.0` samples its hypervisor.
@@ -58,6 +61,34 @@ enum Due {
     Meter,
     /// The central scheduler gathers the hosts and plans.
     Central,
+}
+
+/// A due event: when, its place among those due at the same time (the
+/// order they were scheduled), and what. Ordered by the first two only.
+struct Entry {
+    at_us: u64,
+    seq: u64,
+    due: Due,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
+    }
 }
 
 struct SimNode {
@@ -94,8 +125,7 @@ pub struct World {
     start: Instant,
     now_us: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    dues: HashMap<u64, Due>,
+    queue: BinaryHeap<Reverse<Entry>>,
     nodes: Vec<SimNode>,
     peers: HashMap<PeerId, usize>,
     /// Every node, and the nodes of each PoP: who hears each topic.
@@ -201,7 +231,6 @@ impl World {
             now_us: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            dues: HashMap::new(),
             nodes,
             peers,
             everyone,
@@ -302,13 +331,9 @@ impl World {
 
     /// Runs until virtual time `until_us`.
     pub fn run_until(&mut self, until_us: u64) {
-        while let Some(&Reverse((t, seq))) = self.queue.peek() {
-            if t > until_us {
-                break;
-            }
-            self.queue.pop();
-            self.now_us = t;
-            let Some(due) = self.dues.remove(&seq) else { continue };
+        while self.queue.peek().is_some_and(|Reverse(e)| e.at_us <= until_us) {
+            let Some(Reverse(Entry { at_us, due, .. })) = self.queue.pop() else { break };
+            self.now_us = at_us;
             self.report.events += 1;
             self.fire(due);
         }
@@ -322,6 +347,11 @@ impl World {
                 self.input(i, deliver(now));
             }
             Due::Input(..) => {}
+            Due::Gossip(i, epoch, m) if epoch == self.nodes[i].epoch && self.nodes[i].alive => {
+                let (from, msg) = (m.0.clone(), m.1.clone());
+                self.input(i, Input::Gossip { now, from, msg });
+            }
+            Due::Gossip(..) => {}
 
             Due::Timer(i, at) => {
                 if self.nodes[i].timer_at == Some(at) {
@@ -644,6 +674,7 @@ impl World {
                         locus_core::cluster::Gossip::Pop(_) => "pop-summary",
                     };
                     let bytes = traffic::gossip_copy(name_len, &msg);
+                    let shared = Rc::new((from, msg));
                     let copies = traffic::copies(receivers.len());
                     for &j in receivers.iter().filter(|&&j| j != i) {
                         let deliveries = self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop);
@@ -651,8 +682,7 @@ impl World {
                             self.traffic.received(kind, j, bytes, copies);
                         }
                         for delay in deliveries {
-                            let (from, msg) = (from.clone(), msg.clone());
-                            self.to(j, delay, Box::new(move |now| Input::Gossip { now, from, msg }));
+                            self.at(delay, Due::Gossip(j, self.nodes[j].epoch, shared.clone()));
                         }
                     }
                 }
@@ -820,8 +850,7 @@ impl World {
 
     fn at(&mut self, delay_us: u64, due: Due) {
         self.seq += 1;
-        self.dues.insert(self.seq, due);
-        self.queue.push(Reverse((self.now_us + delay_us, self.seq)));
+        self.queue.push(Reverse(Entry { at_us: self.now_us + delay_us, seq: self.seq, due }));
     }
 
     /// What is wrong once everything has settled: a request never

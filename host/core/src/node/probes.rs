@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(p.answered(OutboundId(2)), Some(b.clone()));
         assert_eq!(p.answered(OutboundId(2)), None, "answered already");
         assert!(p.overdue(t0 + Duration::from_millis(1000), Duration::from_millis(1500)).is_empty());
-        assert_eq!(p.overdue(t0 + Duration::from_millis(1500), Duration::from_millis(1500)), [a.clone()]);
+        assert_eq!(
+            p.overdue(t0 + Duration::from_millis(1500), Duration::from_millis(1500)),
+            std::slice::from_ref(&a)
+        );
         assert_eq!(p.answered(OutboundId(1)), None, "overdue: its late answer is not a probe's");
         assert!(!p.waiting_for(&a));
         assert_eq!((p.next_turn(), p.next_turn()), (1, 2));
