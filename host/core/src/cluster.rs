@@ -91,7 +91,7 @@ pub struct HostSummary {
     pub moving: Vec<String>,
     /// The VMs it runs, as a digest and its latest changes.
     pub vms: VmDigest,
-    /// This summary's number since the agent started (from 1): keepalives
+    /// This summary's number since the agent started (from 1): probes and their answers
     /// name the latest, so a PoP-mate that missed one knows and asks.
     #[serde(default)]
     pub seq: u64,
@@ -441,7 +441,7 @@ pub struct Heard {
     pub behind: bool,
 }
 
-/// What a PoP-mate's keepalive changed.
+/// What a PoP-mate's probe or answer changed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeardAlive {
     /// It came (back) into view.

@@ -730,7 +730,7 @@ impl Node {
             return;
         }
         if let Some(peer) = self.asked_summary.remove(&id) {
-            // Unanswered, its next keepalive asks again.
+            // Unanswered, its next probe or answer asks again.
             if let (Ok(PeerResponse::Summary(s)), Some(now)) = (result, self.now) {
                 self.gossip(now, &peer, Gossip::Host(*s));
             }
