@@ -193,28 +193,13 @@ fn differs(last: &HostSummary, now: &HostSummary) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::PeerId;
     use crate::node::Size;
 
+    /// A host of 8 vCPUs, nothing allocated, before its first summary.
     fn own() -> HostSummary {
-        HostSummary {
-            peer: PeerId("a".into()),
-            host: "h-a".into(),
-            pop: "p".into(),
-            capacity: Size { vcpus: 8, memory_mib: 8192, disk_gib: 100 },
-            allocated: Size::default(),
-            cpu_milli: 8000,
-            load_cpu_milli: 0,
-            load_state: crate::load::LoadState::Normal,
-            watts: (100, 200),
-            up: true,
-            draining: false,
-            standby: false,
-            standby_watts: 10,
-            moving: vec![],
-            vms: VmDigest::default(),
-            seq: 0,
-        }
+        let mut s = crate::cluster::tests::summary("a", "p");
+        (s.allocated, s.vms, s.seq) = (Size::default(), VmDigest::default(), 0);
+        s
     }
 
     /// Whether `b` summarized the host at this heartbeat, and its latest summary's number.

@@ -856,10 +856,11 @@ fn plus(a: Size, b: Size) -> Size {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn summary(peer: &str, pop: &str) -> HostSummary {
+    /// A host of 8 vCPUs with one VM, `vm-{peer}`, as its first summary says.
+    pub(crate) fn summary(peer: &str, pop: &str) -> HostSummary {
         HostSummary {
             load_state: crate::load::LoadState::Normal,
             peer: PeerId(peer.into()),
