@@ -104,8 +104,7 @@ impl Beacon {
 
     /// The digest of its VMs as last published, without their changes.
     pub fn digest(&self) -> VmDigest {
-        let (version, set) = self.vms.full();
-        VmDigest { count: set.len() as u32, version, ..VmDigest::default() }
+        self.vms.head()
     }
 
     /// Whether to publish `summary` on the global topic at this heartbeat,

@@ -205,6 +205,11 @@ impl VmLog {
         n != self.set.len()
     }
 
+    /// The digest of the set as last published, without its changes.
+    pub fn head(&self) -> VmDigest {
+        VmDigest { count: self.set.len() as u32, hash: self.hash, version: self.version, changes: vec![] }
+    }
+
     /// The whole set as last published, with its version.
     pub fn full(&self) -> (u64, Vec<String>) {
         (self.version, self.set.iter().cloned().collect())
