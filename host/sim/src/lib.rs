@@ -13,6 +13,7 @@ pub mod deciders;
 pub mod energy;
 pub mod hypervisor;
 pub mod net;
+mod queue;
 pub mod report;
 pub mod scale;
 pub mod scenario;

@@ -41,7 +41,8 @@ pub fn scenario(hosts: u32, duration_s: u64) -> Result<Scenario, ScenarioError> 
     let scenario = Scenario {
         name: format!("scale: {hosts} hosts, {vms} VMs"),
         duration_s,
-        sample_interval_ms: 1_000,
+        // The agent's default.
+        sample_interval_ms: 2_000,
         network: NetConfig::default(),
         hypervisor: Default::default(),
         pops,

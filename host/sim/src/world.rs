@@ -11,6 +11,7 @@ use crate::deciders::Deciders;
 use crate::energy::Energy;
 use crate::hypervisor::Hypervisor;
 use crate::net::Network;
+use crate::queue::Queue;
 use crate::report::Report;
 use crate::scenario::{FaultKind, Scenario, ScenarioError, SchedulerKind};
 use crate::seed::{Rng, Seed};
@@ -24,8 +25,7 @@ use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, 
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
 use rand::RngExt;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -63,34 +63,6 @@ enum Due {
     Central,
 }
 
-/// A due event: when, its place among those due at the same time (the
-/// order they were scheduled), and what. Ordered by the first two only.
-struct Entry {
-    at_us: u64,
-    seq: u64,
-    due: Due,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_us, self.seq) == (other.at_us, other.seq)
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
-    }
-}
-
 struct SimNode {
     node: Node,
     /// What it was started with, to start it again.
@@ -124,8 +96,7 @@ pub struct World {
     seed: Seed,
     start: Instant,
     now_us: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Entry>>,
+    queue: Queue<Due>,
     nodes: Vec<SimNode>,
     peers: HashMap<PeerId, usize>,
     /// Every node, and the nodes of each PoP: who hears each topic.
@@ -229,8 +200,7 @@ impl World {
             seed,
             start: Instant::now(),
             now_us: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Queue::default(),
             nodes,
             peers,
             everyone,
@@ -331,8 +301,7 @@ impl World {
 
     /// Runs until virtual time `until_us`.
     pub fn run_until(&mut self, until_us: u64) {
-        while self.queue.peek().is_some_and(|Reverse(e)| e.at_us <= until_us) {
-            let Some(Reverse(Entry { at_us, due, .. })) = self.queue.pop() else { break };
+        while let Some((at_us, due)) = self.queue.pop_until(until_us) {
             self.now_us = at_us;
             self.report.events += 1;
             self.fire(due);
@@ -389,13 +358,10 @@ impl World {
     /// Request `k` of batch `b` enters at a random host (of its PoP).
     fn arrive(&mut self, b: usize, k: u32) {
         let batch = &self.scenario.arrivals[b];
-        let entries: Vec<usize> = match &batch.pop {
-            Some(p) => {
-                (0..self.nodes.len()).filter(|&i| self.scenario.pops[self.nodes[i].pop].name == *p).collect()
-            }
-            None => (0..self.nodes.len()).collect(),
+        let entry = match batch.pop.as_ref().and_then(|p| self.pop_index.get(p)) {
+            Some(&p) => self.by_pop[p][self.workload.random_range(0..self.by_pop[p].len())],
+            None => self.workload.random_range(0..self.nodes.len()),
         };
-        let entry = entries[self.workload.random_range(0..entries.len())];
         let spec = VmRequest {
             name: format!("b{b}-{k}"),
             vcpus: batch.vcpus,
@@ -696,7 +662,7 @@ impl World {
                     self.next_inbound += 1;
                     let inbound = self.next_inbound;
                     self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
-                    self.at(REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
+                    self.queue.push_in_order(self.now_us + REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
                     if let Some(delay) = self.net.stream(i, self.nodes[i].pop, j, self.nodes[j].pop) {
                         self.traffic.received("request", j, traffic::stream_message(&req), 1);
                         let id = InboundId(inbound);
@@ -849,8 +815,7 @@ impl World {
     }
 
     fn at(&mut self, delay_us: u64, due: Due) {
-        self.seq += 1;
-        self.queue.push(Reverse(Entry { at_us: self.now_us + delay_us, seq: self.seq, due }));
+        self.queue.push(self.now_us + delay_us, due);
     }
 
     /// What is wrong once everything has settled: a request never
