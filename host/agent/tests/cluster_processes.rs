@@ -673,6 +673,10 @@ fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_par
     wait_until(Duration::from_secs(5), "its summary lists the three VMs", || {
         view(&clients[7]).is_some_and(|v| v.cluster.hosts.iter().any(|h| h.host == victim && h.vms == 3))
     });
+    // And the overlay's records have them (summaries may come sooner).
+    wait_until(Duration::from_secs(10), "another PoP finds the three VMs", || {
+        ["keep1", "keep2", "once"].iter().all(|n| show(&clients[0], n).is_some_and(|s| s.host == victim))
+    });
     cluster.agents[6].kill9();
     wait_until(Duration::from_secs(40), "the VMs with restart always run elsewhere", || {
         ["keep1", "keep2"].iter().all(|n| {

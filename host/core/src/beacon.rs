@@ -9,7 +9,7 @@
 //!   or its CPU demand by a twentieth of its capacity), when it refutes a
 //!   suspicion or a PoP-mate came into view, at every heartbeat of its
 //!   first [`STARTUP_HEARTBEATS`] (while the overlay's mesh forms), and
-//!   every [`REFRESH_EVERY`] heartbeats to repair losses.
+//!   every [`REFRESH_EVERY`] heartbeats.
 //!   Liveness needs no more (see [`crate::cluster`]): probes carry the
 //!   number of the latest summary, so a PoP-mate that missed one knows and
 //!   asks for it;
@@ -17,15 +17,20 @@
 //!   when a member's liveness changed or another PoP (or more of its
 //!   hosts) came into view, when it changed otherwise (at most every
 //!   [`POP_SUMMARY_EVERY`] heartbeats), and every
-//!   [`POP_REFRESH_EVERY`] heartbeats.
+//!   [`POP_REFRESH_EVERY`](crate::cluster::POP_REFRESH_EVERY) heartbeats (more with many PoPs).
 
-use crate::cluster::{
-    Gossip, HostSummary, POP_REFRESH_EVERY, POP_SUMMARY_EVERY, PopSummary, REFRESH_EVERY, VmDigest, VmLog,
-};
+use crate::cluster::{Gossip, HostSummary, POP_SUMMARY_EVERY, PopSummary, REFRESH_EVERY, VmDigest, VmLog};
 
 /// Heartbeats after start at which the summary goes out whatever changed:
 /// gossip published before the overlay's mesh has formed is lost.
 pub const STARTUP_HEARTBEATS: u64 = 10;
+
+/// The heartbeat from which an agent may speak for its PoP. Before, it
+/// may not have heard the PoP-mates with smaller peer ids yet (each
+/// summarizes itself at every early heartbeat): when a whole PoP starts at
+/// once, every agent would speak, each counting a different share of the
+/// PoP alive, and every other PoP would hear them all.
+pub const SPEAK_FROM_HEARTBEAT: u64 = 4;
 
 /// What this agent has said, to decide what it says next.
 #[derive(Debug, Default)]
@@ -55,7 +60,7 @@ impl Beacon {
     /// suspicion; else nothing.
     pub fn host<'a>(
         &mut self,
-        mut own: HostSummary,
+        own: HostSummary,
         vms: impl IntoIterator<Item = &'a String> + Clone,
     ) -> Option<Gossip> {
         self.since += 1;
@@ -73,12 +78,29 @@ impl Beacon {
         if !due {
             return None;
         }
+        Some(self.publish(own, vms))
+    }
+
+    /// What to say on the PoP's topic now, between heartbeats: `own` when
+    /// its allocation changed (a VM placed or gone). PoP-mates place by
+    /// it, and a burst of creates would herd onto the host every view
+    /// showed emptiest until the next heartbeat.
+    pub fn placed<'a>(
+        &mut self,
+        own: HostSummary,
+        vms: impl IntoIterator<Item = &'a String>,
+    ) -> Option<Gossip> {
+        let last = self.last.as_ref()?;
+        (last.allocated != own.allocated).then(|| self.publish(own, vms))
+    }
+
+    fn publish<'a>(&mut self, mut own: HostSummary, vms: impl IntoIterator<Item = &'a String>) -> Gossip {
         own.vms = self.vms.publish(vms);
         own.seq = self.seq() + 1;
         self.since = 0;
         self.again = false;
         self.last = Some(own.clone());
-        Some(Gossip::Host(own))
+        Gossip::Host(own)
     }
 
     /// The number of the latest summary published (0 before the first).
@@ -108,13 +130,17 @@ impl Beacon {
     }
 
     /// Whether to publish `summary` on the global topic at this heartbeat,
-    /// speaking for the PoP; `news` when a member's liveness just changed.
-    pub fn pop(&mut self, summary: PopSummary, news: bool) -> Option<Gossip> {
+    /// speaking for the PoP; `news` when a member's liveness just changed;
+    /// `refresh_every`: heartbeats at most between two, changed or not.
+    pub fn pop(&mut self, summary: PopSummary, news: bool, refresh_every: u64) -> Option<Gossip> {
+        if self.heartbeats < SPEAK_FROM_HEARTBEAT {
+            return None;
+        }
         self.pop_since += 1;
         let due = match &self.pop_last {
             None => true,
             Some(last) => {
-                news || self.pop_since >= POP_REFRESH_EVERY
+                news || self.pop_since >= refresh_every
                     || (self.pop_since >= POP_SUMMARY_EVERY
                         && (self.pop_again || pop_differs(last, &summary)))
             }
@@ -192,6 +218,7 @@ fn differs(last: &HostSummary, now: &HostSummary) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::POP_REFRESH_EVERY;
     use crate::node::Size;
 
     /// A host of 8 vCPUs, nothing allocated, before its first summary.
@@ -246,6 +273,19 @@ mod tests {
         let quiet: Vec<bool> = (0..REFRESH_EVERY).map(|_| said(&mut b, allocated.clone(), &vms).0).collect();
         assert_eq!(quiet.iter().filter(|&&full| full).count(), 1, "one refresh in {REFRESH_EVERY}");
         assert!(quiet[quiet.len() - 1], "the refresh comes on time");
+
+        // Between heartbeats: only a change of allocation is said at once.
+        let mut busy = allocated.clone();
+        busy.load_cpu_milli = 4000;
+        assert!(b.placed(busy.clone(), &vms).is_none(), "demand waits for the heartbeat");
+        let more = vec!["x".to_owned(), "y".to_owned()];
+        busy.allocated.vcpus = 3;
+        match b.placed(busy.clone(), &more) {
+            Some(Gossip::Host(s)) => assert_eq!((s.seq, s.allocated.vcpus, s.vms.count), (n + 6, 3, 2)),
+            other => panic!("a VM placed: {other:?}"),
+        }
+        assert!(b.placed(busy.clone(), &more).is_none(), "said already");
+        assert_eq!(said(&mut b, busy, &more), (false, n + 6), "nor again at the heartbeat");
     }
 
     fn pop(free: u32) -> PopSummary {
@@ -268,27 +308,39 @@ mod tests {
     #[test]
     fn a_speaker_summarizes_its_pop_on_news_at_once_on_change_at_a_pace_and_else_rarely() {
         let mut b = Beacon::default();
-        assert!(b.pop(pop(8), false).is_some(), "first: at once");
-        assert!(b.pop(pop(8), false).is_none());
-        assert!(b.pop(pop(8), true).is_some(), "a member's liveness changed: at once");
+        for _ in 1..SPEAK_FROM_HEARTBEAT {
+            b.host(own(), std::iter::empty());
+            assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_none(), "too early to speak");
+        }
+        b.host(own(), std::iter::empty());
+        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_some(), "first: at once");
+        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_none());
+        assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_some(), "a member's liveness changed: at once");
         let rides: Vec<bool> = (0..POP_REFRESH_EVERY - 1)
             .map(|_| {
                 let mut fuller = pop(8);
                 fuller.free.vcpus = 3;
-                b.pop(fuller, false).is_some()
+                b.pop(fuller, false, POP_REFRESH_EVERY).is_some()
             })
             .collect();
         assert!(rides.iter().all(|&s| !s), "only the sum of free room moved: it waits for the refresh");
-        assert!(b.pop(pop(8), false).is_some(), "the refresh");
-        let changed: Vec<bool> = (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_some(), "the refresh");
+        let changed: Vec<bool> =
+            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
         assert_eq!(changed.iter().filter(|&&s| s).count(), 1);
         assert!(changed[changed.len() - 1], "a change waits for the pace");
-        let quiet: Vec<bool> = (0..POP_REFRESH_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        let quiet: Vec<bool> =
+            (0..POP_REFRESH_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
         assert_eq!(quiet.iter().filter(|&&s| s).count(), 1, "unchanged: once per refresh");
         b.not_speaker();
-        assert!(b.pop(pop(6), false).is_some(), "speaking again: at once");
+        assert!(b.pop(pop(6), false, POP_REFRESH_EVERY).is_some(), "speaking again: at once");
         b.pop_again();
-        let again: Vec<bool> = (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false).is_some()).collect();
+        let again: Vec<bool> =
+            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
         assert_eq!(again, [false, false, false, true], "another PoP came: at the pace");
+        let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
+        assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
+        let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
+        assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
     }
 }

@@ -387,9 +387,12 @@ pub enum Topic {
     Global,
 }
 
-/// Heartbeats at most between two host summaries, changed or not: a lost
-/// one is repaired, and a member silent for a few of these is suspect.
-pub const REFRESH_EVERY: u64 = 20;
+/// Heartbeats at most between two host summaries, changed or not: an
+/// agent that joined late hears every PoP-mate, and a member silent for a
+/// few of these is suspect. Rare, because a lost summary is repaired
+/// sooner: probes and their answers carry the number of the latest, and
+/// each pair of PoP-mates exchanges one about every PoP-size heartbeats.
+pub const REFRESH_EVERY: u64 = 60;
 /// Heartbeats of silence after which a member is suspect, probed or not.
 pub const SILENCE_LIMIT_EVERY: u64 = 3 * REFRESH_EVERY;
 
@@ -399,7 +402,9 @@ pub const POP_SUMMARY_EVERY: u64 = 4;
 /// Heartbeats at most between two PoP summaries, changed or not: a lost
 /// one is repaired, an agent that joins learns every PoP, and a PoP
 /// silent for a few of these is gone. Rare, because every agent hears
-/// every PoP's: at 10,000 hosts in 313 PoPs, 10 summaries a second.
+/// every PoP's; rarer with more PoPs than this, as many heartbeats as
+/// there are PoPs, so that an agent hears about one refresh a heartbeat
+/// however large the cluster (at 10,000 hosts in 313 PoPs, every 156 s).
 pub const POP_REFRESH_EVERY: u64 = 60;
 
 /// Heartbeat and failure-detection timing.
@@ -497,9 +502,18 @@ pub struct Membership {
     remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
     rtts: BTreeMap<PeerId, Duration>,
+    /// The PoP each contact of another PoP's latest summary speaks for.
+    contact_pops: BTreeMap<PeerId, String>,
     /// Which PoP-mates list each VM (one, but for a moment during a move
     /// or after a host came back with stale copies).
     index: BTreeMap<String, Vec<PeerId>>,
+    /// When a PoP summary was last heard, from any PoP.
+    pop_heard: Option<Instant>,
+    /// When PoPs silent for long were last forgotten.
+    pops_aged: Option<Instant>,
+    /// One more each time a PoP-mate's VMs gained a name or a PoP-mate
+    /// came back alive: when a copy of this host's VMs may have appeared.
+    holders_version: u64,
 }
 
 impl Membership {
@@ -513,7 +527,11 @@ impl Membership {
             pops: BTreeMap::new(),
             remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
+            contact_pops: BTreeMap::new(),
             index: BTreeMap::new(),
+            pop_heard: None,
+            pops_aged: None,
+            holders_version: 0,
         }
     }
 
@@ -528,16 +546,23 @@ impl Membership {
         if summary.pop != self.pop || *from != summary.peer || summary.peer == self.me {
             return Heard::default();
         }
-        let known = self.members.remove(from);
-        let before = known.as_ref().map(|m| m.liveness);
-        let rtt = known.as_ref().and_then(|m| m.rtt);
-        let mut vms = known.map(|m| m.vms).unwrap_or_default();
-        let (came, went) = vms.apply(&summary.vms);
+        let m = self.members.entry(from.clone()).or_insert_with(|| Member {
+            summary: summary.clone(),
+            heard: now,
+            liveness: Liveness::Dead,
+            suspected: None,
+            rtt: None,
+            vms: KnownVms::default(),
+        });
+        let before = m.liveness;
+        let (came, went) = m.vms.apply(&summary.vms);
+        let behind = !m.vms.synced;
+        (m.summary, m.heard, m.liveness, m.suspected) = (summary, now, Liveness::Alive, None);
+        let transition = (before != Liveness::Alive).then(|| transition(m, &self.pop));
+        if transition.is_some() {
+            self.holders_version += 1;
+        }
         self.index_changes(from, came, went);
-        let behind = !vms.synced;
-        let member = Member { summary, heard: now, liveness: Liveness::Alive, suspected: None, rtt, vms };
-        let transition = (before != Some(Liveness::Alive)).then(|| transition(&member, &self.pop));
-        self.members.insert(from.clone(), member);
         Heard { transition, behind }
     }
 
@@ -554,7 +579,9 @@ impl Membership {
             return HeardAlive { transition: None, stale };
         }
         m.liveness = Liveness::Alive;
-        HeardAlive { transition: Some(transition(m, &self.pop)), stale }
+        let transition = Some(transition(m, &self.pop));
+        self.holders_version += 1;
+        HeardAlive { transition, stale }
     }
 
     /// This agent's probe of `peer` went unanswered: it is suspect.
@@ -604,6 +631,9 @@ impl Membership {
     }
 
     fn index_changes(&mut self, peer: &PeerId, came: Vec<String>, went: Vec<String>) {
+        if !came.is_empty() {
+            self.holders_version += 1;
+        }
         for vm in came {
             let holders = self.index.entry(vm).or_default();
             if !holders.contains(peer) {
@@ -618,6 +648,12 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// A number that changes when a PoP-mate may have come to list one of
+    /// this host's VMs: until it does, looking for copies finds nothing new.
+    pub fn holders_version(&self) -> u64 {
+        self.holders_version
     }
 
     /// The PoP-mates whose summaries list `vm`.
@@ -654,9 +690,32 @@ impl Membership {
                 heard.transitions.push(remote_transition(&m, &pop, Liveness::Alive));
             }
         }
+        self.pop_heard = Some(now);
         let rtt = summary.contacts.iter().filter_map(|c| self.rtts.get(&c.peer)).min().copied();
-        let name = summary.pop.clone();
-        self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now, rtt });
+        if rtt.is_none() {
+            heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
+        }
+        let old = self.pops.get(&summary.pop).map(|p| &p.summary.contacts);
+        if old != Some(&summary.contacts) {
+            for c in old.into_iter().flatten() {
+                self.contact_pops.remove(&c.peer);
+            }
+            for c in &summary.contacts {
+                self.contact_pops.insert(c.peer.clone(), summary.pop.clone());
+            }
+        }
+        match self.pops.get_mut(&summary.pop) {
+            Some(p) => {
+                if p.speaker != *from {
+                    p.speaker = from.clone();
+                }
+                (p.summary, p.heard, p.rtt) = (summary, now, rtt);
+            }
+            None => {
+                let name = summary.pop.clone();
+                self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now, rtt });
+            }
+        }
         heard
     }
 
@@ -667,10 +726,8 @@ impl Membership {
             return;
         }
         self.rtts.insert(peer.clone(), rtt);
-        for p in self.pops.values_mut() {
-            if p.summary.contacts.iter().any(|c| c.peer == *peer) {
-                p.rtt = Some(p.rtt.map_or(rtt, |r| r.min(rtt)));
-            }
+        if let Some(p) = self.contact_pops.get(peer).and_then(|pop| self.pops.get_mut(pop)) {
+            p.rtt = Some(p.rtt.map_or(rtt, |r| r.min(rtt)));
         }
     }
 
@@ -698,9 +755,22 @@ impl Membership {
                 changes.push(transition(m, &self.pop));
             }
         }
-        // A PoP whose speaker went silent for long is forgotten until it speaks again.
-        let forget = (dead * 4).max(4 * self.pop_refresh());
-        self.pops.retain(|_, p| now.saturating_duration_since(p.heard) < forget);
+        // A PoP whose speaker went silent for long is forgotten until it
+        // speaks again; looked for once a refresh, not at every heartbeat:
+        // there may be hundreds of PoPs, and this is slow to come anyway.
+        let refresh = self.pop_refresh();
+        if self.pops_aged.is_none_or(|t| now.saturating_duration_since(t) >= refresh) {
+            self.pops_aged = Some(now);
+            let forget = (dead * 4).max(4 * refresh);
+            let silent = |p: &RemotePop| now.saturating_duration_since(p.heard) >= forget;
+            let gone: Vec<String> =
+                self.pops.iter().filter(|(_, p)| silent(p)).map(|(n, _)| n.clone()).collect();
+            for p in gone.iter().filter_map(|n| self.pops.remove(n)) {
+                for c in &p.summary.contacts {
+                    self.contact_pops.remove(&c.peer);
+                }
+            }
+        }
         changes
     }
 
@@ -710,23 +780,38 @@ impl Membership {
     /// An agent cut off from the rest sees its peers go silent and must
     /// not act on their deaths: it may be the one that is away.
     pub fn in_majority(&self, now: Instant) -> bool {
+        let dead = Duration::from_millis(self.config.dead_ms);
+        let refresh = self.pop_refresh();
         // A PoP's summaries come as rarely as every refresh: one lost must
         // not count its hosts as gone.
-        let recent = Duration::from_millis(self.config.dead_ms).max(3 * self.pop_refresh());
+        let recent = dead.max(3 * refresh);
+        // But some PoP's summary comes every refresh over the number of
+        // PoPs: an agent that heard none for ten of those hears none of
+        // them, whatever it heard before (at 313 PoPs, after 5 s, where a
+        // PoP's refresh is 156 s).
+        let remote = u32::try_from(self.pops.len()).unwrap_or(u32::MAX).max(1);
+        let lately = dead.max(10 * refresh / remote);
+        let hearing = self.pop_heard.is_some_and(|t| now.saturating_duration_since(t) < lately);
         let mut known = 1 + self.members.len();
         let mut alive = 1 + self.members.values().filter(|m| m.liveness == Liveness::Alive).count();
         for p in self.pops.values() {
             known += p.summary.hosts as usize;
-            if now.saturating_duration_since(p.heard) < recent {
+            if hearing && now.saturating_duration_since(p.heard) < recent {
                 alive += p.summary.alive as usize;
             }
         }
         2 * alive > known
     }
 
+    /// Heartbeats at most between two summaries of a PoP, alive: the
+    /// refresh (see [`POP_REFRESH_EVERY`]).
+    pub fn pop_refresh_every(&self) -> u64 {
+        POP_REFRESH_EVERY.max(self.pops.len() as u64 + 1)
+    }
+
     /// The longest a PoP's speaker stays silent while alive.
     fn pop_refresh(&self) -> Duration {
-        Duration::from_millis(self.config.heartbeat_ms * POP_REFRESH_EVERY)
+        Duration::from_millis(self.config.heartbeat_ms * self.pop_refresh_every())
     }
 
     /// True when this agent speaks for its PoP: no alive member has a smaller peer id.
@@ -827,6 +912,8 @@ pub struct HeardPop {
     pub transitions: Vec<Transition>,
     /// More of its hosts are alive than its last summary said, or it is new.
     pub more: bool,
+    /// A contact to measure the latency to it by, while it is unmeasured.
+    pub unmeasured: Option<PeerId>,
 }
 
 fn remote_transition(m: &MemberSummary, pop: &str, liveness: Liveness) -> Transition {
@@ -1025,6 +1112,35 @@ pub(crate) mod tests {
             [("b", Liveness::Alive)]
         );
         assert_eq!(berlin.remote_dead(&PeerId("b".into())), None);
+    }
+
+    #[test]
+    fn with_many_pops_each_refreshes_rarely_and_an_agent_that_hears_none_lately_counts_none_alive() {
+        let t0 = Instant::now();
+        let s = |at: Duration| t0 + at;
+        let mut berlin = Membership::new(MembershipConfig::default(), PeerId("z".into()), "berlin".into());
+        let mut paris = Membership::new(MembershipConfig::default(), PeerId("a".into()), "paris".into());
+        paris.heard_host(t0, &PeerId("b".into()), summary("b", "paris"));
+        let pop = crate::node::PopConfig { name: "paris".into(), ..Default::default() };
+        let mut summary = paris.pop_summary(&summary("a", "paris"), &pop);
+        assert_eq!(berlin.pop_refresh_every(), POP_REFRESH_EVERY, "few PoPs: the refresh");
+        for i in 0..99 {
+            summary.pop = format!("p{i}");
+            berlin.heard_pop(s(Duration::from_millis(i * 100)), &PeerId(format!("s{i}")), summary.clone());
+        }
+        assert_eq!(berlin.pop_refresh_every(), 100, "as many heartbeats as PoPs");
+        // Each PoP refreshes every 50 s, some PoP every 0.5 s.
+        assert!(berlin.in_majority(s(Duration::from_secs(14))), "every host alive, and heard lately");
+        assert!(
+            !berlin.in_majority(s(Duration::from_secs(15))),
+            "no PoP heard for 5 s, where one comes every 0.5 s: cut off from all"
+        );
+        summary.pop = "p0".into();
+        berlin.heard_pop(s(Duration::from_secs(60)), &PeerId("s0".into()), summary);
+        assert!(
+            berlin.in_majority(s(Duration::from_secs(60))),
+            "hearing again: every PoP heard in 3 refreshes counts"
+        );
     }
 
     fn names(v: &[&str]) -> Vec<String> {

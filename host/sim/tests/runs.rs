@@ -46,13 +46,13 @@ fn changing_loads_overload_hosts_and_rebalancing_relieves_them_by_live_migration
     let text = include_str!("../../../examples/scenarios/overload.toml");
     let (json, placed) = run(text, 3);
     let report: serde_json::Value = serde_json::from_str(&json).expect("json");
-    assert_eq!(report["placed"], 40, "{json}");
+    assert_eq!(report["placed"], 48, "{json}");
     let (overloads, migrations) = (report["overloads"].as_u64(), report["migrations"].as_u64());
     assert!(overloads.is_some_and(|o| o > 0) && migrations.is_some_and(|m| m > 0), "{json}");
     assert_eq!(report["overloads_unsolved"], 0, "{json}");
     let mut names: Vec<&str> = placed.iter().map(|(vm, _)| vm.as_str()).collect();
     names.dedup();
-    assert_eq!(names.len(), 40, "each VM on one host after its moves");
+    assert_eq!(names.len(), 48, "each VM on one host after its moves");
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn the_webassembly_components_metered_by_fuel_replay_byte_for_byte_and_decide_as
     let (b, placed_b) = run(&wasm, 5);
     assert_eq!((&a, &placed_a), (&b, &placed_b), "fuel, not the clock, times the decisions");
     let report: serde_json::Value = serde_json::from_str(&a).expect("json");
-    assert_eq!((report["runtime"].as_str(), report["placed"].as_u64()), (Some("wasm"), Some(40)), "{a}");
+    assert_eq!((report["runtime"].as_str(), report["placed"].as_u64()), (Some("wasm"), Some(48)), "{a}");
     assert!(report["migrations"].as_u64().is_some_and(|m| m > 0), "the migration component planned: {a}");
     assert!(
         !report["node_events"].as_object().is_some_and(|e| e.contains_key("fell-back")),

@@ -43,6 +43,10 @@ pub(super) struct Orphan {
     looked_up: Option<Instant>,
 }
 
+/// Heartbeats between two looks for copies while nothing changed: a VM
+/// busy at the last look (created, moved) may be free to compare now.
+const COPIES_AGAIN_EVERY: u64 = 20;
+
 impl Node {
     /// Notes the domains marked as this host's that have no intent, and
     /// looks up their records. One listed by a single observation is not
@@ -212,7 +216,14 @@ impl Node {
 
     /// VMs of this host that a PoP-mate's summaries also list are compared
     /// with its copy (one question per VM at a time).
-    pub(super) fn check_copies(&mut self) {
+    pub(super) fn check_copies(&mut self, heartbeat: u64) {
+        // A copy appears only when a PoP-mate's VMs or this host's changed,
+        // or a PoP-mate came back; a VM busy then is looked at in a while.
+        let seen = (self.membership.holders_version(), self.beacon.digest().version);
+        if self.copies_seen == Some(seen) && !heartbeat.is_multiple_of(COPIES_AGAIN_EVERY) {
+            return;
+        }
+        self.copies_seen = Some(seen);
         let shared: Vec<(PeerId, String)> = self
             .vms
             .iter()

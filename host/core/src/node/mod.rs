@@ -904,6 +904,9 @@ pub struct Node {
     evacuated_from: HashMap<String, String>,
     /// VMs also listed by a PoP-mate, being compared with its copy.
     conflicts: HashMap<OutboundId, String>,
+    /// The PoP-mates' holders and this host's VMs (their versions) at the
+    /// last look for copies: until either changes there is nothing new.
+    copies_seen: Option<(u64, u64)>,
     /// What this host said on the overlay, to decide what it says next.
     beacon: crate::beacon::Beacon,
     /// PoP-mates asked for their whole list of VMs, by request.
@@ -1002,6 +1005,7 @@ impl Node {
             evacuating: BTreeMap::new(),
             evacuated_from: HashMap::new(),
             conflicts: HashMap::new(),
+            copies_seen: None,
             beacon: Default::default(),
             asked_summary: HashMap::new(),
             probes: Default::default(),
@@ -1136,6 +1140,7 @@ impl Node {
                 }
             }
         }
+        self.summarize_if_placed();
     }
 
     /// The next output; [`Output::Timeout`] when there is nothing else.

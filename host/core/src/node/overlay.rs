@@ -108,6 +108,20 @@ impl Node {
         }
     }
 
+    /// This host's summary goes out now if a VM was placed here or left
+    /// (see [`crate::beacon::Beacon::placed`]); comparing the allocation
+    /// first keeps the other inputs free of building a summary.
+    pub(super) fn summarize_if_placed(&mut self) {
+        let allocated = Size::from(self.model.hosts[self.host.0 as usize].allocated);
+        if self.beacon.last().is_none_or(|l| l.allocated == allocated) {
+            return;
+        }
+        let own = self.host_summary(self.beacon.digest());
+        if let Some(msg) = self.beacon.placed(own, self.vms.keys()) {
+            self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg });
+        }
+    }
+
     pub(super) fn heartbeat(&mut self, now: Instant) {
         let period = Duration::from_millis(self.membership.config().heartbeat_ms.max(1));
         self.timers.set(Timer::Heartbeat, now + period);
@@ -129,7 +143,8 @@ impl Node {
         if self.verified_at.is_none_or(|t| now >= t + super::evacuation::VERIFY_AT_LEAST_EVERY) {
             self.verify_copies(now);
         }
-        self.check_copies();
+        let turn = self.probes.next_turn();
+        self.check_copies(turn);
         let own = self.host_summary(self.beacon.digest());
         let speaking =
             self.membership.is_speaker().then(|| self.membership.pop_summary(&own, &self.config.pop));
@@ -139,12 +154,11 @@ impl Node {
         match speaking {
             None => self.beacon.not_speaker(),
             Some(summary) => {
-                if let Some(msg) = self.beacon.pop(summary, news) {
+                if let Some(msg) = self.beacon.pop(summary, news, self.membership.pop_refresh_every()) {
                     self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg });
                 }
             }
         }
-        let turn = self.probes.next_turn();
         if let Some(peer) = self.membership.probe_target(turn)
             && !self.probes.waiting_for(&peer)
         {
@@ -152,7 +166,11 @@ impl Node {
             self.probes.sent(id, peer, now);
         }
         // Latency to another PoP is measured by ping on a connection to one
-        // of its members: ask for one where there is none yet.
+        // of its members: asked for when its summary comes, and again at a
+        // pace where there is none yet (there may be hundreds of PoPs).
+        if !turn.is_multiple_of(crate::cluster::POP_SUMMARY_EVERY) {
+            return;
+        }
         let unmeasured: Vec<PeerId> = self
             .membership
             .pops
@@ -168,7 +186,6 @@ impl Node {
     pub(super) fn gossip(&mut self, now: Instant, from: &PeerId, msg: Gossip) {
         match msg {
             Gossip::Host(summary) => {
-                let s = summary.clone();
                 let heard = self.membership.heard_host(now, from, summary);
                 if let Some(t) = heard.transition {
                     // A PoP-mate comes (back) into view: this host may be the
@@ -182,9 +199,7 @@ impl Node {
                     let id = self.request(from.clone(), PeerRequest::Vms);
                     self.asked_vms.insert(id, from.clone());
                 }
-                if self.membership.members.contains_key(from) {
-                    self.learn_host(from, &s);
-                }
+                self.learn_host(from);
             }
             Gossip::Suspect { peer, .. } if peer == self.config.peer => self.beacon.again(),
             Gossip::Suspect { peer, seq } => {
@@ -195,6 +210,9 @@ impl Node {
             }
             Gossip::Pop(summary) => {
                 let heard = self.membership.heard_pop(now, from, summary);
+                if let Some(peer) = heard.unmeasured {
+                    self.outputs.push_back(Output::Dial(peer));
+                }
                 if heard.more {
                     // New hosts elsewhere may not have heard this PoP yet.
                     self.beacon.pop_again();
@@ -218,9 +236,7 @@ impl Node {
         if let Some(t) = heard.transition {
             // Back from suspicion: copies made meanwhile may meet now.
             self.verify_copies(now);
-            if let Some(s) = self.membership.members.get(from).map(|m| m.summary.clone()) {
-                self.learn_host(from, &s);
-            }
+            self.learn_host(from);
             self.event(Event::Member(t));
         }
         if heard.stale && !self.asked_summary.values().any(|p| p == from) {
@@ -239,7 +255,8 @@ impl Node {
     }
 
     /// Keeps a PoP-mate's host in the model as its summary describes it.
-    fn learn_host(&mut self, peer: &PeerId, s: &HostSummary) {
+    fn learn_host(&mut self, peer: &PeerId) {
+        let Some(s) = self.membership.members.get(peer).map(|m| &m.summary) else { return };
         let id = match self.remote_hosts.get(peer) {
             Some(&id) => id,
             None => {
