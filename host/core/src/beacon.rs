@@ -47,7 +47,7 @@ pub struct Beacon {
     /// Heartbeats since the agent started.
     heartbeats: u64,
     /// The latest PoP summary it published while speaker.
-    pop_last: Option<PopSummary>,
+    pop_last: Option<std::sync::Arc<PopSummary>>,
     /// Heartbeats since `pop_last`.
     pop_since: u64,
     /// Publish the PoP's summary at the next paced heartbeat, changed or not.
@@ -150,6 +150,7 @@ impl Beacon {
         }
         self.pop_since = 0;
         self.pop_again = false;
+        let summary = std::sync::Arc::new(summary);
         self.pop_last = Some(summary.clone());
         Some(Gossip::Pop(summary))
     }

@@ -23,6 +23,7 @@ use crate::node::Size;
 use crate::request::Location;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A libp2p peer id in its text form; the core only compares and stores it.
@@ -374,8 +375,10 @@ pub enum Gossip {
         /// The number of its latest summary the sender knew.
         seq: u64,
     },
-    /// On the global topic.
-    Pop(PopSummary),
+    /// On the global topic. Shared: every agent keeps the latest summary
+    /// of each PoP as it came (a simulator delivering one to thousands of
+    /// agents keeps one copy).
+    Pop(Arc<PopSummary>),
 }
 
 /// Where gossip goes.
@@ -464,13 +467,11 @@ pub struct HeardAlive {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemotePop {
     /// Its speaker's last summary.
-    pub summary: PopSummary,
+    pub summary: Arc<PopSummary>,
     /// Who spoke for it.
     pub speaker: PeerId,
     /// When it was heard from.
     pub heard: Instant,
-    /// Smallest round trip measured to any of its members.
-    pub rtt: Option<Duration>,
 }
 
 /// A liveness change worth reporting.
@@ -502,8 +503,6 @@ pub struct Membership {
     remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
     rtts: BTreeMap<PeerId, Duration>,
-    /// The PoP each contact of another PoP's latest summary speaks for.
-    contact_pops: BTreeMap<PeerId, String>,
     /// Which PoP-mates list each VM (one, but for a moment during a move
     /// or after a host came back with stale copies).
     index: BTreeMap<String, Vec<PeerId>>,
@@ -527,7 +526,6 @@ impl Membership {
             pops: BTreeMap::new(),
             remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
-            contact_pops: BTreeMap::new(),
             index: BTreeMap::new(),
             pop_heard: None,
             pops_aged: None,
@@ -665,7 +663,13 @@ impl Membership {
     /// members it says died or came back; `more` when it has more hosts
     /// alive than its last summary said (copies made while they were away
     /// may meet now).
-    pub fn heard_pop(&mut self, now: Instant, from: &PeerId, summary: PopSummary) -> HeardPop {
+    pub fn heard_pop(
+        &mut self,
+        now: Instant,
+        from: &PeerId,
+        summary: impl Into<Arc<PopSummary>>,
+    ) -> HeardPop {
+        let summary = summary.into();
         if summary.pop == self.pop {
             return HeardPop::default();
         }
@@ -691,32 +695,27 @@ impl Membership {
             }
         }
         self.pop_heard = Some(now);
-        let rtt = summary.contacts.iter().filter_map(|c| self.rtts.get(&c.peer)).min().copied();
-        if rtt.is_none() {
+        if self.rtt_to(&summary).is_none() {
             heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
-        }
-        let old = self.pops.get(&summary.pop).map(|p| &p.summary.contacts);
-        if old != Some(&summary.contacts) {
-            for c in old.into_iter().flatten() {
-                self.contact_pops.remove(&c.peer);
-            }
-            for c in &summary.contacts {
-                self.contact_pops.insert(c.peer.clone(), summary.pop.clone());
-            }
         }
         match self.pops.get_mut(&summary.pop) {
             Some(p) => {
                 if p.speaker != *from {
                     p.speaker = from.clone();
                 }
-                (p.summary, p.heard, p.rtt) = (summary, now, rtt);
+                (p.summary, p.heard) = (summary, now);
             }
             None => {
                 let name = summary.pop.clone();
-                self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now, rtt });
+                self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now });
             }
         }
         heard
+    }
+
+    /// The smallest round trip measured to any of a PoP's contacts.
+    pub fn rtt_to(&self, pop: &PopSummary) -> Option<Duration> {
+        pop.contacts.iter().filter_map(|c| self.rtts.get(&c.peer)).min().copied()
     }
 
     /// Records a measured round trip to `peer`.
@@ -726,9 +725,6 @@ impl Membership {
             return;
         }
         self.rtts.insert(peer.clone(), rtt);
-        if let Some(p) = self.contact_pops.get(peer).and_then(|pop| self.pops.get_mut(pop)) {
-            p.rtt = Some(p.rtt.map_or(rtt, |r| r.min(rtt)));
-        }
     }
 
     /// Ages every member: a suspect unrefuted for long is dead, and one
@@ -765,10 +761,8 @@ impl Membership {
             let silent = |p: &RemotePop| now.saturating_duration_since(p.heard) >= forget;
             let gone: Vec<String> =
                 self.pops.iter().filter(|(_, p)| silent(p)).map(|(n, _)| n.clone()).collect();
-            for p in gone.iter().filter_map(|n| self.pops.remove(n)) {
-                for c in &p.summary.contacts {
-                    self.contact_pops.remove(&c.peer);
-                }
+            for name in &gone {
+                self.pops.remove(name);
             }
         }
         changes
@@ -1083,7 +1077,7 @@ pub(crate) mod tests {
         assert!(news.transitions.is_empty() && news.more, "a new PoP: its hosts may hold copies");
         assert!(!berlin.heard_pop(t0, &PeerId("a".into()), s.clone()).more, "the same again");
         berlin.measured(&PeerId("b".into()), Duration::from_millis(12));
-        assert_eq!(berlin.pops["paris"].rtt, Some(Duration::from_millis(12)));
+        assert_eq!(berlin.rtt_to(&berlin.pops["paris"].summary), Some(Duration::from_millis(12)));
         assert_eq!(berlin.find_vm("vm-b"), None, "another PoP's VMs are found in the records");
         assert_eq!(berlin.contacts("paris").len(), CONTACTS);
         assert!(berlin.in_majority(t0), "5 of 5 hosts alive");

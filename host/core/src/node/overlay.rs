@@ -165,22 +165,6 @@ impl Node {
             let id = self.request(peer.clone(), PeerRequest::Ping { seq: self.beacon.seq() });
             self.probes.sent(id, peer, now);
         }
-        // Latency to another PoP is measured by ping on a connection to one
-        // of its members: asked for when its summary comes, and again at a
-        // pace where there is none yet (there may be hundreds of PoPs).
-        if !turn.is_multiple_of(crate::cluster::POP_SUMMARY_EVERY) {
-            return;
-        }
-        let unmeasured: Vec<PeerId> = self
-            .membership
-            .pops
-            .values()
-            .filter(|p| p.rtt.is_none())
-            .filter_map(|p| self.membership.contacts(&p.summary.pop).into_iter().next())
-            .collect();
-        for peer in unmeasured {
-            self.outputs.push_back(Output::Dial(peer));
-        }
     }
 
     pub(super) fn gossip(&mut self, now: Instant, from: &PeerId, msg: Gossip) {
@@ -210,6 +194,9 @@ impl Node {
             }
             Gossip::Pop(summary) => {
                 let heard = self.membership.heard_pop(now, from, summary);
+                // Latency to another PoP is measured by ping on a connection
+                // to one of its contacts: dialled while unmeasured, each
+                // time its summary comes.
                 if let Some(peer) = heard.unmeasured {
                     self.outputs.push_back(Output::Dial(peer));
                 }
@@ -628,9 +615,10 @@ impl Node {
             .filter_map(|p| {
                 let contact = self.membership.contacts(&p.summary.pop).into_iter().next()?;
                 // Measured latency first; an estimate from coordinates until then.
-                let rtt = p.rtt.map(|d| d.as_micros() as u64).unwrap_or_else(|| {
-                    u64::from(locus_sdk::geo::estimated_rtt_us(here.into(), p.summary.location.into()))
-                });
+                let rtt =
+                    self.membership.rtt_to(&p.summary).map(|d| d.as_micros() as u64).unwrap_or_else(|| {
+                        u64::from(locus_sdk::geo::estimated_rtt_us(here.into(), p.summary.location.into()))
+                    });
                 Some((rtt, p.summary.pop.clone(), contact))
             })
             .collect();
@@ -955,7 +943,7 @@ impl Node {
                 hosts_alive: s.alive,
                 hosts: s.hosts,
                 free: s.free,
-                rtt_ms: ms(p.rtt),
+                rtt_ms: ms(self.membership.rtt_to(&p.summary)),
                 speaker: p.speaker.0.clone(),
             });
             // Other PoPs' hosts are counted, not listed, save the dead.

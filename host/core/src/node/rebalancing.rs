@@ -110,7 +110,7 @@ impl Node {
         let mut pop = alive(false);
         pop.extend(alive(true));
         let mut others: Vec<_> = self.membership.pops.values().collect();
-        others.sort_by_key(|p| p.rtt.unwrap_or(std::time::Duration::MAX));
+        others.sort_by_key(|p| self.membership.rtt_to(&p.summary).unwrap_or(std::time::Duration::MAX));
         for p in others {
             // Another PoP is reached through the agents its summary names.
             let mut hosts: Vec<(PeerId, String)> =
@@ -141,7 +141,7 @@ impl Node {
                 s.renewable_watts,
                 s.carbon_g_per_kwh,
             ));
-            if let Some(rtt) = p.rtt {
+            if let Some(rtt) = self.membership.rtt_to(&p.summary) {
                 book.latency_us.insert(
                     (c.name.clone(), s.pop.clone()),
                     rtt.as_micros().min(u128::from(u32::MAX)) as u32,

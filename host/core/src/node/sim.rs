@@ -459,7 +459,7 @@ fn nodes_converge_then_place_by_jurisdiction_and_latency_across_pops() {
         let m = &n.node.membership;
         assert_eq!(m.pops.len(), 2, "{} knows the other PoPs", n.node.config.host.name);
         assert_eq!(m.members.values().filter(|m| m.liveness == Liveness::Alive).count(), 2);
-        assert!(m.pops.values().all(|p| p.rtt.is_some()), "latency to every PoP is measured");
+        assert!(m.pops.values().all(|p| m.rtt_to(&p.summary).is_some()), "latency to every PoP is measured");
     }
     // FR only, entering a Berlin agent: lands in Paris.
     let mut fr = vm("fr-only".into());
