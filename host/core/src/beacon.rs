@@ -341,7 +341,5 @@ mod tests {
         assert_eq!(again, [false, false, false, true], "another PoP came: at the pace");
         let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
         assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
-        let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
-        assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
     }
 }

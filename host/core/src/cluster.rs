@@ -758,12 +758,7 @@ impl Membership {
         if self.pops_aged.is_none_or(|t| now.saturating_duration_since(t) >= refresh) {
             self.pops_aged = Some(now);
             let forget = (dead * 4).max(4 * refresh);
-            let silent = |p: &RemotePop| now.saturating_duration_since(p.heard) >= forget;
-            let gone: Vec<String> =
-                self.pops.iter().filter(|(_, p)| silent(p)).map(|(n, _)| n.clone()).collect();
-            for name in &gone {
-                self.pops.remove(name);
-            }
+            self.pops.retain(|_, p| now.saturating_duration_since(p.heard) < forget);
         }
         changes
     }
