@@ -88,7 +88,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
     }
     let keypair = overlay::identity::load_or_create(&config.state_dir.join("node.key"))?;
     let peer = keypair.public().to_peer_id();
-    let node = Node::new(config.node(CorePeer(peer.to_string())), intents)?;
+    let node = Node::new(config.node(CorePeer::from(peer.to_string())), intents)?;
     tracing::info!(
         host = %config.host.name,
         %peer,

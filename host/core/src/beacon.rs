@@ -26,7 +26,7 @@ use crate::cluster::{Gossip, HostSummary, POP_SUMMARY_EVERY, PopSummary, REFRESH
 pub const STARTUP_HEARTBEATS: u64 = 10;
 
 /// The heartbeat from which an agent may speak for its PoP. Before, it
-/// may not have heard the PoP-mates with smaller peer ids yet (each
+/// may not have heard the PoP-mates before it in peer-id order yet (each
 /// summarizes itself at every early heartbeat): when a whole PoP starts at
 /// once, every agent would speak, each counting a different share of the
 /// PoP alive, and every other PoP would hear them all.
@@ -56,8 +56,8 @@ pub struct Beacon {
 
 impl Beacon {
     /// What to say on the PoP's topic at this heartbeat: `own` (whose VMs
-    /// are filled in from `vms`) when it changed, is due or refutes a
-    /// suspicion; else nothing.
+    /// are filled in from `vms`, in ascending order) when it changed, is
+    /// due or refutes a suspicion; else nothing.
     pub fn host<'a>(
         &mut self,
         own: HostSummary,

@@ -3,7 +3,7 @@
 //!
 //! Every agent publishes a [`HostSummary`] on its PoP's topic when it
 //! changes (see [`crate::beacon`]). The PoP's *speaker* (its alive member
-//! with the smallest peer id) also publishes a [`PopSummary`] on the global
+//! first in [`PeerId`] order) also publishes a [`PopSummary`] on the global
 //! topic. From these, [`Membership`] keeps the agent's PoP's hosts and a
 //! summary of every other PoP.
 //!
@@ -26,14 +26,115 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A libp2p peer id in its text form; the core only compares and stores it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct PeerId(pub String);
+/// A libp2p peer id in its text form; the core only compares, hashes and
+/// stores it, on every message an agent hears.
+///
+/// So it is interned: the text is shared by every copy (a clone is a count
+/// increment, not an allocation), and it carries a fixed hash of the text
+/// computed once, which ids are hashed by and ordered by first. Ids of one
+/// libp2p key type share their first bytes (`12D3KooW…`), so comparing the
+/// text would read past them on every lookup; the hash tells two ids apart
+/// in one integer compare. The order is the same in every agent, which is
+/// all "the first peer id" (a PoP's speaker) needs; it is not the text's.
+#[derive(Clone)]
+pub struct PeerId(Interned);
+
+#[derive(Clone)]
+struct Interned {
+    order: u64,
+    text: Arc<str>,
+}
+
+impl PeerId {
+    /// The id whose text form is `text`.
+    pub fn new(text: &str) -> Self {
+        PeerId(Interned { order: name_hash(text), text: Arc::from(text) })
+    }
+
+    /// Its text form.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl Default for PeerId {
+    fn default() -> Self {
+        PeerId::new("")
+    }
+}
+
+impl From<&str> for PeerId {
+    fn from(text: &str) -> Self {
+        PeerId::new(text)
+    }
+}
+
+impl From<String> for PeerId {
+    fn from(text: String) -> Self {
+        PeerId::new(&text)
+    }
+}
+
+impl PartialEq for PeerId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.order == other.0.order
+            && (Arc::ptr_eq(&self.0.text, &other.0.text) || self.0.text == other.0.text)
+    }
+}
+
+impl Eq for PeerId {}
+
+impl Ord for PeerId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.order.cmp(&other.0.order).then_with(|| self.0.text.cmp(&other.0.text))
+    }
+}
+
+impl PartialOrd for PeerId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for PeerId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.order);
+    }
+}
+
+impl std::fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PeerId").field(&self.as_str()).finish()
+    }
+}
 
 impl std::fmt::Display for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+/// Described as its text form: a string.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PeerId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        String::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PeerId {}
+
+impl Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(PeerId::new(&text))
     }
 }
 
@@ -194,16 +295,11 @@ impl VmLog {
         }
     }
 
-    /// Whether `now` differs from the set last published.
+    /// Whether `now`, in ascending order (as a map's keys come), differs
+    /// from the set last published: one compare per name, at every
+    /// heartbeat. Out of order, it differs.
     pub fn differs<'a>(&self, now: impl IntoIterator<Item = &'a String>) -> bool {
-        let mut n = 0;
-        for vm in now {
-            if !self.set.contains(vm) {
-                return true;
-            }
-            n += 1;
-        }
-        n != self.set.len()
+        !self.set.iter().eq(now)
     }
 
     /// The digest of the set as last published, without its changes.
@@ -616,7 +712,7 @@ impl Membership {
         if n == 0 {
             return None;
         }
-        let start = name_hash(&self.me.0);
+        let start = name_hash(self.me.as_str());
         let k = (start.wrapping_add(turn) % n) as usize;
         candidates.map(|(p, _)| p.clone()).nth(k)
     }
@@ -803,13 +899,13 @@ impl Membership {
         Duration::from_millis(self.config.heartbeat_ms * self.pop_refresh_every())
     }
 
-    /// True when this agent speaks for its PoP: no alive member has a smaller peer id.
+    /// True when this agent speaks for its PoP: no alive member comes before it in peer-id order.
     pub fn is_speaker(&self) -> bool {
         self.speaker().is_none()
     }
 
     /// The PoP-mate that speaks for the PoP: the alive member with the
-    /// smallest peer id, or none when that is this agent.
+    /// first peer id (in [`PeerId`] order), or none when that is this agent.
     pub fn speaker(&self) -> Option<&PeerId> {
         self.members
             .iter()
@@ -944,7 +1040,7 @@ pub(crate) mod tests {
     pub(crate) fn summary(peer: &str, pop: &str) -> HostSummary {
         HostSummary {
             load_state: crate::load::LoadState::Normal,
-            peer: PeerId(peer.into()),
+            peer: PeerId::from(peer),
             host: format!("h-{peer}"),
             pop: pop.into(),
             capacity: Size { vcpus: 8, memory_mib: 8192, disk_gib: 100 },
@@ -970,32 +1066,32 @@ pub(crate) mod tests {
     #[test]
     fn a_vm_a_dead_host_still_lists_is_found_where_it_runs_now() {
         let now = Instant::now();
-        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("me"), "p".into());
         let (mut a, mut b) = (summary("a", "p"), summary("b", "p"));
         a.vms = digest(&["x"]);
         b.vms = digest(&["x"]);
-        m.heard_host(now, &PeerId("a".into()), a);
-        m.heard_host(now + Duration::from_secs(3), &PeerId("b".into()), b);
-        m.probe_failed(now + Duration::from_secs(3), &PeerId("a".into()));
+        m.heard_host(now, &PeerId::new("a"), a);
+        m.heard_host(now + Duration::from_secs(3), &PeerId::new("b"), b);
+        m.probe_failed(now + Duration::from_secs(3), &PeerId::new("a"));
         m.tick(now + Duration::from_millis(4500));
         let (peer, _, _, liveness) = m.find_vm("x").expect("found");
-        assert_eq!((peer.0.as_str(), liveness), ("b", Liveness::Alive));
+        assert_eq!((peer.as_str(), liveness), ("b", Liveness::Alive));
     }
 
     #[test]
     fn an_unanswered_probe_makes_a_member_suspect_then_dead_and_a_word_revives_it() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut m = Membership::new(MembershipConfig::default(), PeerId("b".into()), "paris".into());
-        let a = PeerId("a".into());
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("b"), "paris".into());
+        let a = PeerId::new("a");
         assert!(m.heard_host(t0, &a, summary("a", "paris")).transition.is_some());
         assert!(!m.is_speaker(), "a < b speaks while alive");
         assert!(
-            m.heard_host(t0, &PeerId("x".into()), summary("a", "paris")).transition.is_none(),
+            m.heard_host(t0, &PeerId::new("x"), summary("a", "paris")).transition.is_none(),
             "spoofed sender"
         );
         assert!(
-            m.heard_host(t0, &PeerId("c".into()), summary("c", "berlin")).transition.is_none(),
+            m.heard_host(t0, &PeerId::new("c"), summary("c", "berlin")).transition.is_none(),
             "other PoP"
         );
         assert!(m.tick(ms(10_000)).is_empty(), "quiet is not dead: probes tell");
@@ -1018,8 +1114,8 @@ pub(crate) mod tests {
     #[test]
     fn a_suspicion_spreads_unless_a_newer_summary_refuted_it_and_a_probe_revives() {
         let t0 = Instant::now();
-        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
-        let a = PeerId("a".into());
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("me"), "p".into());
+        let a = PeerId::new("a");
         assert!(m.heard_alive(t0, &a, 3).stale, "never summarized: ask");
         m.heard_host(t0, &a, summary("a", "p"));
         let fresh = m.heard_alive(t0 + Duration::from_millis(1000), &a, 1);
@@ -1039,39 +1135,39 @@ pub(crate) mod tests {
     #[test]
     fn probes_go_round_every_live_member_in_turn() {
         let t0 = Instant::now();
-        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("me"), "p".into());
         assert_eq!(m.probe_target(1), None, "alone");
         for p in ["a", "b", "c", "d"] {
-            m.heard_host(t0, &PeerId(p.into()), summary(p, "p"));
+            m.heard_host(t0, &PeerId::from(p), summary(p, "p"));
         }
         let round: BTreeSet<PeerId> = (0..4).filter_map(|t| m.probe_target(t)).collect();
         assert_eq!(round.len(), 4, "four turns, four members");
-        m.probe_failed(t0, &PeerId("b".into()));
+        m.probe_failed(t0, &PeerId::new("b"));
         m.tick(t0 + Duration::from_secs(2));
         let round: BTreeSet<PeerId> = (0..6).filter_map(|t| m.probe_target(t)).collect();
-        assert!(!round.contains(&PeerId("b".into())) && round.len() == 3, "the dead are not probed");
+        assert!(!round.contains(&PeerId::new("b")) && round.len() == 3, "the dead are not probed");
     }
 
     #[test]
     fn pop_summaries_aggregate_live_hosts_and_carry_liveness_across_pops() {
         let t0 = Instant::now();
         let pop = crate::node::PopConfig { name: "paris".into(), ..Default::default() };
-        let mut paris = Membership::new(MembershipConfig::default(), PeerId("a".into()), "paris".into());
+        let mut paris = Membership::new(MembershipConfig::default(), PeerId::new("a"), "paris".into());
         for peer in ["b", "c", "d"] {
-            paris.heard_host(t0, &PeerId(peer.into()), summary(peer, "paris"));
+            paris.heard_host(t0, &PeerId::from(peer), summary(peer, "paris"));
         }
         let own = summary("a", "paris");
         let s = paris.pop_summary(&own, &pop);
         assert_eq!((s.free.vcpus, s.free.memory_mib, s.largest_free_memory_mib), (24, 28672, 7168));
         assert_eq!((s.hosts, s.alive, s.contacts.len()), (4, 4, CONTACTS), "counted, a few named");
-        assert_eq!(s.contacts[0].peer, PeerId("a".into()), "the speaker first");
+        assert_eq!(s.contacts[0].peer, PeerId::new("a"), "the speaker first");
         assert!(s.dead.is_empty());
 
-        let mut berlin = Membership::new(MembershipConfig::default(), PeerId("z".into()), "berlin".into());
-        let news = berlin.heard_pop(t0, &PeerId("a".into()), s.clone());
+        let mut berlin = Membership::new(MembershipConfig::default(), PeerId::new("z"), "berlin".into());
+        let news = berlin.heard_pop(t0, &PeerId::new("a"), s.clone());
         assert!(news.transitions.is_empty() && news.more, "a new PoP: its hosts may hold copies");
-        assert!(!berlin.heard_pop(t0, &PeerId("a".into()), s.clone()).more, "the same again");
-        berlin.measured(&PeerId("b".into()), Duration::from_millis(12));
+        assert!(!berlin.heard_pop(t0, &PeerId::new("a"), s.clone()).more, "the same again");
+        berlin.measured(&PeerId::new("b"), Duration::from_millis(12));
         assert_eq!(berlin.rtt_to(&berlin.pops["paris"].summary), Some(Duration::from_millis(12)));
         assert_eq!(berlin.find_vm("vm-b"), None, "another PoP's VMs are found in the records");
         assert_eq!(berlin.contacts("paris").len(), CONTACTS);
@@ -1079,43 +1175,47 @@ pub(crate) mod tests {
 
         // b, c and d stop answering; a keeps speaking.
         for peer in ["b", "c", "d"] {
-            paris.probe_failed(t0 + Duration::from_secs(1), &PeerId(peer.into()));
+            paris.probe_failed(t0 + Duration::from_secs(1), &PeerId::from(peer));
         }
         paris.tick(t0 + Duration::from_secs(4));
         let s = paris.pop_summary(&own, &pop);
         assert_eq!(s.free.vcpus, 6, "a dead host's room is not offered");
         assert_eq!((s.hosts, s.alive, s.dead.len()), (4, 1, 3));
         let later = t0 + Duration::from_secs(4);
-        let news = berlin.heard_pop(later, &PeerId("a".into()), s);
+        let news = berlin.heard_pop(later, &PeerId::new("a"), s);
         assert_eq!(news.transitions.iter().map(|t| t.liveness).collect::<Vec<_>>(), [Liveness::Dead; 3]);
-        assert_eq!(berlin.contacts("paris"), [PeerId("a".into())]);
-        assert_eq!(berlin.remote_dead(&PeerId("b".into())), Some(&("h-b".to_owned(), "paris".to_owned())));
+        assert_eq!(berlin.contacts("paris"), [PeerId::new("a")]);
+        assert_eq!(berlin.remote_dead(&PeerId::new("b")), Some(&("h-b".to_owned(), "paris".to_owned())));
         assert!(!berlin.in_majority(later), "2 of 5 hosts alive");
 
         // b comes back.
-        paris.heard_host(later, &PeerId("b".into()), summary("b", "paris"));
-        let news = berlin.heard_pop(later, &PeerId("a".into()), paris.pop_summary(&own, &pop));
+        paris.heard_host(later, &PeerId::new("b"), summary("b", "paris"));
+        let news = berlin.heard_pop(later, &PeerId::new("a"), paris.pop_summary(&own, &pop));
         assert!(news.more);
         assert_eq!(
-            news.transitions.iter().map(|t| (t.peer.0.as_str(), t.liveness)).collect::<Vec<_>>(),
+            news.transitions.iter().map(|t| (t.peer.as_str(), t.liveness)).collect::<Vec<_>>(),
             [("b", Liveness::Alive)]
         );
-        assert_eq!(berlin.remote_dead(&PeerId("b".into())), None);
+        assert_eq!(berlin.remote_dead(&PeerId::new("b")), None);
     }
 
     #[test]
     fn with_many_pops_each_refreshes_rarely_and_an_agent_that_hears_none_lately_counts_none_alive() {
         let t0 = Instant::now();
         let s = |at: Duration| t0 + at;
-        let mut berlin = Membership::new(MembershipConfig::default(), PeerId("z".into()), "berlin".into());
-        let mut paris = Membership::new(MembershipConfig::default(), PeerId("a".into()), "paris".into());
-        paris.heard_host(t0, &PeerId("b".into()), summary("b", "paris"));
+        let mut berlin = Membership::new(MembershipConfig::default(), PeerId::new("z"), "berlin".into());
+        let mut paris = Membership::new(MembershipConfig::default(), PeerId::new("a"), "paris".into());
+        paris.heard_host(t0, &PeerId::new("b"), summary("b", "paris"));
         let pop = crate::node::PopConfig { name: "paris".into(), ..Default::default() };
         let mut summary = paris.pop_summary(&summary("a", "paris"), &pop);
         assert_eq!(berlin.pop_refresh_every(), POP_REFRESH_EVERY, "few PoPs: the refresh");
         for i in 0..99 {
             summary.pop = format!("p{i}");
-            berlin.heard_pop(s(Duration::from_millis(i * 100)), &PeerId(format!("s{i}")), summary.clone());
+            berlin.heard_pop(
+                s(Duration::from_millis(i * 100)),
+                &PeerId::from(format!("s{i}")),
+                summary.clone(),
+            );
         }
         assert_eq!(berlin.pop_refresh_every(), 100, "as many heartbeats as PoPs");
         // Each PoP refreshes every 50 s, some PoP every 0.5 s.
@@ -1125,7 +1225,7 @@ pub(crate) mod tests {
             "no PoP heard for 5 s, where one comes every 0.5 s: cut off from all"
         );
         summary.pop = "p0".into();
-        berlin.heard_pop(s(Duration::from_secs(60)), &PeerId("s0".into()), summary);
+        berlin.heard_pop(s(Duration::from_secs(60)), &PeerId::new("s0"), summary);
         assert!(
             berlin.in_majority(s(Duration::from_secs(60))),
             "hearing again: every PoP heard in 3 refreshes counts"
@@ -1139,8 +1239,8 @@ pub(crate) mod tests {
     #[test]
     fn a_pop_mate_follows_a_hosts_vms_by_their_changes_and_asks_for_the_list_when_it_fell_behind() {
         let t0 = Instant::now();
-        let mut m = Membership::new(MembershipConfig::default(), PeerId("me".into()), "p".into());
-        let a = PeerId("a".into());
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("me"), "p".into());
+        let a = PeerId::new("a");
         let mut log = VmLog::default();
         let mut s = summary("a", "p");
         let mut hear = |m: &mut Membership, vms: VmDigest| {

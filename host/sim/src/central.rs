@@ -68,7 +68,7 @@ mod tests {
             })
             .collect();
         MemberView {
-            peer: locus_core::cluster::PeerId(host.into()),
+            peer: locus_core::cluster::PeerId::from(host),
             host: host.into(),
             pop: "lyon".into(),
             capacity: Size { vcpus: 16, memory_mib: 16_384, disk_gib: 100 },

@@ -148,7 +148,8 @@ impl World {
         let mut peers = HashMap::new();
         for (p, h) in scenario.hosts() {
             let pop = &scenario.pops[p];
-            let mut config = NodeConfig { peer: PeerId(format!("{p:04}-{h:05}")), ..NodeConfig::default() };
+            let mut config =
+                NodeConfig { peer: PeerId::from(format!("{p:04}-{h:05}")), ..NodeConfig::default() };
             config.pop.name = pop.name.clone();
             config.pop.jurisdiction = pop.jurisdiction.clone();
             config.pop.location = locations[p];

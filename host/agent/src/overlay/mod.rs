@@ -298,7 +298,7 @@ impl Task {
                 }
                 Err(e) => tracing::warn!("cannot encode gossip: {e}"),
             },
-            ToOverlay::Request(id, to, req) => match to.0.parse::<PeerId>() {
+            ToOverlay::Request(id, to, req) => match to.as_str().parse::<PeerId>() {
                 Ok(peer) => {
                     let rid = b.rpc.send_request(&peer, req);
                     self.pending.insert(rid, id);
@@ -316,7 +316,7 @@ impl Task {
                 }
             }
             ToOverlay::Dial(peer) => {
-                if let Ok(peer) = peer.0.parse::<PeerId>()
+                if let Ok(peer) = peer.as_str().parse::<PeerId>()
                     && !self.swarm.is_connected(&peer)
                 {
                     let _ = self.swarm.dial(peer);
@@ -417,7 +417,7 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
-                let _ = self.to_core.send(FromOverlay::Rtt(CorePeer(peer.to_string()), rtt));
+                let _ = self.to_core.send(FromOverlay::Rtt(CorePeer::from(peer.to_string()), rtt));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 message, ..
@@ -426,7 +426,8 @@ impl Task {
                 let Some(source) = message.source else { return };
                 match codec::decode::<Gossip>(&message.data) {
                     Ok(msg) => {
-                        let _ = self.to_core.send(FromOverlay::Gossip(CorePeer(source.to_string()), msg));
+                        let _ =
+                            self.to_core.send(FromOverlay::Gossip(CorePeer::from(source.to_string()), msg));
                     }
                     Err(e) => {
                         self.stats.rejected_messages += 1;
@@ -466,7 +467,8 @@ impl Task {
                 self.next_inbound += 1;
                 self.channels.insert(self.next_inbound, channel);
                 let id = InboundId(self.next_inbound);
-                let _ = self.to_core.send(FromOverlay::Request(CorePeer(peer.to_string()), id, request));
+                let _ =
+                    self.to_core.send(FromOverlay::Request(CorePeer::from(peer.to_string()), id, request));
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
                 if let Some(id) = self.pending.remove(&request_id) {

@@ -1,7 +1,7 @@
 //! VMs of dead hosts, and the copies they leave behind.
 //!
 //! When a PoP-mate is declared dead, the PoP's speaker (its alive member
-//! with the smallest peer id: one agent, so each VM is decided once) looks
+//! first in peer-id order: one agent, so each VM is decided once) looks
 //! up each of the dead host's VMs in the overlay's records, which outlive
 //! their host. A VM still recorded there, meant to run, with restart
 //! policy `always`, is created again in the PoP by the placement policy,

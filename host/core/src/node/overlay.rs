@@ -904,7 +904,7 @@ impl Node {
         let own = self.host_summary(VmDigest { count: self.vms.len() as u32, ..VmDigest::default() });
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let mut hosts = vec![MemberStatus {
-            peer: own.peer.0.clone(),
+            peer: own.peer.to_string(),
             host: own.host.clone(),
             pop: own.pop.clone(),
             liveness: Liveness::Alive,
@@ -915,7 +915,7 @@ impl Node {
         }];
         for (peer, m) in &self.membership.members {
             hosts.push(MemberStatus {
-                peer: peer.0.clone(),
+                peer: peer.to_string(),
                 host: m.summary.host.clone(),
                 pop: m.summary.pop.clone(),
                 liveness: m.liveness,
@@ -933,7 +933,7 @@ impl Node {
             hosts: mine.hosts,
             free: mine.free,
             rtt_ms: None,
-            speaker: if self.membership.is_speaker() { own.peer.0.clone() } else { String::new() },
+            speaker: if self.membership.is_speaker() { own.peer.to_string() } else { String::new() },
         }];
         for p in self.membership.pops.values() {
             let s = &p.summary;
@@ -944,12 +944,12 @@ impl Node {
                 hosts: s.hosts,
                 free: s.free,
                 rtt_ms: ms(self.membership.rtt_to(&p.summary)),
-                speaker: p.speaker.0.clone(),
+                speaker: p.speaker.to_string(),
             });
             // Other PoPs' hosts are counted, not listed, save the dead.
             for m in &s.dead {
                 hosts.push(MemberStatus {
-                    peer: m.peer.0.clone(),
+                    peer: m.peer.to_string(),
                     host: m.host.clone(),
                     pop: s.pop.clone(),
                     liveness: m.liveness,
@@ -960,7 +960,7 @@ impl Node {
                 });
             }
         }
-        ClusterStatus { peer: own.peer.0, host: own.host, pop: own.pop, pops, hosts }
+        ClusterStatus { peer: own.peer.to_string(), host: own.host, pop: own.pop, pops, hosts }
     }
 }
 

@@ -54,7 +54,7 @@ mod tests {
     fn a_probe_is_answered_once_or_overdue_once() {
         let t0 = Instant::now();
         let mut p = Probes::default();
-        let (a, b) = (PeerId("a".into()), PeerId("b".into()));
+        let (a, b) = (PeerId::new("a"), PeerId::new("b"));
         p.sent(OutboundId(1), a.clone(), t0);
         p.sent(OutboundId(2), b.clone(), t0 + Duration::from_millis(500));
         assert!(p.waiting_for(&a) && p.waiting_for(&b));

@@ -102,7 +102,7 @@ impl Sim {
         for (p, (name, jurisdiction, lat, lon)) in POPS.iter().enumerate() {
             for h in 0..per_pop {
                 let mut config =
-                    NodeConfig { peer: PeerId(format!("peer-{p}-{h}")), ..NodeConfig::default() };
+                    NodeConfig { peer: PeerId::from(format!("peer-{p}-{h}")), ..NodeConfig::default() };
                 config.pop.name = (*name).into();
                 config.pop.jurisdiction = (*jurisdiction).into();
                 config.pop.location = Location { lat: *lat, lon: *lon };
@@ -558,7 +558,7 @@ fn a_crashed_node_is_declared_dead_everywhere_with_its_vms_lost() {
     let victim_peer = sim.nodes[victim].node.config.peer.clone();
     for (i, n) in sim.nodes.iter().enumerate().filter(|(i, _)| *i != victim) {
         let status = n.node.cluster_status();
-        let seen = status.hosts.iter().find(|h| h.peer == victim_peer.0).expect("listed");
+        let seen = status.hosts.iter().find(|h| h.peer == victim_peer.as_str()).expect("listed");
         assert_eq!(seen.liveness, Liveness::Dead, "node {i} sees {host} dead");
     }
     let other = (victim + 4) % sim.nodes.len();
@@ -749,7 +749,7 @@ fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
         let id = InboundId(1_000 + k);
         let input = Input::PeerRequest {
             now,
-            from: PeerId("peer-0-1".into()),
+            from: PeerId::new("peer-0-1"),
             id,
             req: PeerRequest::Execute(Box::new(r)),
         };
@@ -1107,7 +1107,7 @@ proptest! {
 fn a_dead_hosts_vms_are_created_again_once_and_its_stale_copies_go_when_it_returns() {
     let mut sim = Sim::new(3).live();
     sim.run(3_000_000);
-    // On paris-1: its PoP's speaker is paris-0 (the smallest peer id).
+    // On paris-1.
     for name in ["a0", "a1"] {
         sim.put_spec(1, vm(name.into()));
     }
@@ -1159,7 +1159,7 @@ fn a_host_that_lost_its_state_takes_its_running_vms_back_and_they_are_not_create
         sim.crash(1);
         sim.nodes[1].store.clear();
         if new_key {
-            sim.nodes[1].config.peer = PeerId("peer-0-1-new-key".into());
+            sim.nodes[1].config.peer = PeerId::new("peer-0-1-new-key");
         }
         sim.restart(1);
         run_sampled(&mut sim, 8_000_000);

@@ -88,7 +88,7 @@ mod tests {
     use super::*;
 
     fn peer(p: &str) -> PeerId {
-        PeerId(p.into())
+        PeerId::from(p)
     }
 
     #[test]

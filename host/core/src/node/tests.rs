@@ -520,7 +520,7 @@ fn restart_reconciles_intent_with_what_runs() {
 /// A record of `name` at `generation` on host `host` (peer `peer`).
 fn record(name: &str, peer: &str, host: &str, generation: u64) -> crate::cluster::VmLocation {
     crate::cluster::VmLocation {
-        peer: PeerId(peer.into()),
+        peer: PeerId::from(peer),
         host: host.into(),
         pop: "p".into(),
         generation,
@@ -537,7 +537,7 @@ fn an_orphaned_domain_is_judged_by_its_generation_against_the_overlays_record() 
         hv.generations.insert(name.into(), generation);
     }
     let mut rig = Rig::new(node(vec![]), hv);
-    let me = rig.node.config.peer.0.clone();
+    let me = rig.node.config.peer.to_string();
     // The state directory was lost: the record still names this host.
     rig.records.insert("here".into(), record("here", &me, "h1", 2));
     // Its record lags: this host's copy is a later generation than the one recorded elsewhere.
@@ -592,7 +592,7 @@ fn a_domain_seen_by_one_observation_only_is_never_judged() {
     hv.domains.insert("passing".into(), (DomainState::Running, true));
     hv.generations.insert("passing".into(), 1);
     let mut rig = Rig::new(node(vec![]), hv);
-    let me = rig.node.config.peer.0.clone();
+    let me = rig.node.config.peer.to_string();
     rig.records.insert("passing".into(), record("passing", &me, "h1", 1));
     // It left (a move this node finished) before the next observation.
     rig.hv.domains.clear();

@@ -5,7 +5,7 @@ use super::*;
 use crate::{Native, Policy};
 
 fn peer(h: &str) -> PeerId {
-    PeerId(format!("peer-{h}"))
+    PeerId::from(format!("peer-{h}"))
 }
 
 fn view(host: &str, loads: &[u32]) -> MemberView {
@@ -49,7 +49,7 @@ fn joins(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Join { to, .. } => Some(to.0.clone()),
+            Action::Join { to, .. } => Some(to.to_string()),
             _ => None,
         })
         .collect()
