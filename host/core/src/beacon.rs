@@ -37,6 +37,8 @@ pub const SPEAK_FROM_HEARTBEAT: u64 = 4;
 pub struct Beacon {
     /// Its VMs as its summaries told them.
     vms: VmLog,
+    /// The version of the agent's set of VMs its latest summary told.
+    vms_version: u64,
     /// Its latest summary (its `seq` counts them).
     last: Option<HostSummary>,
     /// Heartbeats since `last`.
@@ -56,12 +58,13 @@ pub struct Beacon {
 
 impl Beacon {
     /// What to say on the PoP's topic at this heartbeat: `own` (whose VMs
-    /// are filled in from `vms`, in ascending order) when it changed, is
-    /// due or refutes a suspicion; else nothing.
+    /// are filled in from `vms`: the agent's VMs, with a version that
+    /// moves whenever the set does) when it changed, is due or refutes a
+    /// suspicion; else nothing.
     pub fn host<'a>(
         &mut self,
         own: HostSummary,
-        vms: impl IntoIterator<Item = &'a String> + Clone,
+        vms: (u64, impl IntoIterator<Item = &'a String>),
     ) -> Option<Gossip> {
         self.since += 1;
         self.heartbeats += 1;
@@ -72,7 +75,7 @@ impl Beacon {
                     || self.heartbeats <= STARTUP_HEARTBEATS
                     || self.since >= REFRESH_EVERY
                     || differs(last, &own)
-                    || self.vms.differs(vms.clone())
+                    || vms.0 != self.vms_version
             }
         };
         if !due {
@@ -88,14 +91,19 @@ impl Beacon {
     pub fn placed<'a>(
         &mut self,
         own: HostSummary,
-        vms: impl IntoIterator<Item = &'a String>,
+        vms: (u64, impl IntoIterator<Item = &'a String>),
     ) -> Option<Gossip> {
         let last = self.last.as_ref()?;
         (last.allocated != own.allocated).then(|| self.publish(own, vms))
     }
 
-    fn publish<'a>(&mut self, mut own: HostSummary, vms: impl IntoIterator<Item = &'a String>) -> Gossip {
+    fn publish<'a>(
+        &mut self,
+        mut own: HostSummary,
+        (version, vms): (u64, impl IntoIterator<Item = &'a String>),
+    ) -> Gossip {
         own.vms = self.vms.publish(vms);
+        self.vms_version = version;
         own.seq = self.seq() + 1;
         self.since = 0;
         self.again = false;
@@ -229,9 +237,15 @@ mod tests {
         s
     }
 
+    /// A host's VMs with their version: the lists here only grow, so
+    /// their length serves.
+    fn v(vms: &[String]) -> (u64, &[String]) {
+        (vms.len() as u64, vms)
+    }
+
     /// Whether `b` summarized the host at this heartbeat, and its latest summary's number.
     fn said(b: &mut Beacon, own: HostSummary, vms: &[String]) -> (bool, u64) {
-        let full = match b.host(own, vms) {
+        let full = match b.host(own, v(vms)) {
             Some(Gossip::Host(s)) => Some(s.seq),
             None => None,
             Some(other) => panic!("{other:?} on the PoP's topic"),
@@ -259,7 +273,7 @@ mod tests {
         assert_eq!(said(&mut b, busier.clone(), &none), (true, n + 1), "by a twentieth of 8 CPUs");
 
         let vms = vec!["x".to_owned()];
-        match b.host(busier.clone(), &vms) {
+        match b.host(busier.clone(), v(&vms)) {
             Some(Gossip::Host(s)) => assert_eq!((s.seq, s.vms.count, s.vms.changes.len()), (n + 2, 1, 1)),
             other => panic!("a VM came: {other:?}"),
         }
@@ -278,14 +292,14 @@ mod tests {
         // Between heartbeats: only a change of allocation is said at once.
         let mut busy = allocated.clone();
         busy.load_cpu_milli = 4000;
-        assert!(b.placed(busy.clone(), &vms).is_none(), "demand waits for the heartbeat");
+        assert!(b.placed(busy.clone(), v(&vms)).is_none(), "demand waits for the heartbeat");
         let more = vec!["x".to_owned(), "y".to_owned()];
         busy.allocated.vcpus = 3;
-        match b.placed(busy.clone(), &more) {
+        match b.placed(busy.clone(), v(&more)) {
             Some(Gossip::Host(s)) => assert_eq!((s.seq, s.allocated.vcpus, s.vms.count), (n + 6, 3, 2)),
             other => panic!("a VM placed: {other:?}"),
         }
-        assert!(b.placed(busy.clone(), &more).is_none(), "said already");
+        assert!(b.placed(busy.clone(), v(&more)).is_none(), "said already");
         assert_eq!(said(&mut b, busy, &more), (false, n + 6), "nor again at the heartbeat");
     }
 
@@ -310,10 +324,10 @@ mod tests {
     fn a_speaker_summarizes_its_pop_on_news_at_once_on_change_at_a_pace_and_else_rarely() {
         let mut b = Beacon::default();
         for _ in 1..SPEAK_FROM_HEARTBEAT {
-            b.host(own(), std::iter::empty());
+            b.host(own(), v(&[]));
             assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_none(), "too early to speak");
         }
-        b.host(own(), std::iter::empty());
+        b.host(own(), v(&[]));
         assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_some(), "first: at once");
         assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_none());
         assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_some(), "a member's liveness changed: at once");

@@ -295,13 +295,6 @@ impl VmLog {
         }
     }
 
-    /// Whether `now`, in ascending order (as a map's keys come), differs
-    /// from the set last published: one compare per name, at every
-    /// heartbeat. Out of order, it differs.
-    pub fn differs<'a>(&self, now: impl IntoIterator<Item = &'a String>) -> bool {
-        !self.set.iter().eq(now)
-    }
-
     /// The digest of the set as last published, without its changes.
     pub fn head(&self) -> VmDigest {
         VmDigest { count: self.set.len() as u32, hash: self.hash, version: self.version, changes: vec![] }
@@ -606,6 +599,11 @@ pub struct Membership {
     pop_heard: Option<Instant>,
     /// When PoPs silent for long were last forgotten.
     pops_aged: Option<Instant>,
+    /// No member's liveness can age before then (none: look at the next
+    /// tick). Hearing a member only pushes its deadline later, so this
+    /// stays a bound until a suspicion starts, which lowers it: a
+    /// heartbeat then looks at no member, where it looked at them all.
+    quiet_until: Option<Instant>,
     /// One more each time a PoP-mate's VMs gained a name or a PoP-mate
     /// came back alive: when a copy of this host's VMs may have appeared.
     holders_version: u64,
@@ -625,6 +623,7 @@ impl Membership {
             index: BTreeMap::new(),
             pop_heard: None,
             pops_aged: None,
+            quiet_until: None,
             holders_version: 0,
         }
     }
@@ -688,7 +687,9 @@ impl Membership {
         }
         m.liveness = Liveness::Suspect;
         m.suspected = Some(now);
-        Some((transition(m, &self.pop), m.summary.seq))
+        let suspected = (transition(m, &self.pop), m.summary.seq);
+        self.age_by(now + self.grace());
+        Some(suspected)
     }
 
     /// Another agent suspects `peer`, knowing its summaries up to `seq`.
@@ -700,7 +701,9 @@ impl Membership {
         }
         m.liveness = Liveness::Suspect;
         m.suspected = Some(now);
-        Some(transition(m, &self.pop))
+        let suspected = transition(m, &self.pop);
+        self.age_by(now + self.grace());
+        Some(suspected)
     }
 
     /// The PoP-mate to probe at heartbeat `turn`: the alive and suspect
@@ -827,25 +830,37 @@ impl Membership {
     /// silent for long is suspect. Returns the liveness changes.
     pub fn tick(&mut self, now: Instant) -> Vec<Transition> {
         let config = &self.config;
-        let grace = Duration::from_millis(config.dead_ms.saturating_sub(config.suspect_ms));
+        let grace = self.grace();
         let silence = Duration::from_millis(config.heartbeat_ms * SILENCE_LIMIT_EVERY);
         let dead = Duration::from_millis(config.dead_ms);
         let mut changes = vec![];
-        for m in self.members.values_mut() {
-            let liveness = match (m.liveness, m.suspected) {
-                (Liveness::Suspect, Some(since)) if now.saturating_duration_since(since) >= grace => {
-                    Liveness::Dead
+        if self.quiet_until.is_none_or(|t| now >= t) {
+            let mut quiet_until: Option<Instant> = None;
+            for m in self.members.values_mut() {
+                let liveness = match (m.liveness, m.suspected) {
+                    (Liveness::Suspect, Some(since)) if now.saturating_duration_since(since) >= grace => {
+                        Liveness::Dead
+                    }
+                    (Liveness::Alive, _) if now.saturating_duration_since(m.heard) >= silence => {
+                        m.suspected = Some(now);
+                        Liveness::Suspect
+                    }
+                    (l, _) => l,
+                };
+                if liveness != m.liveness {
+                    m.liveness = liveness;
+                    changes.push(transition(m, &self.pop));
                 }
-                (Liveness::Alive, _) if now.saturating_duration_since(m.heard) >= silence => {
-                    m.suspected = Some(now);
-                    Liveness::Suspect
+                let ages_at = match (m.liveness, m.suspected) {
+                    (Liveness::Suspect, Some(since)) => Some(since + grace),
+                    (Liveness::Alive, _) => Some(m.heard + silence),
+                    _ => None,
+                };
+                if let Some(at) = ages_at {
+                    quiet_until = Some(quiet_until.map_or(at, |t| t.min(at)));
                 }
-                (l, _) => l,
-            };
-            if liveness != m.liveness {
-                m.liveness = liveness;
-                changes.push(transition(m, &self.pop));
             }
+            self.quiet_until = quiet_until;
         }
         // A PoP whose speaker went silent for long is forgotten until it
         // speaks again; looked for once a refresh, not at every heartbeat:
@@ -892,6 +907,16 @@ impl Membership {
     /// refresh (see [`POP_REFRESH_EVERY`]).
     pub fn pop_refresh_every(&self) -> u64 {
         POP_REFRESH_EVERY.max(self.pops.len() as u64 + 1)
+    }
+
+    /// How long a suspect has to refute the suspicion.
+    fn grace(&self) -> Duration {
+        Duration::from_millis(self.config.dead_ms.saturating_sub(self.config.suspect_ms))
+    }
+
+    /// Some member's liveness may age at `at`.
+    fn age_by(&mut self, at: Instant) {
+        self.quiet_until = Some(self.quiet_until.map_or(at, |t| t.min(at)));
     }
 
     /// The longest a PoP's speaker stays silent while alive.

@@ -113,7 +113,7 @@ impl Hypervisor {
 
     /// What a sample sees.
     pub fn observation(&self) -> Observation {
-        let mut o = Observation::default();
+        let mut o = Observation { ours: Vec::with_capacity(self.domains.len()), others: vec![] };
         for (name, d) in &self.domains {
             if d.owner == self.host {
                 o.ours.push(DomainSeen {

@@ -837,6 +837,50 @@ impl VmRecord {
     }
 }
 
+/// This host's VMs by name, with a count of the changes to the set of
+/// names: each heartbeat asks whether the set changed since it was last
+/// published, and the count answers without comparing the names.
+#[derive(Debug, Default)]
+struct Vms {
+    map: BTreeMap<String, VmRecord>,
+    version: u64,
+}
+
+impl std::ops::Deref for Vms {
+    type Target = BTreeMap<String, VmRecord>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Vms {
+    fn insert(&mut self, name: String, record: VmRecord) -> Option<VmRecord> {
+        let old = self.map.insert(name, record);
+        if old.is_none() {
+            self.version += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, name: &str) -> Option<VmRecord> {
+        let old = self.map.remove(name);
+        if old.is_some() {
+            self.version += 1;
+        }
+        old
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut VmRecord> {
+        self.map.get_mut(name)
+    }
+
+    /// The set's version and its names, in order, for the beacon.
+    fn names(&self) -> (u64, std::collections::btree_map::Keys<'_, String, VmRecord>) {
+        (self.version, self.map.keys())
+    }
+}
+
 /// The hypervisor as the node last heard of it.
 #[derive(Debug, Clone, PartialEq)]
 enum Hypervisor {
@@ -854,7 +898,7 @@ pub struct Node {
     /// Placements waiting for the policy's answer.
     deciding: HashMap<DecisionId, overlay::Deciding>,
     next_decision: u64,
-    vms: BTreeMap<String, VmRecord>,
+    vms: Vms,
     /// Names of domains this node does not own.
     others: BTreeSet<String>,
     /// Domains marked as this host's at the last observation.
@@ -978,7 +1022,7 @@ impl Node {
             placer: Placer::new(),
             deciding: HashMap::new(),
             next_decision: 0,
-            vms: BTreeMap::new(),
+            vms: Vms::default(),
             others: BTreeSet::new(),
             own_domains: 0,
             orphans: BTreeMap::new(),
@@ -1771,14 +1815,20 @@ impl Node {
     fn observe(&mut self, now: Instant, domains: Observation, full: bool) {
         self.others = domains.others.into_iter().collect();
         self.own_domains = domains.ours.len() as u32;
-        let mut seen: HashMap<String, DomainSeen> =
-            domains.ours.into_iter().map(|d| (d.name.clone(), d)).collect();
+        // Both in name order, walked together: each domain meets its VM,
+        // or is an orphan.
+        let mut ours = domains.ours;
+        ours.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let mut ours = ours.into_iter().peekable();
+        let mut orphans = vec![];
         let names: Vec<String> = self.vms.keys().cloned().collect();
         for name in names {
-            let observed = seen.remove(&name);
+            orphans.extend(std::iter::from_fn(|| ours.next_if(|d| d.name < name)));
+            let observed = ours.next_if(|d| d.name == name);
             self.reconcile(now, &name, observed, full);
         }
-        self.observe_orphans(now, seen.into_values(), full);
+        orphans.extend(ours);
+        self.observe_orphans(now, orphans.into_iter(), full);
         let demand = self.demand();
         if let Some(state) = self.load.sample(demand) {
             let (demand_cpu_milli, capacity_cpu_milli) = (demand.cpu_milli, demand.cpu_capacity_milli);

@@ -117,7 +117,7 @@ impl Node {
             return;
         }
         let own = self.host_summary(self.beacon.digest());
-        if let Some(msg) = self.beacon.placed(own, self.vms.keys()) {
+        if let Some(msg) = self.beacon.placed(own, self.vms.names()) {
             self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg });
         }
     }
@@ -148,7 +148,7 @@ impl Node {
         let own = self.host_summary(self.beacon.digest());
         let speaking =
             self.membership.is_speaker().then(|| self.membership.pop_summary(&own, &self.config.pop));
-        if let Some(msg) = self.beacon.host(own, self.vms.keys()) {
+        if let Some(msg) = self.beacon.host(own, self.vms.names()) {
             self.outputs.push_back(Output::Gossip { topic: Topic::Pop(self.config.pop.name.clone()), msg });
         }
         match speaking {

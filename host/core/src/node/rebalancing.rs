@@ -61,7 +61,7 @@ impl Node {
         let h = &self.model.hosts[self.host.0 as usize];
         let threshold = (f64::from(h.cpu_milli) * f64::from(self.config.load.overload_ratio)) as u32;
         let (mut vms, mut fixed) = (Vec::new(), Vec::new());
-        for (name, r) in &self.vms {
+        for (name, r) in self.vms.iter() {
             let active = r.state().is_active();
             let demand = if active {
                 r.seen.as_ref().and_then(|s| s.cpu_milli).unwrap_or_else(|| r.intent.spec.expected_load())
