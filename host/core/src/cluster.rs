@@ -599,6 +599,11 @@ pub struct Membership {
     pop_heard: Option<Instant>,
     /// When PoPs silent for long were last forgotten.
     pops_aged: Option<Instant>,
+    /// The members probed in turn (alive and suspect) in peer-id order,
+    /// and the speaker if not this agent: read at every heartbeat, listed
+    /// again only when a member's liveness changes.
+    probed: Vec<PeerId>,
+    speaker: Option<PeerId>,
     /// No member's liveness can age before then (none: look at the next
     /// tick). Hearing a member only pushes its deadline later, so this
     /// stays a bound until a suspicion starts, which lowers it: a
@@ -624,6 +629,8 @@ impl Membership {
             pop_heard: None,
             pops_aged: None,
             quiet_until: None,
+            probed: vec![],
+            speaker: None,
             holders_version: 0,
         }
     }
@@ -654,6 +661,7 @@ impl Membership {
         let transition = (before != Liveness::Alive).then(|| transition(m, &self.pop));
         if transition.is_some() {
             self.holders_version += 1;
+            self.relist();
         }
         self.index_changes(from, came, went);
         Heard { transition, behind }
@@ -674,6 +682,7 @@ impl Membership {
         m.liveness = Liveness::Alive;
         let transition = Some(transition(m, &self.pop));
         self.holders_version += 1;
+        self.relist();
         HeardAlive { transition, stale }
     }
 
@@ -689,6 +698,7 @@ impl Membership {
         m.suspected = Some(now);
         let suspected = (transition(m, &self.pop), m.summary.seq);
         self.age_by(now + self.grace());
+        self.relist();
         Some(suspected)
     }
 
@@ -703,6 +713,7 @@ impl Membership {
         m.suspected = Some(now);
         let suspected = transition(m, &self.pop);
         self.age_by(now + self.grace());
+        self.relist();
         Some(suspected)
     }
 
@@ -710,14 +721,23 @@ impl Membership {
     /// members in peer-id order, one per heartbeat, each agent starting at
     /// its own place so that every member is probed about once a heartbeat.
     pub fn probe_target(&self, turn: u64) -> Option<PeerId> {
-        let candidates = self.members.iter().filter(|(_, m)| m.liveness != Liveness::Dead);
-        let n = candidates.clone().count() as u64;
+        let n = self.probed.len() as u64;
         if n == 0 {
             return None;
         }
         let start = name_hash(self.me.as_str());
         let k = (start.wrapping_add(turn) % n) as usize;
-        candidates.map(|(p, _)| p.clone()).nth(k)
+        self.probed.get(k).cloned()
+    }
+
+    /// Lists the members probed and the speaker again, after a liveness changed.
+    fn relist(&mut self) {
+        let alive = |m: &Member| m.liveness == Liveness::Alive;
+        self.probed = (self.members.iter().filter(|(_, m)| m.liveness != Liveness::Dead))
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.speaker =
+            self.members.iter().find(|(peer, m)| alive(m) && **peer < self.me).map(|(p, _)| p.clone());
     }
 
     /// Takes the whole list of VMs a PoP-mate sent when asked, at its `version`.
@@ -861,6 +881,9 @@ impl Membership {
                 }
             }
             self.quiet_until = quiet_until;
+            if !changes.is_empty() {
+                self.relist();
+            }
         }
         // A PoP whose speaker went silent for long is forgotten until it
         // speaks again; looked for once a refresh, not at every heartbeat:
@@ -932,10 +955,7 @@ impl Membership {
     /// The PoP-mate that speaks for the PoP: the alive member with the
     /// first peer id (in [`PeerId`] order), or none when that is this agent.
     pub fn speaker(&self) -> Option<&PeerId> {
-        self.members
-            .iter()
-            .find(|(peer, m)| m.liveness == Liveness::Alive && **peer < self.me)
-            .map(|(p, _)| p)
+        self.speaker.as_ref()
     }
 
     /// This PoP's summary, from this agent's own summary and its members'.
