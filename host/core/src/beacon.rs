@@ -16,10 +16,11 @@
 //! - on the global topic, a PoP's speaker publishes the [`PopSummary`]
 //!   when a member's liveness changed or another PoP (or more of its
 //!   hosts) came into view, when it changed otherwise (at most every
-//!   [`POP_SUMMARY_EVERY`] heartbeats), and every
+//!   [`POP_SUMMARY_EVERY`](crate::cluster::POP_SUMMARY_EVERY) heartbeats, fewer with many PoPs:
+//!   [`pop_change_every`]), and every
 //!   [`POP_REFRESH_EVERY`](crate::cluster::POP_REFRESH_EVERY) heartbeats (more with many PoPs).
 
-use crate::cluster::{Gossip, HostSummary, POP_SUMMARY_EVERY, PopSummary, REFRESH_EVERY, VmDigest, VmLog};
+use crate::cluster::{Gossip, HostSummary, PopSummary, REFRESH_EVERY, VmDigest, VmLog, pop_change_every};
 
 /// Heartbeats after start at which the summary goes out whatever changed:
 /// gossip published before the overlay's mesh has formed is lost.
@@ -149,7 +150,7 @@ impl Beacon {
             None => true,
             Some(last) => {
                 news || self.pop_since >= refresh_every
-                    || (self.pop_since >= POP_SUMMARY_EVERY
+                    || (self.pop_since >= pop_change_every(refresh_every)
                         && (self.pop_again || pop_differs(last, &summary)))
             }
         };
@@ -227,7 +228,7 @@ fn differs(last: &HostSummary, now: &HostSummary) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::POP_REFRESH_EVERY;
+    use crate::cluster::{POP_REFRESH_EVERY, POP_SUMMARY_EVERY};
     use crate::node::Size;
 
     /// A host of 8 vCPUs, nothing allocated, before its first summary.
@@ -355,5 +356,8 @@ mod tests {
         assert_eq!(again, [false, false, false, true], "another PoP came: at the pace");
         let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
         assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
+        let changing: Vec<bool> = (0..40).map(|k| b.pop(pop(k), false, 313).is_some()).collect();
+        assert_eq!(changing.iter().filter(|&&s| s).count(), 2, "changes every 20th heartbeat with 313 PoPs");
+        assert!(b.pop(pop(1), true, 313).is_some(), "a liveness change at once, however many PoPs");
     }
 }

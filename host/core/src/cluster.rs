@@ -490,7 +490,21 @@ pub const SILENCE_LIMIT_EVERY: u64 = 3 * REFRESH_EVERY;
 
 /// Heartbeats at least between two PoP summaries: every agent hears every
 /// PoP's, so a PoP changing fast is heard at this pace, not at every change.
+/// With more PoPs than [`POP_REFRESH_EVERY`] over this, the pace slows
+/// with the refresh (see [`pop_change_every`]).
 pub const POP_SUMMARY_EVERY: u64 = 4;
+
+/// Heartbeats at least between two PoP summaries that only report a
+/// change, when a PoP refreshes every `refresh_every` heartbeats: every
+/// [`POP_SUMMARY_EVERY`]th, or a fifteenth of the refresh with many PoPs.
+/// All PoPs' changes together then reach an agent at most about 15 times
+/// a heartbeat however large the cluster: while 10,000 hosts in 313 PoPs
+/// fill, every PoP changes all the time, and at every 4th heartbeat each
+/// agent would hear 78 PoP summaries a heartbeat. A liveness change is
+/// not paced (see [`crate::beacon::Beacon::pop`]).
+pub fn pop_change_every(refresh_every: u64) -> u64 {
+    POP_SUMMARY_EVERY.max(refresh_every / (POP_REFRESH_EVERY / POP_SUMMARY_EVERY))
+}
 /// Heartbeats at most between two PoP summaries, changed or not: a lost
 /// one is repaired, an agent that joins learns every PoP, and a PoP
 /// silent for a few of these is gone. Rare, because every agent hears
@@ -793,8 +807,36 @@ impl Membership {
             return HeardPop::default();
         }
         let mut heard = HeardPop::default();
-        let before = self.pops.get(&summary.pop).map(|p| p.summary.alive);
-        heard.more = before.is_none_or(|b| summary.alive > b);
+        let known = self.pops.get_mut(&summary.pop);
+        heard.more = known.as_ref().is_none_or(|p| summary.alive > p.summary.alive);
+        // Its dead are as the last summary left them, unless they changed
+        // (every agent hears every PoP's summary: most say what the last did).
+        let same_dead = known.as_ref().is_some_and(|p| p.summary.dead == summary.dead);
+        match known {
+            Some(p) => {
+                if p.speaker != *from {
+                    p.speaker = from.clone();
+                }
+                (p.summary, p.heard) = (summary.clone(), now);
+            }
+            None => {
+                let p = RemotePop { summary: summary.clone(), speaker: from.clone(), heard: now };
+                self.pops.insert(summary.pop.clone(), p);
+            }
+        }
+        if !same_dead {
+            self.remote_dead_changed(&summary, &mut heard);
+        }
+        self.pop_heard = Some(now);
+        if self.rtt_to(&summary).is_none() {
+            heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
+        }
+        heard
+    }
+
+    /// Takes the dead another PoP's `summary` lists: the newly dead, and
+    /// those it no longer lists, back.
+    fn remote_dead_changed(&mut self, summary: &PopSummary, heard: &mut HeardPop) {
         for m in &summary.dead {
             if !self.remote_dead.contains_key(&m.peer) {
                 self.remote_dead.insert(m.peer.clone(), (m.host.clone(), summary.pop.clone()));
@@ -813,23 +855,6 @@ impl Membership {
                 heard.transitions.push(remote_transition(&m, &pop, Liveness::Alive));
             }
         }
-        self.pop_heard = Some(now);
-        if self.rtt_to(&summary).is_none() {
-            heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
-        }
-        match self.pops.get_mut(&summary.pop) {
-            Some(p) => {
-                if p.speaker != *from {
-                    p.speaker = from.clone();
-                }
-                (p.summary, p.heard) = (summary, now);
-            }
-            None => {
-                let name = summary.pop.clone();
-                self.pops.insert(name, RemotePop { summary, speaker: from.clone(), heard: now });
-            }
-        }
-        heard
     }
 
     /// The smallest round trip measured to any of a PoP's contacts.
