@@ -505,6 +505,7 @@ pub const POP_SUMMARY_EVERY: u64 = 4;
 pub fn pop_change_every(refresh_every: u64) -> u64 {
     POP_SUMMARY_EVERY.max(refresh_every / (POP_REFRESH_EVERY / POP_SUMMARY_EVERY))
 }
+
 /// Heartbeats at most between two PoP summaries, changed or not: a lost
 /// one is repaired, an agent that joins learns every PoP, and a PoP
 /// silent for a few of these is gone. Rare, because every agent hears
@@ -739,8 +740,8 @@ impl Membership {
         if n == 0 {
             return None;
         }
-        let start = name_hash(self.me.as_str());
-        let k = (start.wrapping_add(turn) % n) as usize;
+        // Its own place: the hash its id carries (`name_hash` of its text).
+        let k = (self.me.0.order.wrapping_add(turn) % n) as usize;
         self.probed.get(k).cloned()
     }
 
