@@ -21,6 +21,7 @@
 //!   [`POP_REFRESH_EVERY`](crate::cluster::POP_REFRESH_EVERY) heartbeats (more with many PoPs).
 
 use crate::cluster::{Gossip, HostSummary, PopSummary, REFRESH_EVERY, VmDigest, VmLog, pop_change_every};
+use std::sync::Arc;
 
 /// Heartbeats after start at which the summary goes out whatever changed:
 /// gossip published before the overlay's mesh has formed is lost.
@@ -41,7 +42,7 @@ pub struct Beacon {
     /// The version of the agent's set of VMs its latest summary told.
     vms_version: u64,
     /// Its latest summary (its `seq` counts them).
-    last: Option<HostSummary>,
+    last: Option<Arc<HostSummary>>,
     /// Heartbeats since `last`.
     since: u64,
     /// Summarize at the next heartbeat, changed or not: a PoP-mate suspects
@@ -108,6 +109,7 @@ impl Beacon {
         own.seq = self.seq() + 1;
         self.since = 0;
         self.again = false;
+        let own = Arc::new(own);
         self.last = Some(own.clone());
         Gossip::Host(own)
     }
@@ -125,7 +127,7 @@ impl Beacon {
 
     /// The latest summary published, as a PoP-mate that missed it asks.
     pub fn last(&self) -> Option<&HostSummary> {
-        self.last.as_ref()
+        self.last.as_deref()
     }
 
     /// Its VMs as last published, with their version.

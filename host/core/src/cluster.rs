@@ -7,8 +7,9 @@
 //! topic. From these, [`Membership`] keeps the agent's PoP's hosts and a
 //! summary of every other PoP.
 //!
-//! Liveness within a PoP is SWIM's (Das, Gupta, Motivala, 2002): at every
-//! heartbeat each agent probes one PoP-mate, in turn, with a direct ping.
+//! Liveness within a PoP is SWIM's (Das, Gupta, Motivala, 2002): every
+//! [`PROBE_EVERY`] heartbeats each agent probes one PoP-mate, in turn, with
+//! a direct ping.
 //! A PoP-mate that does not answer within `suspect-ms` is suspect, and the
 //! prober says so on the PoP's topic; a suspect that hears it refutes it
 //! with a newer summary, and one that stays suspect for `dead-ms` less
@@ -86,7 +87,14 @@ impl Eq for PeerId {}
 
 impl Ord for PeerId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.order.cmp(&other.0.order).then_with(|| self.0.text.cmp(&other.0.text))
+        // A lookup that finds its key meets the same text, usually shared.
+        self.0.order.cmp(&other.0.order).then_with(|| {
+            if Arc::ptr_eq(&self.0.text, &other.0.text) {
+                std::cmp::Ordering::Equal
+            } else {
+                self.0.text.cmp(&other.0.text)
+            }
+        })
     }
 }
 
@@ -454,7 +462,8 @@ pub struct VmLocation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Gossip {
     /// On the PoP's topic, when the host changed (or to repair losses).
-    Host(HostSummary),
+    /// Shared, like [`Gossip::Pop`]: each PoP-mate keeps it as it came.
+    Host(Arc<HostSummary>),
     /// On the PoP's topic: the sender's probe of `peer` went unanswered.
     /// Those who know no newer summary of `peer` than `seq` suspect it;
     /// `peer` itself refutes it with a newer summary.
@@ -485,6 +494,14 @@ pub enum Topic {
 /// sooner: probes and their answers carry the number of the latest, and
 /// each pair of PoP-mates exchanges one about every PoP-size heartbeats.
 pub const REFRESH_EVERY: u64 = 60;
+/// Heartbeats between two probes an agent sends: one a second at the
+/// default heartbeat, SWIM's protocol period as memberlist sets it on a
+/// LAN. Each member is then probed by someone about once a second, so a
+/// dead one is found within about a second more than `dead-ms`; probing
+/// at every heartbeat found it half a second sooner for twice the probes,
+/// which are most of what an agent sends and hears once its PoP is calm.
+pub const PROBE_EVERY: u64 = 2;
+
 /// Heartbeats of silence after which a member is suspect, probed or not.
 pub const SILENCE_LIMIT_EVERY: u64 = 3 * REFRESH_EVERY;
 
@@ -536,7 +553,7 @@ impl Default for MembershipConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     /// Its last summary.
-    pub summary: HostSummary,
+    pub summary: Arc<HostSummary>,
     /// When it was heard from.
     pub heard: Instant,
     /// Liveness.
@@ -657,7 +674,8 @@ impl Membership {
 
     /// Records a host summary heard on this PoP's topic. Summaries from
     /// other PoPs (a misconfigured or confused peer) are ignored.
-    pub fn heard_host(&mut self, now: Instant, from: &PeerId, summary: HostSummary) -> Heard {
+    pub fn heard_host(&mut self, now: Instant, from: &PeerId, summary: impl Into<Arc<HostSummary>>) -> Heard {
+        let summary = summary.into();
         if summary.pop != self.pop || *from != summary.peer || summary.peer == self.me {
             return Heard::default();
         }
@@ -989,7 +1007,7 @@ impl Membership {
         let mut free = Size::default();
         let (mut largest_mem, mut largest_cpu) = (0, 0);
         let alive_members = self.members.iter().filter(|(_, m)| m.liveness == Liveness::Alive);
-        let live = std::iter::once(own).chain(alive_members.clone().map(|(_, m)| &m.summary));
+        let live = std::iter::once(own).chain(alive_members.clone().map(|(_, m)| &*m.summary));
         for h in live.filter(|h| h.up) {
             let f = minus(h.capacity, h.allocated);
             free = plus(free, f);

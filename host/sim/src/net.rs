@@ -12,6 +12,10 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+/// The delays after which one message arrives: none, one, or two when it
+/// is duplicated. Inline: a gossip message makes one per subscriber.
+pub type Deliveries = smallvec::SmallVec<[u64; 2]>;
+
 /// How the network behaves (`[network]` in a scenario).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -90,7 +94,7 @@ impl Network {
     /// The delays after which a gossip message from node `from` (in PoP
     /// `from_pop`) to node `to` (in `to_pop`) arrives: none when it is
     /// lost, two when it is duplicated.
-    pub fn deliveries(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize) -> Vec<u64> {
+    pub fn deliveries(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize) -> Deliveries {
         self.send(from, from_pop, to, to_pop, false)
     }
 
@@ -102,11 +106,11 @@ impl Network {
         self.send(from, from_pop, to, to_pop, true).first().copied()
     }
 
-    fn send(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize, reliable: bool) -> Vec<u64> {
+    fn send(&mut self, from: usize, from_pop: usize, to: usize, to_pop: usize, reliable: bool) -> Deliveries {
         let dropped = !reliable && self.rng.random_bool(self.config.loss);
         if self.cut.contains(&(self.group[from], self.group[to])) || dropped {
             self.lost += 1;
-            return vec![];
+            return Deliveries::new();
         }
         let copies = if !reliable && self.rng.random_bool(self.config.duplicate) { 2 } else { 1 };
         let base = self.delay_us[from_pop][to_pop] as f64;

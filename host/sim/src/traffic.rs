@@ -77,10 +77,21 @@ impl Traffic {
 
     /// Node `to` received `copies` copies of a `bytes`-byte message of `kind`.
     pub fn received(&mut self, kind: &'static str, to: usize, bytes: u64, copies: u64) {
+        self.reached(to, bytes * copies);
+        self.count(kind, copies, bytes * copies);
+    }
+
+    /// Node `to` received `bytes`, to be counted by kind with [`Traffic::count`]
+    /// (once for a gossip message's every subscriber).
+    pub fn reached(&mut self, to: usize, bytes: u64) {
+        self.by_node[to] += bytes;
+    }
+
+    /// `messages` messages of `kind` were received, `bytes` in all.
+    pub fn count(&mut self, kind: &'static str, messages: u64, bytes: u64) {
         let t = self.by_kind.entry(kind).or_default();
-        t.messages += copies;
-        t.bytes += bytes * copies;
-        self.by_node[to] += bytes * copies;
+        t.messages += messages;
+        t.bytes += bytes;
     }
 
     /// Bytes received so far, by every node.

@@ -643,15 +643,18 @@ impl World {
                     let bytes = traffic::gossip_copy(name_len, &msg);
                     let shared = Rc::new((from, msg));
                     let copies = traffic::copies(receivers.len());
+                    let mut reached = 0;
                     for &j in receivers.iter().filter(|&&j| j != i) {
                         let deliveries = self.net.deliveries(i, self.nodes[i].pop, j, self.nodes[j].pop);
                         if !deliveries.is_empty() {
-                            self.traffic.received(kind, j, bytes, copies);
+                            self.traffic.reached(j, bytes * copies);
+                            reached += 1;
                         }
                         for delay in deliveries {
                             self.at(delay, Due::Gossip(j, self.nodes[j].epoch, shared.clone()));
                         }
                     }
+                    self.traffic.count(kind, reached * copies, reached * bytes * copies);
                 }
                 Output::Request { id, to, req } => {
                     let from = self.nodes[i].peer.clone();

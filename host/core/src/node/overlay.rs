@@ -18,7 +18,7 @@
 use super::timers::Timer;
 use super::{DecisionId, Event, Node, Origin, Output};
 use crate::VmRequest;
-use crate::cluster::{Gossip, HostSummary, Liveness, PeerId, Topic, VmDigest, minus};
+use crate::cluster::{Gossip, HostSummary, Liveness, PROBE_EVERY, PeerId, Topic, VmDigest, minus};
 use crate::filter;
 use crate::hypervisor::DomainState;
 use crate::model::HostState;
@@ -159,7 +159,8 @@ impl Node {
                 }
             }
         }
-        if let Some(peer) = self.membership.probe_target(turn)
+        if turn.is_multiple_of(PROBE_EVERY)
+            && let Some(peer) = self.membership.probe_target(turn / PROBE_EVERY)
             && !self.probes.waiting_for(&peer)
         {
             let id = self.request(peer.clone(), PeerRequest::Ping { seq: self.beacon.seq() });
@@ -737,7 +738,7 @@ impl Node {
         if let Some(peer) = self.asked_summary.remove(&id) {
             // Unanswered, its next probe or answer asks again.
             if let (Ok(PeerResponse::Summary(s)), Some(now)) = (result, self.now) {
-                self.gossip(now, &peer, Gossip::Host(*s));
+                self.gossip(now, &peer, Gossip::Host(std::sync::Arc::new(*s)));
             }
             return;
         }
