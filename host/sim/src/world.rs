@@ -666,7 +666,7 @@ impl World {
                     self.next_inbound += 1;
                     let inbound = self.next_inbound;
                     self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
-                    self.queue.push_in_order(self.now_us + REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
+                    self.queue.push(self.now_us + REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
                     if let Some(delay) = self.net.stream(i, self.nodes[i].pop, j, self.nodes[j].pop) {
                         self.traffic.received("request", j, traffic::stream_message(&req), 1);
                         let id = InboundId(inbound);
