@@ -32,8 +32,10 @@ impl<T> Default for Queue<T> {
 }
 
 impl<T> Queue<T> {
-    /// `item` happens at `at_us`: now or later (no earlier than the last
-    /// event popped, which a monotone queue requires).
+    /// `item` happens at `at_us`: no earlier than the last event popped,
+    /// or found not yet due by [`Queue::pop_until`]; a monotone queue
+    /// requires it (and panics). The world pushes only while an event
+    /// fires, at its time or later.
     pub fn push(&mut self, at_us: u64, item: T) {
         self.seq += 1;
         self.heap.push(Reverse((u128::from(at_us) << 64) | u128::from(self.seq)), item);
