@@ -23,7 +23,7 @@
 use crate::node::Size;
 use crate::request::Location;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,10 +244,23 @@ pub struct VmChange {
 /// `vm2`, `vm3` …) cancel out to the same digest; SipHash's outputs do not
 /// line up that way.
 fn name_hash(name: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x6c6f_6375_735f_766d, 0x6469_6765_7374_0001);
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = FixedState.build_hasher();
     h.write(name.as_bytes());
     h.finish()
+}
+
+/// The hashing of maps an agent iterates, with fixed keys: every run (and
+/// every simulation of one seed) lays them out, and walks them, alike.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedState;
+
+impl std::hash::BuildHasher for FixedState {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(0x6c6f_6375_735f_766d, 0x6469_6765_7374_0001)
+    }
 }
 
 /// Heartbeats whose changes a summary repeats: a PoP-mate that missed
@@ -593,6 +606,9 @@ pub struct RemotePop {
     pub speaker: PeerId,
     /// When it was heard from.
     pub heard: Instant,
+    /// A round trip to one of its contacts was measured: measures are
+    /// kept, so this holds until its contacts change.
+    measured: bool,
 }
 
 /// A liveness change worth reporting.
@@ -618,8 +634,9 @@ pub struct Membership {
     pop: String,
     /// Members of this PoP, self excluded.
     pub members: BTreeMap<PeerId, Member>,
-    /// Other PoPs, by name.
-    pub pops: BTreeMap<String, RemotePop>,
+    /// Other PoPs, by name. Every summary heard looks its PoP up here, at
+    /// every agent: hashed, one probe, where a tree reads a name per level.
+    pub pops: HashMap<String, RemotePop, FixedState>,
     /// Members of other PoPs their speakers report dead: (host, PoP).
     remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
@@ -654,7 +671,7 @@ impl Membership {
             me,
             pop,
             members: BTreeMap::new(),
-            pops: BTreeMap::new(),
+            pops: HashMap::default(),
             remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
             index: BTreeMap::new(),
@@ -826,20 +843,22 @@ impl Membership {
             return HeardPop::default();
         }
         let mut heard = HeardPop::default();
-        let known = self.pops.get_mut(&summary.pop);
+        let known = self.pops.get(&summary.pop);
         heard.more = known.as_ref().is_none_or(|p| summary.alive > p.summary.alive);
         // Its dead are as the last summary left them, unless they changed
         // (every agent hears every PoP's summary: most say what the last did).
         let same_dead = known.as_ref().is_some_and(|p| p.summary.dead == summary.dead);
-        match known {
+        let measured = known.as_ref().is_some_and(|p| p.measured && p.summary.contacts == summary.contacts)
+            || self.rtt_to(&summary).is_some();
+        match self.pops.get_mut(&summary.pop) {
             Some(p) => {
                 if p.speaker != *from {
                     p.speaker = from.clone();
                 }
-                (p.summary, p.heard) = (summary.clone(), now);
+                (p.summary, p.heard, p.measured) = (summary.clone(), now, measured);
             }
             None => {
-                let p = RemotePop { summary: summary.clone(), speaker: from.clone(), heard: now };
+                let p = RemotePop { summary: summary.clone(), speaker: from.clone(), heard: now, measured };
                 self.pops.insert(summary.pop.clone(), p);
             }
         }
@@ -847,7 +866,7 @@ impl Membership {
             self.remote_dead_changed(&summary, &mut heard);
         }
         self.pop_heard = Some(now);
-        if self.rtt_to(&summary).is_none() {
+        if !measured {
             heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
         }
         heard
@@ -1045,6 +1064,13 @@ impl Membership {
             contacts,
             dead,
         }
+    }
+
+    /// The other PoPs, in name order.
+    pub fn pops_by_name(&self) -> Vec<&RemotePop> {
+        let mut pops: Vec<&RemotePop> = self.pops.values().collect();
+        pops.sort_unstable_by(|a, b| a.summary.pop.cmp(&b.summary.pop));
+        pops
     }
 
     /// Alive agents of another PoP, to forward a request to.
@@ -1255,9 +1281,17 @@ pub(crate) mod tests {
         let mut berlin = Membership::new(MembershipConfig::default(), PeerId::new("z"), "berlin".into());
         let news = berlin.heard_pop(t0, &PeerId::new("a"), s.clone());
         assert!(news.transitions.is_empty() && news.more, "a new PoP: its hosts may hold copies");
-        assert!(!berlin.heard_pop(t0, &PeerId::new("a"), s.clone()).more, "the same again");
+        assert_eq!(news.unmeasured, Some(PeerId::new("a")), "a contact to measure the latency by");
+        let again = berlin.heard_pop(t0, &PeerId::new("a"), s.clone());
+        assert!(!again.more && again.unmeasured.is_some(), "the same again, still unmeasured");
         berlin.measured(&PeerId::new("b"), Duration::from_millis(12));
         assert_eq!(berlin.rtt_to(&berlin.pops["paris"].summary), Some(Duration::from_millis(12)));
+        assert_eq!(berlin.heard_pop(t0, &PeerId::new("a"), s.clone()).unmeasured, None, "measured");
+        let mut others = s.clone();
+        others.contacts.retain(|c| c.peer != PeerId::new("b"));
+        let moved = berlin.heard_pop(t0, &PeerId::new("a"), others);
+        assert!(moved.unmeasured.is_some(), "none of its contacts now is measured");
+        berlin.heard_pop(t0, &PeerId::new("a"), s.clone());
         assert_eq!(berlin.find_vm("vm-b"), None, "another PoP's VMs are found in the records");
         assert_eq!(berlin.contacts("paris").len(), CONTACTS);
         assert!(berlin.in_majority(t0), "5 of 5 hosts alive");

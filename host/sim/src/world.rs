@@ -25,7 +25,7 @@ use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, 
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
 use rand::RngExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,8 @@ enum Due {
     LoadChange(usize, u32),
     /// Fault `.0` happens (`.1`: or is undone).
     Fault(usize, bool),
-    /// A peer request was not answered in time.
-    RequestTimeout(u64),
+    /// The first peer request still unanswered may be due to time out.
+    RequestTimeouts,
     /// A live migration's copy is done.
     Migrated(u64),
     /// The power meter reads every host and the PoPs' energy supply.
@@ -108,6 +108,12 @@ pub struct World {
     workload: Rng,
     records: HashMap<String, VmLocation>,
     inbound: HashMap<u64, (usize, u64, OutboundId)>,
+    /// Peer requests in the order sent, each with when it times out (in
+    /// that order too: the timeout is one for all). One event waits for
+    /// the first, not one per request: nearly all are answered first.
+    timeouts: VecDeque<(u64, u64)>,
+    /// When the event waiting for `timeouts` is due, if one is.
+    timeouts_at: Option<u64>,
     next_inbound: u64,
     next_req: u64,
     /// Requests sent to the nodes: when, and to which node, for the
@@ -212,6 +218,8 @@ impl World {
             workload: seed.stream("workload"),
             records: HashMap::new(),
             inbound: HashMap::new(),
+            timeouts: VecDeque::new(),
+            timeouts_at: None,
             next_inbound: 0,
             next_req: 0,
             asked: HashMap::new(),
@@ -342,17 +350,33 @@ impl World {
             Due::Arrival(b, k) => self.arrive(b, k),
             Due::LoadChange(b, k) => self.change_load(b, k),
             Due::Fault(f, undo) => self.fault(f, undo),
-            Due::RequestTimeout(id) => {
-                if let Some((asker, epoch, out)) = self.inbound.remove(&id)
-                    && epoch == self.nodes[asker].epoch
-                {
-                    self.input(
-                        asker,
-                        Input::PeerResponse { now, id: out, result: Err("request timed out".into()) },
-                    );
-                }
-            }
+            Due::RequestTimeouts => self.time_out(now),
             Due::Migrated(id) => self.land(id),
+        }
+    }
+
+    /// Fails the peer requests unanswered in time, and waits for the next.
+    fn time_out(&mut self, now: Instant) {
+        let mut expired = vec![];
+        while let Some(&(at, id)) = self.timeouts.front() {
+            let waiting = self.inbound.contains_key(&id);
+            if waiting && at > self.now_us {
+                break;
+            }
+            self.timeouts.pop_front();
+            if let Some(asked) = self.inbound.remove(&id) {
+                expired.push(asked);
+            }
+        }
+        self.timeouts_at = self.timeouts.front().map(|&(at, _)| at);
+        if let Some(at) = self.timeouts_at {
+            self.queue.push(at, Due::RequestTimeouts);
+        }
+        for (asker, epoch, out) in expired {
+            if epoch == self.nodes[asker].epoch {
+                let result = Err("request timed out".into());
+                self.input(asker, Input::PeerResponse { now, id: out, result });
+            }
         }
     }
 
@@ -666,7 +690,12 @@ impl World {
                     self.next_inbound += 1;
                     let inbound = self.next_inbound;
                     self.inbound.insert(inbound, (i, self.nodes[i].epoch, id));
-                    self.queue.push(self.now_us + REQUEST_TIMEOUT_US, Due::RequestTimeout(inbound));
+                    let deadline = self.now_us + REQUEST_TIMEOUT_US;
+                    self.timeouts.push_back((deadline, inbound));
+                    if self.timeouts_at.is_none() {
+                        self.timeouts_at = Some(deadline);
+                        self.queue.push(deadline, Due::RequestTimeouts);
+                    }
                     if let Some(delay) = self.net.stream(i, self.nodes[i].pop, j, self.nodes[j].pop) {
                         self.traffic.received("request", j, traffic::stream_message(&req), 1);
                         let id = InboundId(inbound);
@@ -886,5 +915,33 @@ impl World {
             .collect();
         out.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_requests_lost_in_a_partition_time_out_with_one_event_waiting() {
+        let scenario = crate::scale::scenario(32, 60).expect("a scale scenario");
+        let mut world = World::new(scenario, 7).expect("a world");
+        world.run_until(15_000_000);
+        // One host cut off: its PoP-mates' probes of it, and its own, are lost.
+        world.net.partition(&[0], false);
+        world.run_until(20_000_000);
+        let lost: Vec<u64> = world.inbound.keys().copied().collect();
+        world.run_until(21_000_000);
+        let lost: Vec<u64> = lost.into_iter().filter(|id| world.inbound.contains_key(id)).collect();
+        assert!(!lost.is_empty(), "requests to and from the host cut off go unanswered");
+        world.run_until(20_000_000 + REQUEST_TIMEOUT_US);
+        assert!(lost.iter().all(|id| !world.inbound.contains_key(id)), "each timed out");
+        // Answered or not, a request is let go by its deadline.
+        assert!(world.timeouts.iter().all(|&(at, _)| at > world.now_us));
+        assert_eq!(
+            world.timeouts_at,
+            world.timeouts.front().map(|&(at, _)| at),
+            "one event waits for the first"
+        );
     }
 }

@@ -1816,18 +1816,24 @@ impl Node {
         self.others = domains.others.into_iter().collect();
         self.own_domains = domains.ours.len() as u32;
         // Both in name order, walked together: each domain meets its VM,
-        // or is an orphan.
+        // or is an orphan. A VM seen takes its name from its domain: this
+        // runs at every sample of every VM, and copies of names add up.
         let mut ours = domains.ours;
         ours.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut ours = ours.into_iter().peekable();
         let mut orphans = vec![];
-        let names: Vec<String> = self.vms.keys().cloned().collect();
-        for name in names {
-            orphans.extend(std::iter::from_fn(|| ours.next_if(|d| d.name < name)));
-            let observed = ours.next_if(|d| d.name == name);
-            self.reconcile(now, &name, observed, full);
+        let mut walk = Vec::with_capacity(self.vms.len());
+        for name in self.vms.keys() {
+            orphans.extend(std::iter::from_fn(|| ours.next_if(|d| d.name < *name)));
+            walk.push(match ours.next_if(|d| d.name == *name) {
+                Some(mut d) => (std::mem::take(&mut d.name), Some(d)),
+                None => (name.clone(), None),
+            });
         }
         orphans.extend(ours);
+        for (name, observed) in walk {
+            self.reconcile(now, &name, observed, full);
+        }
         self.observe_orphans(now, orphans.into_iter(), full);
         let demand = self.demand();
         if let Some(state) = self.load.sample(demand) {
@@ -1862,6 +1868,8 @@ impl Node {
         d
     }
 
+    /// Takes what a sample saw of VM `name`: its domain (whose own name
+    /// is left out), or none.
     fn reconcile(&mut self, now: Instant, name: &str, observed: Option<DomainSeen>, full: bool) {
         let backoff = self.backoff_config();
         let Some(record) = self.vms.get_mut(name) else {
@@ -1873,7 +1881,11 @@ impl Node {
                 if let Some(milli) = d.cpu_milli {
                     self.model.set_vm_load(record.id, milli);
                 }
-                record.seen = Some(d);
+                let name = match record.seen.as_mut() {
+                    Some(seen) => std::mem::take(&mut seen.name),
+                    None => name.to_owned(),
+                };
+                record.seen = Some(DomainSeen { name, ..d });
             }
             None => set_state(record, DomainState::Missing),
         }

@@ -936,7 +936,7 @@ impl Node {
             rtt_ms: None,
             speaker: if self.membership.is_speaker() { own.peer.to_string() } else { String::new() },
         }];
-        for p in self.membership.pops.values() {
+        for p in self.membership.pops_by_name() {
             let s = &p.summary;
             pops.push(PopStatus {
                 pop: s.pop.clone(),

@@ -109,7 +109,7 @@ impl Node {
         };
         let mut pop = alive(false);
         pop.extend(alive(true));
-        let mut others: Vec<_> = self.membership.pops.values().collect();
+        let mut others = self.membership.pops_by_name();
         others.sort_by_key(|p| self.membership.rtt_to(&p.summary).unwrap_or(std::time::Duration::MAX));
         for p in others {
             // Another PoP is reached through the agents its summary names.
@@ -132,7 +132,7 @@ impl Node {
             c.renewable_watts,
             c.carbon_g_per_kwh,
         ));
-        for p in self.membership.pops.values() {
+        for p in self.membership.pops_by_name() {
             let s = &p.summary;
             book.pops.push((
                 s.pop.clone(),
