@@ -129,14 +129,7 @@ pub fn run(args: Args) -> Result<()> {
     let end_us = scenario.duration_s * 1_000_000;
     let mut world =
         locus_sim::World::new(scenario, seed).with_context(|| format!("in {}", path.display()))?;
-    let progress = progress_bar(end_us / 1_000_000, "virtual s");
-    // A hundred steps: the bar moves and its ETA holds without costing the run.
-    let step = (end_us / 100).max(1);
-    while world.now_us() < end_us {
-        world.run_until((world.now_us() + step).min(end_us));
-        progress.set_position(world.now_us() / 1_000_000);
-    }
-    progress.finish_and_clear();
+    run_to(&mut world, end_us, &path.display().to_string());
     let series = world.series().to_vec();
     let report = world.finish();
     let json = serde_json::to_string_pretty(&report)?;
@@ -158,17 +151,68 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar to `len` `unit` with the time left, on the terminal
-/// only (drawn nowhere when stderr is not one).
-fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "{{bar:40}} {{pos}}/{{len}} {unit}  {{elapsed}} elapsed, about {{eta}} left"
-    ));
-    if let Ok(style) = style {
-        bar.set_style(style);
+/// Runs `world` to virtual time `end_us`, showing how far it is.
+fn run_to(world: &mut locus_sim::World, end_us: u64, label: &str) {
+    let mut progress = Progress::new(end_us / 1_000_000, "virtual s", label);
+    // A hundred steps: the bar moves and its ETA holds without costing the run.
+    let step = (end_us / 100).max(1);
+    while world.now_us() < end_us {
+        world.run_until((world.now_us() + step).min(end_us));
+        progress.set(world.now_us() / 1_000_000);
     }
-    bar
+    progress.finish();
+}
+
+/// How far a long job is, on stderr: a bar with the time left on a
+/// terminal; elsewhere (a log, CI) a line at every tenth, so that a run
+/// in the background still tells how far it is.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    unit: &'static str,
+    label: String,
+    /// The tenths already told, off a terminal.
+    told: u64,
+}
+
+impl Progress {
+    fn new(len: u64, unit: &'static str, label: &str) -> Self {
+        let bar = indicatif::ProgressBar::new(len);
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{label} {{bar:40}} {{pos}}/{{len}} {unit}  {{elapsed}} elapsed, about {{eta}} left"
+        ));
+        if let Ok(style) = style {
+            bar.set_style(style);
+        }
+        Progress { bar, unit, label: label.to_owned(), told: 0 }
+    }
+
+    fn set(&mut self, pos: u64) {
+        self.bar.set_position(pos);
+        let len = self.bar.length().unwrap_or(0).max(1);
+        let tenths = (pos.min(len) * 10 / len).min(10);
+        if self.bar.is_hidden() && tenths > self.told {
+            self.told = tenths;
+            let (label, unit, elapsed) = (&self.label, self.unit, self.bar.elapsed());
+            if pos >= len {
+                eprintln!("{label}: {pos}/{len} {unit} in {elapsed:.0?}");
+            } else {
+                eprintln!("{label}: {pos}/{len} {unit} in {elapsed:.0?}, about {:.0?} left", self.bar.eta());
+            }
+        }
+    }
+
+    fn inc(&mut self) {
+        self.set(self.bar.position() + 1);
+    }
+
+    /// Prints around the bar.
+    fn suspend(&self, f: impl FnOnce()) {
+        self.bar.suspend(f);
+    }
+
+    fn finish(self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Runs a generated scenario per size and prints a Markdown table.
@@ -188,8 +232,11 @@ fn scale(args: &Args, seed: u64) -> Result<()> {
         let scenario = args.apply(locus_sim::scale::scenario(hosts, duration_s)?);
         let pops = scenario.pops.len();
         reset_peak_rss();
+        let end_us = scenario.duration_s * 1_000_000;
         let started = std::time::Instant::now();
-        let report = locus_sim::World::new(scenario, seed)?.run();
+        let mut world = locus_sim::World::new(scenario, seed)?;
+        run_to(&mut world, end_us, &format!("{hosts} hosts"));
+        let report = world.finish();
         let wall = started.elapsed().as_secs_f64();
         let t = &report.traffic;
         println!(
@@ -233,8 +280,12 @@ fn compare(args: &Args, seed: u64) -> Result<()> {
             for l in &mut scenario.load_changes {
                 l.max_milli = 2_600;
             }
+            let end_us = scenario.duration_s * 1_000_000;
             let started = std::time::Instant::now();
-            let r = locus_sim::World::new(scenario, seed)?.run();
+            let mut world = locus_sim::World::new(scenario, seed)?;
+            let by = if kind == SchedulerKind::Distributed { "agents" } else { "central" };
+            run_to(&mut world, end_us, &format!("{hosts} hosts, {by}"));
+            let r = world.finish();
             println!(
                 "| {hosts} | {} | {} | {:.0} | {:.1} / {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
                 match kind {
@@ -282,7 +333,7 @@ fn peak_rss_mib() -> Option<u64> {
 fn check(from: u64, seeds: u64, trace: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let mut failed = Vec::new();
-    let progress = progress_bar(seeds, "seeds");
+    let mut progress = Progress::new(seeds, "seeds", "checking");
     for seed in from..from.saturating_add(seeds) {
         if let Err(f) = locus_sim::check::check(seed) {
             progress.suspend(|| {
@@ -296,9 +347,9 @@ fn check(from: u64, seeds: u64, trace: bool) -> Result<()> {
             });
             failed.push(seed);
         }
-        progress.inc(1);
+        progress.inc();
     }
-    progress.finish_and_clear();
+    progress.finish();
     eprintln!(
         "{} of {seeds} seeds from {from} settled, in {:.1} s",
         seeds - failed.len() as u64,

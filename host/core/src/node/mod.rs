@@ -1878,7 +1878,10 @@ impl Node {
         let before = record.state();
         match observed {
             Some(d) => {
-                if let Some(milli) = d.cpu_milli {
+                // The model holds the load last seen (declared loads stand
+                // in only until one is): an unchanged one is not written.
+                let seen_milli = record.seen.as_ref().and_then(|s| s.cpu_milli);
+                if let Some(milli) = d.cpu_milli.filter(|&m| seen_milli != Some(m)) {
                     self.model.set_vm_load(record.id, milli);
                 }
                 let name = match record.seen.as_mut() {
