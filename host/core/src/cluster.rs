@@ -250,6 +250,15 @@ fn name_hash(name: &str) -> u64 {
     h.finish()
 }
 
+/// Puts `estimate` among the `nearest`, keeping the [`MEASURED_POPS`] smallest in order.
+fn rank(nearest: &mut Vec<u32>, estimate: u32) {
+    let at = nearest.partition_point(|&e| e <= estimate);
+    if at < MEASURED_POPS {
+        nearest.insert(at, estimate);
+        nearest.truncate(MEASURED_POPS);
+    }
+}
+
 /// The hashing of maps an agent iterates, with fixed keys: every run (and
 /// every simulation of one seed) lays them out, and walks them, alike.
 #[derive(Debug, Clone, Copy, Default)]
@@ -544,6 +553,15 @@ pub fn pop_change_every(refresh_every: u64) -> u64 {
 /// however large the cluster (at 10,000 hosts in 313 PoPs, every 156 s).
 pub const POP_REFRESH_EVERY: u64 = 60;
 
+/// Other PoPs whose latency an agent measures, by a ping on a connection
+/// to one of their contacts: the nearest, by the estimate from their
+/// coordinates. Requests are forwarded, and rebalancing partitions grow,
+/// to near PoPs first, where a measure tells more than the estimate; a
+/// farther PoP is ranked by its estimate. Were every PoP measured, every
+/// agent would dial a contact of each (313 at 10,000 hosts), and each
+/// contact would take connections from thousands of agents.
+pub const MEASURED_POPS: usize = 16;
+
 /// Heartbeat and failure-detection timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -609,6 +627,8 @@ pub struct RemotePop {
     /// A round trip to one of its contacts was measured: measures are
     /// kept, so this holds until its contacts change.
     measured: bool,
+    /// The round trip to it estimated from the coordinates, µs.
+    estimated_rtt_us: u32,
 }
 
 /// A liveness change worth reporting.
@@ -641,6 +661,12 @@ pub struct Membership {
     remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
     rtts: BTreeMap<PeerId, Duration>,
+    /// Where this agent's PoP is, to rank the others by distance (none:
+    /// every PoP is measured).
+    here: Option<Location>,
+    /// The estimated round trips to the nearest PoPs known, µs, ascending,
+    /// at most [`MEASURED_POPS`]: a PoP farther than the last is not measured.
+    nearest: Vec<u32>,
     /// Which PoP-mates list each VM (one, but for a moment during a move
     /// or after a host came back with stale copies).
     index: BTreeMap<String, Vec<PeerId>>,
@@ -674,6 +700,8 @@ impl Membership {
             pops: HashMap::default(),
             remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
+            here: None,
+            nearest: vec![],
             index: BTreeMap::new(),
             pop_heard: None,
             pops_aged: None,
@@ -682,6 +710,13 @@ impl Membership {
             speaker: None,
             holders_version: 0,
         }
+    }
+
+    /// The same, for an agent whose PoP is at `here`: only the other PoPs
+    /// nearest it are measured (see [`MEASURED_POPS`]).
+    pub fn at(mut self, here: Location) -> Self {
+        self.here = Some(here);
+        self
     }
 
     /// Its timing.
@@ -848,8 +883,21 @@ impl Membership {
         // Its dead are as the last summary left them, unless they changed
         // (every agent hears every PoP's summary: most say what the last did).
         let same_dead = known.as_ref().is_some_and(|p| p.summary.dead == summary.dead);
-        let measured = known.as_ref().is_some_and(|p| p.measured && p.summary.contacts == summary.contacts)
-            || self.rtt_to(&summary).is_some();
+        let was_measured =
+            known.as_ref().is_some_and(|p| p.measured && p.summary.contacts == summary.contacts);
+        let estimated_rtt_us = match known {
+            Some(p) => p.estimated_rtt_us,
+            None => {
+                let estimate = self
+                    .here
+                    .map_or(0, |here| locus_sdk::geo::estimated_rtt_us(here.into(), summary.location.into()));
+                rank(&mut self.nearest, estimate);
+                estimate
+            }
+        };
+        let near =
+            self.nearest.len() < MEASURED_POPS || self.nearest.last().is_some_and(|&l| estimated_rtt_us <= l);
+        let measured = was_measured || (near && self.rtt_to(&summary).is_some());
         match self.pops.get_mut(&summary.pop) {
             Some(p) => {
                 if p.speaker != *from {
@@ -858,15 +906,16 @@ impl Membership {
                 (p.summary, p.heard, p.measured) = (summary.clone(), now, measured);
             }
             None => {
-                let p = RemotePop { summary: summary.clone(), speaker: from.clone(), heard: now, measured };
-                self.pops.insert(summary.pop.clone(), p);
+                let (speaker, summary) = (from.clone(), summary.clone());
+                let p = RemotePop { summary, speaker, heard: now, measured, estimated_rtt_us };
+                self.pops.insert(p.summary.pop.clone(), p);
             }
         }
         if !same_dead {
             self.remote_dead_changed(&summary, &mut heard);
         }
         self.pop_heard = Some(now);
-        if !measured {
+        if near && !measured {
             heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
         }
         heard
@@ -955,7 +1004,14 @@ impl Membership {
         if self.pops_aged.is_none_or(|t| now.saturating_duration_since(t) >= refresh) {
             self.pops_aged = Some(now);
             let forget = (dead * 4).max(4 * refresh);
+            let before = self.pops.len();
             self.pops.retain(|_, p| now.saturating_duration_since(p.heard) < forget);
+            if self.pops.len() < before {
+                self.nearest.clear();
+                for p in self.pops.values() {
+                    rank(&mut self.nearest, p.estimated_rtt_us);
+                }
+            }
         }
         changes
     }
@@ -1261,6 +1317,44 @@ pub(crate) mod tests {
         m.tick(t0 + Duration::from_secs(2));
         let round: BTreeSet<PeerId> = (0..6).filter_map(|t| m.probe_target(t)).collect();
         assert!(!round.contains(&PeerId::new("b")) && round.len() == 3, "the dead are not probed");
+    }
+
+    #[test]
+    fn only_the_pops_nearest_are_dialled_to_measure_their_latency() {
+        let t0 = Instant::now();
+        let here = Location { lat: 0.0, lon: 0.0 };
+        let mut m = Membership::new(MembershipConfig::default(), PeerId::new("me"), "home".into()).at(here);
+        // Twice as many PoPs as are measured, one degree of longitude apart,
+        // heard farthest first.
+        let pop = |i: usize| PopSummary {
+            pop: format!("p{i:02}"),
+            jurisdiction: "FR".into(),
+            location: Location { lat: 0.0, lon: (i + 1) as f32 },
+            renewable_watts: 0,
+            carbon_g_per_kwh: 0,
+            free: Size::default(),
+            largest_free_memory_mib: 0,
+            largest_free_vcpus: 0,
+            hosts: 1,
+            alive: 1,
+            contacts: vec![Contact { peer: PeerId::from(format!("c{i}")), host: format!("h{i}") }],
+            dead: vec![],
+        };
+        let n = 2 * MEASURED_POPS;
+        let first: Vec<bool> = (0..n)
+            .rev()
+            .map(|i| m.heard_pop(t0, &PeerId::from(format!("c{i}")), pop(i)).unmeasured.is_some())
+            .collect();
+        assert!(first.iter().all(|&dial| dial), "each nearer than all heard before");
+        let again: Vec<usize> = (0..n)
+            .filter(|&i| m.heard_pop(t0, &PeerId::from(format!("c{i}")), pop(i)).unmeasured.is_some())
+            .collect();
+        assert_eq!(again, (0..MEASURED_POPS).collect::<Vec<_>>(), "once all are known, the nearest only");
+        m.measured(&PeerId::new("c3"), Duration::from_millis(3));
+        assert_eq!(m.heard_pop(t0, &PeerId::new("c3"), pop(3)).unmeasured, None);
+        let ranked =
+            |m: &Membership| m.pops_by_name().iter().filter(|p| m.rtt_to(&p.summary).is_some()).count();
+        assert_eq!(ranked(&m), 1);
     }
 
     #[test]

@@ -1012,7 +1012,8 @@ impl Node {
             .map_err(|e| NodeError::Config(e.to_string()))?;
         model.set_host_state(host_id, HostState::Down);
         model.set_standby_watts(host_id, host.standby_watts);
-        let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone());
+        let membership = Membership::new(config.membership.clone(), config.peer.clone(), pop.name.clone())
+            .at(pop.location);
         let load = LoadTracker::new(config.load.clone());
         let rebalancer = crate::rebalance::Rebalancer::new(config.rebalance.clone(), host.name.clone());
         let mut node = Node {
