@@ -949,6 +949,12 @@ impl Membership {
         pop.contacts.iter().filter_map(|c| self.rtts.get(&c.peer)).min().copied()
     }
 
+    /// The round trip to another PoP, µs: as measured, or else as
+    /// estimated from its coordinates (see [`MEASURED_POPS`]).
+    pub fn latency_us(&self, pop: &RemotePop) -> u64 {
+        self.rtt_to(&pop.summary).map_or(u64::from(pop.estimated_rtt_us), |d| d.as_micros() as u64)
+    }
+
     /// Records a measured round trip to `peer`.
     pub fn measured(&mut self, peer: &PeerId, rtt: Duration) {
         if let Some(m) = self.members.get_mut(peer) {
@@ -1355,6 +1361,12 @@ pub(crate) mod tests {
         let ranked =
             |m: &Membership| m.pops_by_name().iter().filter(|p| m.rtt_to(&p.summary).is_some()).count();
         assert_eq!(ranked(&m), 1);
+        assert_eq!(m.latency_us(&m.pops["p03"]), 3_000, "as measured");
+        let estimated: Vec<u64> = (0..n).map(|i| m.latency_us(&m.pops[&format!("p{i:02}")])).collect();
+        assert!(
+            estimated[MEASURED_POPS..].is_sorted() && estimated[n - 1] > estimated[4],
+            "the others by distance"
+        );
     }
 
     #[test]

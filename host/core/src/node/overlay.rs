@@ -606,7 +606,6 @@ impl Node {
         if !visited.contains(&self.config.pop.name) {
             visited.push(self.config.pop.name.clone());
         }
-        let here = self.config.pop.location;
         let mut options: Vec<(u64, String, PeerId)> = self
             .membership
             .pops
@@ -615,12 +614,8 @@ impl Node {
             .filter(|p| suits(&spec, &p.summary))
             .filter_map(|p| {
                 let contact = self.membership.contacts(&p.summary.pop).into_iter().next()?;
-                // Measured latency first; an estimate from coordinates until then.
-                let rtt =
-                    self.membership.rtt_to(&p.summary).map(|d| d.as_micros() as u64).unwrap_or_else(|| {
-                        u64::from(locus_sdk::geo::estimated_rtt_us(here.into(), p.summary.location.into()))
-                    });
-                Some((rtt, p.summary.pop.clone(), contact))
+                // Measured latency where it is; an estimate from coordinates elsewhere.
+                Some((self.membership.latency_us(p), p.summary.pop.clone(), contact))
             })
             .collect();
         options.sort();

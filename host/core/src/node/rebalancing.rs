@@ -110,7 +110,7 @@ impl Node {
         let mut pop = alive(false);
         pop.extend(alive(true));
         let mut others = self.membership.pops_by_name();
-        others.sort_by_key(|p| self.membership.rtt_to(&p.summary).unwrap_or(std::time::Duration::MAX));
+        others.sort_by_key(|p| self.membership.latency_us(p));
         for p in others {
             // Another PoP is reached through the agents its summary names.
             let mut hosts: Vec<(PeerId, String)> =
