@@ -126,10 +126,9 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!("seed {seed}: replay with `locus sim {}{} --seed {seed}`", path.display(), args.overrides());
     let started = std::time::Instant::now();
     let title = format!("{} (seed {seed})", scenario.name);
-    let end_us = scenario.duration_s * 1_000_000;
     let mut world =
         locus_sim::World::new(scenario, seed).with_context(|| format!("in {}", path.display()))?;
-    run_to(&mut world, end_us, &path.display().to_string());
+    run_to(&mut world, &path.display().to_string());
     let series = world.series().to_vec();
     let report = world.finish();
     let json = serde_json::to_string_pretty(&report)?;
@@ -151,8 +150,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs `world` to virtual time `end_us`, showing how far it is.
-fn run_to(world: &mut locus_sim::World, end_us: u64, label: &str) {
+/// Runs `world` to its scenario's end, showing how far it is.
+fn run_to(world: &mut locus_sim::World, label: &str) {
+    let end_us = world.end_us();
     let mut progress = Progress::new(end_us / 1_000_000, "virtual s", label);
     // A hundred steps: the bar moves and its ETA holds without costing the run.
     let step = (end_us / 100).max(1);
@@ -161,6 +161,13 @@ fn run_to(world: &mut locus_sim::World, end_us: u64, label: &str) {
         progress.set(world.now_us() / 1_000_000);
     }
     progress.finish();
+}
+
+/// Runs `scenario` from `seed` to its end, showing how far it is, and says what happened.
+fn run_report(scenario: locus_sim::Scenario, seed: u64, label: &str) -> Result<locus_sim::Report> {
+    let mut world = locus_sim::World::new(scenario, seed)?;
+    run_to(&mut world, label);
+    Ok(world.finish())
 }
 
 /// How far a long job is, on stderr: a bar with the time left on a
@@ -189,7 +196,7 @@ impl Progress {
     fn set(&mut self, pos: u64) {
         self.bar.set_position(pos);
         let len = self.bar.length().unwrap_or(0).max(1);
-        let tenths = (pos.min(len) * 10 / len).min(10);
+        let tenths = pos.min(len) * 10 / len;
         if self.bar.is_hidden() && tenths > self.told {
             self.told = tenths;
             let (label, unit, elapsed) = (&self.label, self.unit, self.bar.elapsed());
@@ -232,11 +239,8 @@ fn scale(args: &Args, seed: u64) -> Result<()> {
         let scenario = args.apply(locus_sim::scale::scenario(hosts, duration_s)?);
         let pops = scenario.pops.len();
         reset_peak_rss();
-        let end_us = scenario.duration_s * 1_000_000;
         let started = std::time::Instant::now();
-        let mut world = locus_sim::World::new(scenario, seed)?;
-        run_to(&mut world, end_us, &format!("{hosts} hosts"));
-        let report = world.finish();
+        let report = run_report(scenario, seed, &format!("{hosts} hosts"))?;
         let wall = started.elapsed().as_secs_f64();
         let t = &report.traffic;
         println!(
@@ -280,12 +284,9 @@ fn compare(args: &Args, seed: u64) -> Result<()> {
             for l in &mut scenario.load_changes {
                 l.max_milli = 2_600;
             }
-            let end_us = scenario.duration_s * 1_000_000;
-            let started = std::time::Instant::now();
-            let mut world = locus_sim::World::new(scenario, seed)?;
             let by = if kind == SchedulerKind::Distributed { "agents" } else { "central" };
-            run_to(&mut world, end_us, &format!("{hosts} hosts, {by}"));
-            let r = world.finish();
+            let started = std::time::Instant::now();
+            let r = run_report(scenario, seed, &format!("{hosts} hosts, {by}"))?;
             println!(
                 "| {hosts} | {} | {} | {:.0} | {:.1} / {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
                 match kind {

@@ -879,12 +879,11 @@ impl Membership {
         }
         let mut heard = HeardPop::default();
         let known = self.pops.get(&summary.pop);
-        heard.more = known.as_ref().is_none_or(|p| summary.alive > p.summary.alive);
+        heard.more = known.is_none_or(|p| summary.alive > p.summary.alive);
         // Its dead are as the last summary left them, unless they changed
         // (every agent hears every PoP's summary: most say what the last did).
-        let same_dead = known.as_ref().is_some_and(|p| p.summary.dead == summary.dead);
-        let was_measured =
-            known.as_ref().is_some_and(|p| p.measured && p.summary.contacts == summary.contacts);
+        let same_dead = known.is_some_and(|p| p.summary.dead == summary.dead);
+        let was_measured = known.is_some_and(|p| p.measured && p.summary.contacts == summary.contacts);
         let estimated_rtt_us = match known {
             Some(p) => p.estimated_rtt_us,
             None => {

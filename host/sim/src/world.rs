@@ -296,9 +296,13 @@ impl World {
 
     /// Runs to the scenario's end and says what happened.
     pub fn run(mut self) -> Report {
-        let end = self.scenario.duration_s * 1_000_000;
-        self.run_until(end);
+        self.run_until(self.end_us());
         self.finish()
+    }
+
+    /// The virtual time the scenario ends at, µs.
+    pub fn end_us(&self) -> u64 {
+        self.scenario.duration_s * 1_000_000
     }
 
     /// What happened up to now, ending the run.
