@@ -418,6 +418,7 @@ impl Core {
             FromOverlay::Gossip(from, msg) => Input::Gossip { now, from, msg },
             FromOverlay::Request(from, id, req) => Input::PeerRequest { now, from, id, req },
             FromOverlay::Response(id, result) => Input::PeerResponse { now, id, result },
+            FromOverlay::Connected(peer) => Input::Connected { now, peer },
             FromOverlay::Rtt(peer, rtt) => Input::Rtt { now, peer, rtt },
             FromOverlay::Located(vm, at) => Input::Located { now, vm, at },
         };

@@ -28,6 +28,36 @@ fn converged(c: &Client, pops: usize, hosts: usize) -> bool {
     })
 }
 
+/// Waits until every agent sees `pops` PoPs and `hosts` live hosts; on
+/// timeout, fails with what each agent saw instead.
+fn wait_converged(clients: &[Client], pops: usize, hosts: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !clients.iter().all(|c| converged(c, pops, hosts)) {
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = clients
+                .iter()
+                .map(|c| match view(c) {
+                    Some(v) => {
+                        let rows: Vec<String> = v
+                            .cluster
+                            .pops
+                            .iter()
+                            .map(|p| format!("{} {}/{}", p.pop, p.hosts_alive, p.hosts))
+                            .collect();
+                        format!("{}: {}", v.cluster.host, rows.join(", "))
+                    }
+                    None => "(no answer)".into(),
+                })
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting until every agent sees {pops} PoPs and {hosts} live hosts; they see:\n{}",
+                seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn vm(name: &str) -> VmRequest {
     VmRequest { name: name.into(), vcpus: 1, memory_mib: 1024, ..VmRequest::default() }
 }
@@ -47,9 +77,7 @@ fn processes_20_agents_in_4_pops_converge_and_a_killed_agent_is_declared_dead_by
     let mut cluster = Cluster::start(10, &pops, |_, _| 0, &[]);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
     let started = Instant::now();
-    wait_until(Duration::from_secs(10), "every agent sees 4 PoPs and 20 live hosts", || {
-        clients.iter().all(|c| converged(c, 4, 20))
-    });
+    wait_converged(&clients, 4, 20, Duration::from_secs(10));
     eprintln!("20 agents converged {:?} after the last one started", started.elapsed());
 
     // Restart policy never: reported lost (one with always is created again; see below).
@@ -95,7 +123,7 @@ fn processes_requests_land_where_jurisdiction_and_latency_say_with_emulated_wan_
     };
     let cluster = Cluster::start(20, &pops, rtt, &[]);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 3, 6)));
+    wait_converged(&clients, 3, 6, Duration::from_secs(15));
     let berlin = &cluster.agents[2];
     wait_until(Duration::from_secs(10), "latency to every PoP is measured", || {
         view(&clients[2]).is_some_and(|v| v.cluster.pops.iter().skip(1).all(|p| p.rtt_ms.is_some()))
@@ -139,7 +167,7 @@ fn processes_200_concurrent_requests_across_9_agents_never_overcommit_and_all_ge
     let cap = ["--set", "host.vcpus=8", "--set", "host.memory-mib=8192"];
     let cluster = Cluster::start(30, &pops, |_, _| 0, &cap);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 3, 9)));
+    wait_converged(&clients, 3, 9, Duration::from_secs(15));
 
     let results: Vec<(usize, Result<VmStatus, String>)> = rt().block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -239,7 +267,7 @@ fn processes_strangers_without_the_key_cannot_join_and_garbage_is_refused() {
     let pops: [PopSpec; 1] = [("paris", "FR", 48.86, 2.35, 2)];
     let cluster = Cluster::start(40, &pops, |_, _| 0, &[]);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(15), "convergence", || clients.iter().all(|c| converged(c, 1, 2)));
+    wait_converged(&clients, 1, 2, Duration::from_secs(15));
 
     // Another key, same bootstrap address.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -361,11 +389,9 @@ async fn attack(psk: libp2p::pnet::PreSharedKey, target: libp2p::PeerId) -> Vec<
 fn processes_a_host_overloaded_by_declared_load_is_seen_so_by_its_pop_mates() {
     let pops: [PopSpec; 1] = [("lyon", "FR", 45.76, 4.84, 2)];
     let extra = ["--set", "load.sustain-samples=1", "--set", "load.overload-ratio=0.5"];
-    let cluster = Cluster::start(40, &pops, |_, _| 0, &extra);
+    let cluster = Cluster::start(60, &pops, |_, _| 0, &extra);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(10), "both agents see each other", || {
-        clients.iter().all(|c| converged(c, 1, 2))
-    });
+    wait_converged(&clients, 1, 2, Duration::from_secs(10));
     let busy = &cluster.agents[0];
     let host: HostStatus = busy.json(&["host", "status"]);
     let mut spec = vm("hot");
@@ -397,9 +423,7 @@ fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_hos
     let bounds = ["--set", "moves.max-per-pop=1", "--set", "host.memory-mib=16384"];
     let cluster = Cluster::start(50, &pops, |_, _| 0, &bounds);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(10), "the agents see each other", || {
-        clients.iter().all(|c| converged(c, 1, 3))
-    });
+    wait_converged(&clients, 1, 3, Duration::from_secs(10));
     let placed = create(&cluster.agents[0], &vm("walker")).expect("create");
     let from = cluster.agents.iter().position(|a| a.host == placed.host).expect("its host");
     let to = (from + 1) % 3;
@@ -557,9 +581,7 @@ fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_par
     ];
     let mut cluster = Cluster::start(70, &pops, |_, _| 0, &extra);
     let clients: Vec<Client> = cluster.agents.iter().map(Agent::client).collect();
-    wait_until(Duration::from_secs(20), "the 9 agents converge", || {
-        clients.iter().all(|c| converged(c, 3, 9))
-    });
+    wait_converged(&clients, 3, 9, Duration::from_secs(20));
     let host = |i: usize| cluster.agents[i].host.clone();
     // Five busy VMs on each of two Lyon hosts: 5 × 3.4 CPUs on 16.
     let mut on: HashMap<String, usize> = HashMap::new();

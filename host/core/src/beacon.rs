@@ -142,8 +142,10 @@ impl Beacon {
 
     /// Whether to publish `summary` on the global topic at this heartbeat,
     /// speaking for the PoP; `news` when a member's liveness just changed;
-    /// `refresh_every`: heartbeats at most between two, changed or not.
-    pub fn pop(&mut self, summary: PopSummary, news: bool, refresh_every: u64) -> Option<Gossip> {
+    /// `refresh_every`: heartbeats at most between two, changed or not;
+    /// `known`: the highest [`PopSummary::version`] known of the PoP, which
+    /// the summary published is numbered one past.
+    pub fn pop(&mut self, summary: PopSummary, news: bool, refresh_every: u64, known: u64) -> Option<Gossip> {
         if self.heartbeats < SPEAK_FROM_HEARTBEAT {
             return None;
         }
@@ -161,7 +163,7 @@ impl Beacon {
         }
         self.pop_since = 0;
         self.pop_again = false;
-        let summary = std::sync::Arc::new(summary);
+        let summary = std::sync::Arc::new(PopSummary { version: known + 1, ..summary });
         self.pop_last = Some(summary.clone());
         Some(Gossip::Pop(summary))
     }
@@ -184,7 +186,7 @@ impl Beacon {
 /// the free room summed over the PoP moves with every VM and only informs
 /// (a request goes where one host can take it), so it rides along.
 fn pop_differs(last: &PopSummary, now: &PopSummary) -> bool {
-    let free = |s: &PopSummary| PopSummary { free: crate::node::Size::default(), ..s.clone() };
+    let free = |s: &PopSummary| PopSummary { free: crate::node::Size::default(), version: 0, ..s.clone() };
     free(last) != free(now)
 }
 
@@ -320,6 +322,7 @@ mod tests {
             alive: 1,
             contacts: vec![],
             dead: vec![],
+            version: 0,
         }
     }
 
@@ -328,38 +331,46 @@ mod tests {
         let mut b = Beacon::default();
         for _ in 1..SPEAK_FROM_HEARTBEAT {
             b.host(own(), v(&[]));
-            assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_none(), "too early to speak");
+            assert!(b.pop(pop(8), true, POP_REFRESH_EVERY, 0).is_none(), "too early to speak");
         }
         b.host(own(), v(&[]));
-        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_some(), "first: at once");
-        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_none());
-        assert!(b.pop(pop(8), true, POP_REFRESH_EVERY).is_some(), "a member's liveness changed: at once");
+        let numbered = |g: Option<Gossip>| match g {
+            Some(Gossip::Pop(s)) => s.version,
+            other => panic!("a PoP summary: {other:?}"),
+        };
+        assert_eq!(numbered(b.pop(pop(8), false, POP_REFRESH_EVERY, 0)), 1, "first: at once");
+        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY, 0).is_none());
+        assert_eq!(
+            numbered(b.pop(pop(8), true, POP_REFRESH_EVERY, 41)),
+            42,
+            "a member's liveness changed: at once"
+        );
         let rides: Vec<bool> = (0..POP_REFRESH_EVERY - 1)
             .map(|_| {
                 let mut fuller = pop(8);
                 fuller.free.vcpus = 3;
-                b.pop(fuller, false, POP_REFRESH_EVERY).is_some()
+                b.pop(fuller, false, POP_REFRESH_EVERY, 0).is_some()
             })
             .collect();
         assert!(rides.iter().all(|&s| !s), "only the sum of free room moved: it waits for the refresh");
-        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY).is_some(), "the refresh");
+        assert!(b.pop(pop(8), false, POP_REFRESH_EVERY, 0).is_some(), "the refresh");
         let changed: Vec<bool> =
-            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
+            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY, 0).is_some()).collect();
         assert_eq!(changed.iter().filter(|&&s| s).count(), 1);
         assert!(changed[changed.len() - 1], "a change waits for the pace");
         let quiet: Vec<bool> =
-            (0..POP_REFRESH_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
+            (0..POP_REFRESH_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY, 0).is_some()).collect();
         assert_eq!(quiet.iter().filter(|&&s| s).count(), 1, "unchanged: once per refresh");
         b.not_speaker();
-        assert!(b.pop(pop(6), false, POP_REFRESH_EVERY).is_some(), "speaking again: at once");
+        assert!(b.pop(pop(6), false, POP_REFRESH_EVERY, 0).is_some(), "speaking again: at once");
         b.pop_again();
         let again: Vec<bool> =
-            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY).is_some()).collect();
+            (0..POP_SUMMARY_EVERY).map(|_| b.pop(pop(6), false, POP_REFRESH_EVERY, 0).is_some()).collect();
         assert_eq!(again, [false, false, false, true], "another PoP came: at the pace");
-        let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313).is_some()).collect();
+        let many: Vec<bool> = (0..313).map(|_| b.pop(pop(6), false, 313, 0).is_some()).collect();
         assert_eq!(many.iter().filter(|&&s| s).count(), 1, "with 313 PoPs, a refresh every 313");
-        let changing: Vec<bool> = (0..40).map(|k| b.pop(pop(k), false, 313).is_some()).collect();
+        let changing: Vec<bool> = (0..40).map(|k| b.pop(pop(k), false, 313, 0).is_some()).collect();
         assert_eq!(changing.iter().filter(|&&s| s).count(), 2, "changes every 20th heartbeat with 313 PoPs");
-        assert!(b.pop(pop(1), true, 313).is_some(), "a liveness change at once, however many PoPs");
+        assert!(b.pop(pop(1), true, 313, 0).is_some(), "a liveness change at once, however many PoPs");
     }
 }

@@ -431,6 +431,24 @@ pub struct PopSummary {
     /// Its members declared dead (their VMs are lost, save those its PoP
     /// creates again).
     pub dead: Vec<MemberSummary>,
+    /// Its number among its PoP's summaries: each speaker numbers its
+    /// summary one past the highest it knows of its PoP (its own, those it
+    /// heard its PoP-mates publish, and those a peer passed it), so that
+    /// the numbers grow across changes of speaker and restarts. Gossip
+    /// keeps no order: a summary numbered below the one known is old news
+    /// and dropped; of two numbered alike, the speaker first in peer-id
+    /// order, the rightful one, wins. 0 (an agent that does not number
+    /// them) is taken whenever it comes.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl PopSummary {
+    /// Whether this summary, published by `from`, says no more than `known`.
+    fn is_not_after(&self, known: &RemotePop, from: &PeerId) -> bool {
+        let (v, k) = (self.version, known.summary.version);
+        v != 0 && (v < k || (v == k && *from >= known.speaker))
+    }
 }
 
 /// Agents a PoP summary names as contacts.
@@ -562,6 +580,11 @@ pub const POP_REFRESH_EVERY: u64 = 60;
 /// contact would take connections from thousands of agents.
 pub const MEASURED_POPS: usize = 16;
 
+/// PoPs at most in the book an agent passes to one that joins (see
+/// [`Membership::book`]): about 300 bytes each, well inside a peer
+/// message; more PoPs than this reach the joining agent by their refresh.
+pub const BOOK_MAX: usize = 1024;
+
 /// Heartbeat and failure-detection timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -631,6 +654,17 @@ pub struct RemotePop {
     estimated_rtt_us: u32,
 }
 
+/// A PoP summary one agent passes to another that joins, as it heard it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookEntry {
+    /// The agent that published it, speaking for its PoP.
+    pub speaker: PeerId,
+    /// How long ago the passing agent heard it, ms (0 for its own PoP's).
+    pub age_ms: u64,
+    /// The summary.
+    pub summary: Arc<PopSummary>,
+}
+
 /// A liveness change worth reporting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -672,6 +706,8 @@ pub struct Membership {
     index: BTreeMap<String, Vec<PeerId>>,
     /// When a PoP summary was last heard, from any PoP.
     pop_heard: Option<Instant>,
+    /// The highest [`PopSummary::version`] known of this agent's PoP.
+    pop_version: u64,
     /// When PoPs silent for long were last forgotten.
     pops_aged: Option<Instant>,
     /// The members probed in turn (alive and suspect) in peer-id order,
@@ -704,6 +740,7 @@ impl Membership {
             nearest: vec![],
             index: BTreeMap::new(),
             pop_heard: None,
+            pop_version: 0,
             pops_aged: None,
             quiet_until: None,
             probed: vec![],
@@ -863,10 +900,10 @@ impl Membership {
         self.index.get(vm).map_or(&[], |h| h.as_slice())
     }
 
-    /// Records a PoP summary heard on the global topic, and reports the
-    /// members it says died or came back; `more` when it has more hosts
-    /// alive than its last summary said (copies made while they were away
-    /// may meet now).
+    /// Records a PoP summary its speaker `from` published at `now` on the
+    /// global topic, and reports the members it says died or came back;
+    /// `more` when it has more hosts alive than its last summary said
+    /// (copies made while they were away may meet now).
     pub fn heard_pop(
         &mut self,
         now: Instant,
@@ -875,10 +912,15 @@ impl Membership {
     ) -> HeardPop {
         let summary = summary.into();
         if summary.pop == self.pop {
+            self.pop_version = self.pop_version.max(summary.version);
             return HeardPop::default();
         }
         let mut heard = HeardPop::default();
         let known = self.pops.get(&summary.pop);
+        if known.is_some_and(|k| summary.is_not_after(k, from)) {
+            return heard;
+        }
+        heard.new = known.is_none();
         heard.more = known.is_none_or(|p| summary.alive > p.summary.alive);
         // Its dead are as the last summary left them, unless they changed
         // (every agent hears every PoP's summary: most say what the last did).
@@ -913,11 +955,47 @@ impl Membership {
         if !same_dead {
             self.remote_dead_changed(&summary, &mut heard);
         }
-        self.pop_heard = Some(now);
+        self.pop_heard = Some(self.pop_heard.map_or(now, |t| t.max(now)));
         if near && !measured {
             heard.unmeasured = summary.contacts.first().map(|c| c.peer.clone());
         }
         heard
+    }
+
+    /// Takes a PoP summary another agent passed on (see [`Membership::book`]),
+    /// unless the one known was published later; `None` when not taken.
+    pub fn heard_from_book(&mut self, now: Instant, entry: BookEntry) -> Option<HeardPop> {
+        // Heard this long ago, as far as this agent's clock tells.
+        let published = now.checked_sub(Duration::from_millis(entry.age_ms)).unwrap_or(now);
+        if let Some(known) = self.pops.get(&entry.summary.pop) {
+            // Numbered summaries are ordered by their numbers; of others,
+            // the one heard last is taken to be the latest.
+            let later = match entry.summary.version {
+                0 => published > known.heard,
+                _ => !entry.summary.is_not_after(known, &entry.speaker),
+            };
+            if !later {
+                return None;
+            }
+        }
+        Some(self.heard_pop(published, &entry.speaker, entry.summary))
+    }
+
+    /// Every PoP this agent knows, this one first, for an agent that joins
+    /// (see [`BOOK_MAX`]): summaries otherwise come only when a PoP
+    /// changes or refreshes, every few minutes with many PoPs.
+    pub fn book(&self, now: Instant, own: &HostSummary, pop: &crate::node::PopConfig) -> Vec<BookEntry> {
+        let speaker = self.speaker().unwrap_or(&own.peer).clone();
+        // Numbered as the latest known: a joining agent of this PoP numbers
+        // its summaries past it, should it speak.
+        let summary = PopSummary { version: self.pop_version, ..self.pop_summary(own, pop) };
+        let mine = BookEntry { speaker, age_ms: 0, summary: Arc::new(summary) };
+        let others = self.pops_by_name().into_iter().map(|p| BookEntry {
+            speaker: p.speaker.clone(),
+            age_ms: now.saturating_duration_since(p.heard).as_millis() as u64,
+            summary: p.summary.clone(),
+        });
+        std::iter::once(mine).chain(others).take(BOOK_MAX).collect()
     }
 
     /// Takes the dead another PoP's `summary` lists: the newly dead, and
@@ -1082,6 +1160,12 @@ impl Membership {
         self.speaker.as_ref()
     }
 
+    /// The highest [`PopSummary::version`] known of this agent's PoP: its
+    /// speaker numbers the next one past it.
+    pub fn pop_version(&self) -> u64 {
+        self.pop_version
+    }
+
     /// This PoP's summary, from this agent's own summary and its members'.
     pub fn pop_summary(&self, own: &HostSummary, pop: &crate::node::PopConfig) -> PopSummary {
         let mut free = Size::default();
@@ -1124,6 +1208,7 @@ impl Membership {
             alive: 1 + alive_members.count() as u32,
             contacts,
             dead,
+            version: 0,
         }
     }
 
@@ -1173,6 +1258,8 @@ pub struct HeardPop {
     pub transitions: Vec<Transition>,
     /// More of its hosts are alive than its last summary said, or it is new.
     pub more: bool,
+    /// This agent did not know the PoP (it is new, or was forgotten).
+    pub new: bool,
     /// A contact to measure the latency to it by, while it is unmeasured.
     pub unmeasured: Option<PeerId>,
 }
@@ -1344,6 +1431,7 @@ pub(crate) mod tests {
             alive: 1,
             contacts: vec![Contact { peer: PeerId::from(format!("c{i}")), host: format!("h{i}") }],
             dead: vec![],
+            version: 0,
         };
         let n = 2 * MEASURED_POPS;
         let first: Vec<bool> = (0..n)
@@ -1425,6 +1513,83 @@ pub(crate) mod tests {
             [("b", Liveness::Alive)]
         );
         assert_eq!(berlin.remote_dead(&PeerId::new("b")), None);
+    }
+
+    #[test]
+    fn a_pop_summary_numbered_below_the_one_known_is_dropped_and_a_tie_goes_to_the_first_speaker() {
+        let t0 = Instant::now();
+        let pop = crate::node::PopConfig { name: "paris".into(), ..Default::default() };
+        let paris = Membership::new(MembershipConfig::default(), PeerId::new("a"), "paris".into());
+        let base = paris.pop_summary(&summary("a", "paris"), &pop);
+        let numbered = |version: u64, alive: u32| PopSummary { version, alive, ..base.clone() };
+        let mut berlin = Membership::new(MembershipConfig::default(), PeerId::new("z"), "berlin".into());
+        let (a, b) = (PeerId::new("a"), PeerId::new("b"));
+        let mut alive_after = |from: &PeerId, s: PopSummary| {
+            berlin.heard_pop(t0, from, s);
+            berlin.pops["paris"].summary.alive
+        };
+        assert_eq!(alive_after(&b, numbered(2, 3)), 3);
+        assert_eq!(alive_after(&b, numbered(1, 2)), 3, "published before: dropped");
+        assert_eq!(alive_after(&b, numbered(2, 2)), 3, "the same number again: dropped");
+        assert_eq!(alive_after(&b, numbered(3, 4)), 4, "later: taken");
+        assert_eq!(alive_after(&a, numbered(3, 1)), 1, "a tie, from a speaker before b: taken");
+        assert_eq!(alive_after(&b, numbered(3, 4)), 1, "a tie, from a speaker after a: dropped");
+        assert_eq!(alive_after(&b, numbered(0, 5)), 5, "unnumbered: taken");
+
+        // Paris's own agents keep the highest number heard, to number past it.
+        let mut c = Membership::new(MembershipConfig::default(), PeerId::new("c"), "paris".into());
+        c.heard_pop(t0, &b, numbered(7, 2));
+        c.heard_pop(t0, &b, numbered(5, 2));
+        assert_eq!(c.pop_version(), 7);
+    }
+
+    #[test]
+    fn a_book_passes_every_pop_with_its_age_and_an_older_summary_does_not_replace_a_newer_one() {
+        let t0 = Instant::now();
+        let pop = |name: &str| crate::node::PopConfig { name: name.into(), ..Default::default() };
+        // Paris (a, b) and Madrid (m) are heard by Berlin's agent z.
+        let mut paris = Membership::new(MembershipConfig::default(), PeerId::new("a"), "paris".into());
+        paris.heard_host(t0, &PeerId::new("b"), summary("b", "paris"));
+        let paris_summary = paris.pop_summary(&summary("a", "paris"), &pop("paris"));
+        let madrid = Membership::new(MembershipConfig::default(), PeerId::new("m"), "madrid".into());
+        let madrid_summary = madrid.pop_summary(&summary("m", "madrid"), &pop("madrid"));
+        let mut berlin = Membership::new(MembershipConfig::default(), PeerId::new("z"), "berlin".into());
+        berlin.heard_pop(t0, &PeerId::new("a"), paris_summary.clone());
+        berlin.heard_pop(t0 + Duration::from_secs(5), &PeerId::new("m"), madrid_summary);
+
+        let now = t0 + Duration::from_secs(8);
+        let book = berlin.book(now, &summary("z", "berlin"), &pop("berlin"));
+        let rows: Vec<(&str, &str, u64, u32)> = book
+            .iter()
+            .map(|e| (e.summary.pop.as_str(), e.speaker.as_str(), e.age_ms, e.summary.alive))
+            .collect();
+        assert_eq!(
+            rows,
+            [("berlin", "z", 0, 1), ("madrid", "m", 3000, 1), ("paris", "a", 8000, 2)],
+            "its own PoP first, then the others by name, each as long ago as heard"
+        );
+
+        // Warsaw's w joins and is passed the book 100 ms later; it had
+        // heard Madrid itself since, with two hosts alive.
+        let mut warsaw = Membership::new(MembershipConfig::default(), PeerId::new("w"), "warsaw".into());
+        let later = now + Duration::from_millis(100);
+        let mut madrid_now = madrid_summary_with(2);
+        madrid_now.pop = "madrid".into();
+        warsaw.heard_pop(now - Duration::from_secs(1), &PeerId::new("m"), madrid_now);
+        let taken: Vec<bool> =
+            book.into_iter().map(|e| warsaw.heard_from_book(later, e).is_some_and(|h| h.new)).collect();
+        assert_eq!(taken, [true, false, true], "Madrid heard 2 s ago is newer than the book's, 3.1 s old");
+        let alive: Vec<(&str, u32)> =
+            warsaw.pops_by_name().iter().map(|p| (p.summary.pop.as_str(), p.summary.alive)).collect();
+        assert_eq!(alive, [("berlin", 1), ("madrid", 2), ("paris", 2)]);
+        let paris_heard = warsaw.pops["paris"].heard;
+        assert_eq!(later - paris_heard, Duration::from_secs(8), "aged as told (its transit is not known)");
+
+        fn madrid_summary_with(alive: u32) -> PopSummary {
+            let m = Membership::new(MembershipConfig::default(), PeerId::new("m"), "madrid".into());
+            let pop = crate::node::PopConfig { name: "madrid".into(), ..Default::default() };
+            PopSummary { alive, hosts: alive, ..m.pop_summary(&summary("m", "madrid"), &pop) }
+        }
     }
 
     #[test]

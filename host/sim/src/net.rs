@@ -122,6 +122,13 @@ impl Network {
             .collect()
     }
 
+    /// Whether nodes `a` and `b` reach each other both ways (a connection
+    /// between them can be made).
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        let (ga, gb) = (self.group[a], self.group[b]);
+        !self.cut.contains(&(ga, gb)) && !self.cut.contains(&(gb, ga))
+    }
+
     /// Puts `nodes` in a group of their own, cut off from every other
     /// group: both ways, or (`one_way`) only from them to the others.
     pub fn partition(&mut self, nodes: &[usize], one_way: bool) {

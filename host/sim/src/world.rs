@@ -242,6 +242,7 @@ impl World {
         let interval = self.scenario.sample_interval_ms * 1000;
         for i in 0..self.nodes.len() {
             self.hypervisor_up(i);
+            self.join(i);
             let phase = phases.random_range(0..interval);
             self.at(phase, Due::Sample(i));
         }
@@ -281,6 +282,17 @@ impl World {
         };
         let domains = n.hv.observation();
         self.to(i, 0, Box::new(move |now| Input::HypervisorUp { now, inventory, domains }));
+    }
+
+    /// Node `i`'s overlay connects to its bootstrap peer: the first node
+    /// alive that it reaches, as an agent tries the peers it is configured
+    /// with in turn. The connection takes a round trip and a handshake's.
+    fn join(&mut self, i: usize) {
+        let reachable = |j: &usize| *j != i && self.nodes[*j].alive && self.net.connected(i, *j);
+        let Some(j) = (0..self.nodes.len()).find(reachable) else { return };
+        let peer = self.nodes[j].peer.clone();
+        let delay = 4 * self.net.base_delay_us(self.nodes[i].pop, self.nodes[j].pop);
+        self.to(i, delay.max(1), Box::new(move |now| Input::Connected { now, peer }));
     }
 
     /// Keeps every node event from now on (see [`World::trace`]).
@@ -468,6 +480,7 @@ impl World {
                     n.node = node;
                     n.alive = true;
                     self.hypervisor_up(i);
+                    self.join(i);
                 }
             }
             (FaultKind::Partition | FaultKind::PartitionOneWay, false) => {

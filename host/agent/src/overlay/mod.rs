@@ -82,6 +82,8 @@ pub enum FromOverlay {
     Request(CorePeer, InboundId, PeerRequest),
     /// The answer to a request, or why none came.
     Response(OutboundId, Result<PeerResponse, String>),
+    /// Connected to a peer it was not connected to.
+    Connected(CorePeer),
     /// A measured round trip.
     Rtt(CorePeer, Duration),
     /// A VM's record, if one was found.
@@ -395,8 +397,11 @@ impl Task {
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "overlay listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if num_established.get() == 1 {
+                    let _ = self.to_core.send(FromOverlay::Connected(CorePeer::from(peer_id.to_string())));
+                }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 tracing::debug!(%send_back_addr, error = ?error.to_string(), "refused an incoming connection");

@@ -151,6 +151,8 @@ pub enum PeerRequest {
     Vms,
     /// Send me your latest summary (your probe or answer named one I missed).
     Summary,
+    /// Send me every PoP you know: I just joined (see [`crate::cluster::Membership::book`]).
+    Pops,
     /// Are you alive? (SWIM's probe.) `seq` numbers my latest summary.
     Ping {
         /// The number of the sender's latest summary.
@@ -197,6 +199,8 @@ pub enum PeerResponse {
         /// The number of the answering agent's latest summary.
         seq: u64,
     },
+    /// The PoPs I know, mine first.
+    Pops(Vec<crate::cluster::BookEntry>),
     /// The VMs of my host.
     Vms {
         /// The version of the set, as my summaries number it.

@@ -328,6 +328,15 @@ pub enum Input {
         /// Its record, if one was found.
         at: Option<Box<crate::cluster::VmLocation>>,
     },
+    /// The overlay connected to a peer it was not connected to: the
+    /// first such peer after the agent starts is asked for every PoP it
+    /// knows (see [`PeerRequest::Pops`]).
+    Connected {
+        /// When.
+        now: Instant,
+        /// The peer.
+        peer: PeerId,
+    },
     /// A round trip to a peer was measured.
     Rtt {
         /// When.
@@ -957,6 +966,8 @@ pub struct Node {
     asked_vms: HashMap<OutboundId, PeerId>,
     /// PoP-mates asked for the latest summary they published, by request.
     asked_summary: HashMap<OutboundId, PeerId>,
+    /// Every PoP known, asked of the first peer connected after start.
+    book: overlay::BookPull,
     /// The probes of PoP-mates, for their liveness.
     probes: probes::Probes,
     /// In standby (powered down until a VM needs this host).
@@ -1053,6 +1064,7 @@ impl Node {
             copies_seen: None,
             beacon: Default::default(),
             asked_summary: HashMap::new(),
+            book: overlay::BookPull::NotAsked,
             probes: Default::default(),
             asked_vms: HashMap::new(),
             verifying: BTreeSet::new(),
@@ -1126,6 +1138,10 @@ impl Node {
             Input::Located { now, vm, at } => {
                 self.tick(now);
                 self.located(vm, at.map(|a| *a));
+            }
+            Input::Connected { now, peer } => {
+                self.tick(now);
+                self.connected(peer);
             }
             Input::Rtt { now, peer, rtt } => {
                 self.tick(now);

@@ -44,6 +44,25 @@ const MAX_DECIDING: usize = 4096;
 /// Answers naming a host that no longer fits before the fallback decides.
 const MAX_STALE: u8 = 3;
 
+/// Whether this agent has learnt every PoP from its peers since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BookPull {
+    /// Not yet: the next peer connected is asked.
+    NotAsked,
+    /// Asked the first peer connected, by this request.
+    Asked(OutboundId),
+    /// Answered. Perhaps before this agent heard the global topic: a
+    /// summary published meanwhile would not come again until its PoP's
+    /// refresh, and the peer asked may have joined just before. The
+    /// publisher of the next PoP summary heard, a speaker that has heard
+    /// the topic for a while, is asked again.
+    Answered,
+    /// Asked again, by this request.
+    AskedAgain(OutboundId),
+    /// Learnt.
+    Done,
+}
+
 /// A placement waiting for the policy's answer.
 #[derive(Debug, Clone)]
 pub(super) struct Deciding {
@@ -154,7 +173,12 @@ impl Node {
         match speaking {
             None => self.beacon.not_speaker(),
             Some(summary) => {
-                if let Some(msg) = self.beacon.pop(summary, news, self.membership.pop_refresh_every()) {
+                let (every, known) = (self.membership.pop_refresh_every(), self.membership.pop_version());
+                if let Some(msg) = self.beacon.pop(summary, news, every, known) {
+                    if let Gossip::Pop(published) = &msg {
+                        // Gossip does not come back to its publisher.
+                        self.membership.heard_pop(now, &self.config.peer, published.clone());
+                    }
                     self.outputs.push_back(Output::Gossip { topic: Topic::Global, msg });
                 }
             }
@@ -194,27 +218,73 @@ impl Node {
                 }
             }
             Gossip::Pop(summary) => {
+                if self.book == BookPull::Answered && *from != self.config.peer {
+                    let id = self.request(from.clone(), PeerRequest::Pops);
+                    self.book = BookPull::AskedAgain(id);
+                }
                 let heard = self.membership.heard_pop(now, from, summary);
-                // Latency to another PoP is measured by ping on a connection
-                // to one of its contacts: dialled while unmeasured, each
-                // time its summary comes.
-                if let Some(peer) = heard.unmeasured {
-                    self.outputs.push_back(Output::Dial(peer));
-                }
-                if heard.more {
-                    // New hosts elsewhere may not have heard this PoP yet.
-                    self.beacon.pop_again();
-                }
-                if heard.more || heard.transitions.iter().any(|t| t.liveness == Liveness::Alive) {
-                    // Hosts elsewhere come back: copies made while they
-                    // were away may meet now.
-                    self.verify_copies(now);
-                }
-                for t in heard.transitions {
-                    self.event(Event::Member(t));
-                }
+                self.heard_pop(now, heard);
             }
         }
+    }
+
+    /// Acts on another PoP's summary, published or passed on.
+    fn heard_pop(&mut self, now: Instant, heard: crate::cluster::HeardPop) {
+        // Latency to another PoP is measured by ping on a connection to one
+        // of its contacts: dialled while unmeasured, each time its summary comes.
+        if let Some(peer) = heard.unmeasured {
+            self.outputs.push_back(Output::Dial(peer));
+        }
+        if heard.new {
+            // A PoP new here (or back from a partition) may not know this
+            // one either. Hosts that join a known PoP ask for every PoP
+            // instead (see [`Node::connected`]): were every PoP to speak
+            // again whenever one gained a host, each join would cost a
+            // summary from every PoP to every agent.
+            self.beacon.pop_again();
+        }
+        if heard.more || heard.transitions.iter().any(|t| t.liveness == Liveness::Alive) {
+            // Hosts elsewhere come back: copies made while they were away may meet now.
+            self.verify_copies(now);
+        }
+        for t in heard.transitions {
+            self.event(Event::Member(t));
+        }
+    }
+
+    /// The overlay connected to `peer`: the first peer after this agent
+    /// starts is asked for every PoP it knows (see [`BookPull`]).
+    /// Summaries of other PoPs otherwise come only when they change or
+    /// refresh, every few minutes with many PoPs. An answer that lists none
+    /// (the peer knows no more than this agent) leaves the next peer
+    /// connected to be asked.
+    pub(super) fn connected(&mut self, peer: PeerId) {
+        if self.book == BookPull::NotAsked {
+            let id = self.request(peer, PeerRequest::Pops);
+            self.book = BookPull::Asked(id);
+        }
+    }
+
+    /// The answer to [`PeerRequest::Pops`], if `id` asked it.
+    fn book_answer(&mut self, id: OutboundId, result: &Result<PeerResponse, String>) -> bool {
+        let unanswered = match self.book {
+            BookPull::Asked(asked) if asked == id => BookPull::NotAsked,
+            BookPull::AskedAgain(asked) if asked == id => BookPull::Answered,
+            _ => return false,
+        };
+        self.book = unanswered;
+        let (Ok(PeerResponse::Pops(entries)), Some(now)) = (result, self.now) else { return true };
+        let mine = &self.config.pop.name;
+        if entries.iter().any(|e| e.summary.pop != *mine) {
+            self.book = if unanswered == BookPull::NotAsked { BookPull::Answered } else { BookPull::Done };
+        }
+        for entry in entries.iter().cloned() {
+            // Its own PoP's entry tells the number its speaker reached.
+            if let Some(heard) = self.membership.heard_from_book(now, entry) {
+                self.heard_pop(now, heard);
+            }
+        }
+        true
     }
 
     /// A PoP-mate probed this agent or answered its probe, naming its
@@ -703,6 +773,12 @@ impl Node {
                 };
                 self.outputs.push_back(Output::Respond { id, resp });
             }
+            PeerRequest::Pops => {
+                let own = self.host_summary(self.beacon.digest());
+                let book = self.now.map(|now| self.membership.book(now, &own, &self.config.pop));
+                let book = book.unwrap_or_default();
+                self.outputs.push_back(Output::Respond { id, resp: PeerResponse::Pops(book) });
+            }
             PeerRequest::Vms => {
                 let (version, vms) = self.beacon.vms();
                 self.outputs.push_back(Output::Respond { id, resp: PeerResponse::Vms { version, vms } });
@@ -744,7 +820,8 @@ impl Node {
             }
             return;
         }
-        if self.confirmed(id, &result)
+        if self.book_answer(id, &result)
+            || self.confirmed(id, &result)
             || self.protocol_answer(id, &result)
             || self.rebalance_answer(id, &result)
             || self.copy_answer(id, &result)

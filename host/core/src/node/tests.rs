@@ -861,3 +861,86 @@ fn the_pops_energy_feed_reaches_the_placement_view_at_once() {
     let pop = &question.cluster.pops[0];
     assert_eq!((pop.renewable_watts, pop.carbon_g_per_kwh), (2_500, 40));
 }
+
+#[test]
+fn a_node_asks_the_first_peer_connected_then_a_speaker_for_every_pop_and_answers_the_same() {
+    use crate::cluster::{BookEntry, Gossip, Membership, MembershipConfig, tests::summary};
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    let now = rig.now;
+    let asked = |rig: &Rig| -> Vec<(String, OutboundId)> {
+        let asks = rig.log.iter().filter_map(|o| match o {
+            Output::Request { id, to, req: PeerRequest::Pops } => Some((to.to_string(), *id)),
+            _ => None,
+        });
+        asks.collect()
+    };
+    let connected = |rig: &mut Rig, peer: &str| rig.input(Input::Connected { now, peer: PeerId::new(peer) });
+    connected(&mut rig, "p1");
+    connected(&mut rig, "p2");
+    let a = asked(&rig);
+    assert_eq!(a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["p1"], "one peer at a time");
+
+    // p1 knows no PoP but its own, this one: the next peer connected is asked.
+    let here = rig.node.config.pop.clone();
+    let mine = Membership::new(MembershipConfig::default(), PeerId::new("p1"), here.name.clone());
+    let mine = BookEntry {
+        speaker: PeerId::new("p1"),
+        age_ms: 0,
+        summary: mine.pop_summary(&summary("p1", &here.name), &here).into(),
+    };
+    rig.input(Input::PeerResponse { now, id: a[0].1, result: Ok(PeerResponse::Pops(vec![mine.clone()])) });
+    connected(&mut rig, "p3");
+    let a = asked(&rig);
+    assert_eq!(a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["p1", "p3"]);
+
+    // p3 knows Berlin, heard 4 s ago: it is known here now, and no one else is asked.
+    let berlin = crate::node::PopConfig { name: "berlin".into(), ..Default::default() };
+    let b = Membership::new(MembershipConfig::default(), PeerId::new("b"), "berlin".into());
+    let berlin = BookEntry {
+        speaker: PeerId::new("b"),
+        age_ms: 4000,
+        summary: b.pop_summary(&summary("b", "berlin"), &berlin).into(),
+    };
+    rig.input(Input::PeerResponse {
+        now,
+        id: a[1].1,
+        result: Ok(PeerResponse::Pops(vec![mine, berlin.clone()])),
+    });
+    connected(&mut rig, "p4");
+    assert_eq!(asked(&rig).len(), 2, "no peer connected is asked again");
+    let Ok(Reply::Cluster(c)) = rig.api(Command::Cluster) else { panic!("cluster status") };
+    let pops: Vec<&str> = c.pops.iter().map(|p| p.pop.as_str()).collect();
+    assert_eq!(pops, [here.name.as_str(), "berlin"]);
+
+    // p3 may have answered before this agent heard the global topic: the
+    // speaker of the next PoP summary heard is asked once more, and then no one.
+    let heard = |rig: &mut Rig, speaker: &str| {
+        let msg = Gossip::Pop(berlin.summary.clone());
+        rig.input(Input::Gossip { now, from: PeerId::new(speaker), msg });
+    };
+    heard(&mut rig, "b");
+    heard(&mut rig, "c");
+    let a = asked(&rig);
+    assert_eq!(a.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["p1", "p3", "b"]);
+    rig.input(Input::PeerResponse { now, id: a[2].1, result: Ok(PeerResponse::Pops(vec![berlin.clone()])) });
+    heard(&mut rig, "c");
+    assert_eq!(asked(&rig).len(), 3, "learnt");
+
+    // Asked in turn, it passes this PoP first, then Berlin as last heard (from c).
+    let later = now + Duration::from_secs(1);
+    rig.input(Input::PeerRequest {
+        now: later,
+        from: PeerId::new("q"),
+        id: InboundId(7),
+        req: PeerRequest::Pops,
+    });
+    let book = rig.log.iter().find_map(|o| match o {
+        Output::Respond { id: InboundId(7), resp: PeerResponse::Pops(book) } => Some(book.clone()),
+        _ => None,
+    });
+    let book = book.expect("answered");
+    let rows: Vec<(&str, &str, u64)> =
+        book.iter().map(|e| (e.summary.pop.as_str(), e.speaker.as_str(), e.age_ms)).collect();
+    let me = rig.node.config.peer.to_string();
+    assert_eq!(rows, [(here.name.as_str(), me.as_str(), 0), ("berlin", "c", 1000)]);
+}
