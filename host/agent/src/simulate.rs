@@ -235,6 +235,7 @@ fn scale(args: &Args, seed: u64) -> Result<()> {
          overlay msgs/node/s | overlay bytes/node/s | busiest node bytes/s | migrations |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut kinds = Vec::new();
     for &hosts in sizes {
         let scenario = args.apply(locus_sim::scale::scenario(hosts, duration_s)?);
         let pops = scenario.pops.len();
@@ -254,6 +255,30 @@ fn scale(args: &Args, seed: u64) -> Result<()> {
             t.max_bytes_per_node_s,
             report.migrations,
         );
+        kinds.push((hosts, report.virtual_s, report.events_by_kind));
+    }
+    // Where the time went: an event costs about the same whatever it is.
+    println!();
+    println!(
+        "| hosts | events per host per virtual s | heartbeats and deadlines | host summaries | \
+         PoP summaries | peer requests | their answers | samples | record lookups | other |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (hosts, virtual_s, c) in kinds {
+        let per = |n: u64| n as f64 / f64::from(hosts) / virtual_s.max(1e-9);
+        let other = c.suspicions + c.other_inputs + c.world;
+        let all = [
+            c.timers,
+            c.host_summaries,
+            c.pop_summaries,
+            c.peer_requests,
+            c.peer_responses,
+            c.samples,
+            c.lookups,
+            other,
+        ];
+        let cells: Vec<String> = all.iter().map(|&n| format!("{:.2}", per(n))).collect();
+        println!("| {hosts} | {:.2} | {} |", per(all.iter().sum()), cells.join(" | "));
     }
     Ok(())
 }

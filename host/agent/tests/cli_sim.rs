@@ -24,15 +24,21 @@ fn the_same_seed_gives_the_same_report_and_the_scale_table_has_a_row_per_size() 
 
     let out = sim(&["--scale", "20,40", "--duration-s", "30", "--seed", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let table = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .skip(2)
-        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
-        .collect();
-    assert_eq!(rows.len(), 2, "{table}");
-    assert_eq!((rows[0][0], rows[0][2]), ("20", "200"), "every VM placed: {table}");
-    assert_eq!((rows[1][0], rows[1][1], rows[1][2]), ("40", "2", "400"), "{table}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (table, events) = text.split_once("\n\n").expect("two tables");
+    let rows_of = |t: &str| -> Vec<Vec<String>> {
+        let cells =
+            |l: &str| l.split('|').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect();
+        t.lines().skip(2).map(cells).collect()
+    };
+    let rows = rows_of(table);
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!((rows[0][0].as_str(), rows[0][2].as_str()), ("20", "200"), "every VM placed: {text}");
+    assert_eq!((rows[1][0].as_str(), rows[1][1].as_str(), rows[1][2].as_str()), ("40", "2", "400"), "{text}");
+    // Where the events went, per size: a heartbeat every 500 ms.
+    let events = rows_of(events);
+    assert_eq!(events.len(), 2, "{text}");
+    assert!(events.iter().all(|r| r[2] == "2.00"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seed 1"), "the seed is printed");
 }
 

@@ -54,6 +54,8 @@ pub struct Report {
     pub virtual_s: f64,
     /// Events the simulator processed.
     pub events: u64,
+    /// The same, by what they were.
+    pub events_by_kind: EventCounts,
     /// Messages the network lost.
     pub lost: u64,
     /// Faults injected and undone.
@@ -110,6 +112,35 @@ pub struct Report {
     overload_us: Vec<u64>,
     #[serde(skip)]
     fenced_out: BTreeSet<String>,
+}
+
+/// The simulator's events by what they were: where a run's time goes,
+/// since an event costs about the same whatever it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventCounts {
+    /// A node's deadline came: its heartbeat, nearly always.
+    pub timers: u64,
+    /// A host summary delivered to a PoP-mate.
+    pub host_summaries: u64,
+    /// A PoP summary delivered to an agent of another PoP.
+    pub pop_summaries: u64,
+    /// A suspicion delivered to a PoP-mate.
+    pub suspicions: u64,
+    /// A peer request delivered (probes, most of them).
+    pub peer_requests: u64,
+    /// An answer to one, or its failure, delivered.
+    pub peer_responses: u64,
+    /// A node sampled its hypervisor.
+    pub samples: u64,
+    /// A lookup in the overlay's records answered.
+    pub lookups: u64,
+    /// Anything else a node was told: hypervisor results, policy answers,
+    /// latency measurements, connections.
+    pub other_inputs: u64,
+    /// What the world does itself (requests and load changes arriving,
+    /// faults, the power meter, the central scheduler, request timeouts,
+    /// migrations landing), and inputs for a node that was down.
+    pub world: u64,
 }
 
 /// Energy: what the hosts drew, how much of it renewable power covered,
@@ -172,6 +203,7 @@ impl Report {
             fenced_out: BTreeSet::new(),
             virtual_s: 0.0,
             events: 0,
+            events_by_kind: EventCounts::default(),
             traffic: TrafficReport::default(),
             lost: 0,
             faults: 0,
@@ -258,6 +290,17 @@ impl Report {
         self.virtual_s = now_us as f64 / 1e6;
         self.traffic = TrafficReport::of(traffic, self.virtual_s);
         self.lost = lost;
+        let c = &mut self.events_by_kind;
+        let nodes = c.timers
+            + c.host_summaries
+            + c.pop_summaries
+            + c.suspicions
+            + c.peer_requests
+            + c.peer_responses
+            + c.samples
+            + c.lookups
+            + c.other_inputs;
+        c.world = self.events - nodes;
         for since in std::mem::take(&mut self.overloaded_since).into_values() {
             self.overloads_unsolved += 1;
             self.overload_host_s += (now_us - since) as f64 / 1e6;

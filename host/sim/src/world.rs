@@ -336,18 +336,31 @@ impl World {
 
     fn fire(&mut self, due: Due) {
         let now = self.instant(self.now_us);
+        let counts = &mut self.report.events_by_kind;
         match due {
             Due::Input(i, epoch, deliver) if epoch == self.nodes[i].epoch && self.nodes[i].alive => {
-                self.input(i, deliver(now));
+                let input = deliver(now);
+                *match &input {
+                    Input::PeerRequest { .. } => &mut counts.peer_requests,
+                    Input::PeerResponse { .. } => &mut counts.peer_responses,
+                    Input::Located { .. } => &mut counts.lookups,
+                    _ => &mut counts.other_inputs,
+                } += 1;
+                self.input(i, input);
             }
-            Due::Input(..) => {}
             Due::Gossip(i, epoch, m) if epoch == self.nodes[i].epoch && self.nodes[i].alive => {
+                *match &m.1 {
+                    locus_core::cluster::Gossip::Host(_) => &mut counts.host_summaries,
+                    locus_core::cluster::Gossip::Pop(_) => &mut counts.pop_summaries,
+                    locus_core::cluster::Gossip::Suspect { .. } => &mut counts.suspicions,
+                } += 1;
                 let (from, msg) = (m.0.clone(), m.1.clone());
                 self.input(i, Input::Gossip { now, from, msg });
             }
-            Due::Gossip(..) => {}
-
+            // Counted among the world's: see `EventCounts::world`.
+            Due::Input(..) | Due::Gossip(..) => {}
             Due::Timer(i, at) => {
+                counts.timers += 1;
                 if self.nodes[i].timer_at == Some(at) {
                     self.nodes[i].timer_at = None;
                     self.input(i, Input::Timeout(now));
@@ -356,6 +369,7 @@ impl World {
             Due::Sample(i) => {
                 self.power(i);
                 if self.nodes[i].alive {
+                    self.report.events_by_kind.samples += 1;
                     let domains = self.nodes[i].hv.observation();
                     self.input(i, Input::Sampled { now, domains });
                 }

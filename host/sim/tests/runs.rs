@@ -166,3 +166,31 @@ fn the_webassembly_components_metered_by_fuel_replay_byte_for_byte_and_decide_as
     let native: serde_json::Value = serde_json::from_str(&native).expect("json");
     assert_ne!(report["placement_ms"], native["placement_ms"], "{a}");
 }
+
+#[test]
+fn the_events_are_counted_by_kind_and_a_calm_host_makes_its_heartbeats_and_probes() {
+    let hosts = 64;
+    let scenario = locus_sim::scale::scenario(hosts, 120).expect("scenario");
+    let report = World::new(scenario, 5).expect("world").run();
+    let c = &report.events_by_kind;
+    let per_host_s = |n: u64| n as f64 / f64::from(hosts) / report.virtual_s;
+    // A heartbeat every 500 ms; a probe a second, each answered.
+    assert!((1.9..2.2).contains(&per_host_s(c.timers)), "{c:?}");
+    assert!((0.9..1.3).contains(&per_host_s(c.peer_requests)), "{c:?}");
+    assert!(c.peer_responses.abs_diff(c.peer_requests) < c.peer_requests / 50, "{c:?}");
+    // Two PoPs of 32: each agent hears the other PoP's summaries.
+    assert!(c.pop_summaries > 0 && c.host_summaries > c.pop_summaries, "{c:?}");
+    assert!((0.45..0.55).contains(&per_host_s(c.samples)), "a sample every 2 s: {c:?}");
+    let counted = c.timers
+        + c.host_summaries
+        + c.pop_summaries
+        + c.suspicions
+        + c.peer_requests
+        + c.peer_responses
+        + c.samples
+        + c.lookups
+        + c.other_inputs
+        + c.world;
+    assert_eq!(counted, report.events, "every event counted once");
+    assert!(c.world > 0, "the requests and load changes arriving: {c:?}");
+}
