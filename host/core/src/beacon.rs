@@ -14,8 +14,9 @@
 //!   number of the latest summary, so a PoP-mate that missed one knows and
 //!   asks for it;
 //! - on the global topic, a PoP's speaker publishes the [`PopSummary`]
-//!   when a member's liveness changed or another PoP (or more of its
-//!   hosts) came into view, when it changed otherwise (at most every
+//!   when a member's liveness changed or a PoP it did not know came into
+//!   view (agents that join ask a peer for every PoP instead), when it
+//!   changed otherwise (at most every
 //!   [`POP_SUMMARY_EVERY`](crate::cluster::POP_SUMMARY_EVERY) heartbeats, fewer with many PoPs:
 //!   [`pop_change_every`]), and every
 //!   [`POP_REFRESH_EVERY`](crate::cluster::POP_REFRESH_EVERY) heartbeats (more with many PoPs).
@@ -175,8 +176,8 @@ impl Beacon {
     }
 
     /// The PoP's summary goes out at the next paced heartbeat, changed or
-    /// not: another PoP, or more of its hosts, came into view, which may
-    /// not have heard it yet.
+    /// not: a PoP this agent did not know came into view, which may not
+    /// know this one either.
     pub fn pop_again(&mut self) {
         self.pop_again = true;
     }
