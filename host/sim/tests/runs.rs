@@ -181,16 +181,5 @@ fn the_events_are_counted_by_kind_and_a_calm_host_makes_its_heartbeats_and_probe
     // Two PoPs of 32: each agent hears the other PoP's summaries.
     assert!(c.pop_summaries > 0 && c.host_summaries > c.pop_summaries, "{c:?}");
     assert!((0.45..0.55).contains(&per_host_s(c.samples)), "a sample every 2 s: {c:?}");
-    let counted = c.timers
-        + c.host_summaries
-        + c.pop_summaries
-        + c.suspicions
-        + c.peer_requests
-        + c.peer_responses
-        + c.samples
-        + c.lookups
-        + c.other_inputs
-        + c.world;
-    assert_eq!(counted, report.events, "every event counted once");
     assert!(c.world > 0, "the requests and load changes arriving: {c:?}");
 }
