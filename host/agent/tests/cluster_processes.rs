@@ -525,7 +525,18 @@ fn processes_vm_migrate_moves_a_vm_cold_between_agents_and_a_drain_empties_a_hos
 struct LoggedEvent {
     start: String,
     end: String,
-    hosts: std::collections::BTreeSet<String>,
+    /// Its partition's hosts, each with when it was first logged in it:
+    /// a host leaves one partition before it joins the next.
+    hosts: std::collections::BTreeMap<String, String>,
+}
+
+impl LoggedEvent {
+    fn took(&mut self, host: &str, stamp: &str) {
+        let since = self.hosts.entry(host.to_owned()).or_insert_with(|| stamp.to_owned());
+        if stamp < since.as_str() {
+            *since = stamp.to_owned();
+        }
+    }
 }
 
 fn logged_events(agents: &[Agent]) -> HashMap<String, LoggedEvent> {
@@ -538,15 +549,17 @@ fn logged_events(agents: &[Agent]) -> HashMap<String, LoggedEvent> {
             let Some((id, what)) = rest.split_once(": ") else { continue };
             let e = events.entry(id.to_owned()).or_default();
             if what.contains("leading a partition") {
+                e.took(id.split('#').next().unwrap_or_default(), &stamp);
                 e.start = stamp;
-                e.hosts.insert(id.split('#').next().unwrap_or_default().to_owned());
             } else if what.starts_with("solved")
                 || what.starts_with("ended unsolved")
                 || what.starts_with("merged")
             {
                 e.end = stamp;
             } else if let Some(list) = what.split("partition [").nth(1) {
-                e.hosts.extend(list.trim_end_matches(']').split(", ").map(str::to_owned));
+                for host in list.trim_end_matches(']').split(", ") {
+                    e.took(host, &stamp);
+                }
             }
         }
     }
@@ -634,9 +647,15 @@ fn processes_9_agents_in_3_pops_two_overloads_at_once_are_solved_by_disjoint_par
     }
     for (i, (a, ea)) in list.iter().enumerate() {
         for (b, eb) in &list[i + 1..] {
-            let overlap = ea.start < eb.end && eb.start < ea.end;
-            let shared: Vec<_> = ea.hosts.intersection(&eb.hosts).collect();
-            assert!(!overlap || shared.is_empty(), "events {a} and {b} ran at once and shared {shared:?}");
+            // A host in both, at once: taken by each before the other ended.
+            let shared: Vec<&String> = ea
+                .hosts
+                .iter()
+                .filter_map(|(h, in_a)| eb.hosts.get(h).map(|in_b| (h, in_a, in_b)))
+                .filter(|(_, in_a, in_b)| *in_a < &eb.end && *in_b < &ea.end)
+                .map(|(h, ..)| h)
+                .collect();
+            assert!(shared.is_empty(), "events {a} and {b} held {shared:?} at once");
         }
     }
     // The FR fence held: every VM is still in Lyon.
