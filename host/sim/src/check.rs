@@ -1,8 +1,9 @@
 //! The checker, in the spirit of TigerBeetle's VOPR: many short runs of
-//! scenarios drawn from their seeds, with faults, each healed at the end
-//! and then required to settle (every request answered, fences kept, no
-//! host over what it offers, every VM running once and recorded by its
-//! host's agent alone). A failure names its seed; `locus sim --check
+//! scenarios drawn from their seeds, with faults, the invariants of every
+//! step checked as it goes (see [`crate::invariants`]), each run healed
+//! at the end and then required to settle (every request answered, fences
+//! kept, no host over what it offers, every VM running once and recorded
+//! by its host's agent alone). A failure names its seed; `locus sim --check
 //! --seeds 1 --from SEED` replays it.
 
 use crate::scenario::{
@@ -30,8 +31,9 @@ pub struct Failure {
 pub fn check(seed: u64) -> Result<Report, Failure> {
     let scenario = random_scenario(seed);
     let end = scenario.duration_s * 1_000_000;
-    let mut world =
-        World::new(scenario, seed).map_err(|e| Failure { seed, problems: vec![e.to_string()] })?;
+    let mut world = World::new(scenario, seed)
+        .map_err(|e| Failure { seed, problems: vec![e.to_string()] })?
+        .with_checks();
     world.run_until(end);
     let problems = world.unsettled();
     let report = world.run();
@@ -45,7 +47,7 @@ pub fn trace(seed: u64) -> Vec<String> {
     let end = scenario.duration_s * 1_000_000;
     match World::new(scenario, seed) {
         Ok(world) => {
-            let mut world = world.with_trace();
+            let mut world = world.with_trace().with_checks();
             world.run_until(end);
             world.trace().to_vec()
         }

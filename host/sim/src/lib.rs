@@ -12,6 +12,7 @@ pub mod check;
 pub mod deciders;
 pub mod energy;
 pub mod hypervisor;
+pub mod invariants;
 pub mod net;
 mod queue;
 pub mod report;

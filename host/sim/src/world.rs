@@ -10,6 +10,7 @@ use crate::central;
 use crate::deciders::Deciders;
 use crate::energy::Energy;
 use crate::hypervisor::Hypervisor;
+use crate::invariants::{Invariants, Step};
 use crate::net::Network;
 use crate::queue::Queue;
 use crate::report::Report;
@@ -134,6 +135,8 @@ pub struct World {
     report: Report,
     /// Every node event, with its time and host, when asked for.
     trace: Option<Vec<String>>,
+    /// What must hold after every step, when checked.
+    invariants: Option<Invariants>,
 }
 
 impl std::fmt::Debug for World {
@@ -232,6 +235,7 @@ impl World {
             energy,
             report,
             trace: None,
+            invariants: None,
         };
         world.boot();
         Ok(world)
@@ -298,6 +302,14 @@ impl World {
     /// Keeps every node event from now on (see [`World::trace`]).
     pub fn with_trace(mut self) -> Self {
         self.trace = Some(Vec::new());
+        self
+    }
+
+    /// Checks the invariants of every step from now on (see
+    /// [`crate::invariants`]); what broke joins [`World::unsettled`].
+    pub fn with_checks(mut self) -> Self {
+        let timeout = self.nodes.first().map_or(0, |n| n.config.rebalance.event_timeout_ms);
+        self.invariants = Some(Invariants::new(self.nodes.len(), timeout));
         self
     }
 
@@ -630,6 +642,18 @@ impl World {
     fn input(&mut self, i: usize, input: Input) {
         self.nodes[i].node.handle_input(input);
         self.drain(i);
+        if let Some(invariants) = &mut self.invariants {
+            let n = &self.nodes[i];
+            let pop = &self.scenario.pops[n.pop];
+            invariants.after(Step {
+                node: i,
+                host: &n.hv.host,
+                now_us: self.now_us,
+                capacity: (pop.vcpus, pop.memory_mib),
+                store: &n.store,
+                rebalancer: n.node.rebalancer(),
+            });
+        }
     }
 
     /// Carries out everything node `i` asked for.
@@ -882,11 +906,13 @@ impl World {
         self.queue.push(self.now_us + delay_us, due);
     }
 
-    /// What is wrong once everything has settled: a request never
+    /// What is wrong once everything has settled: an invariant a checked
+    /// step broke (see [`World::with_checks`]), a request never
     /// answered, a fence crossed, a host holding more than it offers, or a
     /// VM whose domain runs on other than one host, recorded by other than
     /// one agent, or by another agent than the one whose host runs it.
     pub fn unsettled(&self) -> Vec<String> {
+        let mut problems = self.invariants.as_ref().map(Invariants::problems).unwrap_or_default();
         let mut running: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         let mut recorded: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for n in &self.nodes {
@@ -899,7 +925,6 @@ impl World {
                 recorded.entry(&i.spec.name).or_default().push(&n.hv.host);
             }
         }
-        let mut problems = Vec::new();
         if !self.asked.is_empty() {
             problems.push(format!("{} request(s) never answered", self.asked.len()));
         }

@@ -1221,6 +1221,12 @@ impl Node {
         &self.model
     }
 
+    /// Its part in rebalancing: the event it leads, the one it is a
+    /// member of (for checkers that watch every event end).
+    pub fn rebalancer(&self) -> &crate::rebalance::Rebalancer {
+        &self.rebalancer
+    }
+
     /// The current intent of every VM, as the store should hold it.
     pub fn intents(&self) -> impl Iterator<Item = &VmIntent> {
         self.vms.values().map(|r| &r.intent)
