@@ -57,6 +57,9 @@ pub struct Beacon {
     pop_since: u64,
     /// Publish the PoP's summary at the next paced heartbeat, changed or not.
     pop_again: bool,
+    /// `pop_last` was numbered knowing no number of its PoP's (it started
+    /// speaking before any summary of its PoP reached it).
+    pop_blind: bool,
 }
 
 impl Beacon {
@@ -164,6 +167,7 @@ impl Beacon {
         }
         self.pop_since = 0;
         self.pop_again = false;
+        self.pop_blind = known == 0;
         let summary = std::sync::Arc::new(PopSummary { version: known + 1, ..summary });
         self.pop_last = Some(summary.clone());
         Some(Gossip::Pop(summary))
@@ -180,6 +184,21 @@ impl Beacon {
     /// know this one either.
     pub fn pop_again(&mut self) {
         self.pop_again = true;
+    }
+
+    /// Its PoP's summaries reached number `known`. A speaker that spoke
+    /// before it knew any (it restarted, and the peer it asked for the
+    /// PoPs had not answered yet) numbered its summary 1, which every
+    /// agent that knows a later one drops as old: when `known` is past
+    /// it, it speaks again at the next paced heartbeat, numbered past
+    /// `known`, rather than at its next change or refresh (minutes with
+    /// many PoPs). Once only: a speaker that knew a number and is
+    /// overtaken is not the rightful one, or it will hear so.
+    pub fn pop_numbered(&mut self, known: u64) {
+        if self.pop_blind && self.pop_last.as_ref().is_some_and(|l| l.version < known) {
+            self.pop_blind = false;
+            self.pop_again = true;
+        }
     }
 }
 
@@ -373,5 +392,31 @@ mod tests {
         let changing: Vec<bool> = (0..40).map(|k| b.pop(pop(k), false, 313, 0).is_some()).collect();
         assert_eq!(changing.iter().filter(|&&s| s).count(), 2, "changes every 20th heartbeat with 313 PoPs");
         assert!(b.pop(pop(1), true, 313, 0).is_some(), "a liveness change at once, however many PoPs");
+    }
+
+    #[test]
+    fn a_speaker_that_spoke_before_knowing_its_pops_number_speaks_again_once_it_knows() {
+        let mut b = Beacon::default();
+        for _ in 0..SPEAK_FROM_HEARTBEAT {
+            b.host(own(), v(&[]));
+        }
+        let version = |g: Option<Gossip>| g.map(|g| if let Gossip::Pop(s) = g { s.version } else { 0 });
+        assert_eq!(version(b.pop(pop(8), false, POP_REFRESH_EVERY, 0)), Some(1), "restarted: numbered 1");
+        b.pop_numbered(1);
+        let own = (0..POP_SUMMARY_EVERY).filter_map(|_| b.pop(pop(8), false, POP_REFRESH_EVERY, 1)).count();
+        assert_eq!(own, 0, "its own number (a fresh PoP's first summary) is no cue");
+        // The book comes: its PoP reached 41 before the restart.
+        b.pop_numbered(41);
+        let again: Vec<Option<u64>> =
+            (0..POP_SUMMARY_EVERY).map(|_| version(b.pop(pop(8), false, POP_REFRESH_EVERY, 41))).collect();
+        assert_eq!(
+            again,
+            [Some(42), None, None, None],
+            "unchanged, yet again (the pace has passed), past 41"
+        );
+        b.pop_numbered(45);
+        let quiet =
+            (0..POP_SUMMARY_EVERY).filter_map(|_| b.pop(pop(8), false, POP_REFRESH_EVERY, 45)).count();
+        assert_eq!(quiet, 0, "it knew a number when it spoke: another speaker's is not its cue");
     }
 }

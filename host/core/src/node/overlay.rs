@@ -228,8 +228,10 @@ impl Node {
         }
     }
 
-    /// Acts on another PoP's summary, published or passed on.
+    /// Acts on a PoP's summary, published or passed on (its own PoP's
+    /// tells only the number its summaries reached).
     fn heard_pop(&mut self, now: Instant, heard: crate::cluster::HeardPop) {
+        self.beacon.pop_numbered(self.membership.pop_version());
         // Latency to another PoP is measured by ping on a connection to one
         // of its contacts: dialled while unmeasured, each time its summary comes.
         if let Some(peer) = heard.unmeasured {

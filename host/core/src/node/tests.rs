@@ -944,3 +944,49 @@ fn a_node_asks_the_first_peer_connected_then_a_speaker_for_every_pop_and_answers
     let me = rig.node.config.peer.to_string();
     assert_eq!(rows, [(here.name.as_str(), me.as_str(), 0), ("berlin", "c", 1000)]);
 }
+
+#[test]
+fn a_restarted_speaker_that_spoke_before_its_book_came_speaks_again_past_its_pops_number() {
+    use crate::cluster::{BookEntry, Gossip, Membership, MembershipConfig, PopSummary, tests::summary};
+    let mut rig = Rig::new(node(vec![]), Hv::default());
+    let published = |rig: &Rig| -> Vec<u64> {
+        let pops = rig.log.iter().filter_map(|o| match o {
+            Output::Gossip { msg: Gossip::Pop(s), .. } => Some(s.version),
+            _ => None,
+        });
+        pops.collect()
+    };
+    let beat = Duration::from_millis(rig.node.membership.config().heartbeat_ms);
+    let beats = |rig: &mut Rig, n: usize| {
+        for _ in 0..n {
+            rig.now += beat;
+            rig.input(Input::Timeout(rig.now));
+        }
+    };
+    // Alone in its PoP, it speaks from its 4th heartbeat, knowing no number yet.
+    beats(&mut rig, 8);
+    assert_eq!(published(&rig), [1]);
+
+    // The first peer connected passes the book: this PoP had reached 41
+    // before the restart, so every agent drops summary 1 as old.
+    rig.input(Input::Connected { now: rig.now, peer: PeerId::new("p1") });
+    let asked = rig.log.iter().find_map(|o| match o {
+        Output::Request { id, req: PeerRequest::Pops, .. } => Some(*id),
+        _ => None,
+    });
+    let here = rig.node.config.pop.clone();
+    let before =
+        Membership::new(MembershipConfig::default(), rig.node.config.peer.clone(), here.name.clone());
+    let summary = before.pop_summary(&summary(rig.node.config.peer.as_str(), &here.name), &here);
+    let mine = BookEntry {
+        speaker: rig.node.config.peer.clone(),
+        age_ms: 3_000,
+        summary: PopSummary { version: 41, ..summary }.into(),
+    };
+    let id = asked.expect("asked for the PoPs");
+    rig.input(Input::PeerResponse { now: rig.now, id, result: Ok(PeerResponse::Pops(vec![mine])) });
+    beats(&mut rig, 4);
+    assert_eq!(published(&rig), [1, 42], "again at the pace, unchanged, past 41");
+    beats(&mut rig, 20);
+    assert_eq!(published(&rig), [1, 42], "then quiet");
+}
