@@ -21,6 +21,7 @@ mod output;
 mod runtime;
 mod slot;
 mod state;
+mod ticker;
 
 pub use error::LoadError;
 pub use loaded::{Info, Instance, Loaded, World};

@@ -19,6 +19,7 @@ use crate::bindings::locus::policy::types as wit;
 use crate::convert;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::state::State;
+use crate::ticker::{Running, Ticking};
 use locus_core::{ErrorKind, PolicyError, validate};
 use locus_sdk as sdk;
 use std::collections::BTreeMap;
@@ -113,6 +114,8 @@ pub struct Loaded {
     limits: CallLimits,
     config: Arc<BTreeMap<String, String>>,
     metrics: Metrics,
+    /// Keeps the epoch ticker going while an instance lives.
+    ticking: Ticking,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -124,6 +127,8 @@ impl std::fmt::Debug for Loaded {
 /// A fresh instance of a loaded policy, good for one decision.
 pub struct Instance<'a> {
     loaded: &'a Loaded,
+    /// The epoch ticker ticks while this lives: deadlines hold.
+    _running: Running,
     /// Fuel the last call used (0 when not metered).
     fuel_used: u64,
     store: Store<State>,
@@ -142,6 +147,7 @@ impl Loaded {
         info: Info,
         pre: InstancePre<State>,
         limits: CallLimits,
+        ticking: Ticking,
     ) -> Result<Self, crate::LoadError> {
         let placement = info.world.places().then(|| placement::GuestIndices::new(&pre)).transpose();
         let migration = info.world.plans().then(|| migration::GuestIndices::new(&pre)).transpose();
@@ -161,6 +167,7 @@ impl Loaded {
             limits,
             config,
             metrics: Metrics::default(),
+            ticking,
         };
         // Instantiate once now: type mismatches and trapping start functions
         // are load errors, not first-call surprises.
@@ -187,6 +194,7 @@ impl Loaded {
     /// running a tokio runtime ([`Loaded::place`] and [`Loaded::plan`] see
     /// to that themselves).
     pub fn instance(&self) -> Result<Instance<'_>, PolicyError> {
+        let running = self.ticking.running();
         let deadline = Instant::now() + self.limits.instantiate_deadline;
         let state =
             State::new(self.id.as_str().into(), self.config.clone(), self.limits.memory_cap, deadline);
@@ -227,7 +235,7 @@ impl Loaded {
             Ok(m) => m,
             Err(e) => return Err(fail(e, &store)),
         };
-        Ok(Instance { loaded: self, fuel_used: 0, store, placement, migration })
+        Ok(Instance { loaded: self, _running: running, fuel_used: 0, store, placement, migration })
     }
 
     /// Places with a fresh instance and validates the answer.

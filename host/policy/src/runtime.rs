@@ -5,11 +5,10 @@
 use crate::error::LoadError;
 use crate::loaded::{CallLimits, Info, Loaded, World};
 use crate::state::{self, State};
+use crate::ticker::Ticker;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -90,26 +89,12 @@ impl Precompiled {
     }
 }
 
-struct Ticker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Loads policies and runs them under limits. One per process.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     config: RuntimeConfig,
-    _ticker: Ticker,
+    ticker: Ticker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -150,17 +135,8 @@ impl Runtime {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c).map_err(anyhow::Error::from)?;
         let linker = state::linker(&engine).map_err(anyhow::Error::from)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.tick);
-            std::thread::Builder::new().name("locus-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    engine.increment_epoch();
-                }
-            })?
-        };
-        Ok(Self { engine, linker, config, _ticker: Ticker { stop, thread: Some(thread) } })
+        let ticker = Ticker::start(engine.clone(), config.tick)?;
+        Ok(Self { engine, linker, config, ticker })
     }
 
     /// The settings.
@@ -269,7 +245,7 @@ impl Runtime {
         let pre =
             self.linker.instantiate_pre(&component).map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let info = Info { name: name.to_owned(), hash, world, size, compile_time, imports, exports, config };
-        let loaded = Loaded::new(info, pre, self.limits())?;
+        let loaded = Loaded::new(info, pre, self.limits(), self.ticker.ticking())?;
         tracing::info!(policy = loaded.id(), world = world.as_str(), "policy loaded");
         Ok(Arc::new(loaded))
     }
