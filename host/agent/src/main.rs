@@ -14,6 +14,9 @@ use locus::control::{self, Connection, LoadArgs, RollbackArgs, VmCommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "locus", version, about = "Locus: decentralised VM scheduling across points of presence")]
 struct Cli {

@@ -153,8 +153,7 @@ impl Watch {
                     break true;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let stats = dom.as_ref().and_then(|d| d.get_job_stats(0).ok());
-                    if let Some(p) = stats.as_ref().and_then(progress) {
+                    if let Some(p) = dom.as_ref().and_then(job_progress) {
                         tracing::debug!(vm = self.vm, "migration: {p}");
                         let _ = events.send(FromHypervisor::Progress(self.op, p));
                     }
@@ -171,20 +170,54 @@ impl Watch {
 }
 
 /// A migration job's statistics as the node reports them; none while no
-/// job runs.
-fn progress(s: &virt::domain::JobStats) -> Option<MigrationProgress> {
-    if s.r#type == virt::sys::VIR_DOMAIN_JOB_NONE as i32 {
+/// job runs or when libvirt cannot say.
+///
+/// Not virt 0.4.3's `Domain::get_job_stats`: it hands libvirt's malloc'd
+/// parameter array to a Rust `Vec`, which frees it with Rust's global
+/// allocator (and leaks the strings inside). That only happens to work
+/// while Rust's allocator is the C library's malloc.
+#[allow(unsafe_code)]
+fn job_progress(dom: &Domain) -> Option<MigrationProgress> {
+    use std::ffi::CStr;
+    use virt::sys;
+
+    let mut kind: std::ffi::c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: `dom` owns a valid virDomainPtr for the duration of the call;
+    // on success libvirt stores an array of `n` parameters it allocated.
+    let ret = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut n, 0) };
+    if ret == -1 {
         return None;
     }
-    Some(MigrationProgress {
-        elapsed_ms: s.time_elapsed.unwrap_or(0),
-        total_bytes: s.data_total.unwrap_or(0),
-        processed_bytes: s.data_processed.unwrap_or(0),
-        remaining_bytes: s.data_remaining.unwrap_or(0),
-        memory_passes: s.mem_iteration.unwrap_or(0),
-        memory_bytes_per_s: s.mem_bps.unwrap_or(0),
-        throttle_percent: s.auto_converge_throttle.and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
-    })
+    let u64_of = |name: &CStr| {
+        let mut v: std::ffi::c_ulonglong = 0;
+        // SAFETY: `params` holds `n` parameters until freed below; the
+        // name is a NUL-terminated constant; a missing name leaves 0.
+        let found = unsafe { sys::virTypedParamsGetULLong(params, n, name.as_ptr(), &mut v) };
+        if found == 1 { v } else { 0 }
+    };
+    let throttle = {
+        let mut v: std::ffi::c_int = 0;
+        // SAFETY: as above.
+        let found = unsafe {
+            sys::virTypedParamsGetInt(params, n, sys::VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE.as_ptr(), &mut v)
+        };
+        if found == 1 { u32::try_from(v).unwrap_or(0) } else { 0 }
+    };
+    let progress = MigrationProgress {
+        elapsed_ms: u64_of(sys::VIR_DOMAIN_JOB_TIME_ELAPSED),
+        total_bytes: u64_of(sys::VIR_DOMAIN_JOB_DATA_TOTAL),
+        processed_bytes: u64_of(sys::VIR_DOMAIN_JOB_DATA_PROCESSED),
+        remaining_bytes: u64_of(sys::VIR_DOMAIN_JOB_DATA_REMAINING),
+        memory_passes: u64_of(sys::VIR_DOMAIN_JOB_MEMORY_ITERATION),
+        memory_bytes_per_s: u64_of(sys::VIR_DOMAIN_JOB_MEMORY_BPS),
+        throttle_percent: throttle,
+    };
+    // SAFETY: frees with libvirt what libvirt allocated, once; nothing
+    // reads `params` after this.
+    unsafe { sys::virTypedParamsFree(params, n) };
+    (kind != sys::VIR_DOMAIN_JOB_NONE as std::ffi::c_int).then_some(progress)
 }
 
 /// Asks libvirt to abort the domain's job. virt 0.4.3 has no safe wrapper.
