@@ -702,8 +702,9 @@ pub struct Membership {
     /// at most [`MEASURED_POPS`]: a PoP farther than the last is not measured.
     nearest: Vec<u32>,
     /// Which PoP-mates list each VM (one, but for a moment during a move
-    /// or after a host came back with stale copies).
-    index: BTreeMap<String, Vec<PeerId>>,
+    /// or after a host came back with stale copies). Looked up for every
+    /// VM of this host now and then: hashed, one probe.
+    index: HashMap<String, Vec<PeerId>, FixedState>,
     /// When a PoP summary was last heard, from any PoP.
     pop_heard: Option<Instant>,
     /// The highest [`PopSummary::version`] known of this agent's PoP.
@@ -738,7 +739,7 @@ impl Membership {
             rtts: BTreeMap::new(),
             here: None,
             nearest: vec![],
-            index: BTreeMap::new(),
+            index: HashMap::default(),
             pop_heard: None,
             pop_version: 0,
             pops_aged: None,
