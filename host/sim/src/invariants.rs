@@ -47,6 +47,19 @@ pub struct Step<'a> {
     pub rebalancer: &'a Rebalancer,
 }
 
+/// What is wrong when the VMs `store` holds need more than `capacity`
+/// (vCPUs, memory in MiB) of host `host`.
+pub fn over_capacity(host: &str, store: &BTreeMap<String, VmIntent>, capacity: (u32, u32)) -> Option<String> {
+    let (mut vcpus, mut memory) = (0u32, 0u32);
+    for i in store.values() {
+        vcpus = vcpus.saturating_add(i.spec.vcpus);
+        memory = memory.saturating_add(i.spec.memory_mib);
+    }
+    let (cv, cm) = capacity;
+    (vcpus > cv || memory > cm)
+        .then(|| format!("{host} holds {vcpus} vCPUs and {memory} MiB, over its {cv} and {cm}"))
+}
+
 impl Invariants {
     /// For `nodes` nodes whose events last at most `event_timeout_ms`.
     pub fn new(nodes: usize, event_timeout_ms: u64) -> Self {
@@ -61,17 +74,8 @@ impl Invariants {
 
     /// Looks at node `step.node` after it took an input.
     pub fn after(&mut self, step: Step<'_>) {
-        let (mut vcpus, mut memory) = (0u32, 0u32);
-        for i in step.store.values() {
-            vcpus = vcpus.saturating_add(i.spec.vcpus);
-            memory = memory.saturating_add(i.spec.memory_mib);
-        }
-        if vcpus > step.capacity.0 || memory > step.capacity.1 {
-            let (cv, cm) = step.capacity;
-            self.broke(
-                step.now_us,
-                format!("{} holds {vcpus} vCPUs and {memory} MiB, over its {cv} and {cm}", step.host),
-            );
+        if let Some(over) = over_capacity(step.host, step.store, step.capacity) {
+            self.broke(step.now_us, over);
         }
         let (r, mut stuck) = (step.rebalancer, Vec::new());
         for (held, now, role) in

@@ -10,7 +10,7 @@ use crate::central;
 use crate::deciders::Deciders;
 use crate::energy::Energy;
 use crate::hypervisor::Hypervisor;
-use crate::invariants::{Invariants, Step};
+use crate::invariants::{Invariants, Step, over_capacity};
 use crate::net::Network;
 use crate::queue::Queue;
 use crate::report::Report;
@@ -914,7 +914,6 @@ impl World {
         self.at(delay_us, Due::Input(i as u32, epoch, deliver));
     }
 
-
     fn at(&mut self, delay_us: u64, due: Due) {
         self.queue.push(self.now_us + delay_us, due);
     }
@@ -943,7 +942,6 @@ impl World {
         }
         for n in &self.nodes {
             let pop = &self.scenario.pops[n.pop];
-            let (mut vcpus, mut memory) = (0u32, 0u32);
             for i in n.store.values() {
                 let fenced = &i.spec.jurisdictions;
                 if !fenced.is_empty() && !fenced.contains(&pop.jurisdiction) {
@@ -952,13 +950,8 @@ impl World {
                         i.spec.name, n.hv.host, pop.jurisdiction
                     ));
                 }
-                vcpus += i.spec.vcpus;
-                memory += i.spec.memory_mib;
             }
-            if vcpus > pop.vcpus || memory > pop.memory_mib {
-                problems
-                    .push(format!("{} holds {vcpus} vCPUs and {memory} MiB, over its capacity", n.hv.host));
-            }
+            problems.extend(over_capacity(&n.hv.host, &n.store, (pop.vcpus, pop.memory_mib)));
         }
         for (vm, hosts) in &recorded {
             match running.get(vm) {
