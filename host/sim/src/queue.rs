@@ -9,6 +9,7 @@
 
 use radix_heap::RadixHeapMap;
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 /// Events waiting for their time.
 pub struct Queue<T> {
@@ -17,6 +18,13 @@ pub struct Queue<T> {
     /// in the high 64 bits and the push's number in the low ones, and the
     /// max-heap pops the smallest first through `Reverse`.
     heap: RadixHeapMap<Reverse<u128>, T>,
+    /// The event [`Queue::pop_until`] found not due yet, out of the heap:
+    /// popping it made its key the heap's top, below which the heap takes
+    /// nothing more.
+    held: Option<(u128, T)>,
+    /// Events pushed since, due before `held` (between runs, by a test or
+    /// a tool driving the world by hand; never while a run goes).
+    early: BTreeMap<u128, T>,
 }
 
 impl<T> std::fmt::Debug for Queue<T> {
@@ -27,31 +35,41 @@ impl<T> std::fmt::Debug for Queue<T> {
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
-        Queue { seq: 0, heap: RadixHeapMap::new() }
+        Queue { seq: 0, heap: RadixHeapMap::new(), held: None, early: BTreeMap::new() }
     }
 }
 
 impl<T> Queue<T> {
-    /// `item` happens at `at_us`: no earlier than the last event popped,
-    /// or found not yet due by [`Queue::pop_until`]; a monotone queue
-    /// requires it (and panics). The world pushes only while an event
-    /// fires, at its time or later.
+    /// `item` happens at `at_us`: no earlier than the last event popped
+    /// (a monotone queue requires it, and panics).
     pub fn push(&mut self, at_us: u64, item: T) {
         self.seq += 1;
-        self.heap.push(Reverse((u128::from(at_us) << 64) | u128::from(self.seq)), item);
+        let key = (u128::from(at_us) << 64) | u128::from(self.seq);
+        match &self.held {
+            Some((held, _)) if key < *held => drop(self.early.insert(key, item)),
+            _ => self.heap.push(Reverse(key), item),
+        }
     }
 
     /// The next event due no later than `until_us`, with its time.
     pub fn pop_until(&mut self, until_us: u64) -> Option<(u64, T)> {
-        let (Reverse(key), item) = self.heap.pop()?;
-        let at_us = (key >> 64) as u64;
-        if at_us > until_us {
-            // Not due yet: back where it was (the queue's last popped key,
-            // so it may).
-            self.heap.push(Reverse(key), item);
+        let due = |key: u128| (key >> 64) as u64 <= until_us;
+        if let Some((&key, _)) = self.early.first_key_value() {
+            // Before `held`, and so before everything in the heap.
+            return due(key)
+                .then(|| self.early.pop_first())
+                .flatten()
+                .map(|(key, item)| ((key >> 64) as u64, item));
+        }
+        let (key, item) = match self.held.take() {
+            Some(held) => held,
+            None => self.heap.pop().map(|(Reverse(key), item)| (key, item))?,
+        };
+        if !due(key) {
+            self.held = Some((key, item));
             return None;
         }
-        Some((at_us, item))
+        Some(((key >> 64) as u64, item))
     }
 }
 
@@ -80,5 +98,23 @@ mod tests {
             [(10, "a2"), (20, "timeout-1"), (20, "b"), (20, "b2"), (25, "timeout-2"), (30, "c")]
         );
         assert_eq!(q.pop_until(100), None);
+    }
+
+    #[test]
+    fn an_event_pushed_between_runs_before_one_found_not_due_comes_first() {
+        let mut q = Queue::default();
+        q.push(50, "later");
+        assert_eq!(q.pop_until(10), None, "looked at, not due");
+        q.push(10, "now");
+        q.push(30, "soon");
+        q.push(60, "last");
+        assert_eq!(q.pop_until(20), Some((10, "now")));
+        assert_eq!(q.pop_until(20), None);
+        q.push(20, "also now");
+        let mut order = vec![];
+        while let Some(e) = q.pop_until(100) {
+            order.push(e);
+        }
+        assert_eq!(order, [(20, "also now"), (30, "soon"), (50, "later"), (60, "last")]);
     }
 }

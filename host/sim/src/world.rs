@@ -22,7 +22,7 @@ use locus_core::VmRequest;
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
 use locus_core::intent::{Change, VmIntent};
-use locus_core::node::{Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
+use locus_core::node::{ApiError, Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
 use rand::RngExt;
@@ -130,6 +130,8 @@ pub struct World {
     /// placement latency (a crash of that node ends them: its client's
     /// connection breaks).
     asked: HashMap<ReqId, (u64, usize)>,
+    /// Requests sent through [`World::command`], and their answers once come.
+    answers: HashMap<ReqId, Option<Result<Reply, ApiError>>>,
     migrations: HashMap<u64, Migration>,
     next_migration: u64,
     /// The policies, and how long they take to answer.
@@ -235,6 +237,7 @@ impl World {
             next_inbound: 0,
             next_req: 0,
             asked: HashMap::new(),
+            answers: HashMap::new(),
             migrations: HashMap::new(),
             next_migration: 0,
             deciders,
@@ -490,6 +493,57 @@ impl World {
         }
     }
 
+    /// Sends `cmd` to node `i`'s API now, as a client of its agent would;
+    /// its answer is kept for [`World::answer`].
+    pub fn command(&mut self, i: usize, cmd: Command) -> ReqId {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.answers.insert(req, None);
+        self.to(i, 0, Box::new(move |now| Input::Api { now, req, cmd }));
+        req
+    }
+
+    /// The answer to request `req` of [`World::command`], once it came.
+    pub fn answer(&self, req: ReqId) -> Option<&Result<Reply, ApiError>> {
+        self.answers.get(&req)?.as_ref()
+    }
+
+    /// How many hosts the world has (nodes are numbered from 0, PoP by
+    /// PoP in the scenario's order).
+    pub fn hosts(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Node `i`'s host name.
+    pub fn host_name(&self, i: usize) -> &str {
+        &self.nodes[i].hv.host
+    }
+
+    /// Kills node `i`'s agent; its hypervisor and guests go on. Requests
+    /// it was answering are cut off, as its clients' connections break.
+    pub fn crash(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.alive = false;
+        n.epoch += 1;
+        n.timer_at = None;
+        let before = self.asked.len();
+        self.asked.retain(|_, (_, entry)| *entry != i);
+        self.report.cut_off += (before - self.asked.len()) as u64;
+    }
+
+    /// Starts node `i`'s agent again from the intents it stored.
+    pub fn restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let intents = n.store.values().cloned().collect();
+        // It started with this configuration before, so it starts again
+        // (an intent it cannot take is reported, not fatal).
+        let Ok(node) = Node::new(n.config.clone(), intents) else { return };
+        n.node = node;
+        n.alive = true;
+        self.hypervisor_up(i);
+        self.join(i);
+    }
+
     /// Fault `f` happens, or (`undo`) is undone.
     fn fault(&mut self, f: usize, undo: bool) {
         let fault = self.scenario.faults[f].clone();
@@ -497,30 +551,8 @@ impl World {
             (0..self.nodes.len()).filter(|&i| fault.hosts.contains(&self.nodes[i].hv.host)).collect();
         self.report.faults += 1;
         match (fault.kind, undo) {
-            (FaultKind::Crash, false) => {
-                for &i in &hit {
-                    let n = &mut self.nodes[i];
-                    n.alive = false;
-                    n.epoch += 1;
-                    n.timer_at = None;
-                    let before = self.asked.len();
-                    self.asked.retain(|_, (_, entry)| *entry != i);
-                    self.report.cut_off += (before - self.asked.len()) as u64;
-                }
-            }
-            (FaultKind::Crash, true) => {
-                for &i in &hit {
-                    let n = &mut self.nodes[i];
-                    let intents = n.store.values().cloned().collect();
-                    // It started with this configuration before, so it
-                    // starts again (an intent it cannot take is reported, not fatal).
-                    let Ok(node) = Node::new(n.config.clone(), intents) else { continue };
-                    n.node = node;
-                    n.alive = true;
-                    self.hypervisor_up(i);
-                    self.join(i);
-                }
-            }
+            (FaultKind::Crash, false) => hit.into_iter().for_each(|i| self.crash(i)),
+            (FaultKind::Crash, true) => hit.into_iter().for_each(|i| self.restart(i)),
             (FaultKind::Partition | FaultKind::PartitionOneWay, false) => {
                 self.net.partition(&hit, fault.kind == FaultKind::PartitionOneWay);
             }
@@ -797,6 +829,9 @@ impl World {
                     if let Some((at, _)) = self.asked.remove(&req) {
                         let placed = matches!(reply, Ok(Reply::Vm(_)));
                         self.report.answered(placed, self.now_us - at);
+                    }
+                    if let Some(answer) = self.answers.get_mut(&req) {
+                        *answer = Some(reply);
                     }
                 }
                 Output::Decide { id, question } => {

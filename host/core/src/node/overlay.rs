@@ -416,7 +416,7 @@ impl Node {
     fn name_checked(&mut self, vm: &str, taken: Option<String>) {
         let parked = self.naming.remove(vm).unwrap_or_default();
         let Some(why) = taken else {
-            return parked.into_iter().for_each(|(d, decision)| self.act(d, decision));
+            return parked.into_iter().for_each(|(d, decision)| self.act_parked(d, decision));
         };
         let mut still: Vec<DecisionId> = self
             .deciding
@@ -546,6 +546,20 @@ impl Node {
                 format!("chose hosts that filled up before its answer arrived, {MAX_STALE} times"),
             );
             return self.fall_back(d, failure);
+        }
+        self.act(d, decision);
+    }
+
+    /// Acts on a decision parked while its VM's name was looked up, or
+    /// decides again when the host it chose filled up meanwhile: creates
+    /// decided during the lookup went ahead of it.
+    fn act_parked(&mut self, mut d: Deciding, decision: Decision) {
+        if let Outcome::Placed { host } = decision.outcome
+            && d.stale < MAX_STALE
+            && !self.still_fits(&d.spec, &d.tried, host)
+        {
+            d.stale += 1;
+            return self.ask(d);
         }
         self.act(d, decision);
     }

@@ -7,7 +7,7 @@
 
 use super::tests::{Hv, inventory};
 use super::*;
-use crate::cluster::{Liveness, PeerId, Topic};
+use crate::cluster::{PeerId, Topic};
 use crate::request::{Location, RestartPolicy};
 use crate::{Native, Policy, VmRequest};
 use locus_sdk::{Cluster, Placement, PlacementPolicy, Request};
@@ -413,17 +413,6 @@ impl Sim {
         self.to(i, 0, Input::Api { now, req: ReqId(req), cmd });
     }
 
-    /// Where each VM was defined, by host name.
-    fn placements(&self) -> HashMap<String, Vec<String>> {
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for n in &self.nodes {
-            for vm in n.hv.domains.keys() {
-                out.entry(vm.clone()).or_default().push(n.node.config.host.name.clone());
-            }
-        }
-        out
-    }
-
     fn check_no_overcommit(&self) {
         for n in &self.nodes {
             let h = &n.node.model.hosts[n.node.host.0 as usize];
@@ -448,171 +437,6 @@ fn placed_on(sim: &Sim, req: u64) -> Option<(String, String)> {
     match sim.answers.get(&ReqId(req)) {
         Some(Ok(Reply::Vm(s))) => Some((s.host.clone(), s.pop.clone())),
         _ => None,
-    }
-}
-
-#[test]
-fn nodes_converge_then_place_by_jurisdiction_and_latency_across_pops() {
-    let mut sim = Sim::new(3);
-    sim.run(3_000_000);
-    for n in &sim.nodes {
-        let m = &n.node.membership;
-        assert_eq!(m.pops.len(), 2, "{} knows the other PoPs", n.node.config.host.name);
-        assert_eq!(m.members.values().filter(|m| m.liveness == Liveness::Alive).count(), 2);
-        assert!(m.pops.values().all(|p| m.rtt_to(&p.summary).is_some()), "latency to every PoP is measured");
-    }
-    // FR only, entering a Berlin agent: lands in Paris.
-    let mut fr = vm("fr-only".into());
-    fr.jurisdictions = vec!["FR".into()];
-    sim.ask(3, 1, Command::Create(Box::new(fr)));
-    // Users in Madrid within 5 ms, entering a Paris agent: lands in Madrid.
-    let mut near = vm("near-madrid".into());
-    near.user = Some(Location { lat: 40.4, lon: -3.7 });
-    near.max_latency_ms = Some(5.0);
-    sim.ask(0, 2, Command::Create(Box::new(near)));
-    // Nowhere suits: refused with the reason.
-    let mut nowhere = vm("tokyo-only".into());
-    nowhere.jurisdictions = vec!["JP".into()];
-    sim.ask(0, 3, Command::Create(Box::new(nowhere)));
-    sim.run(4_000_000);
-    assert_eq!(placed_on(&sim, 1).map(|p| p.1), Some("paris".to_owned()), "{:?}", sim.answers.get(&ReqId(1)));
-    assert_eq!(
-        placed_on(&sim, 2).map(|p| p.1),
-        Some("madrid".to_owned()),
-        "{:?}",
-        sim.answers.get(&ReqId(2))
-    );
-    match sim.answers.get(&ReqId(3)) {
-        Some(Err(e)) => assert_eq!(e.kind, ApiErrorKind::Unplaceable, "{e}"),
-        other => panic!("tokyo-only: {other:?}"),
-    }
-    // Shown from any agent, once two heartbeats have carried the news.
-    sim.run(5_000_000);
-    sim.ask(8, 4, Command::Show("fr-only".into()));
-    sim.run(5_500_000);
-    assert_eq!(placed_on(&sim, 4).map(|p| p.1), Some("paris".to_owned()));
-}
-
-#[test]
-fn a_name_another_pop_runs_is_refused_while_a_deleted_ones_is_free_again() {
-    let mut sim = Sim::new(3);
-    sim.run(3_000_000);
-    let mut fr = vm("taken".into());
-    fr.jurisdictions = vec!["FR".into()];
-    sim.ask(0, 1, Command::Create(Box::new(fr.clone())));
-    sim.run(4_000_000);
-    assert_eq!(placed_on(&sim, 1).map(|p| p.1), Some("paris".to_owned()));
-    // Entering Berlin and Madrid agents: no Berlin or Madrid summary names
-    // it; the records and its Paris agent do.
-    sim.ask(3, 2, Command::Create(Box::new(vm("taken".into()))));
-    sim.ask(6, 3, Command::Create(Box::new(vm("taken".into()))));
-    sim.run(5_000_000);
-    for req in [2, 3] {
-        match sim.answers.get(&ReqId(req)) {
-            Some(Err(e)) => {
-                assert_eq!(e.kind, ApiErrorKind::Conflict, "{e}");
-                assert!(e.message.contains("already exists") && e.message.contains("paris"), "{e}");
-            }
-            other => panic!("request {req}: {other:?}"),
-        }
-    }
-    one_copy(&sim, "taken");
-    // Deleted, its record may linger (Kademlia replicas): the name is free.
-    let holder = sim.nodes.iter().position(|n| n.node.vms.contains_key("taken")).expect("holder");
-    sim.ask(holder, 4, Command::Delete("taken".into()));
-    sim.run(6_000_000);
-    let stale = crate::cluster::VmLocation {
-        peer: sim.nodes[holder].node.config.peer.clone(),
-        host: sim.nodes[holder].node.config.host.name.clone(),
-        pop: "paris".into(),
-        generation: 0,
-        desired: crate::intent::Desired::Running,
-        spec: fr,
-    };
-    sim.records.insert("taken".into(), stale);
-    sim.ask(3, 5, Command::Create(Box::new(vm("taken".into()))));
-    sim.run(7_000_000);
-    assert_eq!(
-        placed_on(&sim, 5).map(|p| p.1),
-        Some("berlin".to_owned()),
-        "{:?}",
-        sim.answers.get(&ReqId(5))
-    );
-}
-
-#[test]
-fn a_crashed_node_is_declared_dead_everywhere_with_its_vms_lost() {
-    let mut sim = Sim::new(3);
-    sim.run(3_000_000);
-    // Restart policy never: it is reported lost, not created again.
-    let mut doomed = vm("doomed".into());
-    doomed.restart = RestartPolicy::Never;
-    sim.ask(4, 1, Command::Create(Box::new(doomed)));
-    sim.run(4_500_000);
-    let host = placed_on(&sim, 1).expect("placed").0;
-    let victim = sim.nodes.iter().position(|n| n.node.config.host.name == host).expect("victim");
-    sim.nodes[victim].alive = false;
-    // Dead after 3 s of silence; a heartbeat and a hop later everyone knows.
-    let dead_by = 4_500_000 + 3_000_000 + 1_500_000;
-    sim.run(dead_by);
-    let victim_peer = sim.nodes[victim].node.config.peer.clone();
-    for (i, n) in sim.nodes.iter().enumerate().filter(|(i, _)| *i != victim) {
-        let status = n.node.cluster_status();
-        let seen = status.hosts.iter().find(|h| h.peer == victim_peer.as_str()).expect("listed");
-        assert_eq!(seen.liveness, Liveness::Dead, "node {i} sees {host} dead");
-    }
-    let other = (victim + 4) % sim.nodes.len();
-    sim.ask(other, 2, Command::Show("doomed".into()));
-    sim.run(dead_by + 100_000);
-    match sim.answers.get(&ReqId(2)) {
-        Some(Ok(Reply::Vm(s))) => assert_eq!(s.state, DomainState::Lost),
-        other => panic!("{other:?}"),
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-    /// Many requests at once, entering random agents: every one is answered,
-    /// no host takes more than it has, no VM runs twice.
-    #[test]
-    fn concurrent_requests_never_overcommit_and_are_all_answered(
-        entries in proptest::collection::vec((0usize..9, 0usize..4), 20..60),
-    ) {
-        let mut sim = Sim::new(3);
-        sim.run(3_000_000);
-        for (k, (entry, fence)) in entries.iter().enumerate() {
-            let mut r = vm(format!("vm{k}"));
-            if *fence < 3 {
-                r.jurisdictions = vec![POPS[*fence].1.to_owned()];
-            }
-            sim.ask(*entry, k as u64, Command::Create(Box::new(r)));
-        }
-        sim.run(8_000_000);
-        sim.check_no_overcommit();
-        prop_assert_eq!(sim.answers.len(), entries.len(), "every request answered");
-        for (vm, hosts) in sim.placements() {
-            prop_assert_eq!(hosts.len(), 1, "{} defined on {:?}", vm, hosts);
-        }
-        let placed = sim.answers.values().filter(|a| a.is_ok()).count();
-        prop_assert_eq!(placed, sim.placements().len(), "what was answered placed is what runs");
-        for (k, (_, fence)) in entries.iter().enumerate() {
-            if let (Some((_, pop)), true) = (placed_on(&sim, k as u64), *fence < 3) {
-                prop_assert_eq!(pop.as_str(), POPS[*fence].0, "fence of vm{} respected", k);
-            }
-        }
-        // A refusal is justified: the PoPs the request allowed were (nearly) full.
-        let mut per_pop = [0usize; 3];
-        for hosts in sim.placements().values() {
-            let pop = POPS.iter().position(|p| hosts[0].starts_with(p.0)).expect("pop");
-            per_pop[pop] += 1;
-        }
-        for (k, (_, fence)) in entries.iter().enumerate() {
-            if placed_on(&sim, k as u64).is_none() {
-                let used: usize = if *fence < 3 { per_pop[*fence] } else { per_pop.iter().sum::<usize>() / 3 };
-                prop_assert!(used >= 10, "vm{} refused while its PoPs held {:?} of 12 each", k, per_pop);
-            }
-        }
     }
 }
 
