@@ -28,6 +28,9 @@ pub struct HvConfig {
     pub max_downtime_us: u64,
     /// Pre-copy rounds before the guest is paused regardless.
     pub max_rounds: u32,
+    /// Whether hosts live-migrate: when not, a move stops the guest,
+    /// defines it at the destination and boots it there (a cold move).
+    pub live_migration: bool,
 }
 
 impl Default for HvConfig {
@@ -40,6 +43,7 @@ impl Default for HvConfig {
             dirty_bytes_per_s_per_vcpu: 50_000_000,
             max_downtime_us: 300_000,
             max_rounds: 30,
+            live_migration: true,
         }
     }
 }

@@ -294,7 +294,7 @@ impl World {
             cpus: pop.cpus.unwrap_or(pop.vcpus),
             memory_mib: pop.memory_mib,
             hypervisor: "simulated".into(),
-            migration_uri: Some(format!("sim://{i}")),
+            migration_uri: self.scenario.hypervisor.live_migration.then(|| format!("sim://{i}")),
         };
         let domains = n.hv.observation();
         self.to(i, 0, Box::new(move |now| Input::HypervisorUp { now, inventory, domains }));
@@ -517,6 +517,16 @@ impl World {
     /// Node `i`'s host name.
     pub fn host_name(&self, i: usize) -> &str {
         &self.nodes[i].hv.host
+    }
+
+    /// Node `i`'s hypervisor: its domains as they are.
+    pub fn hypervisor(&self, i: usize) -> &Hypervisor {
+        &self.nodes[i].hv
+    }
+
+    /// Node `i`'s intent store, as its writes left it.
+    pub fn store(&self, i: usize) -> &BTreeMap<String, VmIntent> {
+        &self.nodes[i].store
     }
 
     /// Kills node `i`'s agent; its hypervisor and guests go on. Requests

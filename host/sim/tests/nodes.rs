@@ -236,3 +236,99 @@ proptest! {
         prop_assert!(world.unsettled().is_empty(), "{:?}", world.unsettled());
     }
 }
+
+// ---- moves between hosts ----
+
+/// Creates `name` in Paris (entering node 0) and returns its host's node.
+fn create_in_paris(world: &mut World, name: &str) -> usize {
+    let req = ask(world, 0, Command::Create(Box::new(fenced(name, "FR"))));
+    let host = placed_on(world, req).unwrap_or_else(|| panic!("{name} placed: {:?}", world.answer(req))).0;
+    node_of(world, &host)
+}
+
+/// Exactly one copy of `vm`: one domain, running and marked as its host's,
+/// recorded by that host's agent alone with no hand-off left; returns the
+/// host's node.
+fn one_copy(world: &World, vm: &str) -> usize {
+    let domains: Vec<usize> =
+        (0..world.hosts()).filter(|&i| world.hypervisor(i).domains.contains_key(vm)).collect();
+    assert_eq!(domains.len(), 1, "{vm}: one domain, found on nodes {domains:?}");
+    let holder = domains[0];
+    let d = &world.hypervisor(holder).domains[vm];
+    assert_eq!(d.owner, world.host_name(holder), "{vm}: its domain is marked as its host's");
+    assert_eq!(d.state, DomainState::Running, "{vm} runs");
+    let stores: Vec<usize> = (0..world.hosts()).filter(|&i| world.store(i).contains_key(vm)).collect();
+    assert_eq!(stores, [holder], "{vm}: recorded by its host's agent alone");
+    assert_eq!(world.store(holder)[vm].handoff, None, "{vm}: no hand-off left");
+    let held: Vec<String> = world.placements().into_iter().filter(|(v, _)| v == vm).map(|(_, h)| h).collect();
+    assert_eq!(held, [world.host_name(holder)], "{vm}: every agent's intents agree where it is");
+    holder
+}
+
+#[test]
+fn the_policy_chooses_when_no_host_is_named_and_bad_moves_are_refused() {
+    let mut world = world(4);
+    let from = create_in_paris(&mut world, "v");
+    // A host in a jurisdiction the VM may not enter; an unknown host; no such VM; itself.
+    let here = world.host_name(from).to_owned();
+    let refusals = [
+        (("v", Some("berlin-0")), ApiErrorKind::Unplaceable, "VMs move within their PoP"),
+        (("v", Some("nowhere")), ApiErrorKind::Unplaceable, "no alive host named"),
+        (("nope", None), ApiErrorKind::NotFound, "no vm named"),
+        (("v", Some(here.as_str())), ApiErrorKind::BadRequest, "already on host"),
+    ];
+    for ((name, to), kind, says) in refusals {
+        let req = ask(&mut world, from, Command::Migrate { name: name.into(), to: to.map(str::to_owned) });
+        match world.answer(req) {
+            Some(Err(e)) => {
+                assert_eq!(e.kind, kind, "{name} to {to:?}: {e}");
+                assert!(e.message.contains(says), "{name} to {to:?}: {e}");
+            }
+            other => panic!("{name} to {to:?}: {other:?}"),
+        }
+    }
+    let moved = ask(&mut world, from, Command::Migrate { name: "v".into(), to: None });
+    let to = match world.answer(moved) {
+        Some(Ok(Reply::Vm(s))) => s.host.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(to.starts_with("paris") && to != here, "{to}");
+    world.run_until(world.now_us() + 2_000_000);
+    assert_eq!(world.host_name(one_copy(&world, "v")), to);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Whichever agent is killed at whatever moment of a move, live or
+    /// cold, and however long it stays down, the VM ends with exactly one
+    /// running copy, marked as one host's and recorded by that host's agent
+    /// alone, within its fence: on either end of the move, or on the PoP's
+    /// third host when the one that held it was declared dead meanwhile and
+    /// the PoP created it again there.
+    #[test]
+    fn a_move_survives_either_agent_killed_at_any_moment(
+        seed in 0u64..1000,
+        live in any::<bool>(),
+        kill_source in any::<bool>(),
+        kill_after_us in 0u64..400_000,
+        down_for_us in prop_oneof![Just(0u64), 0u64..30_000_000],
+    ) {
+        let mut scenario = Scenario::parse(WORLD).expect("scenario");
+        scenario.hypervisor.live_migration = live;
+        let mut world = World::new(scenario, seed).expect("world");
+        world.run_until(3_000_000);
+        let from = create_in_paris(&mut world, "m");
+        let to = if from == 0 { 1 } else { 0 };
+        let cmd = Command::Migrate { name: "m".into(), to: Some(world.host_name(to).to_owned()) };
+        world.command(from, cmd);
+        world.run_until(world.now_us() + kill_after_us);
+        let victim = if kill_source { from } else { to };
+        world.crash(victim);
+        world.run_until(world.now_us() + down_for_us);
+        world.restart(victim);
+        world.run_until(world.now_us() + 60_000_000);
+        let holder = one_copy(&world, "m");
+        prop_assert!(world.host_name(holder).starts_with("paris"), "m on {}", world.host_name(holder));
+    }
+}
