@@ -22,7 +22,9 @@ use locus_core::VmRequest;
 use locus_core::cluster::{PeerId, Topic, VmLocation};
 use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
 use locus_core::intent::{Change, VmIntent};
-use locus_core::node::{ApiError, Command, InboundId, Node, NodeConfig, OutboundId, Reply, ReqId};
+use locus_core::node::{
+    ApiError, Command, InboundId, Node, NodeConfig, OutboundId, PeerRequest, Reply, ReqId,
+};
 use locus_core::node::{Input, Output};
 use locus_core::request::Location;
 use rand::RngExt;
@@ -350,11 +352,7 @@ impl World {
 
     /// Runs until virtual time `until_us`.
     pub fn run_until(&mut self, until_us: u64) {
-        while let Some((at_us, due)) = self.queue.pop_until(until_us) {
-            self.now_us = at_us;
-            self.report.events += 1;
-            self.fire(due);
-        }
+        while self.step(until_us) {}
         self.now_us = self.now_us.max(until_us);
     }
 
@@ -517,6 +515,36 @@ impl World {
     /// Node `i`'s host name.
     pub fn host_name(&self, i: usize) -> &str {
         &self.nodes[i].hv.host
+    }
+
+    /// Rebuilds every node with `f` applied to its configuration, before
+    /// the run starts (an error when a node refuses the result).
+    pub fn configure(mut self, f: impl Fn(&mut NodeConfig)) -> Result<Self, ScenarioError> {
+        for n in &mut self.nodes {
+            f(&mut n.config);
+            n.node = Node::new(n.config.clone(), vec![])
+                .map_err(|e| ScenarioError::Invalid(format!("host {}: {e}", n.config.host.name)))?;
+        }
+        Ok(self)
+    }
+
+    /// Creates `spec` on node `i`'s host now, as a hand-off from a
+    /// PoP-mate would (no client waits for it).
+    pub fn put(&mut self, i: usize, spec: VmRequest) {
+        self.next_inbound += 1;
+        let (id, from) = (InboundId(self.next_inbound), self.nodes[i].peer.clone());
+        let req = PeerRequest::Execute(Box::new(spec));
+        self.to(i, 0, Box::new(move |now| Input::PeerRequest { now, from, id, req }));
+    }
+
+    /// Fires the next event due no later than `until_us`, if one is (for
+    /// checks after every step); false when none is.
+    pub fn step(&mut self, until_us: u64) -> bool {
+        let Some((at_us, due)) = self.queue.pop_until(until_us) else { return false };
+        self.now_us = at_us;
+        self.report.events += 1;
+        self.fire(due);
+        true
     }
 
     /// Node `i`'s hypervisor: its domains as they are.

@@ -4,7 +4,8 @@
 
 use locus_core::cluster::Liveness;
 use locus_core::hypervisor::DomainState;
-use locus_core::node::{ApiErrorKind, Command, Reply, ReqId};
+use locus_core::intent::Handoff;
+use locus_core::node::{ApiErrorKind, Command, HostStatus, Reply, ReqId};
 use locus_core::request::{Location, RestartPolicy};
 use locus_core::{VmRequest, node::ClusterStatus};
 use locus_sim::{Scenario, World};
@@ -13,6 +14,7 @@ use proptest::prelude::*;
 /// The PoPs: name, jurisdiction.
 const POPS: [(&str, &str); 3] = [("paris", "FR"), ("berlin", "DE"), ("madrid", "ES")];
 
+/// Three PoPs of `HOSTS` hosts each.
 const WORLD: &str = r#"
 name = "three pops, driven by hand"
 duration-s = 60
@@ -42,9 +44,17 @@ vcpus = 4
 memory-mib = 4096
 "#;
 
+/// The scenario with `per_pop` hosts in each PoP.
+fn scenario(per_pop: usize) -> Scenario {
+    Scenario::parse(&WORLD.replace("hosts = 3", &format!("hosts = {per_pop}"))).expect("scenario")
+}
+
 /// The world, converged: every agent knows its PoP-mates and the other PoPs.
 fn world(seed: u64) -> World {
-    let mut world = World::new(Scenario::parse(WORLD).expect("scenario"), seed).expect("world");
+    converged(World::new(scenario(3), seed).expect("world"))
+}
+
+fn converged(mut world: World) -> World {
     world.run_until(3_000_000);
     world
 }
@@ -314,7 +324,7 @@ proptest! {
         kill_after_us in 0u64..400_000,
         down_for_us in prop_oneof![Just(0u64), 0u64..30_000_000],
     ) {
-        let mut scenario = Scenario::parse(WORLD).expect("scenario");
+        let mut scenario = scenario(3);
         scenario.hypervisor.live_migration = live;
         let mut world = World::new(scenario, seed).expect("world");
         world.run_until(3_000_000);
@@ -330,5 +340,87 @@ proptest! {
         world.run_until(world.now_us() + 60_000_000);
         let holder = one_copy(&world, "m");
         prop_assert!(world.host_name(holder).starts_with("paris"), "m on {}", world.host_name(holder));
+    }
+}
+
+fn host_status(world: &mut World, i: usize) -> HostStatus {
+    let req = ask(world, i, Command::Host);
+    match world.answer(req) {
+        Some(Ok(Reply::Host(h))) => (**h).clone(),
+        other => panic!("host status of node {i}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_drained_host_empties_onto_its_pop_mates_and_takes_nothing_new() {
+    let mut world = world(5);
+    for k in 0..3 {
+        world.put(0, fenced(&format!("d{k}"), "FR"));
+    }
+    world.run_until(world.now_us() + 500_000);
+    assert_eq!(world.hypervisor(0).domains.len(), 3);
+    ask(&mut world, 0, Command::Drain);
+    world.run_until(world.now_us() + 5_000_000);
+    assert!(world.hypervisor(0).domains.is_empty(), "drained: {:?}", world.hypervisor(0).domains.keys());
+    let drain = host_status(&mut world, 0).drain.expect("drain status");
+    assert_eq!((drain.total, drain.moved, drain.remaining), (3, 3, 0), "{drain:?}");
+    for k in 0..3 {
+        assert_ne!(one_copy(&world, &format!("d{k}")), 0);
+    }
+    // Nothing new lands on it while it drains, though the request enters there.
+    let late = ask(&mut world, 0, Command::Create(Box::new(fenced("late", "FR"))));
+    let (host, _) = placed_on(&world, late).unwrap_or_else(|| panic!("late: {:?}", world.answer(late)));
+    assert_ne!(host, world.host_name(0));
+    ask(&mut world, 0, Command::Resume);
+    assert_eq!(host_status(&mut world, 0).drain, None);
+}
+
+/// Moves under way out of the hosts of nodes `nodes`: VMs whose source's
+/// intent says "moving to".
+fn moves_out_of(world: &World, nodes: std::ops::Range<usize>) -> usize {
+    let leaving =
+        |i: usize| world.store(i).values().filter(|r| matches!(r.handoff, Some(Handoff::To { .. }))).count();
+    nodes.map(leaving).sum()
+}
+
+#[test]
+fn a_pops_bound_on_concurrent_migrations_holds_and_every_move_still_ends() {
+    // Five hosts each send their two VMs to the next: ten moves, up to five
+    // at once by the per-host bounds alone.
+    for bound in [2usize, 16] {
+        let world = World::new(scenario(5), 6).expect("world");
+        let mut world =
+            converged(world.configure(|c| c.moves.max_per_pop = bound as u32).expect("configured"));
+        for i in 0..5 {
+            for k in 0..2 {
+                world.put(i, VmRequest { load_cpu_milli: Some(100), ..vm(&format!("m{i}-{k}")) });
+            }
+        }
+        world.run_until(world.now_us() + 500_000);
+        let mut moves = vec![];
+        for i in 0..5 {
+            for k in 0..2 {
+                let to = Some(world.host_name((i + 1) % 5).to_owned());
+                moves.push((i, k, world.command(i, Command::Migrate { name: format!("m{i}-{k}"), to })));
+            }
+        }
+        let (mut most, until) = (0, world.now_us() + 20_000_000);
+        while world.step(until) {
+            let now = moves_out_of(&world, 0..5);
+            assert!(now <= bound, "{now} moves under way in a PoP bounded to {bound}");
+            most = most.max(now);
+        }
+        for (i, k, req) in moves {
+            match world.answer(req) {
+                Some(Ok(Reply::Vm(s))) => assert_eq!(s.host, world.host_name((i + 1) % 5)),
+                other => panic!("bound {bound}: m{i}-{k}: {other:?}"),
+            }
+            assert_eq!(one_copy(&world, &format!("m{i}-{k}")), (i + 1) % 5);
+        }
+        if bound == 2 {
+            assert_eq!(most, 2, "the bound is reached, not only kept");
+        } else {
+            assert!(most > 2, "without a tight bound more moves overlap: {most}");
+        }
     }
 }
