@@ -20,7 +20,7 @@ use crate::series::{MAX_ROWS, Row};
 use crate::traffic::{self, Traffic};
 use locus_core::VmRequest;
 use locus_core::cluster::{PeerId, Topic, VmLocation};
-use locus_core::hypervisor::{DomainState, HvCommand, Inventory, OpId};
+use locus_core::hypervisor::{DomainState, HvCommand, Inventory, MigrationProgress, OpId};
 use locus_core::intent::{Change, VmIntent};
 use locus_core::node::{
     ApiError, Command, InboundId, Node, NodeConfig, OutboundId, PeerRequest, Reply, ReqId,
@@ -547,6 +547,51 @@ impl World {
         true
     }
 
+    /// Node `i`, as its last input left it (its agent's state while down).
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i].node
+    }
+
+    /// Whether node `i`'s agent runs.
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].alive
+    }
+
+    /// The overlay's record of where `vm` runs, if any.
+    pub fn record(&self, vm: &str) -> Option<&VmLocation> {
+        self.records.get(vm)
+    }
+
+    /// Node `i`'s agent, down, loses its intent store (a disk replaced),
+    /// and with `new_key` its identity too: it comes back as a new peer.
+    pub fn lose_state(&mut self, i: usize, new_key: bool) {
+        let n = &mut self.nodes[i];
+        n.store.clear();
+        if new_key {
+            n.config.peer = PeerId::from(format!("{}-new-key", n.peer.as_str()));
+            n.peer = n.config.peer.clone();
+            self.peers.insert(n.peer.clone(), i);
+        }
+    }
+
+    /// Gives node `i` an input now, as `make` makes it at the time it is
+    /// delivered: what no model of the world produces (a sample that
+    /// lists a domain as it looked at an awkward moment on a real host).
+    pub fn inject(&mut self, i: usize, make: impl FnOnce(Instant) -> Input + 'static) {
+        self.to(i, 0, Box::new(make));
+    }
+
+    /// Node `i` samples its hypervisor now.
+    pub fn sample(&mut self, i: usize) {
+        let domains = self.nodes[i].hv.observation();
+        self.inject(i, move |now| Input::Sampled { now, domains });
+    }
+
+    /// Whether a live migration of `vm` is copying.
+    pub fn migrating(&self, vm: &str) -> bool {
+        self.migrations.values().any(|m| m.vm == vm)
+    }
+
     /// Node `i`'s hypervisor: its domains as they are.
     pub fn hypervisor(&self, i: usize) -> &Hypervisor {
         &self.nodes[i].hv
@@ -928,6 +973,20 @@ impl World {
         let epoch = self.nodes[from].epoch;
         self.migrations.insert(self.next_migration, Migration { vm, from, to, op, epoch });
         self.at(time.total_us.max(1), Due::Migrated(self.next_migration));
+        // How far it got, once, half way: the agent samples a job four times
+        // a second, which shows no more than this and would cost an event
+        // per quarter second of every migration at scale.
+        let half = time.total_us / 2;
+        let progress = MigrationProgress {
+            elapsed_ms: half / 1000,
+            total_bytes: time.bytes,
+            processed_bytes: time.bytes / 2,
+            remaining_bytes: time.bytes - time.bytes / 2,
+            memory_passes: 1,
+            memory_bytes_per_s: self.scenario.hypervisor.bandwidth_bytes_per_s,
+            throttle_percent: 0,
+        };
+        self.to(from, half.max(1), Box::new(move |now| Input::MigrationProgress { now, op, progress }));
     }
 
     /// A live migration's copy finished: the domain runs at the

@@ -2160,6 +2160,4 @@ fn step_name(step: Step) -> &'static str {
 }
 
 #[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod tests;
