@@ -1,81 +1,200 @@
 //! The simulator's due events, in the order they happen: by virtual time,
 //! and among those due at the same time, in the order they were scheduled.
 //!
-//! A monotone queue (a radix heap): every event is pushed at the time
-//! now or later, so a push is O(1) and a pop moves events between a few
-//! buckets of plain vectors, where a binary heap of the hundreds of
-//! thousands of events waiting at 10,000 hosts walked its whole height,
-//! a cache miss at every level, on every push and pop.
+//! A timing wheel: nearly every event is due within a few seconds (a
+//! message's delivery, a heartbeat, a sample), so it goes into the slot
+//! of its time on a ring of slots, unsorted, in O(1); when time reaches a
+//! slot, its events (a few hundred at 10,000 hosts) become a binary heap
+//! small enough to stay in cache, which also takes the events pushed for
+//! the current slot (a message between PoP-mates arrives within it).
+//! The few events due later than the ring reaches wait in a map until it
+//! does. A heap of the hundreds of thousands of events waiting at 10,000
+//! hosts walked its height, a cache miss at every level, on every push
+//! and pop; a radix heap moved each event between buckets several times.
 
-use radix_heap::RadixHeapMap;
-use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Virtual time a slot spans: 2^`SLOT_BITS` µs (about half a millisecond).
+const SLOT_BITS: u32 = 9;
+/// Slots on the ring: with [`SLOT_BITS`], about four seconds ahead.
+const SLOTS: u64 = 1 << 13;
+
+/// An event's place in the order: its time in the high 64 bits and its
+/// push's number in the low ones.
+type Key = u128;
+
+fn time(key: Key) -> u64 {
+    (key >> 64) as u64
+}
+
+fn slot(key: Key) -> u64 {
+    time(key) >> SLOT_BITS
+}
+
+/// An event in the current slot's heap, which pops the earliest first.
+struct Entry<T>(Key, T);
+
+impl<T> Ord for Entry<T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.cmp(&self.0)
+    }
+}
+
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<T> Eq for Entry<T> {}
 
 /// Events waiting for their time.
 pub struct Queue<T> {
     seq: u64,
-    /// By time, then by the order they were pushed: the key is the time
-    /// in the high 64 bits and the push's number in the low ones, and the
-    /// max-heap pops the smallest first through `Reverse`.
-    heap: RadixHeapMap<Reverse<u128>, T>,
-    /// The event [`Queue::pop_until`] found not due yet, out of the heap:
-    /// popping it made its key the heap's top, below which the heap takes
-    /// nothing more.
-    held: Option<(u128, T)>,
-    /// Events pushed since, due before `held` (between runs, by a test or
-    /// a tool driving the world by hand; never while a run goes).
-    early: BTreeMap<u128, T>,
+    /// The slot time has reached: every event of it or earlier is in `now`.
+    slot: u64,
+    /// The events of `slot` and earlier.
+    now: BinaryHeap<Entry<T>>,
+    /// Slot `s` in (`slot`, `slot + SLOTS`) at `s % SLOTS`, unsorted.
+    wheel: Vec<Vec<Entry<T>>>,
+    /// Events on the wheel.
+    on_wheel: usize,
+    /// Events of slots the wheel does not reach yet, in order.
+    far: BTreeMap<Key, T>,
 }
 
 impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("len", &self.heap.len()).finish()
+        let len = self.now.len() + self.on_wheel + self.far.len();
+        f.debug_struct("Queue").field("len", &len).finish()
     }
 }
 
 impl<T> Default for Queue<T> {
     fn default() -> Self {
-        Queue { seq: 0, heap: RadixHeapMap::new(), held: None, early: BTreeMap::new() }
+        Queue {
+            seq: 0,
+            slot: 0,
+            now: BinaryHeap::new(),
+            wheel: (0..SLOTS).map(|_| Vec::new()).collect(),
+            on_wheel: 0,
+            far: BTreeMap::new(),
+        }
     }
 }
 
 impl<T> Queue<T> {
-    /// `item` happens at `at_us`: no earlier than the last event popped
-    /// (a monotone queue requires it, and panics).
+    /// `item` happens at `at_us`. An event earlier than one already
+    /// popped would come next, out of time: the world never pushes one.
     pub fn push(&mut self, at_us: u64, item: T) {
         self.seq += 1;
-        let key = (u128::from(at_us) << 64) | u128::from(self.seq);
-        match &self.held {
-            Some((held, _)) if key < *held => drop(self.early.insert(key, item)),
-            _ => self.heap.push(Reverse(key), item),
+        let key = (Key::from(at_us) << 64) | Key::from(self.seq);
+        self.place(key, item);
+    }
+
+    fn place(&mut self, key: Key, item: T) {
+        let s = slot(key);
+        if s <= self.slot {
+            self.now.push(Entry(key, item));
+        } else if s < self.slot + SLOTS {
+            self.wheel[(s % SLOTS) as usize].push(Entry(key, item));
+            self.on_wheel += 1;
+        } else {
+            self.far.insert(key, item);
         }
     }
 
     /// The next event due no later than `until_us`, with its time.
     pub fn pop_until(&mut self, until_us: u64) -> Option<(u64, T)> {
-        let due = |key: u128| (key >> 64) as u64 <= until_us;
-        if let Some((&key, _)) = self.early.first_key_value() {
-            // Before `held`, and so before everything in the heap.
-            return due(key)
-                .then(|| self.early.pop_first())
-                .flatten()
-                .map(|(key, item)| ((key >> 64) as u64, item));
+        while self.now.is_empty() {
+            // Time moves to the next slot with events, unless it starts
+            // after `until_us`: an event pushed meanwhile may come before.
+            let next = self.next_slot()?;
+            if next << SLOT_BITS > until_us {
+                return None;
+            }
+            self.advance(next);
         }
-        let (key, item) = match self.held.take() {
-            Some(held) => held,
-            None => self.heap.pop().map(|(Reverse(key), item)| (key, item))?,
-        };
-        if !due(key) {
-            self.held = Some((key, item));
+        let Entry(key, _) = self.now.peek()?;
+        if time(*key) > until_us {
             return None;
         }
-        Some(((key >> 64) as u64, item))
+        self.now.pop().map(|Entry(key, item)| (time(key), item))
+    }
+
+    /// The first slot after `slot` that has events.
+    fn next_slot(&self) -> Option<u64> {
+        if self.on_wheel > 0 {
+            (self.slot + 1..self.slot + SLOTS).find(|s| !self.wheel[(s % SLOTS) as usize].is_empty())
+        } else {
+            self.far.first_key_value().map(|(key, _)| slot(*key))
+        }
+    }
+
+    /// Time reaches slot `to` (`now` is empty): its events become `now`,
+    /// and the wheel takes the far events it now reaches.
+    fn advance(&mut self, to: u64) {
+        self.slot = to;
+        let at = (to % SLOTS) as usize;
+        // The slot starts again empty: a burst (every host's first
+        // heartbeat) must not leave its capacity to every slot after.
+        let due = std::mem::take(&mut self.wheel[at]);
+        self.on_wheel -= due.len();
+        self.now = BinaryHeap::from(due);
+        while let Some(entry) = self.far.first_entry() {
+            if slot(*entry.key()) >= to + SLOTS {
+                break;
+            }
+            let (key, item) = entry.remove_entry();
+            self.place(key, item);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a sorted map: pushes from near to beyond the wheel's
+        /// reach, at the time last popped or later, and pops with limits.
+        #[test]
+        fn pops_in_the_order_of_a_sorted_map(
+            ops in prop::collection::vec((any::<bool>(), 0u64..3, 0u64..20_000_000), 1..400),
+        ) {
+            let (mut q, mut model) = (Queue::default(), BTreeMap::new());
+            let (mut now, mut seq) = (0u64, 0u64);
+            for (push, scale, n) in ops {
+                // Within a slot, within the wheel, or up to 20 s ahead.
+                let ahead = [n % 500, n % 4_000_000, n][scale as usize];
+                if push {
+                    seq += 1;
+                    q.push(now + ahead, seq);
+                    model.insert((now + ahead, seq), ());
+                } else {
+                    let until = now + ahead;
+                    let want = model.first_key_value().map(|(k, _)| *k).filter(|(at, _)| *at <= until);
+                    if let Some(k) = want {
+                        model.remove(&k);
+                        now = k.0;
+                    }
+                    prop_assert_eq!(q.pop_until(until), want.map(|(at, s)| (at, s)));
+                }
+            }
+            while let Some((k, ())) = model.pop_first() {
+                prop_assert_eq!(q.pop_until(u64::MAX), Some(k));
+            }
+            prop_assert_eq!(q.pop_until(u64::MAX), None);
+        }
+    }
 
     #[test]
     fn events_come_by_time_then_by_the_order_they_were_scheduled() {
