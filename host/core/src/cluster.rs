@@ -110,6 +110,15 @@ impl std::hash::Hash for PeerId {
     }
 }
 
+/// Its hash is its text's, already computed: a [`PeerMap`] uses it as is.
+impl nohash_hasher::IsEnabled for PeerId {}
+
+/// A map by peer id that is looked up on every message (one probe, where a
+/// tree of peer ids reads a node per level, each a cache miss at 10,000
+/// agents in one simulation). Its order is fixed (the ids' hashes) but not
+/// the ids': whatever depends on an order iterates something sorted.
+pub type PeerMap<V> = HashMap<PeerId, V, nohash_hasher::BuildNoHashHasher<PeerId>>;
+
 impl std::fmt::Debug for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("PeerId").field(&self.as_str()).finish()
@@ -686,8 +695,9 @@ pub struct Membership {
     config: MembershipConfig,
     me: PeerId,
     pop: String,
-    /// Members of this PoP, self excluded.
-    pub members: BTreeMap<PeerId, Member>,
+    /// Members of this PoP, self excluded. Whatever depends on their
+    /// order walks [`Membership::members_in_order`].
+    pub members: PeerMap<Member>,
     /// Other PoPs, by name. Every summary heard looks its PoP up here, at
     /// every agent: hashed, one probe, where a tree reads a name per level.
     pub pops: HashMap<String, RemotePop, FixedState>,
@@ -733,7 +743,7 @@ impl Membership {
             config,
             me,
             pop,
-            members: BTreeMap::new(),
+            members: PeerMap::default(),
             pops: HashMap::default(),
             remote_dead: BTreeMap::new(),
             rtts: BTreeMap::new(),
@@ -859,8 +869,14 @@ impl Membership {
         self.probed = (self.members.iter().filter(|(_, m)| m.liveness != Liveness::Dead))
             .map(|(p, _)| p.clone())
             .collect();
-        self.speaker =
-            self.members.iter().find(|(peer, m)| alive(m) && **peer < self.me).map(|(p, _)| p.clone());
+        self.probed.sort_unstable();
+        self.speaker = self
+            .members
+            .iter()
+            .filter(|(peer, m)| alive(m) && **peer < self.me)
+            .map(|(p, _)| p)
+            .min()
+            .cloned();
     }
 
     /// Takes the whole list of VMs a PoP-mate sent when asked, at its `version`.
@@ -1077,6 +1093,7 @@ impl Membership {
                 }
             }
             self.quiet_until = quiet_until;
+            changes.sort_unstable_by(|a, b| a.peer.cmp(&b.peer));
             if !changes.is_empty() {
                 self.relist();
             }
@@ -1171,7 +1188,8 @@ impl Membership {
     pub fn pop_summary(&self, own: &HostSummary, pop: &crate::node::PopConfig) -> PopSummary {
         let mut free = Size::default();
         let (mut largest_mem, mut largest_cpu) = (0, 0);
-        let alive_members = self.members.iter().filter(|(_, m)| m.liveness == Liveness::Alive);
+        let members = self.members_in_order();
+        let alive_members = members.iter().copied().filter(|(_, m)| m.liveness == Liveness::Alive);
         let live = std::iter::once(own).chain(alive_members.clone().map(|(_, m)| &*m.summary));
         for h in live.filter(|h| h.up) {
             let f = minus(h.capacity, h.allocated);
@@ -1185,9 +1203,9 @@ impl Membership {
             )
             .take(CONTACTS)
             .collect();
-        let dead = self
-            .members
+        let dead = members
             .iter()
+            .copied()
             .filter(|(_, m)| m.liveness == Liveness::Dead)
             .map(|(peer, m)| MemberSummary {
                 peer: peer.clone(),
@@ -1211,6 +1229,13 @@ impl Membership {
             dead,
             version: 0,
         }
+    }
+
+    /// The members, in peer-id order.
+    pub fn members_in_order(&self) -> Vec<(&PeerId, &Member)> {
+        let mut members: Vec<_> = self.members.iter().collect();
+        members.sort_unstable_by_key(|(peer, _)| *peer);
+        members
     }
 
     /// The other PoPs, in name order.

@@ -346,7 +346,9 @@ impl Model {
         };
         let old = std::mem::replace(&mut h.capacity, capacity);
         h.cpu_milli = cpu_milli;
-        if h.state != HostState::Down {
+        // Every PoP-mate's summary sets it, nearly always as it was: the
+        // PoP's line stays out of the cache then.
+        if h.state != HostState::Down && old != capacity {
             let p = &mut self.pops[h.pop.0 as usize];
             p.capacity = p.capacity.minus(old).plus(capacity);
         }
@@ -362,6 +364,9 @@ impl Model {
         h.allocated = allocated;
         h.load_cpu_milli = load_cpu_milli;
         h.vm_count = vm_count;
+        if (old, old_count) == (allocated, vm_count) {
+            return;
+        }
         let p = &mut self.pops[h.pop.0 as usize];
         p.allocated = p.allocated.minus(old).plus(allocated);
         p.vm_count = p.vm_count.saturating_sub(old_count).saturating_add(vm_count);

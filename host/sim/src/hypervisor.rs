@@ -11,6 +11,7 @@
 use locus_core::hypervisor::{DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Observation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// How a hypervisor behaves (`[hypervisor]` in a scenario).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,8 +89,10 @@ impl HvConfig {
 pub struct Domain {
     /// Run state.
     pub state: DomainState,
-    /// The host whose agent its mark names.
-    pub owner: String,
+    /// The host whose agent its mark names: its hypervisor's own name
+    /// while it is this host's, so that telling whose it is at every
+    /// sample compares pointers, not text in another allocation.
+    pub owner: Rc<str>,
     /// The generation in its mark.
     pub generation: u64,
     /// Its memory, MiB.
@@ -104,7 +107,7 @@ pub struct Domain {
 #[derive(Debug, Default)]
 pub struct Hypervisor {
     /// This host's name, which its agent's marks carry.
-    pub host: String,
+    pub host: Rc<str>,
     /// Its domains, by name.
     pub domains: BTreeMap<String, Domain>,
 }
@@ -112,7 +115,7 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// The hypervisor of host `host`, empty.
     pub fn new(host: &str) -> Self {
-        Hypervisor { host: host.to_owned(), domains: BTreeMap::new() }
+        Hypervisor { host: host.into(), domains: BTreeMap::new() }
     }
 
     /// What a sample sees.
@@ -187,14 +190,14 @@ impl Hypervisor {
             },
             HvCommand::Settle(_) => Ok(self.domains.get(&name).map_or(DomainState::Missing, |d| d.state)),
             HvCommand::Discard { from, .. } => {
-                if self.domains.get(&name).is_some_and(|d| d.owner == *from && !d.state.is_active()) {
+                if self.domains.get(&name).is_some_and(|d| *d.owner == **from && !d.state.is_active()) {
                     self.domains.remove(&name);
                 }
                 Ok(DomainState::Missing)
             }
             HvCommand::Adopt { from, generation, .. } => match self.domains.get_mut(&name) {
                 Some(d) if d.owner == self.host => Ok(d.state),
-                Some(d) if d.owner == *from => {
+                Some(d) if *d.owner == **from => {
                     d.owner = self.host.clone();
                     d.generation = *generation;
                     Ok(d.state)
@@ -253,6 +256,6 @@ mod tests {
             |from: &str| HvCommand::Adopt { spec: Box::new(b.clone()), from: from.into(), generation: 4 };
         assert!(hv.run(&adopt("h3"), &c).0.is_err(), "marked as h2's, not h3's");
         assert!(hv.run(&adopt("h2"), &c).0.is_ok());
-        assert_eq!((hv.domains["b"].owner.as_str(), hv.domains["b"].generation), ("h1", 4));
+        assert_eq!((&*hv.domains["b"].owner, hv.domains["b"].generation), ("h1", 4));
     }
 }

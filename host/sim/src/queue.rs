@@ -4,9 +4,9 @@
 //! A timing wheel: nearly every event is due within a few seconds (a
 //! message's delivery, a heartbeat, a sample), so it goes into the slot
 //! of its time on a ring of slots, unsorted, in O(1); when time reaches a
-//! slot, its events (a few hundred at 10,000 hosts) become a binary heap
-//! small enough to stay in cache, which also takes the events pushed for
-//! the current slot (a message between PoP-mates arrives within it).
+//! slot, its events (a few hundred at 10,000 hosts) are sorted once, and
+//! those pushed for the current slot meanwhile (a message between
+//! PoP-mates arrives within it) wait in a small heap beside them.
 //! The few events due later than the ring reaches wait in a map until it
 //! does. A heap of the hundreds of thousands of events waiting at 10,000
 //! hosts walked its height, a cache miss at every level, on every push
@@ -60,10 +60,13 @@ pub struct Queue<T> {
     seq: u64,
     /// The slot time has reached: every event of it or earlier is in `now`.
     slot: u64,
-    /// The events of `slot` and earlier.
-    now: BinaryHeap<Entry<T>>,
+    /// The events of `slot` pushed before time reached it, sorted latest
+    /// first (the next is at the end).
+    now: Vec<(Key, T)>,
+    /// The events of `slot` and earlier pushed since.
+    late: BinaryHeap<Entry<T>>,
     /// Slot `s` in (`slot`, `slot + SLOTS`) at `s % SLOTS`, unsorted.
-    wheel: Vec<Vec<Entry<T>>>,
+    wheel: Vec<Vec<(Key, T)>>,
     /// Events on the wheel.
     on_wheel: usize,
     /// Events of slots the wheel does not reach yet, in order.
@@ -72,7 +75,7 @@ pub struct Queue<T> {
 
 impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.now.len() + self.on_wheel + self.far.len();
+        let len = self.now.len() + self.late.len() + self.on_wheel + self.far.len();
         f.debug_struct("Queue").field("len", &len).finish()
     }
 }
@@ -82,7 +85,8 @@ impl<T> Default for Queue<T> {
         Queue {
             seq: 0,
             slot: 0,
-            now: BinaryHeap::new(),
+            now: Vec::new(),
+            late: BinaryHeap::new(),
             wheel: (0..SLOTS).map(|_| Vec::new()).collect(),
             on_wheel: 0,
             far: BTreeMap::new(),
@@ -102,9 +106,9 @@ impl<T> Queue<T> {
     fn place(&mut self, key: Key, item: T) {
         let s = slot(key);
         if s <= self.slot {
-            self.now.push(Entry(key, item));
+            self.late.push(Entry(key, item));
         } else if s < self.slot + SLOTS {
-            self.wheel[(s % SLOTS) as usize].push(Entry(key, item));
+            self.wheel[(s % SLOTS) as usize].push((key, item));
             self.on_wheel += 1;
         } else {
             self.far.insert(key, item);
@@ -113,7 +117,7 @@ impl<T> Queue<T> {
 
     /// The next event due no later than `until_us`, with its time.
     pub fn pop_until(&mut self, until_us: u64) -> Option<(u64, T)> {
-        while self.now.is_empty() {
+        while self.now.is_empty() && self.late.is_empty() {
             // Time moves to the next slot with events, unless it starts
             // after `until_us`: an event pushed meanwhile may come before.
             let next = self.next_slot()?;
@@ -122,11 +126,18 @@ impl<T> Queue<T> {
             }
             self.advance(next);
         }
-        let Entry(key, _) = self.now.peek()?;
-        if time(*key) > until_us {
-            return None;
+        let sorted = self.now.last().map(|(key, _)| *key);
+        let late = self.late.peek().map(|Entry(key, _)| *key);
+        match (sorted, late) {
+            (Some(key), l) if l.is_none_or(|l| key < l) => {
+                (time(key) <= until_us).then(|| self.now.pop()).flatten().map(|(key, item)| (time(key), item))
+            }
+            (_, Some(key)) => (time(key) <= until_us)
+                .then(|| self.late.pop())
+                .flatten()
+                .map(|Entry(key, item)| (time(key), item)),
+            (_, None) => None,
         }
-        self.now.pop().map(|Entry(key, item)| (time(key), item))
     }
 
     /// The first slot after `slot` that has events.
@@ -138,23 +149,27 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Time reaches slot `to` (`now` is empty): its events become `now`,
-    /// and the wheel takes the far events it now reaches.
+    /// Time reaches slot `to` (`now` and `late` are empty): its events
+    /// become `now`, and the wheel takes the far events it now reaches.
     fn advance(&mut self, to: u64) {
         self.slot = to;
         let at = (to % SLOTS) as usize;
         // The slot starts again empty: a burst (every host's first
         // heartbeat) must not leave its capacity to every slot after.
-        let due = std::mem::take(&mut self.wheel[at]);
-        self.on_wheel -= due.len();
-        self.now = BinaryHeap::from(due);
+        self.now = std::mem::take(&mut self.wheel[at]);
+        self.on_wheel -= self.now.len();
         while let Some(entry) = self.far.first_entry() {
-            if slot(*entry.key()) >= to + SLOTS {
+            let s = slot(*entry.key());
+            if s >= to + SLOTS {
                 break;
             }
             let (key, item) = entry.remove_entry();
-            self.place(key, item);
+            match s == to {
+                true => self.now.push((key, item)),
+                false => self.place(key, item),
+            }
         }
+        self.now.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
     }
 }
 
@@ -186,7 +201,7 @@ mod tests {
                         model.remove(&k);
                         now = k.0;
                     }
-                    prop_assert_eq!(q.pop_until(until), want.map(|(at, s)| (at, s)));
+                    prop_assert_eq!(q.pop_until(until), want);
                 }
             }
             while let Some((k, ())) = model.pop_first() {

@@ -632,8 +632,9 @@ impl World {
     /// Fault `f` happens, or (`undo`) is undone.
     fn fault(&mut self, f: usize, undo: bool) {
         let fault = self.scenario.faults[f].clone();
-        let hit: Vec<usize> =
-            (0..self.nodes.len()).filter(|&i| fault.hosts.contains(&self.nodes[i].hv.host)).collect();
+        let hit: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| fault.hosts.iter().any(|h| **h == *self.nodes[i].hv.host))
+            .collect();
         self.report.faults += 1;
         match (fault.kind, undo) {
             (FaultKind::Crash, false) => hit.into_iter().for_each(|i| self.crash(i)),
@@ -1107,7 +1108,7 @@ impl World {
         let mut out: Vec<(String, String)> = self
             .nodes
             .iter()
-            .flat_map(|n| n.node.intents().map(move |i| (i.spec.name.clone(), n.hv.host.clone())))
+            .flat_map(|n| n.node.intents().map(move |i| (i.spec.name.clone(), n.hv.host.to_string())))
             .collect();
         out.sort();
         out

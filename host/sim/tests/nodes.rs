@@ -265,7 +265,7 @@ fn one_copy(world: &World, vm: &str) -> usize {
     assert_eq!(domains.len(), 1, "{vm}: one domain, found on nodes {domains:?}");
     let holder = domains[0];
     let d = &world.hypervisor(holder).domains[vm];
-    assert_eq!(d.owner, world.host_name(holder), "{vm}: its domain is marked as its host's");
+    assert_eq!(&*d.owner, world.host_name(holder), "{vm}: its domain is marked as its host's");
     assert_eq!(d.state, DomainState::Running, "{vm} runs");
     let stores: Vec<usize> = (0..world.hosts()).filter(|&i| world.store(i).contains_key(vm)).collect();
     assert_eq!(stores, [holder], "{vm}: recorded by its host's agent alone");
@@ -736,7 +736,7 @@ fn a_vm_can_come_back_to_a_host_soon_after_it_left() {
     let there = |world: &World, i: usize| world.host_name(i).to_owned();
     let first = world.command(a, Command::Migrate { name: "yoyo".into(), to: Some(there(&world, b)) });
     let landed_unmarked =
-        |world: &World| world.hypervisor(b).domains.get("yoyo").is_some_and(|d| d.owner != there(world, b));
+        |world: &World| world.hypervisor(b).domains.get("yoyo").is_some_and(|d| *d.owner != *there(world, b));
     while !landed_unmarked(&world) {
         assert!(world.answer(first).is_none(), "landed unseen: {:?}", world.answer(first));
         world.run_until(world.now_us() + 100);

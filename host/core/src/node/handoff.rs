@@ -232,7 +232,8 @@ impl Node {
     /// An alive agent of this PoP whose host is `host`. VMs move within
     /// their PoP: its fences and policies judge its own hosts.
     fn peer_of_host(&self, host: &str) -> Option<PeerId> {
-        let (peer, m) = self.membership.members.iter().find(|(_, m)| m.summary.host == host)?;
+        let (peer, m) =
+            self.membership.members_in_order().into_iter().find(|(_, m)| m.summary.host == host)?;
         (m.liveness == Liveness::Alive).then(|| peer.clone())
     }
 

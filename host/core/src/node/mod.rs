@@ -37,7 +37,7 @@ mod rebalancing;
 mod slots;
 mod timers;
 
-use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, Topic, Transition};
+use crate::cluster::{Gossip, Membership, MembershipConfig, PeerId, PeerMap, Topic, Transition};
 use crate::hypervisor::{
     DomainSeen, DomainState, HvCommand, HvError, HvErrorKind, Inventory, Observation, OpId,
 };
@@ -917,7 +917,7 @@ pub struct Node {
     hypervisor: Hypervisor,
     membership: Membership,
     /// PoP-mates' hosts in the model, by peer.
-    remote_hosts: BTreeMap<PeerId, HostId>,
+    remote_hosts: PeerMap<HostId>,
     /// Requests sent to other agents and what they are for.
     outbound: HashMap<OutboundId, overlay::Outbound>,
     next_outbound: u64,
@@ -1040,7 +1040,7 @@ impl Node {
             orphans: BTreeMap::new(),
             hypervisor: Hypervisor::Connecting,
             membership,
-            remote_hosts: BTreeMap::new(),
+            remote_hosts: PeerMap::default(),
             outbound: HashMap::new(),
             next_outbound: 0,
             timers: Timers::default(),

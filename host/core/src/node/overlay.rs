@@ -1002,7 +1002,7 @@ impl Node {
             vms: own.vms.count,
             load: Some(own.load_state),
         }];
-        for (peer, m) in &self.membership.members {
+        for (peer, m) in self.membership.members_in_order() {
             hosts.push(MemberStatus {
                 peer: peer.to_string(),
                 host: m.summary.host.clone(),

@@ -96,8 +96,8 @@ impl Node {
         let alive = |standby: bool| {
             let mut hosts: Vec<(PeerId, String)> = self
                 .membership
-                .members
-                .iter()
+                .members_in_order()
+                .into_iter()
                 .filter(|(_, m)| m.liveness == Liveness::Alive && m.summary.up && !m.summary.draining)
                 .filter(|(_, m)| m.summary.standby == standby)
                 .map(|(p, m)| (p.clone(), m.summary.host.clone()))
