@@ -533,9 +533,7 @@ impl Node {
             Err(e) => e.policy.clone(),
         };
         let decision = question.conclude(answer);
-        if let Outcome::Placed { host } = decision.outcome
-            && (!self.still_fits(&d.spec, &d.tried, host) || (d.moving && host == self.host))
-        {
+        if self.outdated(&d, &decision) {
             d.stale += 1;
             if d.stale < MAX_STALE {
                 return self.ask(d);
@@ -554,14 +552,22 @@ impl Node {
     /// decides again when the host it chose filled up meanwhile: creates
     /// decided during the lookup went ahead of it.
     fn act_parked(&mut self, mut d: Deciding, decision: Decision) {
-        if let Outcome::Placed { host } = decision.outcome
-            && d.stale < MAX_STALE
-            && !self.still_fits(&d.spec, &d.tried, host)
-        {
+        if d.stale < MAX_STALE && self.outdated(&d, &decision) {
             d.stale += 1;
             return self.ask(d);
         }
         self.act(d, decision);
+    }
+
+    /// Whether `decision` chose a host that no longer takes `d`'s VM (it
+    /// filled up while the policy ran, or while the name was looked up).
+    fn outdated(&self, d: &Deciding, decision: &Decision) -> bool {
+        match decision.outcome {
+            Outcome::Placed { host } => {
+                !self.still_fits(&d.spec, &d.tried, host) || (d.moving && host == self.host)
+            }
+            Outcome::Rejected { .. } => false,
+        }
     }
 
     /// Whether `host` still passes every filter for `spec` and was not
