@@ -698,9 +698,11 @@ pub struct Membership {
     /// Members of this PoP, self excluded. Whatever depends on their
     /// order walks [`Membership::members_in_order`].
     pub members: PeerMap<Member>,
-    /// Other PoPs, by name. Every summary heard looks its PoP up here, at
-    /// every agent: hashed, one probe, where a tree reads a name per level.
-    pub pops: HashMap<String, RemotePop, FixedState>,
+    /// Other PoPs, by the hash of their names ([`name_hash`]; see
+    /// [`Membership::pop`]). Every summary heard looks its PoP up here, at
+    /// every agent: one probe, and the key in the table, where a name as
+    /// the key is one more cache miss, on the heap, at 10,000 agents.
+    pops: HashMap<u64, RemotePop, nohash_hasher::BuildNoHashHasher<u64>>,
     /// Members of other PoPs their speakers report dead: (host, PoP).
     remote_dead: BTreeMap<PeerId, (String, String)>,
     /// Round trips to peers outside this PoP, by peer.
@@ -933,7 +935,8 @@ impl Membership {
             return HeardPop::default();
         }
         let mut heard = HeardPop::default();
-        let known = self.pops.get(&summary.pop);
+        let key = name_hash(&summary.pop);
+        let known = self.pops.get(&key).filter(|p| p.summary.pop == summary.pop);
         if known.is_some_and(|k| summary.is_not_after(k, from)) {
             return heard;
         }
@@ -956,7 +959,7 @@ impl Membership {
         let near =
             self.nearest.len() < MEASURED_POPS || self.nearest.last().is_some_and(|&l| estimated_rtt_us <= l);
         let measured = was_measured || (near && self.rtt_to(&summary).is_some());
-        match self.pops.get_mut(&summary.pop) {
+        match self.pops.get_mut(&key).filter(|p| p.summary.pop == summary.pop) {
             Some(p) => {
                 if p.speaker != *from {
                     p.speaker = from.clone();
@@ -966,7 +969,9 @@ impl Membership {
             None => {
                 let (speaker, summary) = (from.clone(), summary.clone());
                 let p = RemotePop { summary, speaker, heard: now, measured, estimated_rtt_us };
-                self.pops.insert(p.summary.pop.clone(), p);
+                // Its name's hash, unless another name has the same (one
+                // in 2^64 per pair): the one heard last is known then.
+                self.pops.insert(key, p);
             }
         }
         if !same_dead {
@@ -984,7 +989,7 @@ impl Membership {
     pub fn heard_from_book(&mut self, now: Instant, entry: BookEntry) -> Option<HeardPop> {
         // Heard this long ago, as far as this agent's clock tells.
         let published = now.checked_sub(Duration::from_millis(entry.age_ms)).unwrap_or(now);
-        if let Some(known) = self.pops.get(&entry.summary.pop) {
+        if let Some(known) = self.pop(&entry.summary.pop) {
             // Numbered summaries are ordered by their numbers; of others,
             // the one heard last is taken to be the latest.
             let later = match entry.summary.version {
@@ -1245,12 +1250,19 @@ impl Membership {
         pops
     }
 
+    /// Another PoP, by name, as its summaries tell.
+    pub fn pop(&self, name: &str) -> Option<&RemotePop> {
+        self.pops.get(&name_hash(name)).filter(|p| p.summary.pop == name)
+    }
+
+    /// The other PoPs, in no particular order.
+    pub fn remote_pops(&self) -> impl Iterator<Item = &RemotePop> {
+        self.pops.values()
+    }
+
     /// Alive agents of another PoP, to forward a request to.
     pub fn contacts(&self, pop: &str) -> Vec<PeerId> {
-        self.pops
-            .get(pop)
-            .map(|p| p.summary.contacts.iter().map(|c| c.peer.clone()).collect())
-            .unwrap_or_default()
+        self.pop(pop).map(|p| p.summary.contacts.iter().map(|c| c.peer.clone()).collect()).unwrap_or_default()
     }
 
     /// Where a VM of this PoP runs, as far as its summaries tell: (peer,
@@ -1474,8 +1486,9 @@ pub(crate) mod tests {
         let ranked =
             |m: &Membership| m.pops_by_name().iter().filter(|p| m.rtt_to(&p.summary).is_some()).count();
         assert_eq!(ranked(&m), 1);
-        assert_eq!(m.latency_us(&m.pops["p03"]), 3_000, "as measured");
-        let estimated: Vec<u64> = (0..n).map(|i| m.latency_us(&m.pops[&format!("p{i:02}")])).collect();
+        assert_eq!(m.latency_us(m.pop("p03").expect("known")), 3_000, "as measured");
+        let estimated: Vec<u64> =
+            (0..n).map(|i| m.latency_us(m.pop(&format!("p{i:02}")).expect("known"))).collect();
         assert!(
             estimated[MEASURED_POPS..].is_sorted() && estimated[n - 1] > estimated[4],
             "the others by distance"
@@ -1504,7 +1517,10 @@ pub(crate) mod tests {
         let again = berlin.heard_pop(t0, &PeerId::new("a"), s.clone());
         assert!(!again.more && again.unmeasured.is_some(), "the same again, still unmeasured");
         berlin.measured(&PeerId::new("b"), Duration::from_millis(12));
-        assert_eq!(berlin.rtt_to(&berlin.pops["paris"].summary), Some(Duration::from_millis(12)));
+        assert_eq!(
+            berlin.rtt_to(&berlin.pop("paris").expect("known").summary),
+            Some(Duration::from_millis(12))
+        );
         assert_eq!(berlin.heard_pop(t0, &PeerId::new("a"), s.clone()).unmeasured, None, "measured");
         let mut others = s.clone();
         others.contacts.retain(|c| c.peer != PeerId::new("b"));
@@ -1552,7 +1568,7 @@ pub(crate) mod tests {
         let (a, b) = (PeerId::new("a"), PeerId::new("b"));
         let mut alive_after = |from: &PeerId, s: PopSummary| {
             berlin.heard_pop(t0, from, s);
-            berlin.pops["paris"].summary.alive
+            berlin.pop("paris").expect("known").summary.alive
         };
         assert_eq!(alive_after(&b, numbered(2, 3)), 3);
         assert_eq!(alive_after(&b, numbered(1, 2)), 3, "published before: dropped");
@@ -1608,7 +1624,7 @@ pub(crate) mod tests {
         let alive: Vec<(&str, u32)> =
             warsaw.pops_by_name().iter().map(|p| (p.summary.pop.as_str(), p.summary.alive)).collect();
         assert_eq!(alive, [("berlin", 1), ("madrid", 2), ("paris", 2)]);
-        let paris_heard = warsaw.pops["paris"].heard;
+        let paris_heard = warsaw.pop("paris").expect("known").heard;
         assert_eq!(later - paris_heard, Duration::from_secs(8), "aged as told (its transit is not known)");
 
         fn madrid_summary_with(alive: u32) -> PopSummary {

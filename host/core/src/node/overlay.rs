@@ -366,7 +366,7 @@ impl Node {
     /// are asked whether the name is taken in one of them while the policy
     /// decides; a decision that comes first waits for the answer.
     pub(super) fn create(&mut self, origin: Origin, spec: Box<VmRequest>) {
-        if !self.membership.pops.is_empty() && self.admissible(&spec, 0).is_ok() {
+        if self.membership.remote_pops().next().is_some() && self.admissible(&spec, 0).is_ok() {
             let name = spec.name.clone();
             if !self.naming.contains_key(&name) {
                 self.naming.insert(name.clone(), Vec::new());
@@ -700,8 +700,7 @@ impl Node {
         }
         let mut options: Vec<(u64, String, PeerId)> = self
             .membership
-            .pops
-            .values()
+            .remote_pops()
             .filter(|p| visited.len() < MAX_POPS && !visited.contains(&p.summary.pop))
             .filter(|p| suits(&spec, &p.summary))
             .filter_map(|p| {
