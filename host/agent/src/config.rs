@@ -50,6 +50,10 @@ pub struct PolicyConfig {
     /// Threads that run policy calls beside the node; 0 picks half the
     /// CPUs (at least one), leaving the rest to the agent and its guests.
     pub workers: usize,
+    /// Operators' ed25519 public keys (hex, from `locus policy keygen`).
+    /// Once one is listed, the agent loads only bundles signed by a listed
+    /// key, pushed or loaded locally; bare components are refused.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -62,6 +66,7 @@ impl Default for PolicyConfig {
             consolidation: "consolidate".into(),
             consolidation_config: BTreeMap::new(),
             workers: 0,
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -113,7 +113,23 @@ async fn serve(config: AgentConfig) -> Result<()> {
 
     let cancel = CancellationToken::new();
     let (ov_events, ov_rx) = mpsc::unbounded_channel();
-    let (ov_tx, ov_task) = overlay::spawn(overlay_settings(&config, keypair)?, ov_events, cancel.clone())?;
+    let (policy_events, policy_rx) = mpsc::unbounded_channel();
+    let (ov_tx, ov_task) =
+        overlay::spawn(overlay_settings(&config, keypair)?, ov_events, policy_events, cancel.clone())?;
+    let shadows = Arc::new(crate::rollout::shadow::Shadows::default());
+    let (rollouts, rollout_task) = crate::rollout::spawn(
+        crate::rollout::Settings {
+            peer: CorePeer::from(peer.to_string()),
+            host: config.host.name.clone(),
+            pop: config.pop.name.clone(),
+            policies: policies.clone(),
+            store: store.clone(),
+            overlay: ov_tx.clone(),
+            shadows: shadows.clone(),
+        },
+        policy_rx,
+        cancel.clone(),
+    );
 
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let workers = config.policies.worker_count();
@@ -121,6 +137,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         placement: policies.placement.clone(),
         migration: policies.migration.clone(),
         consolidation: policies.consolidation.clone(),
+        shadows,
     };
     let deciders = Deciders::spawn(workers, deciding, answers_tx).context("starting the policy workers")?;
     tracing::info!(workers, "policy workers started");
@@ -133,6 +150,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         images,
         uploads: Arc::new(tokio::sync::Semaphore::new(api::policies::MAX_UPLOADS)),
         overlay: ov_tx.clone(),
+        rollouts,
     };
     let tracker = TaskTracker::new();
     let socket = config.socket_path();
@@ -169,6 +187,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;
+    let _ = rollout_task.await;
     let _ = ov_task.await;
     let _ = hv_tx.send(ToHypervisor::Stop);
     let _ = tokio::task::spawn_blocking(move || hv_thread.join()).await;

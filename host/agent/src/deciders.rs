@@ -11,12 +11,15 @@
 //! sends the answers back in one message, so a burst of creates still ends
 //! in one intent commit.
 
+use crate::policies::SlotName;
+use crate::rollout::shadow::{Asked, Shadows};
 use locus_core::node::DecisionId;
 use locus_core::rebalance::{EventKind, PlanQuestion};
 use locus_core::{Policy, PolicyError, Question, Verdict};
 use locus_sdk::{Migration, Placement};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Questions a worker answers before it reports.
@@ -57,6 +60,8 @@ pub struct Deciding {
     pub migration: Arc<dyn Policy>,
     /// Empties underloaded hosts.
     pub consolidation: Arc<dyn Policy>,
+    /// Candidates run beside the active versions, after they answered.
+    pub shadows: Arc<Shadows>,
 }
 
 impl std::fmt::Debug for Deciding {
@@ -70,18 +75,30 @@ impl std::fmt::Debug for Deciding {
 }
 
 impl Deciding {
-    fn answer(&self, job: Job) -> Answered {
+    /// Answers with the active version; when the slot has a shadow run,
+    /// keeps the question and answer in `asked` for it.
+    fn answer(&self, job: Job, asked: &mut Vec<Asked>) -> Answered {
+        let start = Instant::now();
         match job {
             Job::Place(id, question) => {
                 let answer = self.placement.place(&question.cluster, &question.request);
+                if self.shadows.watching(SlotName::Placement) {
+                    let value = answer.as_ref().ok().map(|v| v.value.clone());
+                    asked.push(Asked::Place(question.clone(), value, start.elapsed()));
+                }
                 Answered::Placed { id, question, answer }
             }
             Job::Plan(id, question) => {
-                let policy = match question.kind {
-                    EventKind::Overload => &self.migration,
-                    EventKind::Consolidate => &self.consolidation,
+                let (policy, slot) = match question.kind {
+                    EventKind::Overload => (&self.migration, SlotName::Migration),
+                    EventKind::Consolidate => (&self.consolidation, SlotName::Consolidation),
                 };
-                Answered::Planned { id, answer: policy.plan(&question.partition) }
+                let answer = policy.plan(&question.partition);
+                if self.shadows.watching(slot) {
+                    let value = answer.as_ref().ok().map(|v| v.value.clone());
+                    asked.push(Asked::Plan(slot, question, value, start.elapsed()));
+                }
+                Answered::Planned { id, answer }
             }
         }
     }
@@ -115,9 +132,15 @@ impl Deciders {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter().take(BATCH - 1));
-                    let answered: Vec<Answered> = batch.into_iter().map(|job| policy.answer(job)).collect();
+                    let mut asked = Vec::new();
+                    let answered: Vec<Answered> =
+                        batch.into_iter().map(|job| policy.answer(job, &mut asked)).collect();
                     if answers.send(answered).is_err() {
                         return;
+                    }
+                    // The node has its answers; the shadows may take their time.
+                    for a in asked {
+                        policy.shadows.ask(a);
                     }
                 }
             })?;

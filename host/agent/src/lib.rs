@@ -16,6 +16,7 @@
 //! - [`migratebench`]: `locus bench migrate`, live migration against `virsh migrate`, rebalancing.
 
 pub mod api;
+pub mod bundle;
 pub mod client;
 pub mod clusterbench;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod migratebench;
 pub mod overlay;
 pub mod policies;
 pub mod reserve;
+pub mod rollout;
 pub mod simulate;
 pub mod source;
 pub mod store;

@@ -1,7 +1,7 @@
 //! `locus`: the Locus command line. `locus agent` runs the daemon; the
-//! `vm`, `host` and `policy load|list` verbs talk to a running agent; the
-//! other `policy` verbs and `place` work offline, for policy authors and
-//! operators before anything runs.
+//! `vm`, `host` and `policy load|list|push|status|rollback` verbs talk to a
+//! running agent; the other `policy` verbs and `place` work offline, for
+//! policy authors and operators before anything runs.
 
 mod bench;
 mod check;
@@ -109,8 +109,20 @@ enum PolicyCommand {
     /// The running agent's policies: active and earlier versions, with
     /// their configuration and failures by kind.
     List,
-    /// Make an earlier version of a slot active again on the running agent.
+    /// Make an earlier version of a slot active again on the running agent,
+    /// or (with `--scope`) undo the last push on every agent of a scope.
     Rollback(RollbackArgs),
+    /// Make an operator's signing key (trusted by agents that list its
+    /// public half in `policies.trusted-keys`).
+    Keygen(control::rollout::KeygenArgs),
+    /// Sign a component with its name, version, slot and configuration
+    /// into a bundle, offline.
+    Sign(control::rollout::SignArgs),
+    /// Push a signed bundle through the running agent to every agent of a
+    /// PoP or the cluster: at once, after canaries, or as a shadow.
+    Push(control::rollout::PushArgs),
+    /// Every push of a scope with its stage, and every agent's policies.
+    Status(control::rollout::StatusArgs),
 }
 
 /// `locus agent`: every configuration field can be set by `--set`; the
@@ -228,6 +240,18 @@ fn main() -> ExitCode {
         }
         Command::Policy { command: PolicyCommand::Rollback(args) } => {
             control::policy_rollback(conn, args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Keygen(args) } => {
+            control::rollout::keygen(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Sign(args) } => {
+            control::rollout::sign(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Push(args) } => {
+            control::rollout::push(conn, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Status(args) } => {
+            control::rollout::status(conn, &args).map(|()| ExitCode::SUCCESS)
         }
         Command::Place(args) => place::run(args),
         Command::Sim(args) => locus::simulate::run(args).map(|()| ExitCode::SUCCESS),

@@ -7,6 +7,7 @@
 //! bytes are gone) is reported in `policy list` and in the log, and the
 //! configured default takes its place: the agent always starts.
 
+use crate::bundle::{self, Trust};
 use crate::config::PolicyConfig;
 use crate::store::{Store, StoredSlot, Version};
 use anyhow::{Context, Result, bail};
@@ -27,7 +28,20 @@ pub const MAX_CONFIG_VALUE: usize = 4096;
 pub const MAX_CONFIG_TOTAL: usize = 16 << 10;
 
 /// Which slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotName {
     /// Chooses hosts for new VMs.
@@ -159,11 +173,14 @@ pub struct SlotListing {
     pub problems: Vec<String>,
 }
 
-/// The configured default of a slot, kept to store it once it is displaced.
+/// The configured default of a slot, kept to store it once it is displaced
+/// and to go back to.
 #[derive(Debug)]
 struct Default {
     hash: String,
     bytes: Vec<u8>,
+    name: String,
+    config: BTreeMap<String, String>,
 }
 
 /// Per-slot bookkeeping beside the runtime's [`Slot`].
@@ -194,6 +211,8 @@ pub enum ChangeError {
 pub struct Policies {
     runtime: Runtime,
     store: Arc<Store>,
+    /// The operators' keys: once one is trusted, only signed bundles load.
+    trust: Trust,
     /// Placement decisions.
     pub placement: Arc<Slot>,
     /// Plans that relieve overloaded hosts.
@@ -210,6 +229,7 @@ impl Policies {
     /// one), else the configured policy.
     pub fn start(config: &PolicyConfig, store: Arc<Store>) -> Result<Self> {
         let runtime = Runtime::new(RuntimeConfig::default()).context("starting the policy runtime")?;
+        let trust = Trust::parse(&config.trusted_keys).context("policies.trusted-keys")?;
         let placement = Arc::new(Slot::new("placement", KEEP));
         let migration = Arc::new(Slot::new("migration", KEEP));
         let consolidation = Arc::new(Slot::new("consolidation", KEEP));
@@ -264,16 +284,61 @@ impl Policies {
                 );
             }
             target.activate(active.unwrap_or(default));
-            let default = Default { hash: hex_hash(&source.bytes), bytes: source.bytes };
+            let default = Default {
+                hash: hex_hash(&source.bytes),
+                bytes: source.bytes,
+                name: source.name,
+                config: cfg.clone(),
+            };
             books.push(Book { chosen, default, problems });
         }
         let books: [Book; 3] = books.try_into().map_err(|_| anyhow::anyhow!("three slots"))?;
-        Ok(Policies { runtime, store, placement, migration, consolidation, books: Mutex::new(books) })
+        Ok(Policies { runtime, store, trust, placement, migration, consolidation, books: Mutex::new(books) })
     }
 
-    /// Verifies, compiles and activates a component in `slot`, and stores
-    /// it (with the slot's history) before returning.
+    /// The keys this agent trusts.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// Verifies, compiles and activates a bare component in `slot`, and
+    /// stores it (with the slot's history) before returning. Refused once
+    /// the agent trusts signing keys: then only bundles load.
     pub fn load(
+        &self,
+        slot: SlotName,
+        name: &str,
+        bytes: &[u8],
+        config: BTreeMap<String, String>,
+    ) -> Result<Arc<Loaded>, ChangeError> {
+        if self.trust.enforcing() {
+            return Err(ChangeError::Refused(anyhow::anyhow!(
+                "this agent trusts policy signing keys and loads only signed bundles: sign the component with `locus policy sign` and load the bundle"
+            )));
+        }
+        let loaded = self.check(slot, name, bytes, config)?;
+        self.activate(slot, loaded.clone(), bytes)?;
+        Ok(loaded)
+    }
+
+    /// Opens a bundle (signature, trusted key, expiry), then loads its
+    /// component into the slot its manifest names, as [`Policies::load`].
+    pub fn load_bundle(&self, slot: SlotName, bytes: &[u8]) -> Result<Arc<Loaded>, ChangeError> {
+        let b = bundle::open(bytes, &self.trust).map_err(|e| ChangeError::Refused(e.into()))?;
+        if b.manifest.slot != slot {
+            return Err(ChangeError::Refused(anyhow::anyhow!(
+                "the bundle is signed for the {} slot, not {}",
+                b.manifest.slot.as_str(),
+                slot.as_str()
+            )));
+        }
+        let loaded = self.check(slot, &b.manifest.name, &b.component, b.manifest.config.clone())?;
+        self.activate(slot, loaded.clone(), &b.component)?;
+        Ok(loaded)
+    }
+
+    /// Verifies and compiles a component for `slot` without activating it.
+    pub fn check(
         &self,
         slot: SlotName,
         name: &str,
@@ -285,11 +350,33 @@ impl Policies {
         if !slot.accepts(loaded.info().world) {
             return Err(ChangeError::Refused(anyhow::anyhow!("{}", wrong_slot(slot, &loaded))));
         }
-        self.change(slot, Some((&loaded.info().hash, bytes)), |s| {
-            s.activate(loaded.clone());
-            Ok(())
-        })?;
         Ok(loaded)
+    }
+
+    /// Activates a version [`Policies::check`] made from `bytes`, and stores it.
+    pub fn activate(&self, slot: SlotName, loaded: Arc<Loaded>, bytes: &[u8]) -> Result<(), ChangeError> {
+        let hash = loaded.info().hash.clone();
+        self.change(slot, Some((&hash, bytes)), |s| {
+            s.activate(loaded);
+            Ok(())
+        })
+    }
+
+    /// Makes the configured default of `slot` active again, and stores that.
+    pub fn reset(&self, slot: SlotName) -> Result<Arc<Loaded>, ChangeError> {
+        let (bytes, name, config) = {
+            let books = self.books.lock().map_err(|_| ChangeError::NotStored(anyhow::anyhow!("poisoned")))?;
+            let d = &books[slot as usize].default;
+            (d.bytes.clone(), d.name.clone(), d.config.clone())
+        };
+        let loaded = self.check(slot, &name, &bytes, config)?;
+        self.activate(slot, loaded.clone(), &bytes)?;
+        Ok(loaded)
+    }
+
+    /// The version deciding in `slot` now.
+    pub fn active(&self, slot: SlotName) -> Option<Arc<Loaded>> {
+        self.slot(slot).active()
     }
 
     /// Makes an earlier version active again: the one whose hash starts

@@ -24,6 +24,11 @@ const SLOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-slots")
 /// SHA-256 (hex) → component bytes, for every version a slot refers to.
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-blobs");
 
+/// Every policy push known (`rollout::table`): one value, the whole table.
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-rollouts");
+/// SHA-256 (hex) of a bundle file → its bytes, for the pushes the table names.
+const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-bundles");
+
 /// The envelope version this agent writes.
 const VERSION: u8 = 1;
 
@@ -225,6 +230,84 @@ impl Store {
         }
         txn.commit().context("committing the policy slot")?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// The pushes known, as last stored.
+    pub fn rollouts<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(table) = optional(txn.open_table(ROLLOUTS))? else { return Ok(Vec::new()) };
+            match table.get("table")? {
+                Some(v) => decode(v.value()).context("stored policy pushes"),
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    /// Stores the pushes known and drops the bundles none of them names.
+    pub fn set_rollouts<T: Serialize>(
+        &self,
+        records: &[T],
+        named: &std::collections::BTreeSet<String>,
+    ) -> Result<()> {
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(ROLLOUTS)?.insert("table", encode(&records)?.as_slice())?;
+                let mut bundles = txn.open_table(BUNDLES)?;
+                let unnamed: Vec<String> = bundles
+                    .iter()?
+                    .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
+                    .filter(|h| !named.contains(h))
+                    .collect();
+                for hash in unnamed {
+                    bundles.remove(hash.as_str())?;
+                }
+            }
+            txn.commit().context("committing the policy pushes")
+        })
+    }
+
+    /// Stores a bundle file under its hash.
+    pub fn put_bundle(&self, hash: &str, bytes: &[u8]) -> Result<()> {
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BUNDLES)?.insert(hash, bytes)?;
+            txn.commit().context("committing the bundle")
+        })
+    }
+
+    /// A stored bundle file.
+    pub fn bundle(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(table) = optional(txn.open_table(BUNDLES))? else { return Ok(None) };
+            Ok(table.get(hash)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Hashes of the stored bundles.
+    pub fn bundle_hashes(&self) -> Result<Vec<String>> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(table) = optional(txn.open_table(BUNDLES))? else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                out.push(row?.0.value().to_owned());
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A table that an agent older than the table never created reads as empty.
+fn optional<T>(t: std::result::Result<T, redb::TableError>) -> Result<Option<T>> {
+    match t {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod images;
 mod openapi;
 pub mod policies;
+pub mod rollouts;
 pub mod serve;
 pub mod tls;
 pub mod vms;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// The overlay task's inbox.
     pub overlay: mpsc::UnboundedSender<crate::overlay::ToOverlay>,
+    /// The rollout task.
+    pub rollouts: crate::rollout::Handle,
 }
 
 impl AppState {
@@ -82,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/{slot}", put(policies::load).layer(DefaultBodyLimit::disable()))
         .route("/v1/policies/{slot}/rollback", post(policies::rollback))
+        .route("/v1/rollouts", get(rollouts::status).post(rollouts::push).layer(DefaultBodyLimit::disable()))
+        .route("/v1/rollouts/rollback", post(rollouts::rollback))
         .route("/v1/images", get(images::list))
         .route(
             "/v1/images/{image}",

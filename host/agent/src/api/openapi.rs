@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Locus agent API",
-        description = "VMs, images, host status and policies of one Locus agent."
+        description = "VMs, images, host status and policies of one Locus agent, and policy pushes to its PoP or cluster."
     ),
     paths(
         super::vms::list,
@@ -24,6 +24,9 @@ use utoipa::OpenApi;
         super::policies::list,
         super::policies::load,
         super::policies::rollback,
+        super::rollouts::push,
+        super::rollouts::status,
+        super::rollouts::rollback,
         super::images::list,
         super::images::show,
         super::images::import,

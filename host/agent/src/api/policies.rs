@@ -21,8 +21,9 @@ pub const MAX_UPLOADS: usize = 2;
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LoadParams {
-    /// The name to load it under (shown in listings and decisions).
-    pub name: String,
+    /// The name to load a bare component under (shown in listings and
+    /// decisions); a bundle carries its own.
+    pub name: Option<String>,
     /// The policy's configuration, a JSON object of strings, e.g.
     /// `{"weight":"3"}` (URL-encoded); what its `config(key)` returns.
     pub config: Option<String>,
@@ -53,12 +54,13 @@ fn slot(name: &str) -> Result<SlotName, Failure> {
 }
 
 /// Verifies, compiles, activates and stores a WebAssembly component in a
-/// slot; the body is the component's bytes.
+/// slot; the body is a signed bundle (`locus policy sign`) or, on an agent
+/// that trusts no signing key, a bare component.
 #[utoipa::path(put, path = "/v1/policies/{slot}", tag = "policies",
     params(("slot" = SlotName, Path, description = "placement, migration or consolidation"), LoadParams),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "Active", body = PolicyVersion),
-        (status = 400, description = "Not a usable component for this slot, or a bad configuration", body = ErrorBody),
+        (status = 400, description = "Not a usable component for this slot, a bad configuration, or a bundle that does not verify (unsigned, tampered, expired, unknown key)", body = ErrorBody),
         (status = 413, description = "Larger than the size cap", body = ErrorBody),
         (status = 503, description = "Could not be stored, or as many loads as allowed are running; nothing changed", body = ErrorBody),
         (status = 507, description = "The state directory is full; nothing changed", body = ErrorBody)))]
@@ -91,8 +93,23 @@ pub async fn load(
             Failure::bad_request(format!("reading the component: {e}"))
         }
     })?;
-    if !locus_core::request::valid_name(&p.name) {
-        return Err(Failure::bad_request(format!("invalid policy name {:?}", p.name)));
+    if crate::bundle::is_bundle(&body) {
+        if p.name.is_some() || p.config.is_some() {
+            return Err(Failure::bad_request(
+                "a bundle carries its own name and configuration, signed: load it without name or config",
+            ));
+        }
+        return change(
+            s,
+            move |s| s.policies.load_bundle(slot, &body),
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+        )
+        .await;
+    }
+    let name = p.name.ok_or_else(|| Failure::bad_request("a bare component needs a name (?name=…)"))?;
+    if !locus_core::request::valid_name(&name) {
+        return Err(Failure::bad_request(format!("invalid policy name {name:?}")));
     }
     let config: BTreeMap<String, String> = match &p.config {
         None => BTreeMap::new(),
@@ -102,7 +119,7 @@ pub async fn load(
             ))
         })?,
     };
-    change(s, move |s| s.policies.load(slot, &p.name, &body, config), StatusCode::BAD_REQUEST, "bad-request")
+    change(s, move |s| s.policies.load(slot, &name, &body, config), StatusCode::BAD_REQUEST, "bad-request")
         .await
 }
 

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 pub mod host;
 pub mod images;
+pub mod rollout;
 
 /// How to reach the agent and how to print.
 #[derive(Debug, Clone, Args)]
@@ -219,11 +220,12 @@ impl CreateArgs {
 /// `locus policy load|list` against a running agent.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// A `.wasm` component, or the name of a built-in policy.
+    /// A signed bundle (`locus policy sign`), a `.wasm` component, or the
+    /// name of a built-in policy.
     pub policy: String,
-    /// The slot to load it into.
+    /// The slot to load it into (a bundle names its own).
     #[arg(long, value_enum)]
-    pub slot: SlotName,
+    pub slot: Option<SlotName>,
     /// The name to load it under (default: the file's stem or the built-in's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -239,6 +241,10 @@ pub struct RollbackArgs {
     /// The slot to roll back.
     #[arg(long, value_enum)]
     pub slot: SlotName,
+    /// Roll back a push on every agent of `cluster` or `pop:NAME` instead
+    /// of this agent's slot.
+    #[arg(long, conflicts_with = "hash")]
+    pub scope: Option<crate::rollout::table::Scope>,
     /// A prefix of the hash of the version to make active (default: the
     /// newest earlier version).
     pub hash: Option<String>,
@@ -316,11 +322,30 @@ fn path_segment(name: &str) -> Result<&str> {
 /// Runs `locus policy load`.
 pub fn policy_load(conn: &Connection, args: LoadArgs) -> Result<()> {
     let client = conn.client()?;
-    let source = crate::source::resolve(&args.policy, 16 << 20)?;
+    let source = crate::source::resolve(&args.policy, 17 << 20)?;
+    if crate::bundle::is_bundle(&source.bytes) {
+        if args.name.is_some() || !args.config.is_empty() {
+            bail!(
+                "a bundle carries its own name and configuration, signed: load it without --name or --config"
+            );
+        }
+        let manifest = crate::bundle::peek(&source.bytes)?;
+        let slot = args.slot.unwrap_or(manifest.slot);
+        let path = format!("/v1/policies/{}", slot.as_str());
+        let v: PolicyVersion =
+            runtime()?.block_on(client.put_bytes(&path, "application/octet-stream", source.bytes))?;
+        return if conn.json {
+            print_json(&v)
+        } else {
+            println!("{} is active in the {} slot (signed bundle)", clean(&v.id), slot.as_str());
+            Ok(())
+        };
+    }
+    let slot = args.slot.context("--slot is needed for a bare component")?;
     let name = args.name.unwrap_or(source.name);
     let config = crate::source::config(&args.config)?;
     crate::policies::check_config(&config).map_err(anyhow::Error::msg)?;
-    let mut path = format!("/v1/policies/{}?name={}", args.slot.as_str(), path_segment(&name)?);
+    let mut path = format!("/v1/policies/{}?name={}", slot.as_str(), path_segment(&name)?);
     if !config.is_empty() {
         path.push_str(&format!("&config={}", percent_encode(&serde_json::to_string(&config)?)));
     }
@@ -328,13 +353,16 @@ pub fn policy_load(conn: &Connection, args: LoadArgs) -> Result<()> {
     if conn.json {
         print_json(&v)
     } else {
-        println!("{} is active in the {} slot ({})", clean(&v.id), args.slot.as_str(), clean(&v.world));
+        println!("{} is active in the {} slot ({})", clean(&v.id), slot.as_str(), clean(&v.world));
         Ok(())
     }
 }
 
 /// Runs `locus policy rollback`.
 pub fn policy_rollback(conn: &Connection, args: RollbackArgs) -> Result<()> {
+    if let Some(scope) = &args.scope {
+        return rollout::rollback(conn, scope, args.slot);
+    }
     let client = conn.client()?;
     let mut path = format!("/v1/policies/{}/rollback", args.slot.as_str());
     if let Some(hash) = &args.hash {
@@ -359,7 +387,7 @@ pub(crate) fn clean_table(t: &Table) -> String {
 }
 
 /// Escapes what a URL query may not hold as it is.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -1,19 +1,21 @@
-//! The request-response codec of Locus's agent-to-agent protocol: one
-//! MessagePack value per stream, behind a 4-byte big-endian length, in a
-//! versioned envelope. A frame over the size cap, or one that does not
-//! decode, fails that stream with an error saying so; the agent goes on.
+//! The request-response codec of Locus's agent-to-agent protocols (the
+//! node's messages, and policy bundles by hash): one MessagePack value per
+//! stream, behind a 4-byte big-endian length, in a versioned envelope. A
+//! frame over the protocol's size cap, or one that does not decode, fails
+//! that stream with an error saying so; the agent goes on.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use locus_core::node::{PeerRequest, PeerResponse};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The protocol's name.
+/// The node protocol's name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/locus/rpc/1");
-/// Largest frame read or written, bytes.
+/// Largest node-protocol frame read or written, bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 /// The envelope version written.
 const VERSION: u8 = 1;
@@ -43,14 +45,14 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
     Ok(e.body)
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message of {len} bytes is over the {MAX_FRAME}-byte limit"),
+            format!("message of {len} bytes is over the {max}-byte limit"),
         ));
     }
     let mut buf = vec![0; len];
@@ -58,8 +60,8 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     Ok(buf)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> io::Result<()> {
-    if bytes.len() > MAX_FRAME {
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>, max: usize) -> io::Result<()> {
+    if bytes.len() > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "message over the size limit"));
     }
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
@@ -67,14 +69,29 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -
     io.close().await
 }
 
-/// The codec; counts the messages it refuses (shared by its clones, one per stream).
-#[derive(Debug, Clone, Default)]
-pub struct Codec {
+/// The codec of one protocol (`Req` asked, `Resp` answered, frames up to
+/// `max` bytes); counts the messages it refuses (shared by its clones, one
+/// per stream).
+#[derive(Debug)]
+pub struct Codec<Req, Resp> {
     /// Undecodable or oversized messages refused so far.
     pub rejected: Arc<AtomicU64>,
+    max: usize,
+    types: PhantomData<fn() -> (Req, Resp)>,
 }
 
-impl Codec {
+impl<Req, Resp> Clone for Codec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Codec { rejected: self.rejected.clone(), max: self.max, types: PhantomData }
+    }
+}
+
+impl<Req, Resp> Codec<Req, Resp> {
+    /// A codec whose frames are at most `max` bytes, counting refusals in `rejected`.
+    pub fn new(max: usize, rejected: Arc<AtomicU64>) -> Self {
+        Codec { rejected, max, types: PhantomData }
+    }
+
     fn refused<T>(&self, r: io::Result<T>) -> io::Result<T> {
         if let Err(e) = &r
             && e.kind() == io::ErrorKind::InvalidData
@@ -86,17 +103,21 @@ impl Codec {
     }
 }
 
-impl libp2p::request_response::Codec for Codec {
+impl<Req, Resp> libp2p::request_response::Codec for Codec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
     type Protocol = StreamProtocol;
-    type Request = PeerRequest;
-    type Response = PeerResponse;
+    type Request = Req;
+    type Response = Resp;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<PeerRequest> {
-        let r = match read_frame(io).await {
+    ) -> io::Result<Req> {
+        let r = match read_frame(io, self.max).await {
             Ok(bytes) => decode(&bytes),
             Err(e) => Err(e),
         };
@@ -107,8 +128,8 @@ impl libp2p::request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<PeerResponse> {
-        let r = match read_frame(io).await {
+    ) -> io::Result<Resp> {
+        let r = match read_frame(io, self.max).await {
             Ok(bytes) => decode(&bytes),
             Err(e) => Err(e),
         };
@@ -119,18 +140,18 @@ impl libp2p::request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: PeerRequest,
+        req: Req,
     ) -> io::Result<()> {
-        write_frame(io, encode(&req)?).await
+        write_frame(io, encode(&req)?, self.max).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: PeerResponse,
+        res: Resp,
     ) -> io::Result<()> {
-        write_frame(io, encode(&res)?).await
+        write_frame(io, encode(&res)?, self.max).await
     }
 }
 
@@ -138,25 +159,28 @@ impl libp2p::request_response::Codec for Codec {
 mod tests {
     use super::*;
     use libp2p::request_response::Codec as _;
+    use locus_core::node::{PeerRequest, PeerResponse};
+
+    fn codec() -> Codec<PeerRequest, PeerResponse> {
+        Codec::new(MAX_FRAME, Arc::default())
+    }
 
     #[test]
     fn frames_round_trip_and_bad_ones_are_refused() {
         futures::executor::block_on(async {
             let req = PeerRequest::Show("web".into());
             let mut buf = vec![];
-            Codec::default()
+            codec()
                 .write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut buf), req.clone())
                 .await
                 .expect("write");
-            let back = Codec::default()
-                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&buf))
-                .await
-                .expect("read");
+            let back =
+                codec().read_request(&PROTOCOL, &mut futures::io::Cursor::new(&buf)).await.expect("read");
             assert_eq!(back, req);
 
             let mut huge = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
             huge.extend([0; 16]);
-            let e = Codec::default()
+            let e = codec()
                 .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&huge))
                 .await
                 .expect_err("too big");
@@ -164,7 +188,7 @@ mod tests {
 
             let mut garbage = 5u32.to_be_bytes().to_vec();
             garbage.extend(b"\xc1\xc1\xc1\xc1\xc1");
-            let e = Codec::default()
+            let e = codec()
                 .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&garbage))
                 .await
                 .expect_err("garbage");

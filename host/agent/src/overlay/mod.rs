@@ -4,8 +4,11 @@
 //! TCP (with the cluster's pre-shared key, libp2p pnet, under noise and
 //! yamux) and, in dev mode only, QUIC; identify feeds Kademlia's routing
 //! table; ping measures round trips; gossipsub carries host summaries on a
-//! topic per PoP and PoP summaries on a global topic; request-response
-//! carries the agents' protocol messages in MessagePack. The swarm keeps a
+//! topic per PoP and PoP summaries on a global topic, and policy pushes
+//! and agents' policy status on a policy topic; request-response carries
+//! the agents' protocol messages in MessagePack, and on a protocol of its
+//! own (larger frames) policy bundles fetched by hash. The overlay carries
+//! the policy messages as bytes: the rollout task reads them. The swarm keeps a
 //! connection to every peer Kademlia knows (the clusters here are tens of
 //! agents), so gossip meshes form and every PoP's latency can be measured.
 
@@ -71,6 +74,21 @@ pub enum ToOverlay {
     Join(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Traffic and connection counts.
     Stats(oneshot::Sender<OverlayStats>),
+    /// Publish on the policy topic.
+    PolicyGossip(Vec<u8>),
+    /// Ask a peer on the bundle protocol.
+    Ask(CorePeer, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
+    /// Answer a question asked on the bundle protocol.
+    Answer(u64, Vec<u8>),
+}
+
+/// What the overlay reports to the rollout task.
+#[derive(Debug)]
+pub enum PolicyEvent {
+    /// A message on the policy topic.
+    Heard(CorePeer, Vec<u8>),
+    /// A question on the bundle protocol, to answer with [`ToOverlay::Answer`].
+    Asked(CorePeer, u64, Vec<u8>),
 }
 
 /// What the overlay reports to the core task.
@@ -115,8 +133,22 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
-    rpc: request_response::Behaviour<codec::Codec>,
+    rpc: request_response::Behaviour<RpcCodec>,
+    bundles: request_response::Behaviour<BundleCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+type RpcCodec = codec::Codec<PeerRequest, PeerResponse>;
+type BundleCodec = codec::Codec<serde_bytes::ByteBuf, serde_bytes::ByteBuf>;
+
+/// The bundle protocol's name.
+const BUNDLES: StreamProtocol = StreamProtocol::new("/locus/bundles/1");
+/// Largest bundle-protocol frame: a component at the runtime's size cap
+/// with its manifest and signature.
+const MAX_BUNDLE_FRAME: usize = 17 << 20;
+/// The policy topic.
+fn policy_topic() -> IdentTopic {
+    IdentTopic::new("locus/policy/1")
 }
 
 /// Largest gossip message, bytes.
@@ -136,7 +168,7 @@ fn topic(t: &Topic) -> IdentTopic {
     }
 }
 
-fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviour>> {
+fn build(settings: &Settings, rpc_codec: &RpcCodec, bundle_codec: &BundleCodec) -> Result<Swarm<Behaviour>> {
     let psk = settings.psk;
     let shaping = settings.emulated_latency.clone();
     let builder = libp2p::SwarmBuilder::with_existing_identity(settings.keypair.clone()).with_tokio();
@@ -164,6 +196,11 @@ fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviou
                     rpc_codec.clone(),
                     [(codec::PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                ),
+                bundles: request_response::Behaviour::with_codec(
+                    bundle_codec.clone(),
+                    [(BUNDLES, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
                 ),
                 mdns: Toggle::from(None),
             })
@@ -208,6 +245,7 @@ fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviou
     for t in [Topic::Global, Topic::Pop(settings.pop.clone())] {
         swarm.behaviour_mut().gossipsub.subscribe(&topic(&t)).context("subscribing")?;
     }
+    swarm.behaviour_mut().gossipsub.subscribe(&policy_topic()).context("subscribing")?;
     for addr in &settings.listen {
         swarm.listen_on(addr.clone()).with_context(|| format!("listening on {addr}"))?;
     }
@@ -218,6 +256,7 @@ fn build(settings: &Settings, rpc_codec: &codec::Codec) -> Result<Swarm<Behaviou
 pub fn spawn(
     settings: Settings,
     to_core: mpsc::UnboundedSender<FromOverlay>,
+    to_rollout: mpsc::UnboundedSender<PolicyEvent>,
     cancel: CancellationToken,
 ) -> Result<(mpsc::UnboundedSender<ToOverlay>, tokio::task::JoinHandle<()>)> {
     if settings.psk.is_some()
@@ -227,19 +266,24 @@ pub fn spawn(
             "QUIC cannot carry the cluster key (libp2p pnet wraps TCP only): listen on TCP, or run with --dev"
         );
     }
-    let rpc_codec = codec::Codec::default();
-    let swarm = build(&settings, &rpc_codec)?;
+    let rejected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rpc_codec = RpcCodec::new(codec::MAX_FRAME, rejected.clone());
+    let bundle_codec = BundleCodec::new(MAX_BUNDLE_FRAME, rejected.clone());
+    let swarm = build(&settings, &rpc_codec, &bundle_codec)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
         swarm,
         to_core,
+        to_rollout,
+        asked: HashMap::new(),
+        asking: HashMap::new(),
         channels: HashMap::new(),
         pending: HashMap::new(),
         next_inbound: 0,
         stats: OverlayStats::default(),
         started: std::time::Instant::now(),
         bootstrap: settings.bootstrap.clone(),
-        rejected: rpc_codec.rejected.clone(),
+        rejected,
         lookups: HashMap::new(),
         ticks: 0,
     };
@@ -250,6 +294,11 @@ pub fn spawn(
 struct Task {
     swarm: Swarm<Behaviour>,
     to_core: mpsc::UnboundedSender<FromOverlay>,
+    to_rollout: mpsc::UnboundedSender<PolicyEvent>,
+    /// Bundle-protocol questions waiting for the rollout task's answer.
+    asked: HashMap<u64, ResponseChannel<serde_bytes::ByteBuf>>,
+    /// Bundle-protocol questions this agent asked.
+    asking: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
     channels: HashMap<u64, ResponseChannel<PeerResponse>>,
     pending: HashMap<OutboundRequestId, OutboundId>,
     next_inbound: u64,
@@ -348,6 +397,30 @@ impl Task {
                 }
                 let _ = done.send(result);
             }
+            ToOverlay::PolicyGossip(bytes) => {
+                let len = bytes.len() as u64;
+                match b.gossipsub.publish(policy_topic(), bytes) {
+                    Ok(_) => self.stats.gossip_out_bytes += len,
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                    Err(e) => tracing::debug!("policy gossip not published: {e}"),
+                }
+            }
+            ToOverlay::Ask(to, question, done) => match to.as_str().parse::<PeerId>() {
+                Ok(peer) => {
+                    let rid = b.bundles.send_request(&peer, serde_bytes::ByteBuf::from(question));
+                    self.asking.insert(rid, done);
+                }
+                Err(e) => {
+                    let _ = done.send(Err(format!("bad peer id {to}: {e}")));
+                }
+            },
+            ToOverlay::Answer(id, answer) => {
+                if let Some(channel) = self.asked.remove(&id)
+                    && b.bundles.send_response(channel, serde_bytes::ByteBuf::from(answer)).is_err()
+                {
+                    tracing::debug!("the asking peer went away before the bundle answer");
+                }
+            }
             ToOverlay::Stats(done) => {
                 let mut s = self.stats.clone();
                 s.peer = self.swarm.local_peer_id().to_string();
@@ -429,6 +502,12 @@ impl Task {
             })) => {
                 self.stats.gossip_in_bytes += message.data.len() as u64;
                 let Some(source) = message.source else { return };
+                if message.topic == policy_topic().hash() {
+                    let _ = self
+                        .to_rollout
+                        .send(PolicyEvent::Heard(CorePeer::from(source.to_string()), message.data));
+                    return;
+                }
                 match codec::decode::<Gossip>(&message.data) {
                     Ok(msg) => {
                         let _ =
@@ -441,6 +520,7 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Bundles(event)) => self.bundles(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetRecord(result),
@@ -462,6 +542,33 @@ impl Task {
                 let _ = self.to_core.send(FromOverlay::Located(vm, at));
             }
             _ => {}
+        }
+    }
+
+    fn bundles(&mut self, event: request_response::Event<serde_bytes::ByteBuf, serde_bytes::ByteBuf>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.next_inbound += 1;
+                self.asked.insert(self.next_inbound, channel);
+                let from = CorePeer::from(peer.to_string());
+                let _ = self.to_rollout.send(PolicyEvent::Asked(from, self.next_inbound, request.into_vec()));
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(done) = self.asking.remove(&request_id) {
+                    let _ = done.send(Ok(response.into_vec()));
+                }
+            }
+            Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(done) = self.asking.remove(&request_id) {
+                    let _ = done.send(Err(format!("peer {peer}: {error}")));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.stats.rejected_messages += 1;
+                tracing::warn!(%peer, error = ?error.to_string(), "bundle request refused");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 

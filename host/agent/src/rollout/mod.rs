@@ -1,0 +1,1005 @@
+//! Policies pushed to running agents, per PoP or cluster-wide: the task
+//! that takes a signed bundle in through any agent, announces it on the
+//! overlay's policy topic, fetches bundles by hash from agents that hold
+//! them, verifies and compiles before activating, runs canaries and shadow
+//! runs, and gossips each agent's status so that any agent can answer for
+//! all of them.
+//!
+//! Every agent keeps the same [`table::Table`] of pushes (records merge in
+//! any order to the same table) and derives from it, on its own, what its
+//! slots should run; nothing coordinates the agents but the records. An
+//! agent that missed records (it was down, or the gossip mesh was not
+//! formed yet) sees another agent's status carry a different digest of
+//! the table and asks that agent for its records.
+
+pub mod shadow;
+pub mod table;
+
+use crate::bundle::{self, Bundle};
+use crate::overlay::{PolicyEvent, ToOverlay};
+use crate::policies::{Policies, SlotName};
+use crate::store::Store;
+use locus_core::cluster::PeerId as CorePeer;
+use locus_policy::Loaded;
+use serde::{Deserialize, Serialize};
+use shadow::{ShadowReport, Shadows};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use table::{BundleRef, CanaryVerdict, Plan, Record, Scope, Stage, Table, Target};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How often the task looks at canaries, shadows and fetches to retry.
+const TICK: Duration = Duration::from_millis(250);
+/// How often an agent gossips its status when nothing changed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// A peer whose status has not been heard for this long is left out.
+const STATUS_STALE: Duration = Duration::from_secs(30);
+/// Statuses in a row carrying another digest before the records are asked
+/// for (the first difference is usually gossip still in flight).
+const BEHIND_BEFORE_SYNC: u8 = 2;
+
+/// A message on the policy topic.
+#[derive(Debug, Serialize, Deserialize)]
+enum Gossip {
+    /// A push, or a push's new verdicts.
+    Record(Box<Record>),
+    /// An agent's status.
+    Status(Box<AgentStatus>),
+}
+
+/// A question on the bundle protocol.
+#[derive(Debug, Serialize, Deserialize)]
+enum Question {
+    /// The bundle file with this hash.
+    Bundle(String),
+    /// Every record the agent knows.
+    Records,
+}
+
+/// An answer on the bundle protocol.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    /// The bundle file.
+    Bundle(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The records.
+    Records(Vec<Record>),
+    /// Not held here.
+    Missing,
+}
+
+/// One agent's policies, as it reports them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentStatus {
+    /// Its peer id.
+    pub peer: String,
+    /// Its host.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// When it reported, Unix ms.
+    pub at_ms: u64,
+    /// Digest of the pushes it knows (equal on agents that agree).
+    pub digest: u64,
+    /// Each slot.
+    pub slots: Vec<SlotStatus>,
+    /// Shadow runs, running or finished.
+    pub shadows: Vec<ShadowReport>,
+    /// Bundles it holds (and serves), by hash.
+    pub bundles: Vec<String>,
+    /// Pushes it refused, and why.
+    pub problems: Vec<String>,
+}
+
+/// What one slot of one agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SlotStatus {
+    /// The slot.
+    pub slot: SlotName,
+    /// The active version's id (`name@hash-prefix`).
+    pub policy: String,
+    /// SHA-256 of its component.
+    pub hash: String,
+    /// The push it runs (`scope/slot#seq`); none: its own (configured or
+    /// loaded on this agent).
+    pub push: Option<String>,
+    /// `own`, `canary` or `active`.
+    pub stage: String,
+    /// Calls of the active version since it was activated.
+    pub calls: u64,
+    /// Of which failed.
+    pub failures: u64,
+    /// When this agent activated the push it runs, Unix ms.
+    pub since_ms: Option<u64>,
+}
+
+/// A push and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PushView {
+    /// `scope/slot#seq`.
+    pub id: String,
+    /// Where it stands.
+    pub stage: Stage,
+    /// The push.
+    pub record: Record,
+}
+
+/// Every push of a scope and every agent's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RolloutStatus {
+    /// Pushes, oldest first per scope and slot.
+    pub pushes: Vec<PushView>,
+    /// Agents (of the scope), this one first.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// How to push.
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PushOptions {
+    /// `cluster` or `pop:NAME`.
+    #[param(value_type = String)]
+    pub scope: Scope,
+    /// Agents that activate it first (0: all at once).
+    #[serde(default)]
+    pub canary: u32,
+    /// Decisions a canary must make with it to pass (default 20).
+    pub canary_decisions: Option<u64>,
+    /// …or seconds it must run, whichever comes first (default 60).
+    pub canary_seconds: Option<u64>,
+    /// Fraction of failed calls above which a canary fails (default 0.05).
+    pub max_failure_rate: Option<f64>,
+    /// Run as a shadow for this many seconds instead: never acts.
+    pub shadow_seconds: Option<u64>,
+}
+
+/// Why a push or rollback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The bundle or the request is wrong: the operator's to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// Nothing to roll back.
+    #[error("{0}")]
+    NotFound(String),
+    /// Could not be stored; nothing was announced.
+    #[error("{0:#}")]
+    NotStored(anyhow::Error),
+}
+
+enum Command {
+    Push(Vec<u8>, PushOptions, oneshot::Sender<Result<PushView, RolloutError>>),
+    Status(Option<Scope>, oneshot::Sender<RolloutStatus>),
+    Rollback(Scope, SlotName, oneshot::Sender<Result<PushView, RolloutError>>),
+}
+
+/// The API's way to the rollout task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Pushes a bundle to a scope.
+    pub async fn push(&self, bytes: Vec<u8>, options: PushOptions) -> Result<PushView, RolloutError> {
+        self.ask(|tx| Command::Push(bytes, options, tx)).await.unwrap_or_else(stopping)
+    }
+
+    /// Every push of `scope` (all with none) and every agent's status.
+    pub async fn status(&self, scope: Option<Scope>) -> Option<RolloutStatus> {
+        self.ask(|tx| Command::Status(scope, tx)).await
+    }
+
+    /// Rolls `scope`'s `slot` back to the push before the acting one.
+    pub async fn rollback(&self, scope: Scope, slot: SlotName) -> Result<PushView, RolloutError> {
+        self.ask(|tx| Command::Rollback(scope, slot, tx)).await.unwrap_or_else(stopping)
+    }
+}
+
+fn stopping<T>() -> Result<T, RolloutError> {
+    Err(RolloutError::NotStored(anyhow::anyhow!("the agent is stopping")))
+}
+
+/// What the rollout task needs.
+#[derive(Debug)]
+pub struct Settings {
+    /// This agent's peer id.
+    pub peer: CorePeer,
+    /// Its host name.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// The slots.
+    pub policies: Arc<Policies>,
+    /// Where pushes and bundles are kept.
+    pub store: Arc<Store>,
+    /// The overlay.
+    pub overlay: mpsc::UnboundedSender<ToOverlay>,
+    /// The shadow runs the policy workers call.
+    pub shadows: Arc<Shadows>,
+}
+
+/// Results of work done off the task.
+enum Internal {
+    Pushed(
+        Box<Result<(Bundle, Vec<u8>), String>>,
+        PushOptions,
+        oneshot::Sender<Result<PushView, RolloutError>>,
+    ),
+    Fetched(String, CorePeer, Result<Vec<u8>, String>),
+    Applied(SlotName, Option<String>, Result<Arc<Loaded>, String>),
+    Shadowing(SlotName, String, Result<Arc<Loaded>, String>),
+    Synced(CorePeer, Result<Vec<u8>, String>),
+}
+
+/// A canary this agent runs.
+struct CanaryRun {
+    push: String,
+    loaded: Arc<Loaded>,
+    started: Instant,
+}
+
+/// A peer's last status.
+struct Heard {
+    status: AgentStatus,
+    at: Instant,
+    behind: u8,
+}
+
+/// Starts the task; returns the API's handle.
+pub fn spawn(
+    settings: Settings,
+    events: mpsc::UnboundedReceiver<PolicyEvent>,
+    cancel: CancellationToken,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+    let records: Vec<Record> = settings.store.rollouts().unwrap_or_else(|e| {
+        tracing::error!(error = format!("{e:#}"), "stored policy pushes unreadable; peers will resend them");
+        Vec::new()
+    });
+    let table = Table::from_records(records);
+    let task = Rollouts {
+        me: settings.peer,
+        host: settings.host,
+        pop: settings.pop,
+        table,
+        policies: settings.policies,
+        store: settings.store,
+        overlay: settings.overlay,
+        shadows: settings.shadows,
+        internal: internal_tx,
+        peers: BTreeMap::new(),
+        fetching: HashSet::new(),
+        attempts: HashMap::new(),
+        refused: BTreeMap::new(),
+        busy: [false; 3],
+        canaries: HashMap::new(),
+        since: [None; 3],
+        before: Default::default(),
+        shadowing: [false; 3],
+        finished_shadows: Default::default(),
+        syncing: HashSet::new(),
+        dirty: true,
+        last_status: Instant::now(),
+    };
+    let handle = tokio::spawn(task.run(rx, events, internal_rx, cancel));
+    (Handle { tx }, handle)
+}
+
+struct Rollouts {
+    me: CorePeer,
+    host: String,
+    pop: String,
+    table: Table,
+    policies: Arc<Policies>,
+    store: Arc<Store>,
+    overlay: mpsc::UnboundedSender<ToOverlay>,
+    shadows: Arc<Shadows>,
+    internal: mpsc::UnboundedSender<Internal>,
+    peers: BTreeMap<CorePeer, Heard>,
+    /// Bundles being fetched, by hash.
+    fetching: HashSet<String>,
+    /// Fetches tried per bundle, to ask another holder each time.
+    attempts: HashMap<String, usize>,
+    /// Bundles this agent refused, by hash, and why.
+    refused: BTreeMap<String, String>,
+    /// Slots with a change under way off the task.
+    busy: [bool; 3],
+    canaries: HashMap<SlotName, CanaryRun>,
+    /// When each slot took the push it runs, Unix ms.
+    since: [Option<u64>; 3],
+    /// The hash each slot ran before a push first took it.
+    before: [Option<String>; 3],
+    /// Slots whose shadow is being compiled.
+    shadowing: [bool; 3],
+    /// The last report of each slot's ended shadow run.
+    finished_shadows: [Option<ShadowReport>; 3],
+    /// Peers whose records were asked for and not answered yet.
+    syncing: HashSet<CorePeer>,
+    /// Something changed since the last status.
+    dirty: bool,
+    last_status: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How people and statuses name a push.
+pub fn push_id(r: &Record) -> String {
+    format!("{}/{}#{}", r.scope, r.slot.as_str(), r.seq)
+}
+
+fn view(r: &Record) -> PushView {
+    PushView { id: push_id(r), stage: r.stage(), record: r.clone() }
+}
+
+fn encode<T: Serialize>(value: &T) -> Option<Vec<u8>> {
+    crate::overlay::codec::encode(value)
+        .map_err(|e| tracing::warn!("cannot encode a policy message: {e}"))
+        .ok()
+}
+
+fn runs(active: &Loaded, b: &BundleRef) -> bool {
+    active.info().hash == b.component && active.info().config == b.config
+}
+
+impl Rollouts {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::UnboundedReceiver<PolicyEvent>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reconcile();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(c) = commands.recv() => self.command(c),
+                Some(e) = events.recv() => self.event(e),
+                Some(i) = internal.recv() => self.internal(i),
+                _ = tick.tick() => self.tick(),
+            }
+            if self.dirty && self.last_status.elapsed() >= Duration::from_millis(100) {
+                self.publish_status();
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Push(bytes, options, reply) => {
+                let policies = self.policies.clone();
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    let opened = tokio::task::spawn_blocking(move || {
+                        // A push must compile where it enters, so a bad one
+                        // is refused there with the compiler's reason,
+                        // before any agent hears of it.
+                        let b = verify(&policies, &bytes)?;
+                        let m = &b.manifest;
+                        policies
+                            .check(m.slot, &m.name, &b.component, m.config.clone())
+                            .map_err(|e| e.to_string())?;
+                        Ok((b, bytes))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("verifying: {e}")));
+                    let _ = internal.send(Internal::Pushed(Box::new(opened), options, reply));
+                });
+            }
+            Command::Status(scope, reply) => {
+                let _ = reply.send(self.status(scope.as_ref()));
+            }
+            Command::Rollback(scope, slot, reply) => {
+                let _ = reply.send(self.rollback(scope, slot));
+            }
+        }
+    }
+
+    fn event(&mut self, e: PolicyEvent) {
+        match e {
+            PolicyEvent::Heard(from, bytes) => match crate::overlay::codec::decode::<Gossip>(&bytes) {
+                Ok(Gossip::Record(r)) => self.heard_record(*r),
+                Ok(Gossip::Status(s)) => self.heard_status(from, *s),
+                Err(e) => tracing::warn!(peer = %from, error = %e, "policy gossip refused"),
+            },
+            PolicyEvent::Asked(from, id, bytes) => {
+                let reply = match crate::overlay::codec::decode::<Question>(&bytes) {
+                    Ok(Question::Bundle(hash)) => {
+                        match tokio::task::block_in_place(|| self.store.bundle(&hash)) {
+                            Ok(Some(b)) => Reply::Bundle(b),
+                            Ok(None) => Reply::Missing,
+                            Err(e) => {
+                                tracing::warn!(error = format!("{e:#}"), "cannot read a stored bundle");
+                                Reply::Missing
+                            }
+                        }
+                    }
+                    Ok(Question::Records) => Reply::Records(self.table.records().cloned().collect()),
+                    Err(e) => {
+                        tracing::warn!(peer = %from, error = %e, "bundle question refused");
+                        Reply::Missing
+                    }
+                };
+                if let Some(bytes) = encode(&reply) {
+                    let _ = self.overlay.send(ToOverlay::Answer(id, bytes));
+                }
+            }
+        }
+    }
+
+    fn heard_record(&mut self, r: Record) {
+        if self.table.merge(r) {
+            self.table_changed();
+        }
+    }
+
+    fn heard_status(&mut self, from: CorePeer, s: AgentStatus) {
+        // Gossipsub signs messages: the source is the peer that wrote it.
+        if s.peer != from.as_str() {
+            tracing::warn!(peer = %from, claimed = %s.peer, "a status for another peer is ignored");
+            return;
+        }
+        let differs = s.digest != self.table.digest();
+        let behind = match self.peers.get(&from) {
+            Some(h) if differs => h.behind.saturating_add(1),
+            _ => u8::from(differs),
+        };
+        if behind >= BEHIND_BEFORE_SYNC && !self.syncing.contains(&from) {
+            self.sync(from.clone());
+        }
+        self.peers.insert(from, Heard { status: s, at: Instant::now(), behind });
+    }
+
+    fn sync(&mut self, peer: CorePeer) {
+        let Some(question) = encode(&Question::Records) else { return };
+        self.syncing.insert(peer.clone());
+        let (tx, rx) = oneshot::channel();
+        let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let answer = rx.await.unwrap_or_else(|_| Err("the overlay stopped".into()));
+            let _ = internal.send(Internal::Synced(peer, answer));
+        });
+    }
+
+    fn internal(&mut self, i: Internal) {
+        match i {
+            Internal::Pushed(opened, options, reply) => {
+                let _ = reply
+                    .send((*opened).map_err(RolloutError::Refused).and_then(|b| self.announce(b, options)));
+            }
+            Internal::Fetched(hash, from, result) => {
+                self.fetching.remove(&hash);
+                let bytes = result.and_then(|b| match crate::overlay::codec::decode::<Reply>(&b) {
+                    Ok(Reply::Bundle(bytes)) if bundle::sha256(&bytes) == hash => Ok(bytes),
+                    Ok(Reply::Bundle(_)) => Err("sent a bundle whose hash is not the one asked for".into()),
+                    Ok(_) => Err("does not hold it".into()),
+                    Err(e) => Err(e.to_string()),
+                });
+                match bytes {
+                    Ok(bytes) => match tokio::task::block_in_place(|| self.store.put_bundle(&hash, &bytes)) {
+                        Ok(()) => {
+                            tracing::debug!(bundle = %&hash[..12], peer = %from, size = bytes.len(), "bundle fetched");
+                            self.reconcile();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "a fetched bundle could not be stored")
+                        }
+                    },
+                    Err(e) => {
+                        *self.attempts.entry(hash.clone()).or_default() += 1;
+                        tracing::warn!(bundle = %&hash[..12.min(hash.len())], peer = %from, error = %e, "bundle fetch failed; another holder is asked next");
+                    }
+                }
+            }
+            Internal::Applied(slot, bundle, result) => {
+                self.busy[slot as usize] = false;
+                match result {
+                    Ok(loaded) => {
+                        self.since[slot as usize] = bundle.as_ref().map(|_| now_ms());
+                        if let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), slot)
+                            && r.stage() == Stage::Canary
+                            && r.bundle.as_ref().is_some_and(|b| runs(&loaded, b))
+                        {
+                            let push = push_id(r);
+                            self.canaries.insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(slot = slot.as_str(), %reason, "pushed policy refused");
+                        if let Some(hash) = bundle {
+                            self.refused.insert(hash.clone(), reason.clone());
+                            if let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), slot)
+                                && r.bundle.as_ref().is_some_and(|b| b.hash == hash)
+                                && r.is_canary(self.me.as_str())
+                            {
+                                let verdict = CanaryVerdict { passed: false, calls: 0, failures: 0, reason };
+                                self.verdict(r.clone(), verdict);
+                            }
+                        }
+                    }
+                }
+                self.dirty = true;
+                self.reconcile();
+            }
+            Internal::Shadowing(slot, push, result) => {
+                self.shadowing[slot as usize] = false;
+                match result {
+                    Ok(loaded) => {
+                        tracing::info!(slot = slot.as_str(), %push, candidate = loaded.id(), "shadow run started");
+                        self.shadows.set(slot, Some(Arc::new(shadow::Run::new(push, loaded))));
+                    }
+                    Err(reason) => {
+                        tracing::warn!(slot = slot.as_str(), %push, %reason, "shadow candidate refused");
+                        self.finished_shadows[slot as usize] = None;
+                        self.refused.insert(push, reason);
+                    }
+                }
+                self.dirty = true;
+            }
+            Internal::Synced(peer, result) => {
+                self.syncing.remove(&peer);
+                let records = result.and_then(|b| match crate::overlay::codec::decode::<Reply>(&b) {
+                    Ok(Reply::Records(r)) => Ok(r),
+                    Ok(_) => Err("answered with something else".into()),
+                    Err(e) => Err(e.to_string()),
+                });
+                match records {
+                    Ok(records) => {
+                        let mut changed = false;
+                        for r in records {
+                            changed |= self.table.merge(r);
+                        }
+                        if changed {
+                            tracing::info!(%peer, "missed policy pushes taken from a peer");
+                            self.table_changed();
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "policy records not synced"),
+                }
+            }
+        }
+    }
+
+    /// Stores a verified push, announces it and acts on it.
+    fn announce(&mut self, (b, file): (Bundle, Vec<u8>), o: PushOptions) -> Result<PushView, RolloutError> {
+        let slot = b.manifest.slot;
+        let plan = match (o.shadow_seconds, o.canary) {
+            (Some(_), n) if n > 0 => {
+                return Err(RolloutError::Refused("a push is either a canary or a shadow, not both".into()));
+            }
+            (Some(0), _) => return Err(RolloutError::Refused("a shadow runs for at least a second".into())),
+            (Some(s), _) => Plan::Shadow { window_ms: s.saturating_mul(1000) },
+            (None, 0) => Plan::Direct,
+            (None, n) => {
+                let rate = o.max_failure_rate.unwrap_or(0.05);
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(RolloutError::Refused(format!(
+                        "max_failure_rate {rate} is not between 0 and 1"
+                    )));
+                }
+                Plan::Canary {
+                    agents: self.pick_canaries(&o.scope, &b.hash, n as usize),
+                    decisions: o.canary_decisions.unwrap_or(20).max(1),
+                    window_ms: o.canary_seconds.unwrap_or(60).max(1).saturating_mul(1000),
+                    max_failure_rate: rate,
+                }
+            }
+        };
+        tokio::task::block_in_place(|| self.store.put_bundle(&b.hash, &file))
+            .map_err(RolloutError::NotStored)?;
+        let record = Record {
+            seq: self.table.next_seq(&o.scope, slot),
+            scope: o.scope,
+            slot,
+            bundle: Some(BundleRef {
+                hash: b.hash.clone(),
+                name: b.manifest.name.clone(),
+                version: b.manifest.version.clone(),
+                component: b.manifest.component.clone(),
+                config: b.manifest.config.clone(),
+                size: file.len() as u64,
+                signer: b.signer.clone(),
+            }),
+            origin: self.me.as_str().to_owned(),
+            pushed_at_ms: now_ms(),
+            rollback: false,
+            plan,
+            verdicts: BTreeMap::new(),
+        };
+        tracing::info!(push = %push_id(&record), policy = %b.manifest.name, version = %b.manifest.version, bundle = %&b.hash[..12], "policy pushed");
+        self.publish(&record);
+        self.table.merge(record.clone());
+        self.table_changed();
+        Ok(view(&record))
+    }
+
+    /// `n` agents of `scope` known to this one, spread by the bundle's hash.
+    fn pick_canaries(&self, scope: &Scope, bundle: &str, n: usize) -> Vec<String> {
+        let mut agents: Vec<&str> = self
+            .peers
+            .values()
+            .filter(|h| h.at.elapsed() < STATUS_STALE && scope.contains(&h.status.pop))
+            .map(|h| h.status.peer.as_str())
+            .collect();
+        if scope.contains(&self.pop) {
+            agents.push(self.me.as_str());
+        }
+        agents.sort_by_cached_key(|a| bundle::sha256(format!("{bundle}{a}").as_bytes()));
+        agents.into_iter().take(n).map(str::to_owned).collect()
+    }
+
+    fn rollback(&mut self, scope: Scope, slot: SlotName) -> Result<PushView, RolloutError> {
+        let (seq, bundle) = self.table.rollback(&scope, slot).ok_or_else(|| {
+            RolloutError::NotFound(format!(
+                "nothing acting was pushed to {scope} for the {} slot",
+                slot.as_str()
+            ))
+        })?;
+        let record = Record {
+            scope,
+            slot,
+            seq,
+            bundle,
+            origin: self.me.as_str().to_owned(),
+            pushed_at_ms: now_ms(),
+            rollback: true,
+            plan: Plan::Direct,
+            verdicts: BTreeMap::new(),
+        };
+        tracing::info!(push = %push_id(&record), "policy rolled back");
+        self.publish(&record);
+        self.table.merge(record.clone());
+        self.table_changed();
+        Ok(view(&record))
+    }
+
+    fn publish(&self, r: &Record) {
+        if let Some(bytes) = encode(&Gossip::Record(Box::new(r.clone()))) {
+            let _ = self.overlay.send(ToOverlay::PolicyGossip(bytes));
+        }
+    }
+
+    /// Stores the table, then brings the slots in line with it.
+    fn table_changed(&mut self) {
+        let records: Vec<&Record> = self.table.records().collect();
+        let named: BTreeSet<String> =
+            records.iter().filter_map(|r| r.bundle.as_ref().map(|b| b.hash.clone())).collect();
+        if let Err(e) = tokio::task::block_in_place(|| self.store.set_rollouts(&records, &named)) {
+            // Peers resend what a restart forgets; the slots still follow.
+            tracing::warn!(error = format!("{e:#}"), "policy pushes not stored");
+        }
+        self.dirty = true;
+        self.reconcile();
+    }
+
+    /// Starts whatever change each slot needs to run its target.
+    fn reconcile(&mut self) {
+        for slot in SlotName::ALL {
+            if self.busy[slot as usize] {
+                continue;
+            }
+            let active = self.policies.active(slot);
+            match self.table.target(&self.pop, self.me.as_str(), slot) {
+                Target::Push(r) => {
+                    let Some(b) = r.bundle.clone() else { continue };
+                    if active.as_deref().is_some_and(|a| runs(a, &b)) {
+                        if self.since[slot as usize].is_none() {
+                            self.since[slot as usize] = Some(now_ms());
+                        }
+                        if r.stage() == Stage::Canary
+                            && !self.canaries.contains_key(&slot)
+                            && !r.verdicts.contains_key(self.me.as_str())
+                            && let Some(loaded) = active
+                        {
+                            let push = push_id(r);
+                            self.canaries.insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                        }
+                        continue;
+                    }
+                    if self.refused.contains_key(&b.hash) {
+                        continue;
+                    }
+                    let origin = CorePeer::from(r.origin.clone());
+                    match tokio::task::block_in_place(|| self.store.bundle(&b.hash)) {
+                        Ok(Some(file)) => {
+                            if !self.pushed(active.as_deref()) {
+                                self.before[slot as usize] = active.map(|a| a.info().hash.clone());
+                            }
+                            self.busy[slot as usize] = true;
+                            let policies = self.policies.clone();
+                            let internal = self.internal.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let result = verify(&policies, &file).and_then(|b| {
+                                    if b.manifest.slot != slot {
+                                        return Err(format!(
+                                            "the bundle is signed for the {} slot",
+                                            b.manifest.slot.as_str()
+                                        ));
+                                    }
+                                    let loaded = policies
+                                        .check(
+                                            slot,
+                                            &b.manifest.name,
+                                            &b.component,
+                                            b.manifest.config.clone(),
+                                        )
+                                        .map_err(|e| e.to_string())?;
+                                    policies
+                                        .activate(slot, loaded.clone(), &b.component)
+                                        .map_err(|e| e.to_string())?;
+                                    Ok(loaded)
+                                });
+                                let _ = internal.send(Internal::Applied(slot, Some(b.hash), result));
+                            });
+                        }
+                        Ok(None) => self.fetch(b.hash, origin),
+                        Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot read a stored bundle"),
+                    }
+                }
+                Target::Own => {
+                    if !self.pushed(active.as_deref()) {
+                        self.since[slot as usize] = None;
+                        continue;
+                    }
+                    self.busy[slot as usize] = true;
+                    let before = self.before[slot as usize].take();
+                    let policies = self.policies.clone();
+                    let internal = self.internal.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let back = match before {
+                            Some(hash) => {
+                                policies.rollback(slot, Some(&hash)).or_else(|_| policies.reset(slot))
+                            }
+                            None => policies.reset(slot),
+                        };
+                        let _ = internal.send(Internal::Applied(slot, None, back.map_err(|e| e.to_string())));
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether `active` came from a push this agent knows.
+    fn pushed(&self, active: Option<&Loaded>) -> bool {
+        active.is_some_and(|a| self.table.records().any(|r| r.bundle.as_ref().is_some_and(|b| runs(a, b))))
+    }
+
+    /// Asks a holder for a bundle: the agent the push entered through
+    /// first, then the others that report holding it, in turn.
+    fn fetch(&mut self, hash: String, origin: CorePeer) {
+        if self.fetching.contains(&hash) {
+            return;
+        }
+        let others = self.peers.iter().filter(|(p, h)| **p != origin && h.status.bundles.contains(&hash));
+        let others: Vec<CorePeer> = others.map(|(p, _)| p.clone()).collect();
+        let mut holders = vec![origin];
+        holders.extend(others);
+        holders.retain(|p| *p != self.me);
+        if holders.is_empty() {
+            return;
+        }
+        let peer = holders[self.attempts.get(&hash).copied().unwrap_or(0) % holders.len()].clone();
+        let Some(question) = encode(&Question::Bundle(hash.clone())) else { return };
+        self.fetching.insert(hash.clone());
+        let (tx, rx) = oneshot::channel();
+        let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let answer = rx.await.unwrap_or_else(|_| Err("the overlay stopped".into()));
+            let _ = internal.send(Internal::Fetched(hash, peer, answer));
+        });
+    }
+
+    fn tick(&mut self) {
+        self.judge_canaries();
+        self.run_shadows();
+        self.peers.retain(|_, h| h.at.elapsed() < STATUS_STALE * 4);
+        self.reconcile();
+        if self.last_status.elapsed() >= STATUS_EVERY {
+            self.publish_status();
+        }
+    }
+
+    /// Ends each canary this agent runs once it has seen enough: fails it
+    /// as soon as its failures pass the threshold, passes it after enough
+    /// decisions or time within it.
+    fn judge_canaries(&mut self) {
+        let mut verdicts = Vec::new();
+        self.canaries.retain(|slot, run| {
+            let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), *slot) else { return false };
+            if push_id(r) != run.push
+                || r.stage() != Stage::Canary
+                || r.verdicts.contains_key(self.me.as_str())
+            {
+                return false;
+            }
+            let Plan::Canary { decisions, window_ms, max_failure_rate, .. } = r.plan else { return false };
+            let m = run.loaded.metrics();
+            let failures: u64 = m.errors.iter().map(|(_, n)| n).sum();
+            let kinds: Vec<String> =
+                m.errors.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{} {n}", k.as_str())).collect();
+            let rate = |calls: u64| if calls == 0 { 0.0 } else { failures as f64 / calls as f64 };
+            let passed = if failures as f64 > max_failure_rate * decisions as f64 {
+                Some(false)
+            } else if m.calls >= decisions || run.started.elapsed() >= Duration::from_millis(window_ms) {
+                Some(rate(m.calls) <= max_failure_rate)
+            } else {
+                None
+            };
+            let Some(passed) = passed else { return true };
+            let reason = if passed {
+                format!("{} calls on {}, {failures} failed", m.calls, self.host)
+            } else {
+                format!("{failures} of {} calls failed on {} ({})", m.calls, self.host, kinds.join(", "))
+            };
+            verdicts.push((r.clone(), CanaryVerdict { passed, calls: m.calls, failures, reason }));
+            false
+        });
+        for (r, v) in verdicts {
+            self.verdict(r, v);
+        }
+    }
+
+    fn verdict(&mut self, mut r: Record, v: CanaryVerdict) {
+        tracing::info!(push = %push_id(&r), passed = v.passed, reason = %v.reason, "canary verdict");
+        r.verdicts.insert(self.me.as_str().to_owned(), v);
+        self.publish(&r);
+        self.table.merge(r);
+        self.table_changed();
+    }
+
+    /// Starts the shadow run each slot should have, and ends the ones whose
+    /// time is up.
+    fn run_shadows(&mut self) {
+        let now = now_ms();
+        for slot in SlotName::ALL {
+            let want = self.table.shadow(&self.pop, slot).filter(|r| {
+                matches!(r.plan, Plan::Shadow { window_ms } if r.pushed_at_ms.saturating_add(window_ms) > now)
+            });
+            let current = self.shadows.get(slot);
+            let want_id = want.map(push_id);
+            if current.as_ref().map(|c| c.push().to_owned()) == want_id {
+                continue;
+            }
+            if let Some(c) = current {
+                tracing::info!(slot = slot.as_str(), push = c.push(), "shadow run ended");
+                self.finished_shadows[slot as usize] = Some(c.report());
+                self.shadows.set(slot, None);
+                self.dirty = true;
+            }
+            let (Some(r), Some(id)) = (want, want_id) else { continue };
+            let Some(b) = r.bundle.clone() else { continue };
+            if self.shadowing[slot as usize] || self.refused.contains_key(&id) {
+                continue;
+            }
+            let origin = CorePeer::from(r.origin.clone());
+            match tokio::task::block_in_place(|| self.store.bundle(&b.hash)) {
+                Ok(Some(file)) => {
+                    self.shadowing[slot as usize] = true;
+                    let policies = self.policies.clone();
+                    let internal = self.internal.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = verify(&policies, &file).and_then(|b| {
+                            policies
+                                .check(slot, &b.manifest.name, &b.component, b.manifest.config.clone())
+                                .map_err(|e| e.to_string())
+                        });
+                        let _ = internal.send(Internal::Shadowing(slot, id, result));
+                    });
+                }
+                Ok(None) => self.fetch(b.hash, origin),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot read a stored bundle"),
+            }
+        }
+    }
+
+    fn my_status(&self) -> AgentStatus {
+        let slots = SlotName::ALL
+            .into_iter()
+            .filter_map(|slot| {
+                let active = self.policies.active(slot)?;
+                let target = self.table.target(&self.pop, self.me.as_str(), slot);
+                let (push, stage) = match target {
+                    Target::Push(r) if r.bundle.as_ref().is_some_and(|b| runs(&active, b)) => {
+                        let stage = if r.stage() == Stage::Canary { "canary" } else { "active" };
+                        (Some(push_id(r)), stage)
+                    }
+                    _ => (None, "own"),
+                };
+                let m = active.metrics();
+                Some(SlotStatus {
+                    slot,
+                    policy: active.id().to_owned(),
+                    hash: active.info().hash.clone(),
+                    since_ms: push.as_ref().and(self.since[slot as usize]),
+                    push,
+                    stage: stage.into(),
+                    calls: m.calls,
+                    failures: m.errors.iter().map(|(_, n)| n).sum(),
+                })
+            })
+            .collect();
+        let shadows = SlotName::ALL
+            .into_iter()
+            .filter_map(|slot| {
+                self.shadows
+                    .get(slot)
+                    .map(|r| r.report())
+                    .or_else(|| self.finished_shadows[slot as usize].clone())
+            })
+            .collect();
+        let bundles = self
+            .table
+            .records()
+            .filter_map(|r| r.bundle.as_ref().map(|b| b.hash.clone()))
+            .filter(|h| !self.fetching.contains(h) && !self.refused.contains_key(h))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|h| tokio::task::block_in_place(|| self.store.bundle(h)).ok().flatten().is_some())
+            .collect();
+        AgentStatus {
+            peer: self.me.as_str().to_owned(),
+            host: self.host.clone(),
+            pop: self.pop.clone(),
+            at_ms: now_ms(),
+            digest: self.table.digest(),
+            slots,
+            shadows,
+            bundles,
+            problems: self
+                .refused
+                .iter()
+                .map(|(h, why)| format!("{}: {why}", &h[..12.min(h.len())]))
+                .collect(),
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.dirty = false;
+        self.last_status = Instant::now();
+        if let Some(bytes) = encode(&Gossip::Status(Box::new(self.my_status()))) {
+            let _ = self.overlay.send(ToOverlay::PolicyGossip(bytes));
+        }
+    }
+
+    fn status(&self, scope: Option<&Scope>) -> RolloutStatus {
+        let in_scope = |pop: &str| scope.is_none_or(|s| s.contains(pop));
+        let pushes = self
+            .table
+            .records()
+            .filter(|r| match (scope, &r.scope) {
+                (None | Some(Scope::Cluster), _) => true,
+                (Some(Scope::Pop(p)), s) => s.contains(p),
+            })
+            .map(view)
+            .collect();
+        let mut agents = vec![self.my_status()];
+        agents.retain(|a| in_scope(&a.pop));
+        agents.extend(
+            self.peers
+                .values()
+                .filter(|h| h.at.elapsed() < STATUS_STALE && in_scope(&h.status.pop))
+                .map(|h| h.status.clone()),
+        );
+        RolloutStatus { pushes, agents }
+    }
+}
+
+/// Opens a bundle with the agent's trust; the reason as text.
+fn verify(policies: &Policies, file: &[u8]) -> Result<Bundle, String> {
+    bundle::open(file, policies.trust()).map_err(|e| e.to_string())
+}
