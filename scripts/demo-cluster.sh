@@ -2,7 +2,7 @@
 # The live-cluster part of the demo: 3 PoPs x 3 agents on loopback (test
 # driver), joined by libp2p with a cluster key, with emulated WAN latency
 # between PoPs; VM requests from users in different places; where they land
-# and why; a policy hot swap on one PoP's running agents; an overloaded host
+# and why; a signed policy pushed to one PoP's running agents; an overloaded host
 # relieved by a partition of its PoP-mates; a drain; a host killed and its
 # VMs created again elsewhere.
 set -euo pipefail
@@ -18,6 +18,8 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 "$locus" cluster keygen >"$dir/cluster.key"
 chmod 600 "$dir/cluster.key"
+# The operator's policy signing key: every agent trusts its public half.
+operator=$("$locus" policy keygen --out "$dir/operator.key" 2>/dev/null)
 
 # name, jurisdiction, lat, lon, second octet of its agents' addresses
 pops=("paris FR 48.86 2.35 70" "frankfurt DE 50.11 8.68 71" "madrid ES 40.42 -3.70 72")
@@ -39,7 +41,8 @@ for pop in "${pops[@]}"; do
             --set host.vcpus=64 --set host.memory-mib=32768 --cluster-key "$dir/cluster.key" \
             --set load.sustain-samples=2 --set rebalance.consolidate-interval-ms=0 \
             --p2p-listen "/ip4/127.$net.0.$h/tcp/7946" --bootstrap /ip4/127.70.0.1/tcp/7946 \
-            --set "overlay.emulated-latency=$latency" 2>"$dir/$host.log" &
+            --set "overlay.emulated-latency=$latency" --set "policies.trusted-keys=[\"$operator\"]" \
+            2>"$dir/$host.log" &
         pids+=($!)
         echo "  $host in $name ($code) at /ip4/127.$net.0.$h/tcp/7946"
     done
@@ -77,10 +80,16 @@ echo
 echo "why, from paris-1's log:"
 grep -h "handed to" "$dir/paris-1.log" | sed 's/^.*INFO locus::daemon: /  /'
 
-step "best-fit (the default) packs paris's hosts; hot swap to spread on paris's three running agents"
+step "best-fit (the default) packs paris's hosts; spread, signed, pushed to paris through madrid-1"
 for i in 1 2 3; do place "batch-a$i" "no constraints (best-fit)" --vcpus 2 --memory-mib 4096; done
-for h in 1 2 3; do "$locus" policy load spread --slot placement --socket "$(sock "paris-$h")"; done
-for i in 1 2 3; do place "batch-b$i" "no constraints (spread, after the swap)" --vcpus 2 --memory-mib 4096; done
+"$locus" policy sign spread --slot placement --version 1.0.0 --key "$dir/operator.key" --out "$dir/spread.bundle"
+"$locus" policy push "$dir/spread.bundle" --scope pop:paris --socket "$(sock madrid-1)"
+"$locus" policy keygen --out "$dir/stranger.key" >/dev/null 2>&1
+"$locus" policy sign spread --slot placement --key "$dir/stranger.key" --out "$dir/stranger.bundle" >/dev/null
+echo "the same policy signed by a key no agent trusts:"
+"$locus" policy push "$dir/stranger.bundle" --scope cluster --socket "$(sock paris-1)" 2>&1 | sed 's/^/  /' || true
+"$locus" policy status --scope pop:paris --socket "$(sock frankfurt-1)" | grep -E "push|spread|placement|^[└┌╞]" | grep -v "migration\|consolidation"
+for i in 1 2 3; do place "batch-b$i" "no constraints (spread, after the push)" --vcpus 2 --memory-mib 4096; done
 sleep 1.5
 "$locus" cluster status --socket "$(sock frankfurt-1)" | sed -n '/host /,/└/p'
 

@@ -53,10 +53,26 @@ pub struct Report {
     pub forwarded_us: (u64, u64),
 }
 
-struct Agents {
+/// Agent processes started for a benchmark; stopped when dropped.
+pub(crate) struct Agents {
     children: Vec<Child>,
-    sockets: Vec<PathBuf>,
+    /// Each agent's API socket.
+    pub sockets: Vec<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+impl Agents {
+    /// Where the agents keep their logs and keys.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The last lines agent `i` logged.
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.dir().join(format!("a{i}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tail.join(" | ")
+    }
 }
 
 impl Drop for Agents {
@@ -72,15 +88,17 @@ impl Drop for Agents {
 
 const CODES: [&str; 8] = ["AA", "AB", "AC", "AD", "AE", "AF", "AG", "AH"];
 
-fn start(args: &Args) -> Result<Agents> {
+/// Starts `agents` agent processes spread over `pops` PoPs on loopback
+/// (PoP `p`'s agents on 127.`net+p`.0.x), each with `extra` arguments.
+pub(crate) fn spawn_agents(count: usize, pops: usize, net: u8, extra: &[String]) -> Result<Agents> {
     let dir = tempfile::Builder::new().prefix("locus-cluster-bench-").tempdir()?;
     let exe = std::env::current_exe()?;
     let key = dir.path().join("cluster.key");
     std::fs::write(&key, crate::overlay::identity::new_cluster_key()?)?;
     let mut agents = Agents { children: vec![], sockets: vec![], _dir: dir };
     let root = agents._dir.path().to_owned();
-    for i in 0..args.agents {
-        let (p, h) = (i % args.pops, i / args.pops);
+    for i in 0..count {
+        let (p, h) = (i % pops, i / pops);
         let state = root.join(format!("a{i}"));
         let mut cmd = Command::new(&exe);
         for (k, _) in std::env::vars_os() {
@@ -99,15 +117,33 @@ fn start(args: &Args) -> Result<Agents> {
             .args(["--set", "host.vcpus=100000", "--set", "host.memory-mib=100000000", "--set", "log=warn"])
             .arg("--cluster-key")
             .arg(&key)
-            .args(["--p2p-listen", &format!("/ip4/127.{}.0.{}/tcp/7946", 60 + p, h + 1)])
-            .args(["--bootstrap", "/ip4/127.60.0.1/tcp/7946", "--state-dir"])
+            .args(["--p2p-listen", &format!("/ip4/127.{}.0.{}/tcp/7946", usize::from(net) + p, h + 1)])
+            .args(["--bootstrap", &format!("/ip4/127.{net}.0.1/tcp/7946"), "--state-dir"])
             .arg(&state)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join(format!("a{i}.log")))?);
         agents.children.push(cmd.spawn().context("starting an agent")?);
         agents.sockets.push(state.join("agent.sock"));
     }
     Ok(agents)
+}
+
+/// Waits until every agent's API answers.
+pub(crate) async fn wait_up(agents: &Agents, clients: &[Client], deadline: Instant) -> Result<()> {
+    loop {
+        let mut missing = None;
+        for (i, c) in clients.iter().enumerate() {
+            if c.raw(hyper::Method::GET, "/healthz", None).await.is_err() {
+                missing.get_or_insert(i);
+            }
+        }
+        let Some(first) = missing else { return Ok(()) };
+        if Instant::now() > deadline {
+            bail!("agents did not start; agent {first} said: {}", agents.log_tail(first));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn views(clients: &[Client]) -> Vec<Option<ClusterView>> {
@@ -130,29 +166,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.pops < 2 || args.agents < args.pops || args.pops > CODES.len() {
         bail!("need at least 2 PoPs, at most {}, and at least one agent per PoP", CODES.len());
     }
-    let agents = start(&args)?;
+    let agents = spawn_agents(args.agents, args.pops, 60, &[])?;
     let clients: Vec<Client> =
         agents.sockets.iter().map(|s| Client::new(Endpoint::Unix(s.clone()))).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let missing: Vec<usize> = views(&clients)
-                .await
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.is_none())
-                .map(|(i, _)| i)
-                .collect();
-            let Some(&first) = missing.first() else { break };
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(agents._dir.path().join(format!("a{first}.log")))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                bail!("{} agents did not start; agent {first} said: {}", missing.len(), tail.join(" | "));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_up(&agents, &clients, deadline).await?;
         let up = Instant::now();
         loop {
             let all = views(&clients).await;

@@ -31,6 +31,7 @@ pub mod overlay;
 pub mod policies;
 pub mod reserve;
 pub mod rollout;
+pub mod rolloutbench;
 pub mod simulate;
 pub mod source;
 pub mod store;

@@ -82,6 +82,9 @@ enum BenchCommand {
     /// Live migration through the agents against `virsh migrate` (total
     /// time, downtime), and an overload relieved in a PoP of agents.
     Migrate(locus::migratebench::Args),
+    /// A signed policy push to a PoP of agent processes: entered to active
+    /// on every agent, against loading it on one agent.
+    Rollout(locus::rolloutbench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +263,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Cluster(args) } => {
             locus::clusterbench::run(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Rollout(args) } => {
+            locus::rolloutbench::run(args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Migrate(args) } => {
             locus::migratebench::run(args).map(|()| ExitCode::SUCCESS)

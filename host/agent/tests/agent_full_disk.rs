@@ -44,6 +44,27 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Bundle `n` of the spread policy (its configuration says `n`), signed
+/// with a key made in `dir` the first time.
+fn signed_bundle(dir: &Path, n: u32) -> String {
+    let key = dir.join("operator.key");
+    let bundle = dir.join(format!("spread-{n}.bundle"));
+    let locus = common::locus_bin();
+    if !key.exists() {
+        let ok = Command::new(&locus).args(["policy", "keygen", "--out"]).arg(&key).output().expect("keygen");
+        assert!(ok.status.success(), "{ok:?}");
+    }
+    let ok = Command::new(&locus)
+        .args(["policy", "sign", "spread", "--slot", "placement", "--config", &format!("n={n}"), "--key"])
+        .arg(&key)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .expect("sign");
+    assert!(ok.status.success(), "{ok:?}");
+    bundle.display().to_string()
+}
+
 fn create(agent: &Agent, name: &str) -> std::process::Output {
     agent.cli(&["vm", "create", name, "--memory-mib", "64"])
 }
@@ -87,6 +108,19 @@ fn full_disk_on_a_tmpfs_writes_get_507_the_agent_stays_up_and_recovers_when_spac
     let out = agent.cli(&["image", "import", image.to_str().expect("utf-8"), "--name", "disk"]);
     assert!(stderr(&out).contains("507") && stderr(&out).contains("no space"), "{}", stderr(&out));
     assert!(agent.log().matches("the state directory is full").count() == 1, "said once:\n{}", agent.log());
+    // The store may have free pages left for a few bundles; then a push is
+    // refused before anything is announced.
+    let mut refused = None;
+    for i in 0..40 {
+        let bundle = signed_bundle(outer.path(), i);
+        let out = agent.cli(&["policy", "push", &bundle, "--scope", "cluster", "--no-wait"]);
+        if !out.status.success() {
+            refused = Some(stderr(&out));
+            break;
+        }
+    }
+    let refused = refused.expect("a push is refused once the store is full");
+    assert!(refused.contains("507") && refused.contains("nothing was pushed"), "{refused}");
 
     // Killed and started again on the still-full disk: it comes up and refuses the same way.
     agent.kill9();
@@ -103,6 +137,8 @@ fn full_disk_on_a_tmpfs_writes_get_507_the_agent_stays_up_and_recovers_when_spac
     });
     let _: VmStatus = agent.json(&["vm", "start", "a"]);
     assert!(agent.log().contains("has room again"), "{}", agent.log());
+    let out = agent.cli(&["policy", "push", &signed_bundle(outer.path(), 99), "--scope", "cluster"]);
+    assert!(out.status.success(), "a push goes through once there is room: {}", stderr(&out));
     agent.terminate();
 }
 

@@ -89,12 +89,19 @@ impl Precompiled {
     }
 }
 
+/// Compiled components kept by content hash, so that loading the same
+/// component again (another configuration, a push that returns to it) does
+/// not compile it again. Each holds its machine code, a few MiB at most.
+const COMPILED_KEPT: usize = 8;
+
 /// Loads policies and runs them under limits. One per process.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     config: RuntimeConfig,
     ticker: Ticker,
+    /// The components compiled last, newest last, by hash.
+    compiled: std::sync::Mutex<Vec<(String, Component)>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -136,7 +143,7 @@ impl Runtime {
         let engine = Engine::new(&c).map_err(anyhow::Error::from)?;
         let linker = state::linker(&engine).map_err(anyhow::Error::from)?;
         let ticker = Ticker::start(engine.clone(), config.tick)?;
-        Ok(Self { engine, linker, config, ticker })
+        Ok(Self { engine, linker, config, ticker, compiled: std::sync::Mutex::default() })
     }
 
     /// The settings.
@@ -178,8 +185,30 @@ impl Runtime {
     ) -> Result<Arc<Loaded>, LoadError> {
         let hash = self.screen(bytes)?;
         let start = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|e| self.compile_error(e))?;
+        let component = match self.kept(&hash) {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes).map_err(|e| self.compile_error(e))?;
+                self.keep(&hash, &c);
+                c
+            }
+        };
         self.finish(component, hash, bytes.len(), start.elapsed(), name, config)
+    }
+
+    fn kept(&self, hash: &str) -> Option<Component> {
+        let kept = self.compiled.lock().ok()?;
+        kept.iter().find(|(h, _)| h == hash).map(|(_, c)| c.clone())
+    }
+
+    fn keep(&self, hash: &str, component: &Component) {
+        if let Ok(mut kept) = self.compiled.lock() {
+            kept.retain(|(h, _)| h != hash);
+            if kept.len() == COMPILED_KEPT {
+                kept.remove(0);
+            }
+            kept.push((hash.to_owned(), component.clone()));
+        }
     }
 
     /// Verifies and compiles a component without activating it, for a fast

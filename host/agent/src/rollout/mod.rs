@@ -36,6 +36,9 @@ const TICK: Duration = Duration::from_millis(250);
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// A peer whose status has not been heard for this long is left out.
 const STATUS_STALE: Duration = Duration::from_secs(30);
+/// How long a slot change that failed for the agent's own reasons, or a
+/// bundle fetch that failed, waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Statuses in a row carrying another digest before the records are asked
 /// for (the first difference is usually gossip still in flight).
 const BEHIND_BEFORE_SYNC: u8 = 2;
@@ -228,15 +231,36 @@ pub struct Settings {
 
 /// Results of work done off the task.
 enum Internal {
-    Pushed(
-        Box<Result<(Bundle, Vec<u8>), String>>,
-        PushOptions,
-        oneshot::Sender<Result<PushView, RolloutError>>,
-    ),
+    Pushed(Box<Result<Checked, String>>, PushOptions, oneshot::Sender<Result<PushView, RolloutError>>),
     Fetched(String, CorePeer, Result<Vec<u8>, String>),
-    Applied(SlotName, Option<String>, Result<Arc<Loaded>, String>),
+    Applied(SlotName, Option<String>, Result<Arc<Loaded>, Failed>),
     Shadowing(SlotName, String, Result<Arc<Loaded>, String>),
     Synced(CorePeer, Result<Vec<u8>, String>),
+}
+
+/// Why a slot change did not happen.
+enum Failed {
+    /// The bundle is not acceptable here: not tried again.
+    Refused(String),
+    /// The agent could not make the change now (its disk is full, say):
+    /// tried again after [`RETRY_AFTER`].
+    Later(String),
+}
+
+impl From<crate::policies::ChangeError> for Failed {
+    fn from(e: crate::policies::ChangeError) -> Self {
+        match e {
+            crate::policies::ChangeError::Refused(_) => Failed::Refused(e.to_string()),
+            crate::policies::ChangeError::NotStored(_) => Failed::Later(e.to_string()),
+        }
+    }
+}
+
+/// A push verified and compiled where it entered.
+struct Checked {
+    bundle: Bundle,
+    file: Vec<u8>,
+    loaded: Arc<Loaded>,
 }
 
 /// A canary this agent runs.
@@ -281,8 +305,11 @@ pub fn spawn(
         attempts: HashMap::new(),
         refused: BTreeMap::new(),
         busy: [false; 3],
+        wait: [None; 3],
+        fetch_after: HashMap::new(),
         canaries: HashMap::new(),
-        since: [None; 3],
+        since: Default::default(),
+        prepared: None,
         before: Default::default(),
         shadowing: [false; 3],
         finished_shadows: Default::default(),
@@ -313,9 +340,17 @@ struct Rollouts {
     refused: BTreeMap<String, String>,
     /// Slots with a change under way off the task.
     busy: [bool; 3],
+    /// Slots whose last change failed for the agent's own reasons, and when
+    /// to try again.
+    wait: [Option<Instant>; 3],
+    /// Bundles whose last fetch failed, and when to ask again.
+    fetch_after: HashMap<String, Instant>,
     canaries: HashMap<SlotName, CanaryRun>,
-    /// When each slot took the push it runs, Unix ms.
-    since: [Option<u64>; 3],
+    /// When each slot took the push it runs (by id), Unix ms.
+    since: [Option<(String, u64)>; 3],
+    /// The last push entered here, compiled when it was checked: the bundle
+    /// hash and the version, activated without compiling it again.
+    prepared: Option<(String, Arc<Loaded>)>,
     /// The hash each slot ran before a push first took it.
     before: [Option<String>; 3],
     /// Slots whose shadow is being compiled.
@@ -387,12 +422,12 @@ impl Rollouts {
                         // A push must compile where it enters, so a bad one
                         // is refused there with the compiler's reason,
                         // before any agent hears of it.
-                        let b = verify(&policies, &bytes)?;
-                        let m = &b.manifest;
-                        policies
-                            .check(m.slot, &m.name, &b.component, m.config.clone())
+                        let bundle = verify(&policies, &bytes)?;
+                        let m = &bundle.manifest;
+                        let loaded = policies
+                            .check(m.slot, &m.name, &bundle.component, m.config.clone())
                             .map_err(|e| e.to_string())?;
-                        Ok((b, bytes))
+                        Ok(Checked { bundle, file: bytes, loaded })
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("verifying: {e}")));
@@ -496,11 +531,13 @@ impl Rollouts {
                             self.reconcile();
                         }
                         Err(e) => {
+                            self.fetch_after.insert(hash.clone(), Instant::now() + RETRY_AFTER);
                             tracing::warn!(error = format!("{e:#}"), "a fetched bundle could not be stored")
                         }
                     },
                     Err(e) => {
                         *self.attempts.entry(hash.clone()).or_default() += 1;
+                        self.fetch_after.insert(hash.clone(), Instant::now() + RETRY_AFTER);
                         tracing::warn!(bundle = %&hash[..12.min(hash.len())], peer = %from, error = %e, "bundle fetch failed; another holder is asked next");
                     }
                 }
@@ -509,16 +546,23 @@ impl Rollouts {
                 self.busy[slot as usize] = false;
                 match result {
                     Ok(loaded) => {
-                        self.since[slot as usize] = bundle.as_ref().map(|_| now_ms());
+                        self.since[slot as usize] = None;
                         if let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), slot)
-                            && r.stage() == Stage::Canary
                             && r.bundle.as_ref().is_some_and(|b| runs(&loaded, b))
                         {
                             let push = push_id(r);
-                            self.canaries.insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                            self.since[slot as usize] = Some((push.clone(), now_ms()));
+                            if r.stage() == Stage::Canary {
+                                self.canaries
+                                    .insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                            }
                         }
                     }
-                    Err(reason) => {
+                    Err(Failed::Later(reason)) => {
+                        tracing::warn!(slot = slot.as_str(), %reason, "policy change failed; tried again shortly");
+                        self.wait[slot as usize] = Some(Instant::now() + RETRY_AFTER);
+                    }
+                    Err(Failed::Refused(reason)) => {
                         tracing::warn!(slot = slot.as_str(), %reason, "pushed policy refused");
                         if let Some(hash) = bundle {
                             self.refused.insert(hash.clone(), reason.clone());
@@ -575,7 +619,8 @@ impl Rollouts {
     }
 
     /// Stores a verified push, announces it and acts on it.
-    fn announce(&mut self, (b, file): (Bundle, Vec<u8>), o: PushOptions) -> Result<PushView, RolloutError> {
+    fn announce(&mut self, checked: Checked, o: PushOptions) -> Result<PushView, RolloutError> {
+        let Checked { bundle: b, file, loaded } = checked;
         let slot = b.manifest.slot;
         let plan = match (o.shadow_seconds, o.canary) {
             (Some(_), n) if n > 0 => {
@@ -621,6 +666,7 @@ impl Rollouts {
             verdicts: BTreeMap::new(),
         };
         tracing::info!(push = %push_id(&record), policy = %b.manifest.name, version = %b.manifest.version, bundle = %&b.hash[..12], "policy pushed");
+        self.prepared = Some((b.hash.clone(), loaded));
         self.publish(&record);
         self.table.merge(record.clone());
         self.table_changed();
@@ -689,7 +735,7 @@ impl Rollouts {
     /// Starts whatever change each slot needs to run its target.
     fn reconcile(&mut self) {
         for slot in SlotName::ALL {
-            if self.busy[slot as usize] {
+            if self.busy[slot as usize] || self.wait[slot as usize].is_some_and(|t| Instant::now() < t) {
                 continue;
             }
             let active = self.policies.active(slot);
@@ -697,8 +743,9 @@ impl Rollouts {
                 Target::Push(r) => {
                     let Some(b) = r.bundle.clone() else { continue };
                     if active.as_deref().is_some_and(|a| runs(a, &b)) {
-                        if self.since[slot as usize].is_none() {
-                            self.since[slot as usize] = Some(now_ms());
+                        let id = push_id(r);
+                        if self.since[slot as usize].as_ref().is_none_or(|(p, _)| *p != id) {
+                            self.since[slot as usize] = Some((id, now_ms()));
                         }
                         if r.stage() == Stage::Canary
                             && !self.canaries.contains_key(&slot)
@@ -722,27 +769,29 @@ impl Rollouts {
                             self.busy[slot as usize] = true;
                             let policies = self.policies.clone();
                             let internal = self.internal.clone();
+                            let prepared =
+                                self.prepared.take_if(|(hash, _)| *hash == b.hash).map(|(_, loaded)| loaded);
                             tokio::task::spawn_blocking(move || {
-                                let result = verify(&policies, &file).and_then(|b| {
-                                    if b.manifest.slot != slot {
-                                        return Err(format!(
-                                            "the bundle is signed for the {} slot",
-                                            b.manifest.slot.as_str()
-                                        ));
-                                    }
-                                    let loaded = policies
-                                        .check(
-                                            slot,
-                                            &b.manifest.name,
-                                            &b.component,
-                                            b.manifest.config.clone(),
-                                        )
-                                        .map_err(|e| e.to_string())?;
-                                    policies
-                                        .activate(slot, loaded.clone(), &b.component)
-                                        .map_err(|e| e.to_string())?;
-                                    Ok(loaded)
-                                });
+                                let result =
+                                    verify(&policies, &file).map_err(Failed::Refused).and_then(|b| {
+                                        if b.manifest.slot != slot {
+                                            return Err(Failed::Refused(format!(
+                                                "the bundle is signed for the {} slot",
+                                                b.manifest.slot.as_str()
+                                            )));
+                                        }
+                                        let loaded = match prepared {
+                                            Some(loaded) => loaded,
+                                            None => policies.check(
+                                                slot,
+                                                &b.manifest.name,
+                                                &b.component,
+                                                b.manifest.config.clone(),
+                                            )?,
+                                        };
+                                        policies.activate(slot, loaded.clone(), &b.component)?;
+                                        Ok(loaded)
+                                    });
                                 let _ = internal.send(Internal::Applied(slot, Some(b.hash), result));
                             });
                         }
@@ -752,7 +801,6 @@ impl Rollouts {
                 }
                 Target::Own => {
                     if !self.pushed(active.as_deref()) {
-                        self.since[slot as usize] = None;
                         continue;
                     }
                     self.busy[slot as usize] = true;
@@ -766,7 +814,8 @@ impl Rollouts {
                             }
                             None => policies.reset(slot),
                         };
-                        let _ = internal.send(Internal::Applied(slot, None, back.map_err(|e| e.to_string())));
+                        let back = back.map_err(|e| Failed::Later(e.to_string()));
+                        let _ = internal.send(Internal::Applied(slot, None, back));
                     });
                 }
             }
@@ -781,9 +830,10 @@ impl Rollouts {
     /// Asks a holder for a bundle: the agent the push entered through
     /// first, then the others that report holding it, in turn.
     fn fetch(&mut self, hash: String, origin: CorePeer) {
-        if self.fetching.contains(&hash) {
+        if self.fetching.contains(&hash) || self.fetch_after.get(&hash).is_some_and(|t| Instant::now() < *t) {
             return;
         }
+        self.fetch_after.remove(&hash);
         let others = self.peers.iter().filter(|(p, h)| **p != origin && h.status.bundles.contains(&hash));
         let others: Vec<CorePeer> = others.map(|(p, _)| p.clone()).collect();
         let mut holders = vec![origin];
@@ -925,7 +975,10 @@ impl Rollouts {
                     slot,
                     policy: active.id().to_owned(),
                     hash: active.info().hash.clone(),
-                    since_ms: push.as_ref().and(self.since[slot as usize]),
+                    since_ms: self.since[slot as usize]
+                        .as_ref()
+                        .filter(|(p, _)| push.as_ref() == Some(p))
+                        .map(|(_, t)| *t),
                     push,
                     stage: stage.into(),
                     calls: m.calls,
@@ -942,14 +995,10 @@ impl Rollouts {
                     .or_else(|| self.finished_shadows[slot as usize].clone())
             })
             .collect();
-        let bundles = self
-            .table
-            .records()
-            .filter_map(|r| r.bundle.as_ref().map(|b| b.hash.clone()))
-            .filter(|h| !self.fetching.contains(h) && !self.refused.contains_key(h))
-            .collect::<BTreeSet<_>>()
+        let bundles = tokio::task::block_in_place(|| self.store.bundle_hashes())
+            .unwrap_or_default()
             .into_iter()
-            .filter(|h| tokio::task::block_in_place(|| self.store.bundle(h)).ok().flatten().is_some())
+            .filter(|h| !self.refused.contains_key(h))
             .collect();
         AgentStatus {
             peer: self.me.as_str().to_owned(),

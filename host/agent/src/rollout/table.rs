@@ -199,7 +199,9 @@ impl Record {
             Plan::Direct => Stage::Active,
             Plan::Shadow { .. } => Stage::Shadow,
             Plan::Canary { agents, .. } => {
-                if let Some(v) = self.verdicts.values().find(|v| !v.passed) {
+                // Only the canaries' own verdicts count.
+                let heard = |a: &String| self.verdicts.get(a);
+                if let Some(v) = agents.iter().filter_map(heard).find(|v| !v.passed) {
                     Stage::Failed(format!("canary failed: {}", v.reason))
                 } else if agents.iter().all(|a| self.verdicts.contains_key(a)) {
                     Stage::Active
@@ -440,7 +442,10 @@ mod tests {
         assert_eq!(target_hash(&t, "paris", "c1").as_deref(), Some("new"));
         assert_eq!(target_hash(&t, "paris", "other").as_deref(), Some("old"));
         c.verdicts.insert("c1".into(), verdict(true));
+        // A failure claimed for an agent that is not a canary counts for nothing.
+        c.verdicts.insert("bystander".into(), verdict(false));
         t.merge(c.clone());
+        assert_eq!(t.pushes(&paris, SlotName::Placement)[1].stage(), Stage::Canary);
         assert_eq!(target_hash(&t, "paris", "other").as_deref(), Some("old"), "one canary is not all");
         let mut failed = c.clone();
         failed.verdicts.insert("c2".into(), verdict(false));
