@@ -295,3 +295,141 @@ fn processes_9_agents_in_3_pops_take_signed_pushes_canaries_shadows_and_rollback
         );
     }
 }
+
+/// A peer holding the cluster key (a compromised agent) announces a push of
+/// a bundle whose signature it stripped, serves that bundle when asked, and
+/// floods the policy topic with garbage: every agent fetches, refuses the
+/// bundle with the reason in its status, keeps its policy and keeps serving.
+#[test]
+fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
+    let keys = Keys::new();
+    let trusted = format!("policies.trusted-keys=[\"{}\"]", keys.public);
+    let pops: [PopSpec; 1] = [("lyon", "FR", 45.76, 4.84, 3)];
+    let cluster = Cluster::start(115, &pops, |_, _| 0, &["--set", &trusted]);
+    wait_until(Duration::from_secs(30), "the agents hear each other", || {
+        cluster.agents.iter().all(|a| status(a, "cluster").agents.len() == 3)
+    });
+    let signed = keys.sign("operator.key", "spread", "placement", "spread.bundle", &[]);
+    let stripped = hostile::strip_signature(&std::fs::read(&signed).expect("bundle")).expect("strip");
+    let key = std::fs::read_to_string(&cluster.key).expect("cluster key");
+    let psk: libp2p::pnet::PreSharedKey = key.parse().expect("psk");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rogue = rt.spawn(rogue(psk, stripped, stop.clone()));
+    let refused_all = || {
+        cluster.agents.iter().all(|a| {
+            status(a, "pop:lyon").agents.first().is_some_and(|me| me.problems.iter().any(|p| p.contains("unsigned")))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !refused_all() {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = cluster.agents.iter().map(|a| format!("{}:\n{}", a.host, a.log())).collect();
+            panic!("not every agent refused the stripped bundle; logs:\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for agent in &cluster.agents {
+        assert_eq!(active(agent, "placement"), "best-fit:{}", "{} runs its own policy", agent.host);
+        let out = agent.cli(&["vm", "create", &format!("after-{}", agent.host)]);
+        assert!(out.status.success(), "{} still serves: {out:?}", agent.host);
+        assert!(agent.log().contains("policy gossip refused"), "{}: the garbage was seen and refused", agent.host);
+    }
+    stop.cancel();
+    let _ = rt.block_on(rogue);
+}
+
+/// The hostile peer: connects to the three agents, announces a push of `bundle`
+/// with itself as the origin, answers every bundle question with it, and
+/// publishes garbage now and then, until `stop`.
+async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_util::sync::CancellationToken) {
+    use libp2p::core::Transport as _;
+    use libp2p::core::transport::upgrade::Version;
+    use libp2p::futures::StreamExt;
+    use libp2p::{gossipsub, request_response};
+    use locus::overlay::codec::Codec;
+    use locus::rollout::table::{BundleRef, Record, Scope};
+    use locus::rollout::wire;
+    use serde_bytes::ByteBuf;
+
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Rogue {
+        gossipsub: gossipsub::Behaviour,
+        bundles: request_response::Behaviour<Codec<ByteBuf, ByteBuf>>,
+    }
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+                .and_then(move |s, _| libp2p::pnet::PnetConfig::new(psk).handshake(s));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp.upgrade(Version::V1)
+                    .authenticate(libp2p::noise::Config::new(key)?)
+                    .multiplex(libp2p::yamux::Config::default()),
+            )
+        })
+        .expect("transport")
+        .with_behaviour(|key| Rogue {
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_secs(1))
+                    .build()
+                    .expect("gossipsub config"),
+            )
+            .expect("gossipsub"),
+            bundles: request_response::Behaviour::with_codec(
+                Codec::new(32 << 20, Default::default()),
+                [(libp2p::StreamProtocol::new(wire::BUNDLE_PROTOCOL), request_response::ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+        })
+        .expect("behaviour")
+        .build();
+    let topic = gossipsub::IdentTopic::new(wire::POLICY_TOPIC);
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
+    for h in 1..=3 {
+        let addr: libp2p::Multiaddr = format!("/ip4/127.115.0.{h}/tcp/7946").parse().expect("addr");
+        swarm.dial(addr).expect("dial");
+    }
+    let m = locus::bundle::peek(&bundle).expect("manifest");
+    let record = Record {
+        scope: Scope::Cluster,
+        slot: m.slot,
+        seq: 1,
+        bundle: Some(BundleRef {
+            hash: locus::bundle::sha256(&bundle),
+            name: m.name,
+            version: m.version,
+            component: m.component,
+            config: m.config,
+            size: bundle.len() as u64,
+            signer: None,
+        }),
+        origin: swarm.local_peer_id().to_string(),
+        pushed_at_ms: 0,
+        rollback: false,
+        plan: Plan::Direct,
+        verdicts: Default::default(),
+    };
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                let g = &mut swarm.behaviour_mut().gossipsub;
+                let _ = g.publish(topic.clone(), wire::record(&record));
+                let _ = g.publish(topic.clone(), b"\xc1\xc1 not a policy message".to_vec());
+            }
+            event = swarm.select_next_some() => {
+                if let libp2p::swarm::SwarmEvent::Behaviour(RogueEvent::Bundles(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. }, ..
+                })) = event
+                {
+                    let reply = ByteBuf::from(wire::bundle_reply(bundle.clone()));
+                    let _ = swarm.behaviour_mut().bundles.send_response(channel, reply);
+                }
+            }
+        }
+    }
+}

@@ -142,13 +142,17 @@ type RpcCodec = codec::Codec<PeerRequest, PeerResponse>;
 type BundleCodec = codec::Codec<serde_bytes::ByteBuf, serde_bytes::ByteBuf>;
 
 /// The bundle protocol's name.
-const BUNDLES: StreamProtocol = StreamProtocol::new("/locus/bundles/1");
+const BUNDLES: StreamProtocol = StreamProtocol::new(BUNDLE_PROTOCOL);
+/// The bundle protocol's name.
+pub const BUNDLE_PROTOCOL: &str = "/locus/bundles/1";
+/// The policy topic's name.
+pub const POLICY_TOPIC: &str = "locus/policy/1";
 /// Largest bundle-protocol frame: a component at the runtime's size cap
 /// with its manifest and signature.
 const MAX_BUNDLE_FRAME: usize = 17 << 20;
 /// The policy topic.
 fn policy_topic() -> IdentTopic {
-    IdentTopic::new("locus/policy/1")
+    IdentTopic::new(POLICY_TOPIC)
 }
 
 /// Largest gossip message, bytes.

@@ -1048,6 +1048,24 @@ impl Rollouts {
     }
 }
 
+/// The policy messages as a peer writes them, for tests that play a
+/// hostile peer.
+#[doc(hidden)]
+pub mod wire {
+    use super::*;
+
+    /// A record as published on the policy topic.
+    pub fn record(r: &Record) -> Vec<u8> {
+        encode(&Gossip::Record(Box::new(r.clone()))).unwrap_or_default()
+    }
+
+    /// The answer to a bundle question, holding `file`.
+    pub fn bundle_reply(file: Vec<u8>) -> Vec<u8> {
+        encode(&Reply::Bundle(file)).unwrap_or_default()
+    }
+    pub use crate::overlay::{BUNDLE_PROTOCOL, POLICY_TOPIC};
+}
+
 /// Opens a bundle with the agent's trust; the reason as text.
 fn verify(policies: &Policies, file: &[u8]) -> Result<Bundle, String> {
     bundle::open(file, policies.trust()).map_err(|e| e.to_string())
