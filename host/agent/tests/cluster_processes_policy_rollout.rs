@@ -318,13 +318,17 @@ fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
     let rogue = rt.spawn(rogue(psk, stripped, stop.clone()));
     let refused_all = || {
         cluster.agents.iter().all(|a| {
-            status(a, "pop:lyon").agents.first().is_some_and(|me| me.problems.iter().any(|p| p.contains("unsigned")))
+            status(a, "pop:lyon")
+                .agents
+                .first()
+                .is_some_and(|me| me.problems.iter().any(|p| p.contains("unsigned")))
         })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !refused_all() {
         if std::time::Instant::now() > deadline {
-            let logs: Vec<String> = cluster.agents.iter().map(|a| format!("{}:\n{}", a.host, a.log())).collect();
+            let logs: Vec<String> =
+                cluster.agents.iter().map(|a| format!("{}:\n{}", a.host, a.log())).collect();
             panic!("not every agent refused the stripped bundle; logs:\n{}", logs.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -333,7 +337,11 @@ fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
         assert_eq!(active(agent, "placement"), "best-fit:{}", "{} runs its own policy", agent.host);
         let out = agent.cli(&["vm", "create", &format!("after-{}", agent.host)]);
         assert!(out.status.success(), "{} still serves: {out:?}", agent.host);
-        assert!(agent.log().contains("policy gossip refused"), "{}: the garbage was seen and refused", agent.host);
+        assert!(
+            agent.log().contains("policy gossip refused"),
+            "{}: the garbage was seen and refused",
+            agent.host
+        );
     }
     stop.cancel();
     let _ = rt.block_on(rogue);
@@ -380,7 +388,10 @@ async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_uti
             .expect("gossipsub"),
             bundles: request_response::Behaviour::with_codec(
                 Codec::new(32 << 20, Default::default()),
-                [(libp2p::StreamProtocol::new(wire::BUNDLE_PROTOCOL), request_response::ProtocolSupport::Full)],
+                [(
+                    libp2p::StreamProtocol::new(wire::BUNDLE_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
                 request_response::Config::default(),
             ),
         })

@@ -12,8 +12,20 @@
 //! formed yet) sees another agent's status carry a different digest of
 //! the table and asks that agent for its records.
 
+mod canary;
+mod fetch;
+mod handle;
+mod peers;
 pub mod shadow;
+pub mod status;
 pub mod table;
+
+use canary::Canaries;
+use fetch::Fetches;
+use handle::Command;
+pub use handle::{Handle, PushOptions, RolloutError};
+use peers::Peers;
+pub use status::{AgentStatus, PushView, RolloutStatus, SlotStatus};
 
 use crate::bundle::{self, Bundle};
 use crate::overlay::{PolicyEvent, ToOverlay};
@@ -23,7 +35,7 @@ use locus_core::cluster::PeerId as CorePeer;
 use locus_policy::Loaded;
 use serde::{Deserialize, Serialize};
 use shadow::{ShadowReport, Shadows};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use table::{BundleRef, CanaryVerdict, Plan, Record, Scope, Stage, Table, Target};
@@ -34,14 +46,9 @@ use tokio_util::sync::CancellationToken;
 const TICK: Duration = Duration::from_millis(250);
 /// How often an agent gossips its status when nothing changed.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
-/// A peer whose status has not been heard for this long is left out.
-const STATUS_STALE: Duration = Duration::from_secs(30);
-/// How long a slot change that failed for the agent's own reasons, or a
-/// bundle fetch that failed, waits before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// Statuses in a row carrying another digest before the records are asked
-/// for (the first difference is usually gossip still in flight).
-const BEHIND_BEFORE_SYNC: u8 = 2;
+/// How long a slot change that failed for the agent's own reasons waits
+/// before it is tried again.
+const RETRY_AFTER: Duration = fetch::RETRY_AFTER;
 
 /// A message on the policy topic.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,144 +77,6 @@ enum Reply {
     Records(Vec<Record>),
     /// Not held here.
     Missing,
-}
-
-/// One agent's policies, as it reports them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AgentStatus {
-    /// Its peer id.
-    pub peer: String,
-    /// Its host.
-    pub host: String,
-    /// Its PoP.
-    pub pop: String,
-    /// When it reported, Unix ms.
-    pub at_ms: u64,
-    /// Digest of the pushes it knows (equal on agents that agree).
-    pub digest: u64,
-    /// Each slot.
-    pub slots: Vec<SlotStatus>,
-    /// Shadow runs, running or finished.
-    pub shadows: Vec<ShadowReport>,
-    /// Bundles it holds (and serves), by hash.
-    pub bundles: Vec<String>,
-    /// Pushes it refused, and why.
-    pub problems: Vec<String>,
-}
-
-/// What one slot of one agent runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SlotStatus {
-    /// The slot.
-    pub slot: SlotName,
-    /// The active version's id (`name@hash-prefix`).
-    pub policy: String,
-    /// SHA-256 of its component.
-    pub hash: String,
-    /// The push it runs (`scope/slot#seq`); none: its own (configured or
-    /// loaded on this agent).
-    pub push: Option<String>,
-    /// `own`, `canary` or `active`.
-    pub stage: String,
-    /// Calls of the active version since it was activated.
-    pub calls: u64,
-    /// Of which failed.
-    pub failures: u64,
-    /// When this agent activated the push it runs, Unix ms.
-    pub since_ms: Option<u64>,
-}
-
-/// A push and where it stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PushView {
-    /// `scope/slot#seq`.
-    pub id: String,
-    /// Where it stands.
-    pub stage: Stage,
-    /// The push.
-    pub record: Record,
-}
-
-/// Every push of a scope and every agent's status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RolloutStatus {
-    /// Pushes, oldest first per scope and slot.
-    pub pushes: Vec<PushView>,
-    /// Agents (of the scope), this one first.
-    pub agents: Vec<AgentStatus>,
-}
-
-/// How to push.
-#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PushOptions {
-    /// `cluster` or `pop:NAME`.
-    #[param(value_type = String)]
-    pub scope: Scope,
-    /// Agents that activate it first (0: all at once).
-    #[serde(default)]
-    pub canary: u32,
-    /// Decisions a canary must make with it to pass (default 20).
-    pub canary_decisions: Option<u64>,
-    /// …or seconds it must run, whichever comes first (default 60).
-    pub canary_seconds: Option<u64>,
-    /// Fraction of failed calls above which a canary fails (default 0.05).
-    pub max_failure_rate: Option<f64>,
-    /// Run as a shadow for this many seconds instead: never acts.
-    pub shadow_seconds: Option<u64>,
-}
-
-/// Why a push or rollback was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    /// The bundle or the request is wrong: the operator's to fix.
-    #[error("{0}")]
-    Refused(String),
-    /// Nothing to roll back.
-    #[error("{0}")]
-    NotFound(String),
-    /// Could not be stored; nothing was announced.
-    #[error("{0:#}")]
-    NotStored(anyhow::Error),
-}
-
-enum Command {
-    Push(Vec<u8>, PushOptions, oneshot::Sender<Result<PushView, RolloutError>>),
-    Status(Option<Scope>, oneshot::Sender<RolloutStatus>),
-    Rollback(Scope, SlotName, oneshot::Sender<Result<PushView, RolloutError>>),
-}
-
-/// The API's way to the rollout task.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl Handle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// Pushes a bundle to a scope.
-    pub async fn push(&self, bytes: Vec<u8>, options: PushOptions) -> Result<PushView, RolloutError> {
-        self.ask(|tx| Command::Push(bytes, options, tx)).await.unwrap_or_else(stopping)
-    }
-
-    /// Every push of `scope` (all with none) and every agent's status.
-    pub async fn status(&self, scope: Option<Scope>) -> Option<RolloutStatus> {
-        self.ask(|tx| Command::Status(scope, tx)).await
-    }
-
-    /// Rolls `scope`'s `slot` back to the push before the acting one.
-    pub async fn rollback(&self, scope: Scope, slot: SlotName) -> Result<PushView, RolloutError> {
-        self.ask(|tx| Command::Rollback(scope, slot, tx)).await.unwrap_or_else(stopping)
-    }
-}
-
-fn stopping<T>() -> Result<T, RolloutError> {
-    Err(RolloutError::NotStored(anyhow::anyhow!("the agent is stopping")))
 }
 
 /// What the rollout task needs.
@@ -263,20 +132,6 @@ struct Checked {
     loaded: Arc<Loaded>,
 }
 
-/// A canary this agent runs.
-struct CanaryRun {
-    push: String,
-    loaded: Arc<Loaded>,
-    started: Instant,
-}
-
-/// A peer's last status.
-struct Heard {
-    status: AgentStatus,
-    at: Instant,
-    behind: u8,
-}
-
 /// Starts the task; returns the API's handle.
 pub fn spawn(
     settings: Settings,
@@ -300,20 +155,17 @@ pub fn spawn(
         overlay: settings.overlay,
         shadows: settings.shadows,
         internal: internal_tx,
-        peers: BTreeMap::new(),
-        fetching: HashSet::new(),
-        attempts: HashMap::new(),
+        peers: Peers::default(),
+        fetches: Fetches::default(),
         refused: BTreeMap::new(),
         busy: [false; 3],
         wait: [None; 3],
-        fetch_after: HashMap::new(),
-        canaries: HashMap::new(),
+        canaries: Canaries::default(),
         since: Default::default(),
         prepared: None,
         before: Default::default(),
         shadowing: [false; 3],
         finished_shadows: Default::default(),
-        syncing: HashSet::new(),
         dirty: true,
         last_status: Instant::now(),
     };
@@ -331,11 +183,9 @@ struct Rollouts {
     overlay: mpsc::UnboundedSender<ToOverlay>,
     shadows: Arc<Shadows>,
     internal: mpsc::UnboundedSender<Internal>,
-    peers: BTreeMap<CorePeer, Heard>,
-    /// Bundles being fetched, by hash.
-    fetching: HashSet<String>,
-    /// Fetches tried per bundle, to ask another holder each time.
-    attempts: HashMap<String, usize>,
+    /// The other agents' statuses.
+    peers: Peers,
+    fetches: Fetches,
     /// Bundles this agent refused, by hash, and why.
     refused: BTreeMap<String, String>,
     /// Slots with a change under way off the task.
@@ -343,9 +193,7 @@ struct Rollouts {
     /// Slots whose last change failed for the agent's own reasons, and when
     /// to try again.
     wait: [Option<Instant>; 3],
-    /// Bundles whose last fetch failed, and when to ask again.
-    fetch_after: HashMap<String, Instant>,
-    canaries: HashMap<SlotName, CanaryRun>,
+    canaries: Canaries,
     /// When each slot took the push it runs (by id), Unix ms.
     since: [Option<(String, u64)>; 3],
     /// The last push entered here, compiled when it was checked: the bundle
@@ -357,8 +205,6 @@ struct Rollouts {
     shadowing: [bool; 3],
     /// The last report of each slot's ended shadow run.
     finished_shadows: [Option<ShadowReport>; 3],
-    /// Peers whose records were asked for and not answered yet.
-    syncing: HashSet<CorePeer>,
     /// Something changed since the last status.
     dirty: bool,
     last_status: Instant,
@@ -368,13 +214,8 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// How people and statuses name a push.
-pub fn push_id(r: &Record) -> String {
-    format!("{}/{}#{}", r.scope, r.slot.as_str(), r.seq)
-}
-
 fn view(r: &Record) -> PushView {
-    PushView { id: push_id(r), stage: r.stage(), record: r.clone() }
+    PushView { id: r.id(), stage: r.stage(), record: r.clone() }
 }
 
 fn encode<T: Serialize>(value: &T) -> Option<Vec<u8>> {
@@ -487,20 +328,16 @@ impl Rollouts {
             tracing::warn!(peer = %from, claimed = %s.peer, "a status for another peer is ignored");
             return;
         }
-        let differs = s.digest != self.table.digest();
-        let behind = match self.peers.get(&from) {
-            Some(h) if differs => h.behind.saturating_add(1),
-            _ => u8::from(differs),
-        };
-        if behind >= BEHIND_BEFORE_SYNC && !self.syncing.contains(&from) {
-            self.sync(from.clone());
+        if self.peers.heard(from.clone(), s, self.table.digest()) {
+            self.sync(from);
         }
-        self.peers.insert(from, Heard { status: s, at: Instant::now(), behind });
     }
 
     fn sync(&mut self, peer: CorePeer) {
-        let Some(question) = encode(&Question::Records) else { return };
-        self.syncing.insert(peer.clone());
+        let Some(question) = encode(&Question::Records) else {
+            self.peers.synced(&peer);
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
         let internal = self.internal.clone();
@@ -517,7 +354,6 @@ impl Rollouts {
                     .send((*opened).map_err(RolloutError::Refused).and_then(|b| self.announce(b, options)));
             }
             Internal::Fetched(hash, from, result) => {
-                self.fetching.remove(&hash);
                 let bytes = result.and_then(|b| match crate::overlay::codec::decode::<Reply>(&b) {
                     Ok(Reply::Bundle(bytes)) if bundle::sha256(&bytes) == hash => Ok(bytes),
                     Ok(Reply::Bundle(_)) => Err("sent a bundle whose hash is not the one asked for".into()),
@@ -527,17 +363,17 @@ impl Rollouts {
                 match bytes {
                     Ok(bytes) => match tokio::task::block_in_place(|| self.store.put_bundle(&hash, &bytes)) {
                         Ok(()) => {
+                            self.fetches.done(&hash, true);
                             tracing::debug!(bundle = %&hash[..12], peer = %from, size = bytes.len(), "bundle fetched");
                             self.reconcile();
                         }
                         Err(e) => {
-                            self.fetch_after.insert(hash.clone(), Instant::now() + RETRY_AFTER);
+                            self.fetches.done(&hash, false);
                             tracing::warn!(error = format!("{e:#}"), "a fetched bundle could not be stored")
                         }
                     },
                     Err(e) => {
-                        *self.attempts.entry(hash.clone()).or_default() += 1;
-                        self.fetch_after.insert(hash.clone(), Instant::now() + RETRY_AFTER);
+                        self.fetches.done(&hash, false);
                         tracing::warn!(bundle = %&hash[..12.min(hash.len())], peer = %from, error = %e, "bundle fetch failed; another holder is asked next");
                     }
                 }
@@ -550,11 +386,10 @@ impl Rollouts {
                         if let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), slot)
                             && r.bundle.as_ref().is_some_and(|b| runs(&loaded, b))
                         {
-                            let push = push_id(r);
+                            let push = r.id();
                             self.since[slot as usize] = Some((push.clone(), now_ms()));
                             if r.stage() == Stage::Canary {
-                                self.canaries
-                                    .insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                                self.canaries.start(slot, push, loaded);
                             }
                         }
                     }
@@ -571,7 +406,7 @@ impl Rollouts {
                                 && r.is_canary(self.me.as_str())
                             {
                                 let verdict = CanaryVerdict { passed: false, calls: 0, failures: 0, reason };
-                                self.verdict(r.clone(), verdict);
+                                self.verdict(r.clone(), self.me.as_str().to_owned(), verdict);
                             }
                         }
                     }
@@ -595,7 +430,7 @@ impl Rollouts {
                 self.dirty = true;
             }
             Internal::Synced(peer, result) => {
-                self.syncing.remove(&peer);
+                self.peers.synced(&peer);
                 let records = result.and_then(|b| match crate::overlay::codec::decode::<Reply>(&b) {
                     Ok(Reply::Records(r)) => Ok(r),
                     Ok(_) => Err("answered with something else".into()),
@@ -665,7 +500,7 @@ impl Rollouts {
             plan,
             verdicts: BTreeMap::new(),
         };
-        tracing::info!(push = %push_id(&record), policy = %b.manifest.name, version = %b.manifest.version, bundle = %&b.hash[..12], "policy pushed");
+        tracing::info!(push = %record.id(), policy = %b.manifest.name, version = %b.manifest.version, bundle = %&b.hash[..12], "policy pushed");
         self.prepared = Some((b.hash.clone(), loaded));
         self.publish(&record);
         self.table.merge(record.clone());
@@ -675,12 +510,8 @@ impl Rollouts {
 
     /// `n` agents of `scope` known to this one, spread by the bundle's hash.
     fn pick_canaries(&self, scope: &Scope, bundle: &str, n: usize) -> Vec<String> {
-        let mut agents: Vec<&str> = self
-            .peers
-            .values()
-            .filter(|h| h.at.elapsed() < STATUS_STALE && scope.contains(&h.status.pop))
-            .map(|h| h.status.peer.as_str())
-            .collect();
+        let mut agents: Vec<&str> =
+            self.peers.fresh().filter(|s| scope.contains(&s.pop)).map(|s| s.peer.as_str()).collect();
         if scope.contains(&self.pop) {
             agents.push(self.me.as_str());
         }
@@ -706,7 +537,7 @@ impl Rollouts {
             plan: Plan::Direct,
             verdicts: BTreeMap::new(),
         };
-        tracing::info!(push = %push_id(&record), "policy rolled back");
+        tracing::info!(push = %record.id(), "policy rolled back");
         self.publish(&record);
         self.table.merge(record.clone());
         self.table_changed();
@@ -743,17 +574,17 @@ impl Rollouts {
                 Target::Push(r) => {
                     let Some(b) = r.bundle.clone() else { continue };
                     if active.as_deref().is_some_and(|a| runs(a, &b)) {
-                        let id = push_id(r);
+                        let id = r.id();
                         if self.since[slot as usize].as_ref().is_none_or(|(p, _)| *p != id) {
                             self.since[slot as usize] = Some((id, now_ms()));
                         }
                         if r.stage() == Stage::Canary
-                            && !self.canaries.contains_key(&slot)
+                            && !self.canaries.running(slot)
                             && !r.verdicts.contains_key(self.me.as_str())
                             && let Some(loaded) = active
                         {
-                            let push = push_id(r);
-                            self.canaries.insert(slot, CanaryRun { push, loaded, started: Instant::now() });
+                            let push = r.id();
+                            self.canaries.start(slot, push, loaded);
                         }
                         continue;
                     }
@@ -830,21 +661,15 @@ impl Rollouts {
     /// Asks a holder for a bundle: the agent the push entered through
     /// first, then the others that report holding it, in turn.
     fn fetch(&mut self, hash: String, origin: CorePeer) {
-        if self.fetching.contains(&hash) || self.fetch_after.get(&hash).is_some_and(|t| Instant::now() < *t) {
-            return;
-        }
-        self.fetch_after.remove(&hash);
-        let others = self.peers.iter().filter(|(p, h)| **p != origin && h.status.bundles.contains(&hash));
-        let others: Vec<CorePeer> = others.map(|(p, _)| p.clone()).collect();
-        let mut holders = vec![origin];
-        holders.extend(others);
+        let mut holders = self.peers.holders(&hash);
+        holders.retain(|p| *p != origin);
+        holders.insert(0, origin);
         holders.retain(|p| *p != self.me);
-        if holders.is_empty() {
+        let Some(peer) = self.fetches.next(&hash, &holders) else { return };
+        let Some(question) = encode(&Question::Bundle(hash.clone())) else {
+            self.fetches.done(&hash, false);
             return;
-        }
-        let peer = holders[self.attempts.get(&hash).copied().unwrap_or(0) % holders.len()].clone();
-        let Some(question) = encode(&Question::Bundle(hash.clone())) else { return };
-        self.fetching.insert(hash.clone());
+        };
         let (tx, rx) = oneshot::channel();
         let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
         let internal = self.internal.clone();
@@ -857,56 +682,32 @@ impl Rollouts {
     fn tick(&mut self) {
         self.judge_canaries();
         self.run_shadows();
-        self.peers.retain(|_, h| h.at.elapsed() < STATUS_STALE * 4);
+        self.peers.forget_gone();
         self.reconcile();
         if self.last_status.elapsed() >= STATUS_EVERY {
             self.publish_status();
         }
     }
 
-    /// Ends each canary this agent runs once it has seen enough: fails it
-    /// as soon as its failures pass the threshold, passes it after enough
-    /// decisions or time within it.
+    /// Judges the canaries this agent runs, and, for pushes that entered
+    /// here, the canaries that went silent.
     fn judge_canaries(&mut self) {
-        let mut verdicts = Vec::new();
-        self.canaries.retain(|slot, run| {
-            let Target::Push(r) = self.table.target(&self.pop, self.me.as_str(), *slot) else { return false };
-            if push_id(r) != run.push
-                || r.stage() != Stage::Canary
-                || r.verdicts.contains_key(self.me.as_str())
-            {
-                return false;
-            }
-            let Plan::Canary { decisions, window_ms, max_failure_rate, .. } = r.plan else { return false };
-            let m = run.loaded.metrics();
-            let failures: u64 = m.errors.iter().map(|(_, n)| n).sum();
-            let kinds: Vec<String> =
-                m.errors.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{} {n}", k.as_str())).collect();
-            let rate = |calls: u64| if calls == 0 { 0.0 } else { failures as f64 / calls as f64 };
-            let passed = if failures as f64 > max_failure_rate * decisions as f64 {
-                Some(false)
-            } else if m.calls >= decisions || run.started.elapsed() >= Duration::from_millis(window_ms) {
-                Some(rate(m.calls) <= max_failure_rate)
-            } else {
-                None
-            };
-            let Some(passed) = passed else { return true };
-            let reason = if passed {
-                format!("{} calls on {}, {failures} failed", m.calls, self.host)
-            } else {
-                format!("{failures} of {} calls failed on {} ({})", m.calls, self.host, kinds.join(", "))
-            };
-            verdicts.push((r.clone(), CanaryVerdict { passed, calls: m.calls, failures, reason }));
-            false
-        });
-        for (r, v) in verdicts {
-            self.verdict(r, v);
+        let me = canary::Me { peer: self.me.as_str(), host: &self.host, pop: &self.pop };
+        let mine = self.canaries.judge(&self.table, &me);
+        let silent = canary::silent(&self.table, self.me.as_str(), &self.peers, now_ms());
+        let me = self.me.as_str().to_owned();
+        for (r, v) in mine {
+            self.verdict(r, me.clone(), v);
+        }
+        for (r, peer, v) in silent {
+            self.verdict(r, peer, v);
         }
     }
 
-    fn verdict(&mut self, mut r: Record, v: CanaryVerdict) {
-        tracing::info!(push = %push_id(&r), passed = v.passed, reason = %v.reason, "canary verdict");
-        r.verdicts.insert(self.me.as_str().to_owned(), v);
+    /// Adds `peer`'s verdict to a push, and tells everyone.
+    fn verdict(&mut self, mut r: Record, peer: String, v: CanaryVerdict) {
+        tracing::info!(push = %r.id(), %peer, passed = v.passed, reason = %v.reason, "canary verdict");
+        r.verdicts.insert(peer, v);
         self.publish(&r);
         self.table.merge(r);
         self.table_changed();
@@ -921,7 +722,7 @@ impl Rollouts {
                 matches!(r.plan, Plan::Shadow { window_ms } if r.pushed_at_ms.saturating_add(window_ms) > now)
             });
             let current = self.shadows.get(slot);
-            let want_id = want.map(push_id);
+            let want_id = want.map(Record::id);
             if current.as_ref().map(|c| c.push().to_owned()) == want_id {
                 continue;
             }
@@ -966,7 +767,7 @@ impl Rollouts {
                 let (push, stage) = match target {
                     Target::Push(r) if r.bundle.as_ref().is_some_and(|b| runs(&active, b)) => {
                         let stage = if r.stage() == Stage::Canary { "canary" } else { "active" };
-                        (Some(push_id(r)), stage)
+                        (Some(r.id()), stage)
                     }
                     _ => (None, "own"),
                 };
@@ -1038,12 +839,7 @@ impl Rollouts {
             .collect();
         let mut agents = vec![self.my_status()];
         agents.retain(|a| in_scope(&a.pop));
-        agents.extend(
-            self.peers
-                .values()
-                .filter(|h| h.at.elapsed() < STATUS_STALE && in_scope(&h.status.pop))
-                .map(|h| h.status.clone()),
-        );
+        agents.extend(self.peers.fresh().filter(|s| in_scope(&s.pop)).cloned());
         RolloutStatus { pushes, agents }
     }
 }

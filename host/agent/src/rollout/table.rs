@@ -183,6 +183,11 @@ pub enum Stage {
 }
 
 impl Record {
+    /// How people and statuses name a push: `scope/slot#seq`.
+    pub fn id(&self) -> String {
+        format!("{}/{}#{}", self.scope, self.slot.as_str(), self.seq)
+    }
+
     /// The total order of pushes to one scope and slot.
     pub fn order(&self) -> (u64, &str, &str) {
         (self.seq, self.bundle.as_ref().map_or("", |b| b.hash.as_str()), &self.origin)
