@@ -75,10 +75,20 @@ fn lifecycle_through_the_api() {
         let d: Deleted = c.delete("/v1/vms/db").await.expect("delete");
         assert_eq!(d.deleted, "db");
         let spec: serde_json::Value = c.get("/openapi.json").await.expect("openapi");
-        for path in ["/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/stop", "/v1/host", "/v1/policies/{slot}"] {
+        for path in [
+            "/v1/vms",
+            "/v1/vms/{name}",
+            "/v1/vms/{name}/stop",
+            "/v1/host",
+            "/v1/policies/{slot}",
+            "/v1/rollouts",
+            "/v1/rollouts/rollback",
+        ] {
             assert!(spec["paths"][path].is_object(), "{path} is described");
         }
-        assert!(spec["components"]["schemas"]["VmRequest"].is_object());
+        for schema in ["VmRequest", "PushView", "RolloutStatus", "Record", "AgentStatus"] {
+            assert!(spec["components"]["schemas"][schema].is_object(), "{schema} is described");
+        }
     });
 }
 

@@ -138,7 +138,10 @@ mod tests {
         table.merge(Record { scope: Scope::Pop("p".into()), ..canary("other", &["gone"]) });
         let peers = Peers::default();
         let window_end = 1_000 + 60_000 + STATUS_STALE.as_millis() as u64;
-        assert!(silent(&table, "me", &peers, window_end - 1).is_empty(), "not before the window and the grace");
+        assert!(
+            silent(&table, "me", &peers, window_end - 1).is_empty(),
+            "not before the window and the grace"
+        );
         let failed = silent(&table, "me", &peers, window_end);
         assert_eq!(failed.len(), 1, "only the push that entered here, only the silent canary: {failed:?}");
         let (r, peer, v) = &failed[0];
