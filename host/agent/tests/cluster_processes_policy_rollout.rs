@@ -299,7 +299,8 @@ fn processes_9_agents_in_3_pops_take_signed_pushes_canaries_shadows_and_rollback
 /// A peer holding the cluster key (a compromised agent) announces a push of
 /// a bundle whose signature it stripped, serves that bundle when asked, and
 /// floods the policy topic with garbage: every agent fetches, refuses the
-/// bundle with the reason in its status, keeps its policy and keeps serving.
+/// bundle with the reason in its status, refuses a malformed push, keeps
+/// its policy and keeps serving.
 #[test]
 fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
     let keys = Keys::new();
@@ -340,6 +341,11 @@ fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
         assert!(
             agent.log().contains("policy gossip refused"),
             "{}: the garbage was seen and refused",
+            agent.host
+        );
+        assert!(
+            agent.log().contains("heard from a peer is refused"),
+            "{}: the malformed push too",
             agent.host
         );
     }
@@ -423,6 +429,12 @@ async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_uti
         plan: Plan::Direct,
         verdicts: Default::default(),
     };
+    // A record no agent would write: a hash that is not one, cut in the
+    // middle of a character where an agent shortens it for its logs.
+    let mut malformed = record.clone();
+    if let Some(b) = malformed.bundle.as_mut() {
+        b.hash = "aé".repeat(20);
+    }
     let mut every = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -431,6 +443,7 @@ async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_uti
                 let g = &mut swarm.behaviour_mut().gossipsub;
                 let _ = g.publish(topic.clone(), wire::record(&record));
                 let _ = g.publish(topic.clone(), b"\xc1\xc1 not a policy message".to_vec());
+                let _ = g.publish(topic.clone(), wire::record(&malformed));
             }
             event = swarm.select_next_some() => {
                 if let libp2p::swarm::SwarmEvent::Behaviour(RogueEvent::Bundles(request_response::Event::Message {

@@ -306,7 +306,8 @@ pub fn status(conn: &Connection, args: &StatusArgs) -> Result<()> {
             Some(b) => format!("{}@{}", b.name, b.version),
             None => "(what ran before)".into(),
         };
-        let bundle = p.record.bundle.as_ref().map_or(String::new(), |b| b.hash[..12].to_owned());
+        let bundle =
+            p.record.bundle.as_ref().map_or(String::new(), |b| clean(b.hash.get(..12).unwrap_or(&b.hash)));
         let plan = if p.record.rollback { "rollback".to_owned() } else { describe(&p.record.plan) };
         pushes.add_row([clean(&p.id), clean(&policy), bundle, plan, clean(&stage_text(&p.stage))]);
     }

@@ -103,7 +103,8 @@ enum Internal {
     Pushed(Box<Result<Checked, String>>, PushOptions, oneshot::Sender<Result<PushView, RolloutError>>),
     Fetched(String, CorePeer, Result<Vec<u8>, String>),
     Applied(SlotName, Option<String>, Result<Arc<Loaded>, Failed>),
-    Shadowing(SlotName, String, Result<Arc<Loaded>, String>),
+    /// A shadow candidate: slot, push id, bundle hash, the compiled version.
+    Shadowing(SlotName, String, String, Result<Arc<Loaded>, String>),
     Synced(CorePeer, Result<Vec<u8>, String>),
 }
 
@@ -317,6 +318,10 @@ impl Rollouts {
     }
 
     fn heard_record(&mut self, r: Record) {
+        if let Err(e) = r.check() {
+            tracing::warn!(push = %r.id(), error = %e, "a policy push heard from a peer is refused");
+            return;
+        }
         if self.table.merge(r) {
             self.table_changed();
         }
@@ -374,7 +379,7 @@ impl Rollouts {
                     },
                     Err(e) => {
                         self.fetches.done(&hash, false);
-                        tracing::warn!(bundle = %&hash[..12.min(hash.len())], peer = %from, error = %e, "bundle fetch failed; another holder is asked next");
+                        tracing::warn!(bundle = %hash.get(..12).unwrap_or(&hash), peer = %from, error = %e, "bundle fetch failed; another holder is asked next");
                     }
                 }
             }
@@ -414,7 +419,7 @@ impl Rollouts {
                 self.dirty = true;
                 self.reconcile();
             }
-            Internal::Shadowing(slot, push, result) => {
+            Internal::Shadowing(slot, push, hash, result) => {
                 self.shadowing[slot as usize] = false;
                 match result {
                     Ok(loaded) => {
@@ -424,7 +429,7 @@ impl Rollouts {
                     Err(reason) => {
                         tracing::warn!(slot = slot.as_str(), %push, %reason, "shadow candidate refused");
                         self.finished_shadows[slot as usize] = None;
-                        self.refused.insert(push, reason);
+                        self.refused.insert(hash, reason);
                     }
                 }
                 self.dirty = true;
@@ -440,7 +445,12 @@ impl Rollouts {
                     Ok(records) => {
                         let mut changed = false;
                         for r in records {
-                            changed |= self.table.merge(r);
+                            match r.check() {
+                                Ok(()) => changed |= self.table.merge(r),
+                                Err(e) => {
+                                    tracing::warn!(%peer, push = %r.id(), error = %e, "a policy push from a peer is refused")
+                                }
+                            }
                         }
                         if changed {
                             tracing::info!(%peer, "missed policy pushes taken from a peer");
@@ -734,7 +744,7 @@ impl Rollouts {
             }
             let (Some(r), Some(id)) = (want, want_id) else { continue };
             let Some(b) = r.bundle.clone() else { continue };
-            if self.shadowing[slot as usize] || self.refused.contains_key(&id) {
+            if self.shadowing[slot as usize] || self.refused.contains_key(&b.hash) {
                 continue;
             }
             let origin = CorePeer::from(r.origin.clone());
@@ -743,13 +753,14 @@ impl Rollouts {
                     self.shadowing[slot as usize] = true;
                     let policies = self.policies.clone();
                     let internal = self.internal.clone();
+                    let hash = b.hash.clone();
                     tokio::task::spawn_blocking(move || {
                         let result = verify(&policies, &file).and_then(|b| {
                             policies
                                 .check(slot, &b.manifest.name, &b.component, b.manifest.config.clone())
                                 .map_err(|e| e.to_string())
                         });
-                        let _ = internal.send(Internal::Shadowing(slot, id, result));
+                        let _ = internal.send(Internal::Shadowing(slot, id, hash, result));
                     });
                 }
                 Ok(None) => self.fetch(b.hash, origin),
@@ -813,7 +824,7 @@ impl Rollouts {
             problems: self
                 .refused
                 .iter()
-                .map(|(h, why)| format!("{}: {why}", &h[..12.min(h.len())]))
+                .map(|(h, why)| format!("{}: {why}", h.get(..12).unwrap_or(h)))
                 .collect(),
         }
     }

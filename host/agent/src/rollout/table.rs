@@ -182,7 +182,61 @@ pub enum Stage {
     Shadow,
 }
 
+/// Longest free text a record carries (a verdict's reason), bytes.
+const MAX_TEXT: usize = 1024;
+/// Most canaries a push may list.
+const MAX_CANARIES: usize = 1024;
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_peer(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 impl Record {
+    /// Checks a record heard from a peer before it is taken in: hashes
+    /// are SHA-256 in hex, names and texts as agents write them, lists
+    /// bounded. What an agent makes passes; anything else is a peer's
+    /// fault, refused with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if self.seq == 0 || !is_peer(&self.origin) {
+            return Err("a push needs a number and the peer id it entered through".into());
+        }
+        if let Some(b) = &self.bundle {
+            if !is_sha256(&b.hash) || !is_sha256(&b.component) {
+                return Err("bundle and component hashes must be SHA-256 in lowercase hex".into());
+            }
+            if !locus_core::request::valid_name(&b.name) || b.version.len() > 64 {
+                return Err(format!("bundle name {:?} or version invalid", b.name));
+            }
+            crate::policies::check_config(&b.config)?;
+            if b.signer.as_ref().is_some_and(|k| k.len() != 64 || !k.bytes().all(|c| c.is_ascii_hexdigit())) {
+                return Err("a signer is an ed25519 public key in hex".into());
+            }
+        }
+        match &self.plan {
+            Plan::Direct | Plan::Shadow { .. } => {
+                if !self.verdicts.is_empty() {
+                    return Err("only a canary push carries verdicts".into());
+                }
+            }
+            Plan::Canary { agents, decisions, max_failure_rate, .. } => {
+                if agents.len() > MAX_CANARIES || !agents.iter().all(|a| is_peer(a)) {
+                    return Err(format!("at most {MAX_CANARIES} canaries, by peer id"));
+                }
+                if *decisions == 0 || !(0.0..=1.0).contains(max_failure_rate) {
+                    return Err("a canary needs decisions and a failure rate between 0 and 1".into());
+                }
+                if self.verdicts.iter().any(|(p, v)| !agents.contains(p) || v.reason.len() > MAX_TEXT) {
+                    return Err("verdicts come from the push's canaries, with a short reason".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How people and statuses name a push: `scope/slot#seq`.
     pub fn id(&self) -> String {
         format!("{}/{}#{}", self.scope, self.slot.as_str(), self.seq)
@@ -477,6 +531,30 @@ mod tests {
         let (seq, to) = t.rollback(&s, SlotName::Placement).expect("rollback");
         assert_eq!((seq, to.map(|b| b.hash)), (4, Some("a".into())));
         assert!(t.shadow("any", SlotName::Placement).is_some());
+    }
+
+    #[test]
+    fn records_from_peers_are_checked() {
+        let good = push(Scope::Cluster, 1, &"a".repeat(64), "12D3KooWpeer", canary(&["c1"]));
+        let mut good = good;
+        if let Some(b) = good.bundle.as_mut() {
+            b.component = "b".repeat(64);
+        }
+        assert_eq!(good.check(), Ok(()));
+        let mut bad = good.clone();
+        if let Some(b) = bad.bundle.as_mut() {
+            b.hash = "aé".repeat(20);
+        }
+        assert!(bad.check().is_err(), "a hash that is not hex");
+        let mut bad = good.clone();
+        bad.verdicts.insert("bystander".into(), verdict(false));
+        assert!(bad.check().is_err(), "a verdict from an agent that is not a canary");
+        let mut bad = good.clone();
+        bad.origin = "a\u{1b}[2J".into();
+        assert!(bad.check().is_err(), "an origin that is not a peer id");
+        let mut bad = good;
+        bad.plan = Plan::Canary { agents: vec![], decisions: 0, window_ms: 0, max_failure_rate: f64::NAN };
+        assert!(bad.check().is_err(), "a canary without decisions or rate");
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
