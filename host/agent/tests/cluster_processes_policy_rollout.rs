@@ -165,6 +165,14 @@ fn processes_9_agents_in_3_pops_take_signed_pushes_canaries_shadows_and_rollback
             "signed bundles",
         );
     }
+    let spread_path = spread.to_str().expect("utf-8");
+    let entry = &cluster.agents[madrid[0]];
+    refused(entry, &["policy", "push", spread_path, "--scope", "pop:nowhere"], "no agent of pop:nowhere");
+    refused(
+        entry,
+        &["policy", "push", spread_path, "--scope", "cluster", "--canary", "1", "--shadow", "5"],
+        "cannot be used with",
+    );
     for agent in &cluster.agents {
         assert_eq!(status(agent, "cluster").pushes.len(), 1, "{}: a refused bundle left a push", agent.host);
         let place = active(agent, "placement");

@@ -73,7 +73,7 @@ pub struct PushArgs {
     pub max_failure_rate: f64,
     /// Run it as a shadow for this many seconds: beside the active
     /// version, on live requests, never acting.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "canary")]
     pub shadow: Option<u64>,
     /// Return once announced instead of following it to the end.
     #[arg(long)]

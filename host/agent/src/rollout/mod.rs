@@ -257,6 +257,10 @@ impl Rollouts {
     fn command(&mut self, c: Command) {
         match c {
             Command::Push(bytes, options, reply) => {
+                if let Err(e) = check_options(&options) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let policies = self.policies.clone();
                 let internal = self.internal.clone();
                 tokio::spawn(async move {
@@ -467,27 +471,22 @@ impl Rollouts {
     fn announce(&mut self, checked: Checked, o: PushOptions) -> Result<PushView, RolloutError> {
         let Checked { bundle: b, file, loaded } = checked;
         let slot = b.manifest.slot;
+        let known = self.agents_in(&o.scope);
+        if known.is_empty() {
+            return Err(RolloutError::Refused(format!(
+                "no agent of {} has reported to this one: check the scope's name (a push needs an agent of its scope up)",
+                o.scope
+            )));
+        }
         let plan = match (o.shadow_seconds, o.canary) {
-            (Some(_), n) if n > 0 => {
-                return Err(RolloutError::Refused("a push is either a canary or a shadow, not both".into()));
-            }
-            (Some(0), _) => return Err(RolloutError::Refused("a shadow runs for at least a second".into())),
             (Some(s), _) => Plan::Shadow { window_ms: s.saturating_mul(1000) },
             (None, 0) => Plan::Direct,
-            (None, n) => {
-                let rate = o.max_failure_rate.unwrap_or(0.05);
-                if !(0.0..=1.0).contains(&rate) {
-                    return Err(RolloutError::Refused(format!(
-                        "max_failure_rate {rate} is not between 0 and 1"
-                    )));
-                }
-                Plan::Canary {
-                    agents: self.pick_canaries(&o.scope, &b.hash, n as usize),
-                    decisions: o.canary_decisions.unwrap_or(20).max(1),
-                    window_ms: o.canary_seconds.unwrap_or(60).max(1).saturating_mul(1000),
-                    max_failure_rate: rate,
-                }
-            }
+            (None, n) => Plan::Canary {
+                agents: spread(known, &b.hash, n as usize),
+                decisions: o.canary_decisions.unwrap_or(20).max(1),
+                window_ms: o.canary_seconds.unwrap_or(60).max(1).saturating_mul(1000),
+                max_failure_rate: o.max_failure_rate.unwrap_or(0.05),
+            },
         };
         tokio::task::block_in_place(|| self.store.put_bundle(&b.hash, &file))
             .map_err(RolloutError::NotStored)?;
@@ -518,15 +517,14 @@ impl Rollouts {
         Ok(view(&record))
     }
 
-    /// `n` agents of `scope` known to this one, spread by the bundle's hash.
-    fn pick_canaries(&self, scope: &Scope, bundle: &str, n: usize) -> Vec<String> {
-        let mut agents: Vec<&str> =
-            self.peers.fresh().filter(|s| scope.contains(&s.pop)).map(|s| s.peer.as_str()).collect();
+    /// The agents of `scope` this one has heard from lately, itself included.
+    fn agents_in(&self, scope: &Scope) -> Vec<String> {
+        let mut agents: Vec<String> =
+            self.peers.fresh().filter(|s| scope.contains(&s.pop)).map(|s| s.peer.clone()).collect();
         if scope.contains(&self.pop) {
-            agents.push(self.me.as_str());
+            agents.push(self.me.as_str().to_owned());
         }
-        agents.sort_by_cached_key(|a| bundle::sha256(format!("{bundle}{a}").as_bytes()));
-        agents.into_iter().take(n).map(str::to_owned).collect()
+        agents
     }
 
     fn rollback(&mut self, scope: Scope, slot: SlotName) -> Result<PushView, RolloutError> {
@@ -873,7 +871,74 @@ pub mod wire {
     pub use crate::overlay::{BUNDLE_PROTOCOL, POLICY_TOPIC};
 }
 
+/// `n` of `agents`, spread by the bundle's hash (another push picks others).
+fn spread(mut agents: Vec<String>, bundle: &str, n: usize) -> Vec<String> {
+    agents.sort_by_cached_key(|a| bundle::sha256(format!("{bundle}{a}").as_bytes()));
+    agents.truncate(n);
+    agents
+}
+
+/// Checks a push's options before its bundle is verified and compiled.
+fn check_options(o: &PushOptions) -> Result<(), RolloutError> {
+    let refused = |m: &str| Err(RolloutError::Refused(m.to_owned()));
+    match (o.shadow_seconds, o.canary) {
+        (Some(_), n) if n > 0 => refused("a push is either a canary or a shadow, not both"),
+        (Some(0), _) => refused("a shadow runs for at least a second"),
+        (_, 0)
+            if o.canary_decisions.is_some() || o.canary_seconds.is_some() || o.max_failure_rate.is_some() =>
+        {
+            refused("canary_decisions, canary_seconds and max_failure_rate go with canary")
+        }
+        _ if o.max_failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) => {
+            refused("max_failure_rate is a fraction between 0 and 1")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Opens a bundle with the agent's trust; the reason as text.
 fn verify(policies: &Policies, file: &[u8]) -> Result<Bundle, String> {
     bundle::open(file, policies.trust()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> PushOptions {
+        PushOptions {
+            scope: Scope::Cluster,
+            canary: 0,
+            canary_decisions: None,
+            canary_seconds: None,
+            max_failure_rate: None,
+            shadow_seconds: None,
+        }
+    }
+
+    #[test]
+    fn push_options_that_contradict_each_other_are_refused_with_the_reason() {
+        assert!(check_options(&options()).is_ok());
+        let both = PushOptions { canary: 1, shadow_seconds: Some(5), ..options() };
+        assert!(check_options(&both).is_err_and(|e| e.to_string().contains("not both")));
+        let zero = PushOptions { shadow_seconds: Some(0), ..options() };
+        assert!(check_options(&zero).is_err());
+        let stray = PushOptions { canary_decisions: Some(3), ..options() };
+        assert!(check_options(&stray).is_err_and(|e| e.to_string().contains("go with canary")));
+        let rate = PushOptions { canary: 2, max_failure_rate: Some(1.5), ..options() };
+        assert!(check_options(&rate).is_err_and(|e| e.to_string().contains("between 0 and 1")));
+        let canary =
+            PushOptions { canary: 2, max_failure_rate: Some(0.1), canary_decisions: Some(5), ..options() };
+        assert!(check_options(&canary).is_ok());
+    }
+
+    #[test]
+    fn canaries_are_spread_by_the_bundle() {
+        let agents: Vec<String> = (0..10).map(|i| format!("peer{i}")).collect();
+        let a = spread(agents.clone(), "bundle-a", 3);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, spread(agents.clone(), "bundle-a", 3), "the same bundle, the same canaries");
+        assert_ne!(a, spread(agents.clone(), "bundle-b", 3), "another bundle, others");
+        assert_eq!(spread(agents, "x", 20).len(), 10);
+    }
 }
