@@ -67,6 +67,11 @@ impl Agents {
         self._dir.path()
     }
 
+    /// An API client per agent.
+    pub fn clients(&self) -> Vec<Client> {
+        self.sockets.iter().map(|s| Client::new(Endpoint::Unix(s.clone()))).collect()
+    }
+
     /// The last lines agent `i` logged.
     pub fn log_tail(&self, i: usize) -> String {
         let log = std::fs::read_to_string(self.dir().join(format!("a{i}.log"))).unwrap_or_default();
@@ -167,8 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("need at least 2 PoPs, at most {}, and at least one agent per PoP", CODES.len());
     }
     let agents = spawn_agents(args.agents, args.pops, 60, &[])?;
-    let clients: Vec<Client> =
-        agents.sockets.iter().map(|s| Client::new(Endpoint::Unix(s.clone()))).collect();
+    let clients = agents.clients();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);

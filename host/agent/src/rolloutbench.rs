@@ -6,7 +6,7 @@
 //! components the agents never compiled, and pushes that change only the
 //! configuration of one they run (no compile), are timed apart.
 
-use crate::client::{Client, Endpoint};
+use crate::client::Client;
 use crate::clusterbench::{spawn_agents, wait_up};
 use crate::policies::{PolicyVersion, SlotName};
 use crate::rollout::RolloutStatus;
@@ -92,8 +92,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let extra = vec!["--set".to_owned(), format!("policies.trusted-keys=[\"{public}\"]")];
     let agents = spawn_agents(args.agents, 1, 150, &extra)?;
-    let clients: Vec<Client> =
-        agents.sockets.iter().map(|s| Client::new(Endpoint::Unix(s.clone()))).collect();
+    let clients = agents.clients();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);

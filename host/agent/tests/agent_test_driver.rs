@@ -514,7 +514,7 @@ fn policy_uploads_are_bounded_in_number_and_size() {
         .collect();
     wait_until(Duration::from_secs(10), "a third upload is turned away", || {
         let out = agent.cli(&["policy", "load", "spread", "--slot", "placement"]);
-        String::from_utf8_lossy(&out.stderr).contains("policy loads are already running")
+        String::from_utf8_lossy(&out.stderr).contains("policy uploads are already running")
     });
     let _: HostStatus = agent.json(&["host", "status"]);
     drop(stalled);

@@ -71,28 +71,7 @@ pub async fn load(
     body: axum::body::Body,
 ) -> Result<Json<PolicyVersion>, Failure> {
     let slot = slot(&name)?;
-    // Bodies are up to the size cap each: only a few are read and compiled
-    // at once, and the rest are told to come back rather than held.
-    let _permit = s.uploads.clone().try_acquire_owned().map_err(|_| {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{MAX_UPLOADS} policy loads are already running; try again when one finishes"),
-        )
-    })?;
-    let body = axum::body::to_bytes(body, s.policies.max_size()).await.map_err(|e| {
-        use std::error::Error as _;
-        let too_large = e.source().is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!("the component is larger than {} bytes", s.policies.max_size()),
-            )
-        } else {
-            Failure::bad_request(format!("reading the component: {e}"))
-        }
-    })?;
+    let (_permit, body) = upload(&s, body).await?;
     if crate::bundle::is_bundle(&body) {
         if p.name.is_some() || p.config.is_some() {
             return Err(Failure::bad_request(
@@ -106,6 +85,13 @@ pub async fn load(
             "bad-request",
         )
         .await;
+    }
+    if body.len() > s.policies.max_size() {
+        return Err(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the component is larger than {} bytes", s.policies.max_size()),
+        ));
     }
     let name = p.name.ok_or_else(|| Failure::bad_request("a bare component needs a name (?name=…)"))?;
     if !locus_core::request::valid_name(&name) {
@@ -122,6 +108,40 @@ pub async fn load(
     change(s, move |s| s.policies.load(slot, &name, &body, config), StatusCode::BAD_REQUEST, "bad-request")
         .await
 }
+
+/// Reads a policy upload (a component or a bundle): only a few are read
+/// and compiled at once, since each may be as large as the runtime's cap
+/// (plus a bundle's manifest), and the rest are told to come back rather
+/// than held. The permit is held until the upload is dealt with.
+pub(super) async fn upload(
+    s: &AppState,
+    body: axum::body::Body,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, axum::body::Bytes), Failure> {
+    let permit = s.uploads.clone().try_acquire_owned().map_err(|_| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{MAX_UPLOADS} policy uploads are already running; try again when one finishes"),
+        )
+    })?;
+    let limit = s.policies.max_size() + MANIFEST_ROOM;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        use std::error::Error as _;
+        if e.source().is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the upload is larger than {limit} bytes"),
+            )
+        } else {
+            Failure::bad_request(format!("reading the upload: {e}"))
+        }
+    })?;
+    Ok((permit, body))
+}
+
+/// Room for a bundle's manifest and signature beside a component at the cap.
+const MANIFEST_ROOM: usize = 1 << 20;
 
 /// Makes an earlier version of a slot active again, and stores that.
 #[utoipa::path(post, path = "/v1/policies/{slot}/rollback", tag = "policies",

@@ -65,26 +65,7 @@ pub async fn push(
     QueryParams(options): QueryParams<PushOptions>,
     body: axum::body::Body,
 ) -> Result<Json<PushView>, Failure> {
-    let _permit = s.uploads.clone().try_acquire_owned().map_err(|_| {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "as many policy uploads as allowed are already running; try again when one finishes",
-        )
-    })?;
-    let limit = s.policies.max_size() + (1 << 20);
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        use std::error::Error as _;
-        if e.source().is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!("the bundle is larger than {limit} bytes"),
-            )
-        } else {
-            Failure::bad_request(format!("reading the bundle: {e}"))
-        }
-    })?;
+    let (_permit, body) = super::policies::upload(&s, body).await?;
     s.rollouts.push(body.to_vec(), options).await.map(Json).map_err(failure)
 }
 

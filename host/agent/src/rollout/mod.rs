@@ -343,16 +343,28 @@ impl Rollouts {
     }
 
     fn sync(&mut self, peer: CorePeer) {
-        let Some(question) = encode(&Question::Records) else {
-            self.peers.synced(&peer);
+        let from = peer.clone();
+        self.ask(peer, &Question::Records, move |answer| Internal::Synced(from, answer));
+    }
+
+    /// Asks `peer` on the bundle protocol; its answer (or why none came)
+    /// comes back to the task as `answered(answer)`.
+    fn ask(
+        &self,
+        peer: CorePeer,
+        question: &Question,
+        answered: impl FnOnce(Result<Vec<u8>, String>) -> Internal + Send + 'static,
+    ) {
+        let internal = self.internal.clone();
+        let Some(question) = encode(question) else {
+            let _ = internal.send(answered(Err("the question could not be encoded".into())));
             return;
         };
         let (tx, rx) = oneshot::channel();
-        let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
-        let internal = self.internal.clone();
+        let _ = self.overlay.send(ToOverlay::Ask(peer, question, tx));
         tokio::spawn(async move {
             let answer = rx.await.unwrap_or_else(|_| Err("the overlay stopped".into()));
-            let _ = internal.send(Internal::Synced(peer, answer));
+            let _ = internal.send(answered(answer));
         });
     }
 
@@ -674,17 +686,8 @@ impl Rollouts {
         holders.insert(0, origin);
         holders.retain(|p| *p != self.me);
         let Some(peer) = self.fetches.next(&hash, &holders) else { return };
-        let Some(question) = encode(&Question::Bundle(hash.clone())) else {
-            self.fetches.done(&hash, false);
-            return;
-        };
-        let (tx, rx) = oneshot::channel();
-        let _ = self.overlay.send(ToOverlay::Ask(peer.clone(), question, tx));
-        let internal = self.internal.clone();
-        tokio::spawn(async move {
-            let answer = rx.await.unwrap_or_else(|_| Err("the overlay stopped".into()));
-            let _ = internal.send(Internal::Fetched(hash, peer, answer));
-        });
+        let from = peer.clone();
+        self.ask(peer, &Question::Bundle(hash.clone()), move |answer| Internal::Fetched(hash, from, answer));
     }
 
     fn tick(&mut self) {
