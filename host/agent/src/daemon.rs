@@ -114,8 +114,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let cancel = CancellationToken::new();
     let (ov_events, ov_rx) = mpsc::unbounded_channel();
     let (policy_events, policy_rx) = mpsc::unbounded_channel();
-    let (ov_tx, ov_task) =
-        overlay::spawn(overlay_settings(&config, keypair)?, ov_events, policy_events, cancel.clone())?;
+    let (ov_tx, ov_task) = overlay::spawn(
+        overlay_settings(&config, keypair.clone())?,
+        ov_events,
+        policy_events,
+        cancel.clone(),
+    )?;
     let shadows = Arc::new(crate::rollout::shadow::Shadows::default());
     let (rollouts, rollout_task) = crate::rollout::spawn(
         crate::rollout::Settings {
@@ -126,6 +130,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             store: store.clone(),
             overlay: ov_tx.clone(),
             shadows: shadows.clone(),
+            keypair,
         },
         policy_rx,
         cancel.clone(),

@@ -1,8 +1,8 @@
 //! Policy pushes across 9 `locus agent` processes in 3 PoPs on loopback
 //! (test driver, real libp2p overlay with a cluster key), every agent
 //! trusting one operator key: a signed push to one PoP reaches all of its
-//! agents and no other; unsigned, tampered, stripped and stranger-key
-//! bundles are refused by every agent, pushed or loaded; a canary that
+//! agents and no other; unsigned, tampered, stripped, expired and
+//! stranger-key bundles are refused by every agent, pushed or loaded; a canary that
 //! traps rolls back everywhere with the reason; a shadow reports
 //! agreement; an agent down during a push gets it when it comes back; two
 //! racing pushes converge on one winner; a scope rolls back.
@@ -138,7 +138,10 @@ fn processes_9_agents_in_3_pops_take_signed_pushes_canaries_shadows_and_rollback
         .output()
         .expect("keygen");
     assert!(stranger.status.success());
+    let expired = keys.sign("operator.key", "spread", "placement", "expired.bundle", &["--valid-days", "0"]);
+    std::thread::sleep(Duration::from_millis(1100));
     let bad = [
+        (expired, "expired"),
         (keys.write("stripped.bundle", &hostile::strip_signature(&good).expect("strip")), "unsigned"),
         (
             keys.write("tampered.bundle", &hostile::change_config(&good, "w", "9").expect("tamper")),

@@ -77,7 +77,7 @@ impl Canaries {
                     .collect();
                 format!("{failures} of {} calls failed on {} ({})", m.calls, me.host, kinds.join(", "))
             };
-            verdicts.push((r.clone(), CanaryVerdict { passed, calls: m.calls, failures, reason }));
+            verdicts.push((r.clone(), CanaryVerdict::new(passed, m.calls, failures, reason)));
             false
         });
         verdicts
@@ -100,7 +100,7 @@ pub fn silent(table: &Table, me: &str, peers: &Peers, now_ms: u64) -> Vec<(Recor
         for a in agents.iter().filter(|a| *a != me && !r.verdicts.contains_key(*a) && !peers.is_fresh(a)) {
             let reason =
                 format!("canary {a} was not heard from for {} s past its window", STATUS_STALE.as_secs());
-            out.push((r.clone(), a.clone(), CanaryVerdict { passed: false, calls: 0, failures: 0, reason }));
+            out.push((r.clone(), a.clone(), CanaryVerdict::new(false, 0, 0, reason)));
         }
     }
     out

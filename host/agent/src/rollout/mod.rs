@@ -96,6 +96,8 @@ pub struct Settings {
     pub overlay: mpsc::UnboundedSender<ToOverlay>,
     /// The shadow runs the policy workers call.
     pub shadows: Arc<Shadows>,
+    /// The node's key, which signs this agent's canary verdicts.
+    pub keypair: libp2p::identity::Keypair,
 }
 
 /// Results of work done off the task.
@@ -148,6 +150,7 @@ pub fn spawn(
     let table = Table::from_records(records);
     let task = Rollouts {
         me: settings.peer,
+        keypair: settings.keypair,
         host: settings.host,
         pop: settings.pop,
         table,
@@ -176,6 +179,7 @@ pub fn spawn(
 
 struct Rollouts {
     me: CorePeer,
+    keypair: libp2p::identity::Keypair,
     host: String,
     pop: String,
     table: Table,
@@ -426,7 +430,7 @@ impl Rollouts {
                                 && r.bundle.as_ref().is_some_and(|b| b.hash == hash)
                                 && r.is_canary(self.me.as_str())
                             {
-                                let verdict = CanaryVerdict { passed: false, calls: 0, failures: 0, reason };
+                                let verdict = CanaryVerdict::new(false, 0, 0, reason);
                                 self.verdict(r.clone(), self.me.as_str().to_owned(), verdict);
                             }
                         }
@@ -715,8 +719,9 @@ impl Rollouts {
         }
     }
 
-    /// Adds `peer`'s verdict to a push, and tells everyone.
+    /// Adds `peer`'s verdict to a push, signed by this agent, and tells everyone.
     fn verdict(&mut self, mut r: Record, peer: String, v: CanaryVerdict) {
+        let v = v.sign(&r, &peer, self.me.as_str(), &self.keypair);
         tracing::info!(push = %r.id(), %peer, passed = v.passed, reason = %v.reason, "canary verdict");
         r.verdicts.insert(peer, v);
         self.publish(&r);

@@ -142,6 +142,60 @@ pub struct CanaryVerdict {
     pub failures: u64,
     /// What was seen, e.g. `3 of 3 calls failed (trap 3)`.
     pub reason: String,
+    /// Peer id of the agent that wrote it: the canary, or, for a canary
+    /// gone silent, the agent the push entered through.
+    #[serde(default)]
+    pub by: String,
+    /// That agent's signature (its node key) over [`CanaryVerdict::signed`].
+    #[serde(default, with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+/// What a verdict's signature covers first.
+const VERDICT_DOMAIN: &[u8] = b"locus canary verdict v1\0";
+
+impl CanaryVerdict {
+    /// A verdict on `r` for `canary`, unsigned yet.
+    pub fn new(passed: bool, calls: u64, failures: u64, reason: String) -> Self {
+        CanaryVerdict { passed, calls, failures, reason, by: String::new(), sig: Vec::new() }
+    }
+
+    /// The bytes its signature covers: the push it judges, the canary, and
+    /// what was found.
+    pub fn signed(&self, r: &Record, canary: &str) -> Vec<u8> {
+        let what = (
+            r.scope.to_string(),
+            r.slot.as_str(),
+            r.seq,
+            r.bundle.as_ref().map(|b| b.hash.as_str()),
+            &r.origin,
+            canary,
+            (self.passed, self.calls, self.failures, &self.reason, &self.by),
+        );
+        let mut out = VERDICT_DOMAIN.to_vec();
+        out.extend(rmp_serde::to_vec(&what).unwrap_or_default());
+        out
+    }
+
+    /// Signs it as `by` with `key` (that agent's node key).
+    pub fn sign(mut self, r: &Record, canary: &str, by: &str, key: &libp2p::identity::Keypair) -> Self {
+        self.by = by.to_owned();
+        self.sig = key.sign(&self.signed(r, canary)).unwrap_or_default();
+        self
+    }
+
+    /// Whether it was signed by the canary itself or the push's origin.
+    fn verifies(&self, r: &Record, canary: &str) -> bool {
+        if self.by != canary && self.by != r.origin {
+            return false;
+        }
+        let Ok(peer) = self.by.parse::<libp2p::PeerId>() else { return false };
+        let mh = peer.as_ref();
+        // Ed25519 peer ids carry their public key (identity multihash).
+        let key =
+            (mh.code() == 0).then(|| libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok());
+        key.flatten().is_some_and(|k| k.verify(&self.signed(r, canary), &self.sig))
+    }
 }
 
 /// One push (or rollback) of a slot to a scope.
@@ -231,6 +285,11 @@ impl Record {
                 }
                 if self.verdicts.iter().any(|(p, v)| !agents.contains(p) || v.reason.len() > MAX_TEXT) {
                     return Err("verdicts come from the push's canaries, with a short reason".into());
+                }
+                if let Some((p, _)) = self.verdicts.iter().find(|(p, v)| !v.verifies(self, p)) {
+                    return Err(format!(
+                        "the verdict for canary {p} is not signed by it or by the agent the push entered through"
+                    ));
                 }
             }
         }
@@ -452,7 +511,7 @@ mod tests {
     }
 
     fn verdict(passed: bool) -> CanaryVerdict {
-        CanaryVerdict { passed, calls: 3, failures: u64::from(!passed) * 3, reason: "seen".into() }
+        CanaryVerdict::new(passed, 3, u64::from(!passed) * 3, "seen".into())
     }
 
     fn target_hash(t: &Table, pop: &str, peer: &str) -> Option<String> {
@@ -555,6 +614,36 @@ mod tests {
         let mut bad = good;
         bad.plan = Plan::Canary { agents: vec![], decisions: 0, window_ms: 0, max_failure_rate: f64::NAN };
         assert!(bad.check().is_err(), "a canary without decisions or rate");
+    }
+
+    #[test]
+    fn a_verdict_counts_only_signed_by_its_canary_or_the_push_origin() {
+        let canary_key = libp2p::identity::Keypair::generate_ed25519();
+        let origin_key = libp2p::identity::Keypair::generate_ed25519();
+        let stranger = libp2p::identity::Keypair::generate_ed25519();
+        let (c, o) =
+            (canary_key.public().to_peer_id().to_string(), origin_key.public().to_peer_id().to_string());
+        let mut r = push(Scope::Cluster, 1, &"a".repeat(64), &o, canary(&[c.as_str()]));
+        if let Some(b) = r.bundle.as_mut() {
+            b.component = "b".repeat(64);
+        }
+        let signed = |key: &libp2p::identity::Keypair, by: &str| verdict(false).sign(&r, &c, by, key);
+        let mut ok = r.clone();
+        ok.verdicts.insert(c.clone(), signed(&canary_key, &c));
+        assert_eq!(ok.check(), Ok(()), "signed by the canary");
+        ok.verdicts.insert(c.clone(), signed(&origin_key, &o));
+        assert_eq!(ok.check(), Ok(()), "signed by the push's origin (a silent canary)");
+        let mut forged = r.clone();
+        forged.verdicts.insert(c.clone(), signed(&stranger, &c));
+        assert!(forged.check().is_err(), "someone else's key under the canary's name");
+        let mut changed = r.clone();
+        let mut v = signed(&canary_key, &c);
+        v.reason = "something else".into();
+        changed.verdicts.insert(c.clone(), v);
+        assert!(changed.check().is_err(), "changed after signing");
+        let mut unsigned = r;
+        unsigned.verdicts.insert(c.clone(), verdict(false));
+        assert!(unsigned.check().is_err(), "unsigned");
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
