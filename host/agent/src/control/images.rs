@@ -134,6 +134,13 @@ fn print_one(i: &ImageInfo) -> Result<()> {
         ("format", i.format.as_str().to_owned()),
         ("size", size(i.size_bytes)),
         ("disk size", size(i.virtual_size_bytes)),
+        (
+            "manifest",
+            match &i.manifest {
+                Some(id) => format!("{id} ({} chunks of 1 MiB)", i.chunks),
+                None => "- (stored by an older agent)".into(),
+            },
+        ),
         ("used by", if i.used_by.is_empty() { "-".into() } else { i.used_by.join(", ") }),
     ] {
         t.add_row(vec![k.to_owned(), clean(&v)]);

@@ -8,6 +8,7 @@
 //! ```text
 //! <dir>/blobs/<sha256>        a base image, mode 0444
 //! <dir>/blobs/<sha256>.json   its format and sizes
+//! <dir>/blobs/<sha256>.manifest   its chunks ([`manifest`])
 //! <dir>/names/<name>          the hash a name points at
 //! <dir>/disks/<vm>@<sha256>.qcow2   a VM's overlay on that base
 //! <dir>/incoming/             uploads in progress
@@ -19,6 +20,7 @@
 //! each other.
 
 pub mod inspect;
+pub mod manifest;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
@@ -75,6 +77,11 @@ pub struct ImageInfo {
     pub imported_unix: u64,
     /// VMs whose disks are overlays on it.
     pub used_by: Vec<String>,
+    /// Its id on the overlay: the SHA-256 of its manifest of 1 MiB chunks,
+    /// hex (none for an image stored by an agent older than manifests).
+    pub manifest: Option<String>,
+    /// Its chunks.
+    pub chunks: u64,
 }
 
 /// What is kept beside a base.
@@ -208,6 +215,10 @@ impl Images {
         self.dir.join("blobs").join(hex)
     }
 
+    fn manifest_path(&self, hex: &str) -> PathBuf {
+        self.dir.join("blobs").join(format!("{hex}.manifest"))
+    }
+
     fn meta_path(&self, hex: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{hex}.json"))
     }
@@ -227,7 +238,8 @@ impl Images {
             return Err(ImageError::Name(name.to_owned()));
         }
         let _permit = self.imports.try_acquire().map_err(|_| ImageError::Busy(self.config.max_imports))?;
-        let (upload, hex) = self.receive(body).await?;
+        let (upload, manifest) = self.receive(body).await?;
+        let hex = manifest.file.clone();
         let path = upload.path().to_owned();
         let size = upload.as_file().metadata().map_err(|e| ImageError::io(e, "reading an upload"))?.len();
         let image = tokio::task::spawn_blocking(move || inspect::inspect(&path, size))
@@ -240,12 +252,16 @@ impl Images {
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
         };
-        let created = self.commit(name, &hex, upload, &meta)?;
+        let created = self.commit(name, &hex, upload, &meta, &manifest)?;
         Ok((self.show(name)?, created))
     }
 
-    /// Streams an upload into a private temporary file, hashing it.
-    async fn receive<S, E>(&self, mut body: S) -> Result<(tempfile::NamedTempFile, String), ImageError>
+    /// Streams an upload into a private temporary file, hashing it whole
+    /// and by chunks.
+    async fn receive<S, E>(
+        &self,
+        mut body: S,
+    ) -> Result<(tempfile::NamedTempFile, manifest::Manifest), ImageError>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -256,7 +272,7 @@ impl Images {
             .map_err(|e| ImageError::io(e, "creating an upload file"))?;
         let file = upload.as_file().try_clone().map_err(|e| ImageError::io(e, "opening an upload"))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        let mut hash = sha2::Sha256::new();
+        let mut chunker = manifest::Chunker::default();
         let mut total: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ImageError::Upload(e.to_string()))?;
@@ -273,7 +289,7 @@ impl Images {
                 }
                 return Err(ImageError::TooLarge(self.config.max_bytes));
             }
-            hash.update(&chunk);
+            chunker.update(&chunk);
             out.write_all(&chunk).await.map_err(|e| ImageError::io(e, "writing an upload"))?;
         }
         out.flush().await.map_err(|e| ImageError::io(e, "writing an upload"))?;
@@ -282,7 +298,7 @@ impl Images {
         if total == 0 {
             return Err(ImageError::Refused("the image is empty".into()));
         }
-        Ok((upload, hex::encode(hash.finalize())))
+        Ok((upload, chunker.finish()))
     }
 
     /// Moves a checked upload into the store and points `name` at it.
@@ -292,6 +308,7 @@ impl Images {
         hex: &str,
         upload: tempfile::NamedTempFile,
         meta: &Meta,
+        manifest: &manifest::Manifest,
     ) -> Result<bool, ImageError> {
         let _catalog = self.lock();
         if let Some(existing) = self.name_target(name)? {
@@ -306,6 +323,8 @@ impl Images {
         if !self.blob(hex).is_file() {
             let text = serde_json::to_vec_pretty(meta).map_err(|e| ImageError::internal(e, "encoding"))?;
             write_atomically(&self.meta_path(hex), &text, 0o444)
+                .map_err(|e| ImageError::io(e, "recording an image"))?;
+            write_atomically(&self.manifest_path(hex), &manifest.encode(), 0o444)
                 .map_err(|e| ImageError::io(e, "recording an image"))?;
             fs::set_permissions(upload.path(), fs::Permissions::from_mode(0o444))
                 .map_err(|e| ImageError::io(e, "protecting an image"))?;
@@ -352,6 +371,15 @@ impl Images {
         Ok(Base { hex, path, format: meta.image.format, virtual_size_bytes: meta.image.virtual_size_bytes })
     }
 
+    /// The manifest of image `hex`, as stored (read back under its own id).
+    pub fn manifest(&self, hex: &str) -> Option<manifest::Manifest> {
+        let path = self.manifest_path(hex);
+        fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
+        let bytes = fs::read(path).ok()?;
+        let id = hex::encode(sha2::Sha256::digest(&bytes));
+        manifest::Manifest::decode(&bytes, &id).ok().filter(|m| m.file == hex)
+    }
+
     fn meta(&self, hex: &str) -> Option<Meta> {
         let path = self.meta_path(hex);
         fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
@@ -395,7 +423,10 @@ impl Images {
 
     fn info(&self, hex: &str, catalog: &Catalog) -> Option<ImageInfo> {
         let Meta { image, imported_unix } = self.meta(hex)?;
+        let manifest = self.manifest(hex);
         Some(ImageInfo {
+            manifest: manifest.as_ref().map(manifest::Manifest::id),
+            chunks: manifest.as_ref().map_or(0, manifest::Manifest::chunk_count),
             names: catalog.names.get(hex).cloned().unwrap_or_default(),
             hash: format!("{IMAGE_HASH_PREFIX}{hex}"),
             format: image.format,
@@ -426,6 +457,8 @@ impl Images {
         if dropping.len() == info.names.len() {
             remove_if_present(&self.blob(hex)).map_err(|e| ImageError::io(e, "removing an image"))?;
             remove_if_present(&self.meta_path(hex)).map_err(|e| ImageError::io(e, "removing an image"))?;
+            remove_if_present(&self.manifest_path(hex))
+                .map_err(|e| ImageError::io(e, "removing an image"))?;
         }
         Ok(info)
     }

@@ -50,6 +50,11 @@ fn a_raw_image_is_stored_read_only_under_its_hash_and_named() {
     assert_eq!(info.names, vec!["tiny".to_owned()]);
     let mode = fs::metadata(s.blob(&hex)).expect("blob").permissions().mode();
     assert_eq!(mode & 0o777, 0o444, "bases are read-only");
+    // Its manifest: one chunk, the whole file's hash, read back under its id.
+    let m = s.manifest(&hex).expect("a manifest is stored with the image");
+    assert_eq!((m.file.as_str(), m.size, m.chunk_count()), (hex.as_str(), 5000, 1));
+    assert_eq!((info.manifest.clone(), info.chunks), (Some(m.id()), 1));
+    m.check(0, &bytes).expect("the chunk checks");
 
     // The same bytes again: nothing new. Other bytes under the name: refused.
     assert!(!import(&s, "tiny", bytes.clone()).expect("again").1);
@@ -61,6 +66,9 @@ fn a_raw_image_is_stored_read_only_under_its_hash_and_named() {
     assert_eq!(s.list().expect("list").len(), 1);
     assert_eq!(s.show(&info.hash).expect("by hash").hash, info.hash);
     assert!(fs::read_dir(s.dir.join("incoming")).expect("incoming").next().is_none(), "no upload left over");
+    // Removed with its base.
+    s.remove(&info.hash).expect("remove");
+    assert!(s.manifest(&hex).is_none() && !s.manifest_path(&hex).exists());
 }
 
 #[test]
