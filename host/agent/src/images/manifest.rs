@@ -3,9 +3,9 @@
 //! arrives, so a corrupt chunk costs one chunk, never the image.
 //!
 //! The manifest lists the chunks' hashes and the whole file's, and its own
-//! hash (of its MessagePack bytes, which are what is stored and sent) is the
-//! image's id on the overlay. Chunking is fixed-size, so every honest holder
-//! of the same bytes has the same manifest and the same id.
+//! hash (of its MessagePack bytes, which are what is stored and to be sent)
+//! is the image's id between hosts. Chunking is fixed-size, so every honest
+//! holder of the same bytes has the same manifest and the same id.
 //!
 //! Chunks are 1 MiB: small enough that a 1 GiB image has 1,024 of them to
 //! spread over many holders and that a host serves a chunk it got within a
