@@ -219,14 +219,7 @@ impl Store {
                     blobs.insert(hash, bytes)?;
                 }
             }
-            let unnamed: Vec<String> = blobs
-                .iter()?
-                .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
-                .filter(|h| !named.contains(h))
-                .collect();
-            for hash in unnamed {
-                blobs.remove(hash.as_str())?;
-            }
+            drop_unnamed(&mut blobs, &named)?;
         }
         txn.commit().context("committing the policy slot")?;
         Ok(())
@@ -256,15 +249,7 @@ impl Store {
             let txn = db.begin_write()?;
             {
                 txn.open_table(ROLLOUTS)?.insert("table", encode(&records)?.as_slice())?;
-                let mut bundles = txn.open_table(BUNDLES)?;
-                let unnamed: Vec<String> = bundles
-                    .iter()?
-                    .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
-                    .filter(|h| !named.contains(h))
-                    .collect();
-                for hash in unnamed {
-                    bundles.remove(hash.as_str())?;
-                }
+                drop_unnamed(&mut txn.open_table(BUNDLES)?, named)?;
             }
             txn.commit().context("committing the policy pushes")
         })
@@ -300,6 +285,23 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// Removes the rows of a hash-keyed table (components, bundles) whose key
+/// `named` does not hold.
+fn drop_unnamed(
+    table: &mut redb::Table<'_, &str, &[u8]>,
+    named: &std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let unnamed: Vec<String> = table
+        .iter()?
+        .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
+        .filter(|h| !named.contains(h))
+        .collect();
+    for hash in unnamed {
+        table.remove(hash.as_str())?;
+    }
+    Ok(())
 }
 
 /// A table that an agent older than the table never created reads as empty.

@@ -328,20 +328,10 @@ fn processes_strangers_without_the_key_cannot_join_and_garbage_is_refused() {
 }
 
 async fn attack(psk: libp2p::pnet::PreSharedKey, target: libp2p::PeerId) -> Vec<Result<Vec<u8>, String>> {
-    use libp2p::core::Transport as _;
-    use libp2p::core::transport::upgrade::Version;
     use libp2p::request_response::{self, ProtocolSupport};
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_other_transport(|key| {
-            let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
-                .and_then(move |s, _| libp2p::pnet::PnetConfig::new(psk).handshake(s));
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                tcp.upgrade(Version::V1)
-                    .authenticate(libp2p::noise::Config::new(key)?)
-                    .multiplex(libp2p::yamux::Config::default()),
-            )
-        })
+        .with_other_transport(|key| common::keyed_transport(psk, key))
         .expect("transport")
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(

@@ -368,8 +368,6 @@ fn processes_a_hostile_insider_cannot_make_agents_run_an_unsigned_push() {
 /// with itself as the origin, answers every bundle question with it, and
 /// publishes garbage now and then, until `stop`.
 async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_util::sync::CancellationToken) {
-    use libp2p::core::Transport as _;
-    use libp2p::core::transport::upgrade::Version;
     use libp2p::futures::StreamExt;
     use libp2p::{gossipsub, request_response};
     use locus::overlay::codec::Codec;
@@ -384,15 +382,7 @@ async fn rogue(psk: libp2p::pnet::PreSharedKey, bundle: Vec<u8>, stop: tokio_uti
     }
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_other_transport(|key| {
-            let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
-                .and_then(move |s, _| libp2p::pnet::PnetConfig::new(psk).handshake(s));
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                tcp.upgrade(Version::V1)
-                    .authenticate(libp2p::noise::Config::new(key)?)
-                    .multiplex(libp2p::yamux::Config::default()),
-            )
-        })
+        .with_other_transport(|key| common::keyed_transport(psk, key))
         .expect("transport")
         .with_behaviour(|key| Rogue {
             gossipsub: gossipsub::Behaviour::new(

@@ -288,3 +288,24 @@ impl Cluster {
         Cluster { agents, pops: pop_of, key, _keydir: keydir }
     }
 }
+
+/// The transport of a node that holds the cluster key but is not an agent
+/// (a stranger's tool, a compromised insider): TCP under the key, noise,
+/// yamux, as the agents speak it.
+pub fn keyed_transport(
+    psk: libp2p::pnet::PreSharedKey,
+    key: &libp2p::identity::Keypair,
+) -> Result<
+    libp2p::core::transport::Boxed<(libp2p::PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use libp2p::core::Transport as _;
+    use libp2p::core::transport::upgrade::Version;
+    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+        .and_then(move |s, _| libp2p::pnet::PnetConfig::new(psk).handshake(s));
+    Ok(tcp
+        .upgrade(Version::V1)
+        .authenticate(libp2p::noise::Config::new(key)?)
+        .multiplex(libp2p::yamux::Config::default())
+        .boxed())
+}
