@@ -12,6 +12,8 @@ use crate::api::{self, AppState, Call};
 use crate::config::{AgentConfig, LogFormat};
 use crate::deciders::{Answered, Deciders};
 use crate::images::Images;
+use crate::images::transfer::Exchange;
+use crate::images::waiting::Waiting;
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
 use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
@@ -114,12 +116,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let cancel = CancellationToken::new();
     let (ov_events, ov_rx) = mpsc::unbounded_channel();
     let (policy_events, policy_rx) = mpsc::unbounded_channel();
+    let (image_asks, image_rx) = mpsc::unbounded_channel();
     let (ov_tx, ov_task) = overlay::spawn(
         overlay_settings(&config, keypair.clone())?,
         ov_events,
         policy_events,
+        image_asks,
         cancel.clone(),
     )?;
+    let exchange = Exchange::start(images.clone(), ov_tx.clone(), image_rx, cancel.clone());
+    let (waiting, arrived) = Waiting::new(exchange.clone(), images.clone());
     let shadows = Arc::new(crate::rollout::shadow::Shadows::default());
     let (rollouts, rollout_task) = crate::rollout::spawn(
         crate::rollout::Settings {
@@ -153,6 +159,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         policies: policies.clone(),
         store: store.clone(),
         images,
+        exchange,
         uploads: Arc::new(tokio::sync::Semaphore::new(api::policies::MAX_UPLOADS)),
         overlay: ov_tx.clone(),
         rollouts,
@@ -188,8 +195,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
         next_req: 0,
         reserve,
         energy: config.energy.clone(),
+        waiting,
     };
-    let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, cancel.clone()).await;
+    let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, arrived, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;
     let _ = rollout_task.await;
@@ -215,6 +223,8 @@ struct Core {
     reserve: Reserve,
     /// The standby and wake commands.
     energy: crate::config::EnergyConfig,
+    /// Commands of VMs whose images are on their way.
+    waiting: Waiting,
 }
 
 impl Core {
@@ -224,6 +234,7 @@ impl Core {
         mut hv: mpsc::UnboundedReceiver<FromHypervisor>,
         mut peers: mpsc::UnboundedReceiver<FromOverlay>,
         mut answers: mpsc::UnboundedReceiver<Vec<Answered>>,
+        mut arrived: mpsc::UnboundedReceiver<String>,
         cancel: CancellationToken,
     ) -> Result<()> {
         let mut stopping = false;
@@ -255,6 +266,13 @@ impl Core {
                 Some(call) = api.recv() => batch(call, || api.try_recv().ok(), |c| self.call(c)),
                 Some(answered) = answers.recv() => {
                     batch(answered, || answers.try_recv().ok(), |list| list.into_iter().for_each(|a| self.decided(a)))
+                }
+                Some(vm) = arrived.recv() => {
+                    for (op, cmd) in self.waiting.release(&vm) {
+                        if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
+                            bail!("the libvirt thread has stopped");
+                        }
+                    }
                 }
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
                 _ = recheck.tick(), if !self.reserve.held() => {
@@ -342,7 +360,7 @@ impl Core {
                 }
             }
         }
-        for (op, cmd) in round.commands {
+        for (op, cmd) in round.commands.into_iter().filter_map(|(op, cmd)| self.waiting.hold(op, cmd)) {
             if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
                 bail!("the libvirt thread has stopped");
             }

@@ -1,14 +1,19 @@
 //! `/v1/images`: import an image's bytes into this host's store, list and
 //! show images, remove one no VM uses. An upload streams to disk as it
 //! arrives (hashed on the way), up to `images.max-bytes`.
+//! `/v1/transfers`: fetch an image from the agents that hold it, and
+//! follow this agent's fetches and uploads.
 
 use super::AppState;
 use super::error::{ErrorBody, Failure};
+use crate::images::transfer::{Fetching, Transfer, Transfers};
 use crate::images::{ImageError, ImageInfo};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use locus_core::cluster::PeerId as CorePeer;
+use locus_core::request::IMAGE_HASH_PREFIX;
 
 impl From<ImageError> for Failure {
     fn from(e: ImageError) -> Self {
@@ -62,6 +67,7 @@ pub async fn import(
 ) -> Result<(StatusCode, Json<ImageInfo>), Failure> {
     let (info, created) = s.images.import(&image, body.into_data_stream()).await?;
     tracing::info!(image, hash = %info.hash, bytes = info.size_bytes, created, "image imported");
+    s.exchange.announce(&info);
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(info)))
 }
 
@@ -77,9 +83,64 @@ pub async fn remove(
     Path(image): Path<String>,
 ) -> Result<Json<ImageInfo>, Failure> {
     let images = s.images.clone();
-    let info = blocking(move || images.remove(&image)).await?;
+    let asked = image.clone();
+    let info = blocking(move || images.remove(&asked)).await?;
+    let dropped = if image.starts_with(IMAGE_HASH_PREFIX) { info.names.clone() } else { vec![image.clone()] };
+    s.exchange.withdraw(&info, &dropped, dropped.len() >= info.names.len());
     tracing::info!(hash = %info.hash, names = ?info.names, "image removed");
     Ok(Json(info))
+}
+
+/// What to fetch.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FetchRequest {
+    /// A name or `sha256:<hex>`; a name is resolved by the agents that
+    /// hold an image of that name (the nearest answers).
+    pub image: String,
+    /// Fetch only from this agent (peer id), not from every holder.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Fetches an image from the agents that hold it, unless this host's store
+/// has it (200 with the image); answers at once with the fetch (202),
+/// which `GET /v1/transfers` follows.
+#[utoipa::path(post, path = "/v1/transfers", tag = "images",
+    request_body = FetchRequest,
+    responses((status = 202, description = "Fetching", body = Transfer),
+        (status = 200, description = "Already in the store", body = ImageInfo),
+        (status = 400, description = "A bad image or peer id", body = ErrorBody),
+        (status = 404, description = "No agent of the cluster holds an image of that name", body = ErrorBody)))]
+pub async fn fetch(
+    State(s): State<AppState>,
+    Json(req): Json<FetchRequest>,
+) -> Result<axum::response::Response, Failure> {
+    use axum::response::IntoResponse;
+    let from = match req.from {
+        Some(p) if p.parse::<libp2p::PeerId>().is_ok() => Some(CorePeer::from(p)),
+        Some(p) => {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("{p:?} is not a peer id"),
+            ));
+        }
+        None => None,
+    };
+    match s.exchange.fetch(&req.image, from).await? {
+        Fetching::Held(info) => Ok((StatusCode::OK, Json(*info)).into_response()),
+        Fetching::Started(progress) => {
+            let t = progress.borrow().clone();
+            Ok((StatusCode::ACCEPTED, Json(t)).into_response())
+        }
+    }
+}
+
+/// This agent's fetches (running, and the last that ended) and uploads.
+#[utoipa::path(get, path = "/v1/transfers", tag = "images", responses((status = 200, body = Transfers)))]
+pub async fn transfers(State(s): State<AppState>) -> Json<Transfers> {
+    Json(s.exchange.list())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -51,6 +51,8 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// The image store.
     pub images: Arc<crate::images::Images>,
+    /// Images between this agent and its peers.
+    pub exchange: crate::images::transfer::Exchange,
     /// Policy loads in progress ([`policies::MAX_UPLOADS`] at most).
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// The overlay task's inbox.
@@ -88,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rollouts", get(rollouts::status).post(rollouts::push).layer(DefaultBodyLimit::disable()))
         .route("/v1/rollouts/rollback", post(rollouts::rollback))
         .route("/v1/images", get(images::list))
+        .route("/v1/transfers", get(images::transfers).post(images::fetch))
         .route(
             "/v1/images/{image}",
             get(images::show).put(images::import).delete(images::remove).layer(DefaultBodyLimit::disable()),

@@ -31,6 +31,8 @@ use utoipa::OpenApi;
         super::images::show,
         super::images::import,
         super::images::remove,
+        super::images::fetch,
+        super::images::transfers,
         super::cluster::status,
         super::cluster::join,
     )

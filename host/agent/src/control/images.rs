@@ -1,8 +1,10 @@
 //! `locus image …`: import a file's bytes into the agent's image store,
-//! list, show and remove images.
+//! list, show and remove images, fetch one from the agents that hold it
+//! and follow transfers.
 
 use super::{Connection, clean, clean_table, print_json, runtime};
 use crate::images::ImageInfo;
+use crate::images::transfer::{Stage, Transfer, Transfers};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
@@ -34,6 +36,21 @@ pub enum ImageCommand {
         /// Name or hash.
         image: String,
     },
+    /// Fetch an image from the agents of the cluster that hold it (chunks
+    /// from many holders at once, each checked), showing its progress.
+    Fetch {
+        /// Name or hash (a name is resolved by the nearest agent holding
+        /// an image of that name).
+        image: String,
+        /// Fetch only from this agent (peer id).
+        #[arg(long)]
+        from: Option<String>,
+        /// Start it and return.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// This agent's fetches and what it uploaded to peers.
+    Transfers,
 }
 
 /// Runs a `locus image` verb.
@@ -55,7 +72,48 @@ pub fn run(conn: &Connection, cmd: ImageCommand) -> Result<()> {
                     .with_context(|| format!("opening {}", file.display()))?;
                 client.put_file(&format!("/v1/images/{}", segment(&name)?), opened).await?
             }
-            ImageCommand::Show { image } => client.get(&format!("/v1/images/{}", segment(&image)?)).await?,
+            ImageCommand::Show { image } => {
+                match client.get(&format!("/v1/images/{}", segment(&image)?)).await {
+                    Ok(info) => info,
+                    // Not in the store yet: maybe on its way.
+                    Err(e) => {
+                        let t: Transfers = client.get("/v1/transfers").await?;
+                        let Some(f) = t.fetches.into_iter().find(|f| {
+                            f.stage != Stage::Done && (f.hash == image || f.name.as_deref() == Some(&image))
+                        }) else {
+                            return Err(e);
+                        };
+                        return if conn.json { print_json(&f) } else { print_transfer(&f) };
+                    }
+                }
+            }
+            ImageCommand::Fetch { image, from, no_wait } => {
+                segment(&image)?;
+                let body = serde_json::json!({ "image": image, "from": from });
+                let answer: serde_json::Value = client.post("/v1/transfers", Some(&body)).await?;
+                if answer.get("stage").is_none() {
+                    let info: ImageInfo = serde_json::from_value(answer)?;
+                    if conn.json {
+                        return print_json(&info);
+                    }
+                    println!("{} is in this host's store already", image);
+                    return Ok(());
+                }
+                let started: Transfer = serde_json::from_value(answer)?;
+                let last = if no_wait { started } else { follow(&client, &started.hash, conn.json).await? };
+                if conn.json {
+                    return print_json(&last);
+                }
+                print_transfer(&last)?;
+                if last.stage == Stage::Failed {
+                    bail!("the fetch failed: {}", last.error.unwrap_or_default());
+                }
+                return Ok(());
+            }
+            ImageCommand::Transfers => {
+                let t: Transfers = client.get("/v1/transfers").await?;
+                return if conn.json { print_json(&t) } else { print_transfers(&t) };
+            }
             ImageCommand::Rm { image } => {
                 let info: ImageInfo = client.delete(&format!("/v1/images/{}", segment(&image)?)).await?;
                 if conn.json {
@@ -146,6 +204,98 @@ fn print_one(i: &ImageInfo) -> Result<()> {
         t.add_row(vec![k.to_owned(), clean(&v)]);
     }
     println!("{}", clean_table(&t));
+    Ok(())
+}
+
+/// Follows the fetch of `hash` to its end, with a progress bar on a
+/// terminal.
+async fn follow(client: &crate::client::Client, hash: &str, quiet: bool) -> Result<Transfer> {
+    let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    loop {
+        let t: Transfers = client.get("/v1/transfers").await?;
+        let Some(f) = t.fetches.into_iter().find(|f| f.hash == hash) else {
+            bail!("the agent no longer reports the fetch of {hash}");
+        };
+        if let Some(bar) = &bar {
+            bar.set_length(f.size_bytes);
+            bar.set_position((f.have_chunks * crate::images::manifest::CHUNK_BYTES).min(f.size_bytes));
+            bar.set_message(format!("{:?} from {} holders", f.stage, f.holders).to_lowercase());
+        }
+        if matches!(f.stage, Stage::Done | Stage::Failed) {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return Ok(f);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn print_transfer(f: &Transfer) -> Result<()> {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let sources: Vec<String> = f
+        .sources
+        .iter()
+        .map(|s| {
+            let corrupt = if s.corrupt > 0 { format!(", {} corrupt", s.corrupt) } else { String::new() };
+            format!("{} ({} chunks, {} ms{corrupt})", s.peer, s.chunks, s.rtt_ms)
+        })
+        .collect();
+    for (k, v) in [
+        ("hash", f.hash.clone()),
+        ("name", f.name.clone().unwrap_or_else(|| "-".into())),
+        ("stage", format!("{:?}", f.stage).to_lowercase()),
+        ("progress", format!("{} of {} chunks ({})", f.have_chunks, f.chunks, size(f.size_bytes))),
+        ("holders", f.holders.to_string()),
+        ("from", if sources.is_empty() { "-".into() } else { sources.join("\n") }),
+        ("seconds", format!("{:.1}", f.elapsed_s)),
+        ("error", f.error.clone().unwrap_or_else(|| "-".into())),
+    ] {
+        t.add_row(vec![k.to_owned(), clean(&v)]);
+    }
+    println!("{}", clean_table(&t));
+    Ok(())
+}
+
+fn print_transfers(t: &Transfers) -> Result<()> {
+    let limit =
+        if t.upload_limit_mbit == 0 { "no limit".into() } else { format!("{} Mbit/s", t.upload_limit_mbit) };
+    println!(
+        "uploaded {} in {} chunks ({limit}; {} asks answered busy)",
+        size(t.uploaded_bytes),
+        t.uploaded_chunks,
+        t.busy
+    );
+    if t.fetches.is_empty() {
+        println!("no fetches");
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(vec!["IMAGE", "STAGE", "CHUNKS", "SIZE", "HOLDERS", "SECONDS", "ERROR"]);
+    for f in &t.fetches {
+        table.add_row(vec![
+            f.name.clone().unwrap_or_else(|| short(&f.hash)),
+            format!("{:?}", f.stage).to_lowercase(),
+            format!("{}/{}", f.have_chunks, f.chunks),
+            size(f.size_bytes),
+            f.holders.to_string(),
+            format!("{:.1}", f.elapsed_s),
+            f.error.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{}", clean_table(&table));
     Ok(())
 }
 

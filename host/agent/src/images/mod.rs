@@ -12,6 +12,8 @@
 //! <dir>/names/<name>          the hash a name points at
 //! <dir>/disks/<vm>@<sha256>.qcow2   a VM's overlay on that base
 //! <dir>/incoming/             uploads in progress
+//! <dir>/fetching/<sha256>.part      an image being fetched from peers
+//! <dir>/fetching/<sha256>.manifest  its manifest ([`transfer`])
 //! ```
 //!
 //! The filesystem is the truth: an overlay's file name says which base it
@@ -21,6 +23,8 @@
 
 pub mod inspect;
 pub mod manifest;
+pub mod transfer;
+pub mod waiting;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
@@ -51,11 +55,16 @@ pub struct ImageConfig {
     pub max_bytes: u64,
     /// Imports that may run at once; more are refused with 503.
     pub max_imports: usize,
+    /// Pace of the chunks this agent sends to peers, Mbit/s (0: none).
+    pub upload_limit_mbit: u64,
+    /// Chunk uploads queued at most; past that, peers are told to ask
+    /// another holder.
+    pub max_uploads: usize,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { dir: None, max_bytes: 64 << 30, max_imports: 2 }
+        ImageConfig { dir: None, max_bytes: 64 << 30, max_imports: 2, upload_limit_mbit: 0, max_uploads: 32 }
     }
 }
 
@@ -191,9 +200,14 @@ impl Images {
         // QEMU runs as its own user and opens a VM's disk and the base
         // behind it by path: it may pass through the store and those two
         // directories (libvirt hands it each file), but list nothing.
-        for (sub, mode) in
-            [("", 0o711), ("blobs", 0o711), ("disks", 0o711), ("names", 0o700), ("incoming", 0o700)]
-        {
+        for (sub, mode) in [
+            ("", 0o711),
+            ("blobs", 0o711),
+            ("disks", 0o711),
+            ("names", 0o700),
+            ("incoming", 0o700),
+            ("fetching", 0o700),
+        ] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             fs::set_permissions(&d, fs::Permissions::from_mode(mode))
@@ -205,6 +219,16 @@ impl Images {
         warn_if_closed_to_qemu(dir);
         let imports = Semaphore::new(config.max_imports.max(1));
         Ok(Images { dir: dir.to_owned(), config, imports, catalog: Mutex::new(()) })
+    }
+
+    /// Where images being fetched from peers grow.
+    pub fn fetching_dir(&self) -> PathBuf {
+        self.dir.join("fetching")
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -245,15 +269,56 @@ impl Images {
         let image = tokio::task::spawn_blocking(move || inspect::inspect(&path, size))
             .await
             .map_err(|e| ImageError::internal(e, "inspecting an upload"))??;
-        let meta = Meta {
-            image,
-            imported_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
-        };
-        let created = self.commit(name, &hex, upload, &meta, &manifest)?;
+        let meta = Meta { image, imported_unix: now_unix() };
+        let created = self.commit(Some(name), &hex, Place::Upload(upload), &meta, &manifest)?;
         Ok((self.show(name)?, created))
+    }
+
+    /// Takes an image fetched from peers into the store: `path` holds the
+    /// bytes of `manifest`, every chunk checked. The whole file's hash is
+    /// checked too (the manifest came from a peer and may lie about it),
+    /// then its format, as for an import. Named `name` when given and free.
+    pub async fn adopt(
+        &self,
+        name: Option<&str>,
+        path: &Path,
+        manifest: &manifest::Manifest,
+    ) -> Result<ImageInfo, ImageError> {
+        let owned = path.to_owned();
+        let size = manifest.size;
+        let (hex, image) = tokio::task::spawn_blocking(move || {
+            let mut hasher = sha2::Sha256::new();
+            let mut file =
+                fs::File::open(&owned).map_err(|e| ImageError::io(e, "reading a fetched image"))?;
+            io::copy(&mut file, &mut hasher).map_err(|e| ImageError::io(e, "reading a fetched image"))?;
+            let hex = hex::encode(hasher.finalize());
+            inspect::inspect(&owned, size).map(|image| (hex, image))
+        })
+        .await
+        .map_err(|e| ImageError::internal(e, "checking a fetched image"))??;
+        if hex != manifest.file {
+            return Err(ImageError::Refused(format!(
+                "the fetched bytes hash to sha256:{hex}, not the manifest's sha256:{}",
+                manifest.file
+            )));
+        }
+        let meta = Meta { image, imported_unix: now_unix() };
+        let name = name.filter(|n| valid_name(n) && self.name_target(n).ok().flatten().is_none());
+        match self.commit(name, &hex, Place::File(path.to_owned()), &meta, manifest) {
+            Ok(_) | Err(ImageError::Exists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.show(&format!("{IMAGE_HASH_PREFIX}{hex}"))
+    }
+
+    /// The bytes of chunk `i` of stored image `manifest.file`.
+    pub fn read_chunk(&self, manifest: &manifest::Manifest, i: u64) -> io::Result<Vec<u8>> {
+        read_range(&self.blob(&manifest.file), manifest, i)
+    }
+
+    /// Whether the store holds image `hex`.
+    pub fn holds(&self, hex: &str) -> bool {
+        fs::symlink_metadata(self.blob(hex)).is_ok_and(|m| m.is_file())
     }
 
     /// Streams an upload into a private temporary file, hashing it whole
@@ -301,17 +366,19 @@ impl Images {
         Ok((upload, chunker.finish()))
     }
 
-    /// Moves a checked upload into the store and points `name` at it.
+    /// Moves checked bytes into the store and points `name` at them.
     fn commit(
         &self,
-        name: &str,
+        name: Option<&str>,
         hex: &str,
-        upload: tempfile::NamedTempFile,
+        bytes: Place,
         meta: &Meta,
         manifest: &manifest::Manifest,
     ) -> Result<bool, ImageError> {
         let _catalog = self.lock();
-        if let Some(existing) = self.name_target(name)? {
+        if let Some(name) = name
+            && let Some(existing) = self.name_target(name)?
+        {
             if existing == hex {
                 return Ok(false);
             }
@@ -320,20 +387,27 @@ impl Images {
                 hash: format!("{IMAGE_HASH_PREFIX}{existing}"),
             });
         }
-        if !self.blob(hex).is_file() {
+        let stored = self.blob(hex).is_file();
+        if !stored {
             let text = serde_json::to_vec_pretty(meta).map_err(|e| ImageError::internal(e, "encoding"))?;
             write_atomically(&self.meta_path(hex), &text, 0o444)
                 .map_err(|e| ImageError::io(e, "recording an image"))?;
             write_atomically(&self.manifest_path(hex), &manifest.encode(), 0o444)
                 .map_err(|e| ImageError::io(e, "recording an image"))?;
-            fs::set_permissions(upload.path(), fs::Permissions::from_mode(0o444))
+            fs::set_permissions(bytes.path(), fs::Permissions::from_mode(0o444))
                 .map_err(|e| ImageError::io(e, "protecting an image"))?;
-            upload.persist(self.blob(hex)).map_err(|e| ImageError::io(e.error, "storing an image"))?;
+            match bytes {
+                Place::Upload(upload) => upload.persist(self.blob(hex)).map(drop).map_err(|e| e.error),
+                Place::File(path) => fs::rename(&path, self.blob(hex)),
+            }
+            .map_err(|e| ImageError::io(e, "storing an image"))?;
         }
-        write_atomically(&self.name_path(name), hex.as_bytes(), 0o644)
-            .map_err(|e| ImageError::io(e, "naming an image"))?;
+        if let Some(name) = name {
+            write_atomically(&self.name_path(name), hex.as_bytes(), 0o644)
+                .map_err(|e| ImageError::io(e, "naming an image"))?;
+        }
         sync_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "storing an image"))?;
-        Ok(true)
+        Ok(name.is_some() || !stored)
     }
 
     /// The hash `name` points at, if it exists. A name file that is not a
@@ -522,6 +596,36 @@ impl Images {
         }
         Ok(removed)
     }
+}
+
+/// Where the bytes of a new base come from.
+enum Place {
+    /// An upload's temporary file.
+    Upload(tempfile::NamedTempFile),
+    /// A file fetched from peers.
+    File(PathBuf),
+}
+
+impl Place {
+    fn path(&self) -> &Path {
+        match self {
+            Place::Upload(u) => u.path(),
+            Place::File(p) => p,
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+/// The bytes of chunk `i` of `manifest` in the file at `path`.
+pub fn read_range(path: &Path, manifest: &manifest::Manifest, i: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let range = manifest.range(i).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut buf = vec![0; (range.end - range.start) as usize];
+    fs::File::open(path)?.read_exact_at(&mut buf, range.start)?;
+    Ok(buf)
 }
 
 /// QEMU runs as its own user and opens VM disks by path: every directory

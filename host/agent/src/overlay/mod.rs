@@ -7,8 +7,10 @@
 //! topic per PoP and PoP summaries on a global topic, and policy pushes
 //! and agents' policy status on a policy topic; request-response carries
 //! the agents' protocol messages in MessagePack, and on a protocol of its
-//! own (larger frames) policy bundles fetched by hash. The overlay carries
-//! the policy messages as bytes: the rollout task reads them. The swarm keeps a
+//! own (larger frames) policy bundles fetched by hash, and on another image
+//! chunks; Kademlia holds VM location records and says which agents hold
+//! which image. The overlay carries the policy and image messages as
+//! bytes: the rollout and transfer tasks read them. The swarm keeps a
 //! connection to every peer Kademlia knows (the clusters here are tens of
 //! agents), so gossip meshes form and every PoP's latency can be measured.
 
@@ -76,10 +78,42 @@ pub enum ToOverlay {
     Stats(oneshot::Sender<OverlayStats>),
     /// Publish on the policy topic.
     PolicyGossip(Vec<u8>),
-    /// Ask a peer on the bundle protocol.
-    Ask(CorePeer, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
-    /// Answer a question asked on the bundle protocol.
-    Answer(u64, Vec<u8>),
+    /// Ask a peer on a byte protocol.
+    Ask(Service, CorePeer, Vec<u8>, AnswerTo),
+    /// Answer a question asked on a byte protocol.
+    Answer(Service, u64, Vec<u8>),
+    /// Tell the DHT this agent holds what `key` names (an image).
+    Provide(Vec<u8>),
+    /// Stop saying so.
+    Unprovide(Vec<u8>),
+    /// Look up the agents that hold what `key` names: each is sent as
+    /// found, and the sender dropped when the lookup ends.
+    Providers(Vec<u8>, mpsc::UnboundedSender<CorePeer>),
+}
+
+/// Where the answer to a byte-protocol question goes.
+pub type AnswerTo = oneshot::Sender<Result<Vec<u8>, String>>;
+
+/// The protocols that carry opaque bytes between a task of one agent and
+/// the same task of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Policy bundles, by hash (the rollout task).
+    Bundles,
+    /// Image manifests and chunks (the transfer task).
+    Chunks,
+}
+
+/// A question from a peer on a byte protocol, to answer with
+/// [`ToOverlay::Answer`].
+#[derive(Debug)]
+pub struct Asked {
+    /// Who asks.
+    pub from: CorePeer,
+    /// What to answer to.
+    pub id: u64,
+    /// The question.
+    pub bytes: Vec<u8>,
 }
 
 /// What the overlay reports to the rollout task.
@@ -87,8 +121,8 @@ pub enum ToOverlay {
 pub enum PolicyEvent {
     /// A message on the policy topic.
     Heard(CorePeer, Vec<u8>),
-    /// A question on the bundle protocol, to answer with [`ToOverlay::Answer`].
-    Asked(CorePeer, u64, Vec<u8>),
+    /// A question on the bundle protocol.
+    Asked(Asked),
 }
 
 /// What the overlay reports to the core task.
@@ -135,6 +169,7 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<RpcCodec>,
     bundles: request_response::Behaviour<BundleCodec>,
+    chunks: request_response::Behaviour<BundleCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -145,6 +180,11 @@ type BundleCodec = codec::Codec<serde_bytes::ByteBuf, serde_bytes::ByteBuf>;
 const BUNDLES: StreamProtocol = StreamProtocol::new(BUNDLE_PROTOCOL);
 /// The bundle protocol's name.
 pub const BUNDLE_PROTOCOL: &str = "/locus/bundles/1";
+/// The image chunk protocol's name.
+pub const CHUNK_PROTOCOL: &str = "/locus/chunks/1";
+/// Largest chunk-protocol frame: a manifest of an image at the default
+/// size cap (64 GiB in 1 MiB chunks: 2 MiB of hashes), or a chunk.
+const MAX_CHUNK_FRAME: usize = 3 << 20;
 /// The policy topic's name.
 pub const POLICY_TOPIC: &str = "locus/policy/1";
 /// Largest bundle-protocol frame: a component at the runtime's size cap
@@ -172,7 +212,17 @@ fn topic(t: &Topic) -> IdentTopic {
     }
 }
 
-fn build(settings: &Settings, rpc_codec: &RpcCodec, bundle_codec: &BundleCodec) -> Result<Swarm<Behaviour>> {
+/// The Kademlia key an agent provides for what it holds.
+fn provider_key(key: &[u8]) -> kad::RecordKey {
+    kad::RecordKey::new(&key)
+}
+
+fn build(
+    settings: &Settings,
+    rpc_codec: &RpcCodec,
+    bundle_codec: &BundleCodec,
+    chunk_codec: &BundleCodec,
+) -> Result<Swarm<Behaviour>> {
     let psk = settings.psk;
     let shaping = settings.emulated_latency.clone();
     let builder = libp2p::SwarmBuilder::with_existing_identity(settings.keypair.clone()).with_tokio();
@@ -207,6 +257,16 @@ fn build(settings: &Settings, rpc_codec: &RpcCodec, bundle_codec: &BundleCodec) 
                     // 16 MiB at 100 Mbit/s takes 1.3 s; a holder slower than
                     // this is left for the next one.
                     request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
+                ),
+                chunks: request_response::Behaviour::with_codec(
+                    chunk_codec.clone(),
+                    [(StreamProtocol::new(CHUNK_PROTOCOL), ProtocolSupport::Full)],
+                    // A holder paces its uploads (images.upload-limit-mbit)
+                    // and answers "busy" past a short queue: an answer this
+                    // late means the holder is gone.
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(256),
                 ),
                 mdns: Toggle::from(None),
             })
@@ -263,6 +323,7 @@ pub fn spawn(
     settings: Settings,
     to_core: mpsc::UnboundedSender<FromOverlay>,
     to_rollout: mpsc::UnboundedSender<PolicyEvent>,
+    to_images: mpsc::UnboundedSender<Asked>,
     cancel: CancellationToken,
 ) -> Result<(mpsc::UnboundedSender<ToOverlay>, tokio::task::JoinHandle<()>)> {
     if settings.psk.is_some()
@@ -275,12 +336,14 @@ pub fn spawn(
     let rejected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let rpc_codec = RpcCodec::new(codec::MAX_FRAME, rejected.clone());
     let bundle_codec = BundleCodec::new(MAX_BUNDLE_FRAME, rejected.clone());
-    let swarm = build(&settings, &rpc_codec, &bundle_codec)?;
+    let chunk_codec = BundleCodec::new(MAX_CHUNK_FRAME, rejected.clone());
+    let swarm = build(&settings, &rpc_codec, &bundle_codec, &chunk_codec)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
         swarm,
         to_core,
         to_rollout,
+        to_images,
         asked: HashMap::new(),
         asking: HashMap::new(),
         channels: HashMap::new(),
@@ -291,6 +354,7 @@ pub fn spawn(
         bootstrap: settings.bootstrap.clone(),
         rejected,
         lookups: HashMap::new(),
+        provider_lookups: HashMap::new(),
         ticks: 0,
     };
     let handle = tokio::spawn(task.run(rx, cancel));
@@ -301,10 +365,11 @@ struct Task {
     swarm: Swarm<Behaviour>,
     to_core: mpsc::UnboundedSender<FromOverlay>,
     to_rollout: mpsc::UnboundedSender<PolicyEvent>,
-    /// Bundle-protocol questions waiting for the rollout task's answer.
-    asked: HashMap<u64, ResponseChannel<serde_bytes::ByteBuf>>,
-    /// Bundle-protocol questions this agent asked.
-    asking: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    to_images: mpsc::UnboundedSender<Asked>,
+    /// Byte-protocol questions waiting for a task's answer.
+    asked: HashMap<u64, (Service, ResponseChannel<serde_bytes::ByteBuf>)>,
+    /// Byte-protocol questions this agent asked.
+    asking: HashMap<(Service, OutboundRequestId), AnswerTo>,
     channels: HashMap<u64, ResponseChannel<PeerResponse>>,
     pending: HashMap<OutboundRequestId, OutboundId>,
     next_inbound: u64,
@@ -315,6 +380,8 @@ struct Task {
     rejected: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// VM lookups in flight.
     lookups: HashMap<kad::QueryId, String>,
+    /// Provider lookups in flight, and where to send what they find.
+    provider_lookups: HashMap<kad::QueryId, mpsc::UnboundedSender<CorePeer>>,
     /// Maintenance rounds so far.
     ticks: u64,
 }
@@ -411,21 +478,41 @@ impl Task {
                     Err(e) => tracing::debug!("policy gossip not published: {e}"),
                 }
             }
-            ToOverlay::Ask(to, question, done) => match to.as_str().parse::<PeerId>() {
+            ToOverlay::Ask(service, to, question, done) => match to.as_str().parse::<PeerId>() {
                 Ok(peer) => {
-                    let rid = b.bundles.send_request(&peer, serde_bytes::ByteBuf::from(question));
-                    self.asking.insert(rid, done);
+                    let question = serde_bytes::ByteBuf::from(question);
+                    let rid = match service {
+                        Service::Bundles => b.bundles.send_request(&peer, question),
+                        Service::Chunks => b.chunks.send_request(&peer, question),
+                    };
+                    self.asking.insert((service, rid), done);
                 }
                 Err(e) => {
                     let _ = done.send(Err(format!("bad peer id {to}: {e}")));
                 }
             },
-            ToOverlay::Answer(id, answer) => {
-                if let Some(channel) = self.asked.remove(&id)
-                    && b.bundles.send_response(channel, serde_bytes::ByteBuf::from(answer)).is_err()
-                {
-                    tracing::debug!("the asking peer went away before the bundle answer");
+            ToOverlay::Answer(service, id, answer) => {
+                if let Some((asked_on, channel)) = self.asked.remove(&id) {
+                    debug_assert_eq!(asked_on, service);
+                    let answer = serde_bytes::ByteBuf::from(answer);
+                    let sent = match asked_on {
+                        Service::Bundles => b.bundles.send_response(channel, answer),
+                        Service::Chunks => b.chunks.send_response(channel, answer),
+                    };
+                    if sent.is_err() {
+                        tracing::debug!(?service, "the asking peer went away before the answer");
+                    }
                 }
+            }
+            ToOverlay::Provide(key) => {
+                if let Err(e) = b.kad.start_providing(provider_key(&key)) {
+                    tracing::warn!("cannot record a provided key: {e}");
+                }
+            }
+            ToOverlay::Unprovide(key) => b.kad.stop_providing(&provider_key(&key)),
+            ToOverlay::Providers(key, found) => {
+                let id = b.kad.get_providers(provider_key(&key));
+                self.provider_lookups.insert(id, found);
             }
             ToOverlay::Stats(done) => {
                 let mut s = self.stats.clone();
@@ -526,7 +613,26 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Bundles(event)) => self.bundles(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Bundles(event)) => self.bytes(Service::Bundles, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunks(event)) => self.bytes(Service::Chunks, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                let me = *self.swarm.local_peer_id();
+                if let Some(found) = self.provider_lookups.get(&id)
+                    && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                {
+                    for peer in providers.into_iter().filter(|p| *p != me) {
+                        let _ = found.send(CorePeer::from(peer.to_string()));
+                    }
+                }
+                if step.last {
+                    self.provider_lookups.remove(&id);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetRecord(result),
@@ -551,28 +657,41 @@ impl Task {
         }
     }
 
-    fn bundles(&mut self, event: request_response::Event<serde_bytes::ByteBuf, serde_bytes::ByteBuf>) {
+    /// An event of a byte protocol: questions go to the task that serves
+    /// the protocol, answers to whoever asked.
+    fn bytes(
+        &mut self,
+        service: Service,
+        event: request_response::Event<serde_bytes::ByteBuf, serde_bytes::ByteBuf>,
+    ) {
         use request_response::{Event, Message};
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
                 self.next_inbound += 1;
-                self.asked.insert(self.next_inbound, channel);
-                let from = CorePeer::from(peer.to_string());
-                let _ = self.to_rollout.send(PolicyEvent::Asked(from, self.next_inbound, request.into_vec()));
+                self.asked.insert(self.next_inbound, (service, channel));
+                let asked = Asked {
+                    from: CorePeer::from(peer.to_string()),
+                    id: self.next_inbound,
+                    bytes: request.into_vec(),
+                };
+                let _ = match service {
+                    Service::Bundles => self.to_rollout.send(PolicyEvent::Asked(asked)).is_ok(),
+                    Service::Chunks => self.to_images.send(asked).is_ok(),
+                };
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(done) = self.asking.remove(&request_id) {
+                if let Some(done) = self.asking.remove(&(service, request_id)) {
                     let _ = done.send(Ok(response.into_vec()));
                 }
             }
             Event::OutboundFailure { request_id, error, peer, .. } => {
-                if let Some(done) = self.asking.remove(&request_id) {
+                if let Some(done) = self.asking.remove(&(service, request_id)) {
                     let _ = done.send(Err(format!("peer {peer}: {error}")));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
                 self.stats.rejected_messages += 1;
-                tracing::warn!(%peer, error = ?error.to_string(), "bundle request refused");
+                tracing::warn!(%peer, ?service, error = ?error.to_string(), "request refused");
             }
             Event::ResponseSent { .. } => {}
         }

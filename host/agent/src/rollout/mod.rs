@@ -28,7 +28,7 @@ use peers::Peers;
 pub use status::{AgentStatus, PushView, RolloutStatus, SlotStatus};
 
 use crate::bundle::{self, Bundle};
-use crate::overlay::{PolicyEvent, ToOverlay};
+use crate::overlay::{PolicyEvent, Service, ToOverlay};
 use crate::policies::{Policies, SlotName};
 use crate::store::Store;
 use locus_core::cluster::PeerId as CorePeer;
@@ -300,7 +300,7 @@ impl Rollouts {
                 Ok(Gossip::Status(s)) => self.heard_status(from, *s),
                 Err(e) => tracing::warn!(peer = %from, error = %e, "policy gossip refused"),
             },
-            PolicyEvent::Asked(from, id, bytes) => {
+            PolicyEvent::Asked(crate::overlay::Asked { from, id, bytes }) => {
                 let reply = match crate::overlay::codec::decode::<Question>(&bytes) {
                     Ok(Question::Bundle(hash)) => {
                         match tokio::task::block_in_place(|| self.store.bundle(&hash)) {
@@ -319,7 +319,7 @@ impl Rollouts {
                     }
                 };
                 if let Some(bytes) = encode(&reply) {
-                    let _ = self.overlay.send(ToOverlay::Answer(id, bytes));
+                    let _ = self.overlay.send(ToOverlay::Answer(Service::Bundles, id, bytes));
                 }
             }
         }
@@ -365,7 +365,7 @@ impl Rollouts {
             return;
         };
         let (tx, rx) = oneshot::channel();
-        let _ = self.overlay.send(ToOverlay::Ask(peer, question, tx));
+        let _ = self.overlay.send(ToOverlay::Ask(Service::Bundles, peer, question, tx));
         tokio::spawn(async move {
             let answer = rx.await.unwrap_or_else(|_| Err("the overlay stopped".into()));
             let _ = internal.send(answered(answer));
