@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod deciders;
 pub mod files;
+pub mod imagebench;
 pub mod images;
 pub mod libvirt;
 pub mod migratebench;

@@ -85,6 +85,9 @@ enum BenchCommand {
     /// A signed policy push to a PoP of agent processes: entered to active
     /// on every agent, against loading it on one agent.
     Rollout(locus::rolloutbench::Args),
+    /// One image to many agents with capped uploads: swarming against
+    /// every agent fetching from the importing one.
+    Images(locus::imagebench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +269,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Rollout(args) } => {
             locus::rolloutbench::run(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Images(args) } => {
+            locus::imagebench::run(args).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Migrate(args) } => {
             locus::migratebench::run(args).map(|()| ExitCode::SUCCESS)

@@ -4,7 +4,10 @@
 //! host UUID and migration ports; its agent runs in that namespace, so the
 //! two agents' image stores are at the same path with different files, as
 //! on two hosts configured alike). The guest boots from its own qcow2 disk
-//! on a base image both hosts hold; the disk is copied, the base is not.
+//! on a base image imported on one host only: the other fetches the base
+//! from it over the overlay before the guest lands there (at its create or
+//! its first move), and the migration copies the guest's disk, never the
+//! base.
 //!
 //! Then the hand-off is attacked: the source agent, the destination agent
 //! and a libvirtd are each killed or restarted in the middle of a
@@ -57,9 +60,13 @@ fn start_hosts() -> Hosts {
         }
     }
     let peer_root = std::path::Path::new(&env["LOCUS_PEER_ROOT"]);
-    // Each host's store starts empty.
-    let _ = std::fs::remove_dir_all(format!("{SHARED}/images"));
-    let _ = std::fs::remove_dir_all(peer_root.join("shared/images"));
+    // Each host's store starts empty (the stores are these directories
+    // themselves: `images.dir` below).
+    for store in [std::path::PathBuf::from(SHARED), peer_root.join("shared")] {
+        for entry in std::fs::read_dir(&store).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let key = tempfile::tempdir().expect("tempdir");
     let key_file = key.path().join("cluster.key");
     let out = Command::new(locus_bin()).args(["cluster", "keygen"]).output().expect("keygen");
@@ -208,7 +215,8 @@ fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_a_rest
     let mut hosts = start_hosts();
     hosts.wait_acquainted();
     // A guest that boots from a disk: a boot sector that loops (the disk is
-    // the qcow2 overlay, copied; the base is on both hosts).
+    // the qcow2 overlay, copied; the base is imported on the first host and
+    // fetched by the second when a guest first lands there).
     let work = tempfile::tempdir().expect("tempdir");
     let file = work.path().join("spin.raw");
     let mut image = vec![0u8; 1 << 20];
@@ -216,10 +224,8 @@ fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_a_rest
     image[510] = 0x55;
     image[511] = 0xAA;
     std::fs::write(&file, &image).expect("image");
-    for agent in &hosts.agents {
-        let _: serde_json::Value =
-            agent.json(&["image", "import", file.to_str().expect("utf-8"), "--name", "spin"]);
-    }
+    let imported: serde_json::Value =
+        hosts.agents[0].json(&["image", "import", file.to_str().expect("utf-8"), "--name", "spin"]);
     let vm = format!("mig-{}", std::process::id());
     let created: VmStatus =
         hosts.agents[0].json(&["vm", "create", &vm, "--memory-mib", "64", "--image", "spin"]);
@@ -273,6 +279,17 @@ fn libvirtd_live_migration_moves_a_running_qcow2_guest_and_survives_kills_a_rest
     let (_, xml) = virsh(&hosts.uris[to], &["dumpxml", &vm, "--inactive"]);
     assert!(xml.contains(&format!("owner=\"{}\"", hosts.agents[to].host)), "persistent and re-marked: {xml}");
     eprintln!("live migration through the agents: {took:?}");
+    // Both hosts hold the base now, the same bytes: the second fetched it
+    // from the first (at the guest's create, or before this move).
+    for agent in &hosts.agents {
+        let held: serde_json::Value = agent.json(&["image", "show", "spin"]);
+        assert_eq!(held["hash"], imported["hash"], "{} holds the base", agent.host);
+    }
+    assert!(
+        hosts.agents[1].log().contains("waits for its image"),
+        "the second host fetched the base: {}",
+        hosts.agents[1].log()
+    );
     at = to;
 
     // 2-4. Attacks in the middle of a migration; whatever happens, one copy.

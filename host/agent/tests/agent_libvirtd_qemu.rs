@@ -407,3 +407,88 @@ fn libvirtd_stopped_during_creates_every_reply_agrees_with_what_runs_afterwards(
         replies.iter().filter(|r| r.1 == StatusCode::SERVICE_UNAVAILABLE).count()
     );
 }
+
+/// A boot sector that loops: a guest that boots from its disk and spins.
+fn spin_image(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("spin.raw");
+    let mut image = vec![0u8; 4 << 20];
+    image[..2].copy_from_slice(&[0xEB, 0xFE]); // jmp $
+    image[510] = 0x55;
+    image[511] = 0xAA;
+    std::fs::write(&file, &image).expect("image");
+    file
+}
+
+#[test]
+fn libvirtd_image_imported_in_one_pop_boots_a_qemu_guest_in_another() {
+    let _daemon = libvirtd();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("cluster.key");
+    let out = Command::new(common::locus_bin()).args(["cluster", "keygen"]).output().expect("keygen");
+    std::fs::write(&key, &out.stdout).expect("key");
+    let key = key.display().to_string();
+    let member = |pop: &str, ip: &str, lat: &str| -> Vec<String> {
+        [
+            "--pop",
+            pop,
+            "--set",
+            &format!("pop.location={{lat={lat},lon=2.0}}"),
+            "--cluster-key",
+            &key,
+            "--p2p-listen",
+            &format!("/ip4/{ip}/tcp/7946"),
+            "--bootstrap",
+            "/ip4/127.63.0.1/tcp/7946",
+            "--set",
+            "sample-interval-ms=250",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Paris holds the image (its agent on the test driver: no guest runs
+    // there); Berlin's agent runs real QEMU guests and has no image.
+    let paris_args = member("paris", "127.63.0.1", "48.8");
+    let paris_args: Vec<&str> = paris_args.iter().map(String::as_str).collect();
+    let paris = Agent::start_wrapped(&[], "test:///default", &unique("img-paris"), &paris_args);
+    // QEMU, as its own user, must reach the VM's disk and its base.
+    let store = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(store.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .expect("chmod");
+    let mut berlin_args = member("berlin", "127.64.0.1", "52.5");
+    berlin_args.extend([
+        "--set".to_owned(),
+        format!("images.dir={:?}", store.path().join("images").display().to_string()),
+    ]);
+    let berlin_args: Vec<&str> = berlin_args.iter().map(String::as_str).collect();
+    let berlin = Agent::start_wrapped(&[], URI, &unique("img-berlin"), &berlin_args);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let imported: serde_json::Value =
+        paris.json(&["image", "import", spin_image(work.path()).to_str().expect("utf-8"), "--name", "spin"]);
+    wait_until(Duration::from_secs(30), "the agents know each other", || {
+        let v: serde_json::Value = berlin.json(&["cluster", "status"]);
+        v["overlay"]["connected"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(!berlin.cli(&["image", "show", "spin"]).status.success(), "Berlin starts without the image");
+
+    let name = unique("from-paris");
+    let out = berlin.cli(&["vm", "create", &name, "--memory-mib", "32", "--image", "spin"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), berlin.log());
+    wait_until(Duration::from_secs(60), "the guest runs in Berlin", || {
+        show(&berlin, &name).state == DomainState::Running
+    });
+    assert!(virsh(&["domstate", &name]).contains("running"));
+    let held: serde_json::Value = berlin.json(&["image", "show", "spin"]);
+    assert_eq!(held["hash"], imported["hash"], "the same bytes, checked whole");
+    assert_eq!(held["used-by"], serde_json::json!([name]));
+    let xml = virsh(&["dumpxml", &name]);
+    assert!(
+        xml.contains(&format!("{name}@")) && xml.contains("qcow2"),
+        "the guest's disk is its own overlay: {xml}"
+    );
+    assert!(berlin.log().contains("waits for its image"), "{}", berlin.log());
+
+    let _: serde_json::Value = berlin.json(&["vm", "delete", &name]);
+    assert!(!domains().contains(&name), "nothing left behind: {:?}", domains());
+}

@@ -20,7 +20,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// A fetch that finds no holder for this long gives up.
 const NO_HOLDER: Duration = Duration::from_secs(20);
 /// How often chunk maps are asked again and the rarest chunks recomputed.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(500);
 /// How often the DHT is asked again for holders (new fetchers hold chunks).
 const REDISCOVER: Duration = Duration::from_secs(5);
 /// Failed questions in a row after which a holder is left for a while.
@@ -125,6 +125,7 @@ struct Fetch<'a> {
 pub(super) async fn run(
     shared: &Arc<Shared>,
     running: &Arc<Running>,
+    mut found: mpsc::UnboundedReceiver<CorePeer>,
     hex: &str,
     name: Option<&str>,
     from: Option<CorePeer>,
@@ -146,8 +147,8 @@ pub(super) async fn run(
     if let Some((m, _)) = partial::left_over(&dir).into_iter().find(|(m, _)| m.file == hex) {
         f.open(m);
     }
-    let (found_tx, mut found) = mpsc::unbounded_channel();
-    let discover = from.is_none();
+    let found_tx = running.found.clone();
+    let only = from.clone();
     match from {
         Some(peer) => {
             let _ = found_tx.send(peer);
@@ -166,7 +167,11 @@ pub(super) async fn run(
         }
         f.schedule();
         tokio::select! {
-            Some(peer) = found.recv() => f.found(peer),
+            Some(peer) = found.recv() => {
+                if only.as_ref().is_none_or(|o| *o == peer) {
+                    f.found(peer);
+                }
+            }
             Some(done) = f.tasks.join_next() => match done {
                 Ok(event) => f.event(event)?,
                 Err(e) => return Err(ImageError::internal(e, "a fetch step failed")),
@@ -181,7 +186,11 @@ pub(super) async fn run(
                 if f.last_progress.elapsed() > STALL {
                     return Err(f.stalled());
                 }
-                if discover && now - last_discovery > REDISCOVER {
+                // Often while a fetch starts (the others fetching the same
+                // image are found, and serve each other, from the first
+                // seconds), then now and then.
+                let every = if started.elapsed() < REDISCOVER { TICK } else { REDISCOVER };
+                if only.is_none() && now - last_discovery >= every {
                     last_discovery = now;
                     let _ = shared.overlay.send(ToOverlay::Providers(super::image_key(hex), found_tx.clone()));
                 }
@@ -199,7 +208,11 @@ impl Fetch<'_> {
 
     fn found(&mut self, peer: CorePeer) {
         let holder = self.holders.entry(peer.clone()).or_default();
-        if holder.banned || holder.asking_map || holder.away_until.is_some_and(|t| t > Instant::now()) {
+        if holder.mapped
+            || holder.banned
+            || holder.asking_map
+            || holder.away_until.is_some_and(|t| t > Instant::now())
+        {
             return;
         }
         self.ask_map(peer);
@@ -425,7 +438,13 @@ impl Fetch<'_> {
                 .filter(|(peer, h)| {
                     h.usable(&p.id, now) && h.in_flight < PER_PEER && h.has(i) && !already.contains(peer)
                 })
-                .min_by_key(|(_, h)| (h.rtt.map_or(u128::MAX, |r| r.as_millis() / 10), h.in_flight))
+                // Nearest first; among holders as near, one that is still
+                // fetching before one with the whole image, whose uploads
+                // are best spent on the chunks only it has; then the least
+                // asked.
+                .min_by_key(|(_, h)| {
+                    (h.rtt.map_or(u128::MAX, |r| r.as_millis() / 10), h.bitmap.is_none(), h.in_flight)
+                })
                 .map(|(peer, _)| peer.clone());
             let Some(peer) = pick else { continue };
             if let Some(h) = self.holders.get_mut(&peer) {

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Chunk requests in flight to one holder.
-pub const PER_PEER: usize = 4;
+pub const PER_PEER: usize = 2;
 /// Chunk requests in flight for one fetch.
 pub const IN_FLIGHT: usize = 32;
 /// Corrupt chunks after which a holder is no longer asked in a fetch.
@@ -134,6 +134,9 @@ const ENDED_KEPT: usize = 16;
 #[derive(Debug)]
 struct Running {
     partial: std::sync::OnceLock<Arc<partial::Partial>>,
+    /// Peers found holding or fetching the image: from the DHT, and every
+    /// peer that asks this agent for it (a fetcher too, as in BitTorrent).
+    found: mpsc::UnboundedSender<CorePeer>,
     progress: watch::Sender<Transfer>,
     started: std::time::Instant,
 }
@@ -292,8 +295,10 @@ impl Exchange {
             elapsed_s: 0.0,
             error: None,
         });
+        let (found, found_rx) = mpsc::unbounded_channel();
         let r = Arc::new(Running {
             partial: Default::default(),
+            found,
             progress: tx,
             started: std::time::Instant::now(),
         });
@@ -303,7 +308,7 @@ impl Exchange {
         let _ = shared.overlay.send(ToOverlay::Provide(image_key(&hex)));
         tokio::spawn(async move {
             let started = r.started;
-            let result = fetch::run(&shared, &r, &hex, name.as_deref(), from).await;
+            let result = fetch::run(&shared, &r, found_rx, &hex, name.as_deref(), from).await;
             match &result {
                 Ok(info) => {
                     tracing::info!(image = %info.hash, names = ?info.names, seconds = started.elapsed().as_secs_f64(), "image fetched");

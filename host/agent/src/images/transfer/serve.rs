@@ -75,7 +75,16 @@ impl Uploads {
 /// Answers one question.
 pub(super) async fn answer(shared: Arc<Shared>, q: Asked) {
     let reply = match crate::overlay::codec::decode::<Ask>(&q.bytes) {
-        Ok(ask) => reply(&shared, ask).await,
+        Ok(ask) => {
+            // A peer asking for an image this agent is fetching is
+            // fetching it too: it is asked in turn.
+            if let Ask::Have(hex) | Ask::Chunk(hex, _) = &ask
+                && let Some(r) = shared.running().get(hex)
+            {
+                let _ = r.found.send(q.from.clone());
+            }
+            reply(&shared, ask).await
+        }
         Err(e) => {
             tracing::warn!(peer = %q.from, error = %e, "image question refused");
             Reply::Refused(format!("not a question of {}: {e}", crate::overlay::CHUNK_PROTOCOL))
