@@ -117,6 +117,7 @@ impl From<wit::Request> for view::Request {
             user_location: r.user_location.map(Into::into),
             max_latency_us: r.max_latency_us,
             user_latency_us: r.user_latency_us,
+            image_held_by: r.image_held_by,
         }
     }
 }

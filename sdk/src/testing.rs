@@ -168,6 +168,14 @@ impl<'a> RequestBuilder<'a> {
         self
     }
 
+    /// Gives the VM an image that the hosts of these rows hold.
+    pub fn image_held_by(mut self, rows: &[u32]) -> Self {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        self.request.image_held_by = Some(rows);
+        self
+    }
+
     /// Makes the VM a member of a group whose members run on the given rows.
     pub fn group(mut self, kind: GroupKind, member_rows: &[u32]) -> Self {
         let mut on_host = vec![0; self.cluster.hosts.len()];

@@ -343,9 +343,21 @@ pub struct Request {
     /// between the users and that PoP in microseconds; empty without
     /// `user_location`. Read it with [`Request::user_latency`].
     pub user_latency_us: Vec<u32>,
+    /// Rows of [`Cluster::hosts`] whose image store holds the VM's image,
+    /// ascending; `None` when the VM boots without an image. Any host can
+    /// run the VM: one without the image fetches it from its peers first,
+    /// so the VM starts later and the network carries the image. Read it
+    /// with [`Request::holds_image`].
+    pub image_held_by: Option<Vec<u32>>,
 }
 
 impl Request {
+    /// Whether host row `host` holds the VM's image (true for a VM with
+    /// no image): the VM can start there without fetching it.
+    pub fn holds_image(&self, host: u32) -> bool {
+        self.image_held_by.as_ref().is_none_or(|rows| rows.binary_search(&host).is_ok())
+    }
+
     /// Estimated user round-trip latency to PoP `pop` in microseconds, if known.
     pub fn user_latency(&self, pop: u32) -> Option<u32> {
         self.user_latency_us.get(pop as usize).copied().filter(|&l| l != ABSENT)

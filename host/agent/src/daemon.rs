@@ -126,6 +126,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
     )?;
     let exchange = Exchange::start(images.clone(), ov_tx.clone(), image_rx, cancel.clone());
     let (waiting, arrived) = Waiting::new(exchange.clone(), images.clone());
+    let images_changed = images.subscribe();
+    let held = images.clone();
     let shadows = Arc::new(crate::rollout::shadow::Shadows::default());
     let (rollouts, rollout_task) = crate::rollout::spawn(
         crate::rollout::Settings {
@@ -196,8 +198,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
         reserve,
         energy: config.energy.clone(),
         waiting,
+        images: held,
     };
-    let result = core.run(core_rx, hv_rx, ov_rx, answers_rx, arrived, cancel.clone()).await;
+    let inboxes = Inboxes { api: core_rx, hv: hv_rx, peers: ov_rx, answers: answers_rx, arrived, images_changed };
+    let result = core.run(inboxes, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;
     let _ = rollout_task.await;
@@ -225,19 +229,27 @@ struct Core {
     energy: crate::config::EnergyConfig,
     /// Commands of VMs whose images are on their way.
     waiting: Waiting,
+    /// The image store, whose holdings placement sees.
+    images: Arc<Images>,
+}
+
+/// What wakes the core task.
+struct Inboxes {
+    api: mpsc::Receiver<Call>,
+    hv: mpsc::UnboundedReceiver<FromHypervisor>,
+    peers: mpsc::UnboundedReceiver<FromOverlay>,
+    answers: mpsc::UnboundedReceiver<Vec<Answered>>,
+    /// VMs whose images arrived.
+    arrived: mpsc::UnboundedReceiver<String>,
+    /// The image store changed.
+    images_changed: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Core {
-    async fn run(
-        mut self,
-        mut api: mpsc::Receiver<Call>,
-        mut hv: mpsc::UnboundedReceiver<FromHypervisor>,
-        mut peers: mpsc::UnboundedReceiver<FromOverlay>,
-        mut answers: mpsc::UnboundedReceiver<Vec<Answered>>,
-        mut arrived: mpsc::UnboundedReceiver<String>,
-        cancel: CancellationToken,
-    ) -> Result<()> {
+    async fn run(mut self, inboxes: Inboxes, cancel: CancellationToken) -> Result<()> {
+        let Inboxes { mut api, mut hv, mut peers, mut answers, mut arrived, mut images_changed } = inboxes;
         let mut stopping = false;
+        self.images_changed();
         let mut recheck = tokio::time::interval(RESERVE_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if !self.reserve.held() {
@@ -267,6 +279,7 @@ impl Core {
                 Some(answered) = answers.recv() => {
                     batch(answered, || answers.try_recv().ok(), |list| list.into_iter().for_each(|a| self.decided(a)))
                 }
+                Ok(()) = images_changed.changed() => self.images_changed(),
                 Some(vm) = arrived.recv() => {
                     for (op, cmd) in self.waiting.release(&vm) {
                         if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
@@ -282,6 +295,12 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Tells the node what the image store holds now.
+    fn images_changed(&mut self) {
+        let keys = tokio::task::block_in_place(|| self.images.keys());
+        self.node.handle_input(Input::Images { now: Instant::now(), keys });
     }
 
     /// Carries out everything the node asked for; returns its next deadline

@@ -4,8 +4,9 @@
 //! holder and checks each; a holder whose copy went bad on its disk sends
 //! corrupt chunks that are dropped and counted, and the copy is whole; a
 //! holder killed mid-transfer and the fetching agent killed and started
-//! again both leave a transfer that finishes; a VM created by name on an
-//! agent without the image waits for it and then runs.
+//! again both leave a transfer that finishes; placement prefers a host
+//! that holds a VM's image; a VM placed on a host without its image waits
+//! for it and then runs.
 
 mod common;
 
@@ -122,6 +123,16 @@ fn cluster_processes_images_swarm_resist_corruption_and_survive_kills() {
     let copy = std::fs::read(blob(&agents[berlin1], &a.hash)).expect("copy");
     assert_eq!(copy, std::fs::read(files.path().join("a.raw")).expect("original"));
     assert!(agents[berlin1].log().contains("does not match the manifest"));
+
+    // Placement knows where images are: of Berlin's three identical empty
+    // hosts, best-fit puts a VM on alpine on one that holds alpine.
+    std::thread::sleep(Duration::from_secs(3));
+    let placed: serde_json::Value =
+        agents[berlin2].json(&["vm", "create", "near", "--memory-mib", "256", "--image", "alpine"]);
+    let at = placed["host"].as_str().expect("host");
+    assert!(at == agents[berlin0].host || at == agents[berlin1].host, "placed on {at}, which lacks the image");
+    let holder = agents.iter().find(|a| a.host == at).expect("its agent");
+    let _: serde_json::Value = holder.json(&["vm", "delete", "near"]);
 
     // 3. A 48 MiB image held by Paris-0 and Paris-1. Paris-2 fetches it;
     //    Paris-1 is killed mid-transfer, and so is the fetching agent,

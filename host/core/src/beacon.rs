@@ -230,6 +230,7 @@ fn differs(last: &HostSummary, now: &HostSummary) -> bool {
         standby_watts,
         moving,
         vms: _,
+        images,
         seq: _,
     } = now;
     let step = (*cpu_milli / 20).max(1);
@@ -247,6 +248,7 @@ fn differs(last: &HostSummary, now: &HostSummary) -> bool {
         || *standby != last.standby
         || *standby_watts != last.standby_watts
         || *moving != last.moving
+        || *images != last.images
 }
 
 #[cfg(test)]

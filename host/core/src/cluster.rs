@@ -210,6 +210,12 @@ pub struct HostSummary {
     pub moving: Vec<String>,
     /// The VMs it runs, as a digest and its latest changes.
     pub vms: VmDigest,
+    /// The images its store holds, as keys
+    /// ([`crate::request::image_key`] of each image's `sha256:<hex>` and
+    /// of each of its names), sorted: placement tells policies which
+    /// hosts hold a request's image.
+    #[serde(default)]
+    pub images: Vec<u64>,
     /// This summary's number since the agent started (from 1): probes and their answers
     /// name the latest, so a PoP-mate that missed one knows and asks.
     #[serde(default)]
@@ -1355,6 +1361,7 @@ pub(crate) mod tests {
             standby_watts: 10,
             moving: vec![],
             vms: digest(&[&format!("vm-{peer}")]),
+            images: vec![],
             seq: 1,
         }
     }

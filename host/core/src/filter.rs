@@ -25,6 +25,9 @@ pub struct Resolved {
     pub group: Option<(Option<GroupId>, GroupKind)>,
     /// Whether hosts in standby count (only when no other host can take it).
     pub standby: bool,
+    /// The key of the VM's image ([`crate::request::image_key`]), if it
+    /// has one.
+    pub image: Option<u64>,
 }
 
 impl Resolved {
@@ -48,6 +51,7 @@ impl Resolved {
             max_latency_us: request.max_latency_us(),
             group: request.group.as_ref().map(|g| (model.group_id(&g.name), g.kind.into())),
             standby: false,
+            image: request.image.as_deref().map(crate::request::image_key),
         }
     }
 

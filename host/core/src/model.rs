@@ -85,9 +85,17 @@ pub struct Host {
     pub load_cpu_milli: u32,
     /// Number of VMs.
     pub vm_count: u32,
+    /// The images its store holds, as sorted keys
+    /// ([`crate::request::image_key`]).
+    pub images: Vec<u64>,
 }
 
 impl Host {
+    /// Whether its store holds the image with key `key`.
+    pub fn holds_image(&self, key: u64) -> bool {
+        self.images.binary_search(&key).is_ok()
+    }
+
     /// Resources still free.
     pub fn free(&self) -> Resources {
         self.capacity.minus(self.allocated)
@@ -325,10 +333,20 @@ impl Model {
             allocated: Resources::default(),
             load_cpu_milli: 0,
             vm_count: 0,
+            images: Vec::new(),
         });
         let p = &mut self.pops[pop.0 as usize];
         p.capacity = p.capacity.plus(capacity);
         Ok(HostId(id))
+    }
+
+    /// Sets the images a host's store holds (keys, any order).
+    pub fn set_images(&mut self, host: HostId, mut keys: Vec<u64>) {
+        keys.sort_unstable();
+        keys.dedup();
+        if let Some(h) = self.hosts.get_mut(host.0 as usize) {
+            h.images = keys;
+        }
     }
 
     /// Sets the power a host draws in standby.

@@ -13,6 +13,20 @@ pub const MAX_LABEL_VALUE: usize = 256;
 /// How an image is named by its content: this prefix, then 64 lowercase hex digits.
 pub const IMAGE_HASH_PREFIX: &str = "sha256:";
 
+/// The key under which hosts advertise an image they hold, for an image
+/// reference as a VM names it (a name, or `sha256:<hex>`): 8 bytes
+/// (SipHash-1-3 with fixed keys) instead of the reference, so a host's
+/// summary grows by 8 bytes per image and per name. A host holding an
+/// image lists the key of its hash and of each of its names. Two
+/// references may share a key (one chance in 2^64 per pair): a policy
+/// would then prefer a host that lacks the image, which fetches it.
+pub fn image_key(image: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x6c6f_6375_735f_696d, 0x6167_6573_0000_0001);
+    h.write(image.as_bytes());
+    h.finish()
+}
+
 /// A point on Earth, in degrees, as written in requests and cluster files.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

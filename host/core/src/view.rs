@@ -65,6 +65,9 @@ pub fn request(
         user_location: user,
         max_latency_us: resolved.max_latency_us,
         user_latency_us: resolved.user_latency_us,
+        image_held_by: resolved.image.map(|key| {
+            (0..rows.len() as u32).filter(|&r| model.hosts[rows[r as usize].0 as usize].holds_image(key)).collect()
+        }),
     }
 }
 
@@ -129,6 +132,13 @@ mod tests {
         let group = req.group.expect("group");
         assert_eq!(group.members_on_host, vec![1, 0]);
         assert_eq!(group.members_in_pop, vec![0, 1]);
+        assert_eq!(req.image_held_by, None, "no image");
+        m.set_images(HostId(0), vec![crate::request::image_key("debian"), 7]);
+        let r: crate::VmRequest =
+            toml::from_str("name='x'\nvcpus=1\nmemory-mib=1\nimage='debian'").expect("request");
+        let req = request(&m, Resolved::new(&m, &r), None, &rows);
+        assert_eq!(req.image_held_by, Some(vec![1]), "host a, row 1, holds it");
+        assert!(req.holds_image(1) && !req.holds_image(0));
         let (p, ids) = partition(&m, &rows);
         assert_eq!(p.vms.host, vec![0]);
         assert_eq!(p.vms.allowed_jurisdictions, vec![0b10]);

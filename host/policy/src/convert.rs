@@ -74,6 +74,7 @@ pub fn request(r: &sdk::Request) -> wit::Request<'_> {
             .map(|c| wit::Coordinates { latitude: c.latitude, longitude: c.longitude }),
         max_latency_us: r.max_latency_us,
         user_latency_us: &r.user_latency_us,
+        image_held_by: r.image_held_by.as_deref(),
     }
 }
 

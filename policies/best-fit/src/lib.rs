@@ -4,8 +4,9 @@
 //! resources, after placing the VM, are smallest relative to its capacity
 //! (memory and vCPUs weigh equally; disk counts a quarter, being the
 //! cheapest to add). Packing hosts full leaves others empty, so they can be
-//! powered down. Ties go to the lowest row, which makes the choice
-//! deterministic.
+//! powered down. Of hosts filled alike (identical empty hosts, say), one
+//! that holds the VM's image wins, since the VM starts there without
+//! fetching it; then the lowest row, which makes the choice deterministic.
 //!
 //! Configuration: none.
 
@@ -19,7 +20,7 @@ impl PlacementPolicy for BestFit {
     fn place(cluster: &Cluster, request: &Request) -> Placement {
         let h = &cluster.hosts;
         let want = request.size;
-        let mut best: Option<(f32, usize)> = None;
+        let mut best: Option<(f32, bool, usize)> = None;
         for i in 0..h.len() {
             let free_cpu = h.vcpus[i].saturating_sub(h.allocated_vcpus[i]);
             let free_mem = h.memory_mib[i].saturating_sub(h.allocated_memory_mib[i]);
@@ -30,12 +31,13 @@ impl PlacementPolicy for BestFit {
             let left = fraction(free_cpu - want.vcpus, h.vcpus[i])
                 + fraction(free_mem - want.memory_mib, h.memory_mib[i])
                 + 0.25 * fraction(free_disk - want.disk_gib, h.disk_gib[i]);
-            if best.is_none_or(|(b, _)| left < b) {
-                best = Some((left, i));
+            let lacks_image = !request.holds_image(i as u32);
+            if best.is_none_or(|(b, lacks, _)| left < b || (left == b && lacks && !lacks_image)) {
+                best = Some((left, lacks_image, i));
             }
         }
         match best {
-            Some((_, i)) => Placement::on(i as u32),
+            Some((_, _, i)) => Placement::on(i as u32),
             None => Placement::reject(RejectReason::NoCapacity, "no host has room for the VM"),
         }
     }
@@ -64,6 +66,23 @@ mod tests {
             .host_used(0, BIG, Resources::new(24, 48_000, 500))
             .build();
         let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).build();
+        assert_eq!(BestFit::place(&c, &r).host(), Some(1));
+    }
+
+    #[test]
+    fn of_hosts_filled_alike_prefers_one_holding_the_image() {
+        let c = ClusterBuilder::new().pop("FR", 48.0, 2.0).host(0, BIG).host(0, BIG).host(0, BIG).build();
+        let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).image_held_by(&[2]).build();
+        assert_eq!(BestFit::place(&c, &r).host(), Some(2));
+        let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).image_held_by(&[]).build();
+        assert_eq!(BestFit::place(&c, &r).host(), Some(0), "nobody holds it: the lowest row");
+        // A tighter fit still wins over the image.
+        let c = ClusterBuilder::new()
+            .pop("FR", 48.0, 2.0)
+            .host(0, BIG)
+            .host_used(0, BIG, Resources::new(8, 16_384, 100))
+            .build();
+        let r = RequestBuilder::new(&c, Resources::new(2, 4096, 20)).image_held_by(&[0]).build();
         assert_eq!(BestFit::place(&c, &r).host(), Some(1));
     }
 

@@ -57,15 +57,14 @@ pub struct ImageConfig {
     pub max_imports: usize,
     /// Pace of the chunks this agent sends to peers, Mbit/s (0: none).
     pub upload_limit_mbit: u64,
-    /// Chunk uploads queued at most; past that, peers are told to ask
-    /// another holder. 8 chunks are 0.7 s of a 100 Mbit/s link: a fetcher
-    /// that waits longer for a holder is better served by another.
+    /// Chunk uploads queued at most (2 per asking peer); past that, peers
+    /// are told to ask another holder. They are sent in the order asked.
     pub max_uploads: usize,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { dir: None, max_bytes: 64 << 30, max_imports: 2, upload_limit_mbit: 0, max_uploads: 8 }
+        ImageConfig { dir: None, max_bytes: 64 << 30, max_imports: 2, upload_limit_mbit: 0, max_uploads: 32 }
     }
 }
 
@@ -193,6 +192,8 @@ pub struct Images {
     config: ImageConfig,
     imports: Semaphore,
     catalog: Mutex<()>,
+    /// Bumped whenever the images held or their names change.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Images {
@@ -219,7 +220,25 @@ impl Images {
         }
         warn_if_closed_to_qemu(dir);
         let imports = Semaphore::new(config.max_imports.max(1));
-        Ok(Images { dir: dir.to_owned(), config, imports, catalog: Mutex::new(()) })
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Ok(Images { dir: dir.to_owned(), config, imports, catalog: Mutex::new(()), changed })
+    }
+
+    /// Wakes whenever the images held or their names change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The keys of the images held ([`locus_core::request::image_key`] of
+    /// each image's `sha256:<hex>` and of each of its names), as this
+    /// host advertises them to placement.
+    pub fn keys(&self) -> Vec<u64> {
+        let mut keys = Vec::new();
+        for info in self.list().unwrap_or_default() {
+            keys.push(locus_core::request::image_key(&info.hash));
+            keys.extend(info.names.iter().map(|n| locus_core::request::image_key(n)));
+        }
+        keys
     }
 
     /// Where images being fetched from peers grow.
@@ -408,6 +427,7 @@ impl Images {
                 .map_err(|e| ImageError::io(e, "naming an image"))?;
         }
         sync_dir(&self.dir.join("blobs")).map_err(|e| ImageError::io(e, "storing an image"))?;
+        self.changed.send_modify(|n| *n += 1);
         Ok(name.is_some() || !stored)
     }
 
@@ -535,6 +555,7 @@ impl Images {
             remove_if_present(&self.manifest_path(hex))
                 .map_err(|e| ImageError::io(e, "removing an image"))?;
         }
+        self.changed.send_modify(|n| *n += 1);
         Ok(info)
     }
 

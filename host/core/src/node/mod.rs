@@ -391,6 +391,15 @@ pub enum Input {
         /// Short of space.
         low: bool,
     },
+    /// The host's image store changed: the keys of what it holds now
+    /// ([`crate::request::image_key`]). Placement sees it at once, the
+    /// PoP-mates with the next host summary.
+    Images {
+        /// When.
+        now: Instant,
+        /// The keys, any order.
+        keys: Vec<u64>,
+    },
     /// The PoP's energy changed: the renewable power it has unused and its
     /// grid's carbon intensity now (a feed the shell follows). Placement
     /// sees it at once, the other PoPs with the next PoP summary.
@@ -1190,6 +1199,10 @@ impl Node {
             Input::Storage { now, low } => {
                 self.tick(now);
                 self.storage_low = low;
+            }
+            Input::Images { now, keys } => {
+                self.tick(now);
+                self.model.set_images(self.host, keys);
             }
             Input::Energy { now, renewable_watts, carbon_g_per_kwh } => {
                 self.tick(now);

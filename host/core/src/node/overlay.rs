@@ -123,6 +123,7 @@ impl Node {
             standby_watts: h.standby_watts,
             moving: self.moves.holding_slots(),
             vms,
+            images: h.images.clone(),
             seq: 0,
         }
     }
@@ -343,6 +344,9 @@ impl Node {
         };
         self.model.set_host_state(id, state);
         self.model.set_standby_watts(id, s.standby_watts);
+        if self.model.hosts[id.0 as usize].images != s.images {
+            self.model.set_images(id, s.images.clone());
+        }
     }
 
     fn member_changed(&mut self, peer: &PeerId, liveness: Liveness, mine: bool) {

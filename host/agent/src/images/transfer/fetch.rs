@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-/// A fetch that gets no chunk for this long gives up.
+/// A fetch that gets no chunk, and no holder's "busy", for this long gives
+/// up.
 const STALL: Duration = Duration::from_secs(60);
 /// A fetch that finds no holder for this long gives up.
 const NO_HOLDER: Duration = Duration::from_secs(20);
@@ -119,6 +120,9 @@ struct Fetch<'a> {
     order: Vec<u64>,
     opening: bool,
     last_progress: Instant,
+    /// Every chunk is held and counted (a chunk's write sets its bit
+    /// before its event is handled: the fetch ends on the event).
+    complete: bool,
 }
 
 /// Runs the fetch of image `hex` to its end.
@@ -142,6 +146,7 @@ pub(super) async fn run(
         order: Vec::new(),
         opening: false,
         last_progress: started,
+        complete: false,
     };
     let dir = shared.images.fetching_dir();
     if let Some((m, _)) = partial::left_over(&dir).into_iter().find(|(m, _)| m.file == hex) {
@@ -159,12 +164,7 @@ pub(super) async fn run(
     }
     let mut tick = tokio::time::interval(TICK);
     let mut last_discovery = Instant::now();
-    loop {
-        if let Some(p) = running.partial.get()
-            && p.complete()
-        {
-            break;
-        }
+    while !f.complete {
         f.schedule();
         tokio::select! {
             Some(peer) = found.recv() => {
@@ -322,6 +322,7 @@ impl Fetch<'_> {
                 self.opening = false;
                 let p = opened.map_err(|e| ImageError::io(e, "starting an image fetch"))?;
                 tracing::info!(image = %self.hex, chunks = p.manifest.chunk_count(), held = p.count(), "fetching an image");
+                self.complete = p.complete();
                 let _ = self.running.partial.set(Arc::new(p));
                 self.last_progress = now;
                 self.refresh();
@@ -340,7 +341,11 @@ impl Fetch<'_> {
                         });
                         return Ok(());
                     }
-                    Ok(Reply::Busy) => h.away_until = Some(now + BUSY_FOR),
+                    Ok(Reply::Busy) => {
+                        // Alive, only busy: not a stall.
+                        h.away_until = Some(now + BUSY_FOR);
+                        self.last_progress = now;
+                    }
                     Ok(_) => h.forget(i),
                     Err(e) => self.failed(&peer, &e),
                 }
@@ -356,6 +361,7 @@ impl Fetch<'_> {
                         h.failures = 0;
                         self.last_progress = now;
                         self.asked.remove(&i);
+                        self.complete = self.partial().is_some_and(|p| p.complete());
                     }
                     Err(PutError::Corrupt) => {
                         h.source.corrupt += 1;

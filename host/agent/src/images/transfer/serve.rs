@@ -3,7 +3,8 @@
 //! paced to the configured limit.
 
 use super::wire::{Ask, Reply, pack};
-use super::{Running, Shared};
+use super::{PER_PEER, Running, Shared};
+use locus_core::cluster::PeerId as CorePeer;
 use crate::images::ImageConfig;
 use crate::images::manifest::CHUNK_BYTES;
 use crate::overlay::{Asked, Service, ToOverlay};
@@ -23,6 +24,13 @@ pub struct Uploads {
     limit_mbit: u64,
     queued: AtomicUsize,
     max_queued: usize,
+    /// Chunks queued per asking peer: one peer may hold [`PER_PEER`] places
+    /// of the queue, so a fetcher that asks again at once cannot starve
+    /// one that was told to wait.
+    by_peer: std::sync::Mutex<std::collections::HashMap<CorePeer, usize>>,
+    /// Queued chunks go out in the order they were asked (tokio's
+    /// semaphore is fair), one at a time through the pacer.
+    turn: tokio::sync::Semaphore,
     bytes: AtomicU64,
     chunks: AtomicU64,
     busy: AtomicU64,
@@ -45,6 +53,8 @@ impl Uploads {
             limit_mbit: config.upload_limit_mbit,
             queued: AtomicUsize::new(0),
             max_queued: config.max_uploads.max(1),
+            by_peer: Default::default(),
+            turn: tokio::sync::Semaphore::new(1),
             bytes: AtomicU64::new(0),
             chunks: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -83,7 +93,7 @@ pub(super) async fn answer(shared: Arc<Shared>, q: Asked) {
             {
                 let _ = r.found.send(q.from.clone());
             }
-            reply(&shared, ask).await
+            reply(&shared, &q.from, ask).await
         }
         Err(e) => {
             tracing::warn!(peer = %q.from, error = %e, "image question refused");
@@ -118,7 +128,7 @@ fn holding(shared: &Shared, hex: &str) -> Option<Holding> {
     running.partial.get().is_some().then_some(Holding::Fetching(running))
 }
 
-async fn reply(shared: &Arc<Shared>, ask: Ask) -> Reply {
+async fn reply(shared: &Arc<Shared>, from: &CorePeer, ask: Ask) -> Reply {
     match ask {
         Ask::Find(name) => match shared.images.resolve(&name) {
             Ok(base) => Reply::Found(base.hex),
@@ -139,22 +149,38 @@ async fn reply(shared: &Arc<Shared>, ask: Ask) -> Reply {
             }
             None => Reply::Missing,
         },
-        Ask::Chunk(hex, i) => chunk(shared, &hex, i).await,
+        Ask::Chunk(hex, i) => chunk(shared, from, &hex, i).await,
     }
 }
 
-/// A chunk, paced: refused as busy past the queue, then read, then sent
-/// when the limiter allows its bytes.
-async fn chunk(shared: &Arc<Shared>, hex: &str, i: u64) -> Reply {
+/// A chunk, paced: refused as busy past the queue (or past the asking
+/// peer's share of it), then read and sent in turn when the limiter allows
+/// its bytes.
+async fn chunk(shared: &Arc<Shared>, from: &CorePeer, hex: &str, i: u64) -> Reply {
     let Some(held) = holding(shared, hex) else { return Reply::Missing };
     let u = &shared.uploads;
-    if u.queued.fetch_add(1, Ordering::SeqCst) >= u.max_queued {
-        u.queued.fetch_sub(1, Ordering::SeqCst);
-        u.busy.fetch_add(1, Ordering::Relaxed);
-        return Reply::Busy;
+    {
+        let mut by_peer = u.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = by_peer.get(from).copied().unwrap_or(0);
+        if mine >= PER_PEER || u.queued.load(Ordering::SeqCst) >= u.max_queued {
+            u.busy.fetch_add(1, Ordering::Relaxed);
+            return Reply::Busy;
+        }
+        by_peer.insert(from.clone(), mine + 1);
+        u.queued.fetch_add(1, Ordering::SeqCst);
     }
-    let reply = paced(shared, held, i).await;
+    let reply = match u.turn.acquire().await {
+        Ok(_turn) => paced(shared, held, i).await,
+        Err(_) => Reply::Busy,
+    };
     u.queued.fetch_sub(1, Ordering::SeqCst);
+    let mut by_peer = u.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+    match by_peer.get_mut(from) {
+        Some(n) if *n > 1 => *n -= 1,
+        _ => {
+            by_peer.remove(from);
+        }
+    }
     reply
 }
 
