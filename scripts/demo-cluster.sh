@@ -3,8 +3,9 @@
 # driver), joined by libp2p with a cluster key, with emulated WAN latency
 # between PoPs; VM requests from users in different places; where they land
 # and why; a signed policy pushed to one PoP's running agents; an overloaded host
-# relieved by a partition of its PoP-mates; a drain; a host killed and its
-# VMs created again elsewhere.
+# relieved by a partition of its PoP-mates; a drain; an image imported in
+# one PoP that boots a VM in another; a host killed and its VMs created
+# again elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 locus=target/release/locus
@@ -114,6 +115,16 @@ f2=$(sock frankfurt-2)
 "$locus" host drain --socket "$f2" | grep -E "drain|moves"
 "$locus" vm list --socket "$f2"
 "$locus" host resume --socket "$f2" >/dev/null
+
+step "an image imported in madrid boots a VM placed in frankfurt: its host fetches the image from its peers"
+head -c 32M /dev/urandom >"$dir/app.raw"
+"$locus" image import "$dir/app.raw" --name app --socket "$(sock madrid-1)" | grep -E "names|hash|manifest"
+sleep 1
+at=$("$locus" vm create app-de --jurisdiction DE --image app --memory-mib 1024 --json --socket "$(sock paris-1)" |
+    sed -n 's/^  "host": "\(.*\)",$/\1/p')
+printf '  %-13s %-46s -> %s\n' app-de "image app (only in madrid), data in DE" "$at"
+"$locus" image transfers --socket "$(sock "${at:-frankfurt-1}")"
+grep -h "waits for its image\|image fetched\|its image is here" "$dir"/frankfurt-*.log | sed 's/^.*INFO locus::[a-z:_]*: /  /'
 
 step "paris-2 is killed (kill -9): declared dead, and its PoP creates its VMs again (restart always)"
 "$locus" vm list --socket "$(sock paris-2)" | tail -n +1

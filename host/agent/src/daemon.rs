@@ -124,7 +124,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
         image_asks,
         cancel.clone(),
     )?;
-    let exchange = Exchange::start(images.clone(), ov_tx.clone(), image_rx, cancel.clone());
+    let exchange = Exchange::start(
+        (config.host.name.clone(), config.pop.name.clone()),
+        images.clone(),
+        ov_tx.clone(),
+        image_rx,
+        cancel.clone(),
+    );
     let (waiting, arrived) = Waiting::new(exchange.clone(), images.clone());
     let images_changed = images.subscribe();
     let held = images.clone();
@@ -200,7 +206,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
         waiting,
         images: held,
     };
-    let inboxes = Inboxes { api: core_rx, hv: hv_rx, peers: ov_rx, answers: answers_rx, arrived, images_changed };
+    let inboxes =
+        Inboxes { api: core_rx, hv: hv_rx, peers: ov_rx, answers: answers_rx, arrived, images_changed };
     let result = core.run(inboxes, cancel.clone()).await;
     cancel.cancel();
     tracker.wait().await;

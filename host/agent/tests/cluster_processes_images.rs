@@ -12,6 +12,7 @@ mod common;
 
 use common::{Agent, Cluster, PopSpec, wait_until};
 use locus::images::ImageInfo;
+use locus::images::transfer::wire::Inventory;
 use locus::images::transfer::{Stage, Transfer, Transfers};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,13 +125,28 @@ fn cluster_processes_images_swarm_resist_corruption_and_survive_kills() {
     assert_eq!(copy, std::fs::read(files.path().join("a.raw")).expect("original"));
     assert!(agents[berlin1].log().contains("does not match the manifest"));
 
+    // Where every image is, from any agent.
+    let all: Vec<Inventory> = agents[paris2].json(&["image", "list", "--cluster"]);
+    assert_eq!(all.len(), 6, "every agent answers");
+    let holders: Vec<&str> = all
+        .iter()
+        .filter(|i| i.images.iter().any(|h| h.hash == a.hash && h.have_chunks == h.chunks))
+        .map(|i| i.host.as_str())
+        .collect();
+    assert_eq!(holders, ["berlin-0", "berlin-1", "paris-0"]);
+    let table = agents[paris2].cli(&["image", "list", "--cluster"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("alpine"));
+
     // Placement knows where images are: of Berlin's three identical empty
     // hosts, best-fit puts a VM on alpine on one that holds alpine.
     std::thread::sleep(Duration::from_secs(3));
     let placed: serde_json::Value =
         agents[berlin2].json(&["vm", "create", "near", "--memory-mib", "256", "--image", "alpine"]);
     let at = placed["host"].as_str().expect("host");
-    assert!(at == agents[berlin0].host || at == agents[berlin1].host, "placed on {at}, which lacks the image");
+    assert!(
+        at == agents[berlin0].host || at == agents[berlin1].host,
+        "placed on {at}, which lacks the image"
+    );
     let holder = agents.iter().find(|a| a.host == at).expect("its agent");
     let _: serde_json::Value = holder.json(&["vm", "delete", "near"]);
 

@@ -66,7 +66,9 @@ pub fn request(
         max_latency_us: resolved.max_latency_us,
         user_latency_us: resolved.user_latency_us,
         image_held_by: resolved.image.map(|key| {
-            (0..rows.len() as u32).filter(|&r| model.hosts[rows[r as usize].0 as usize].holds_image(key)).collect()
+            (0..rows.len() as u32)
+                .filter(|&r| model.hosts[rows[r as usize].0 as usize].holds_image(key))
+                .collect()
         }),
     }
 }

@@ -6,6 +6,7 @@
 
 use super::AppState;
 use super::error::{ErrorBody, Failure};
+use crate::images::transfer::wire::Inventory;
 use crate::images::transfer::{Fetching, Transfer, Transfers};
 use crate::images::{ImageError, ImageInfo};
 use axum::Json;
@@ -37,6 +38,13 @@ impl From<ImageError> for Failure {
 pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<ImageInfo>>, Failure> {
     let images = s.images.clone();
     Ok(Json(blocking(move || images.list()).await?))
+}
+
+/// What this agent and every agent it is connected to hold, whole or in
+/// part (agents that do not answer within 5 s are left out).
+#[utoipa::path(get, path = "/v1/cluster/images", tag = "images", responses((status = 200, body = [Inventory])))]
+pub async fn cluster(State(s): State<AppState>) -> Json<Vec<Inventory>> {
+    Json(s.exchange.cluster().await)
 }
 
 /// One image, by name or `sha256:<hex>`.

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rollouts/rollback", post(rollouts::rollback))
         .route("/v1/images", get(images::list))
         .route("/v1/transfers", get(images::transfers).post(images::fetch))
+        .route("/v1/cluster/images", get(images::cluster))
         .route(
             "/v1/images/{image}",
             get(images::show).put(images::import).delete(images::remove).layer(DefaultBodyLimit::disable()),

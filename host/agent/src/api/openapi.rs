@@ -33,6 +33,7 @@ use utoipa::OpenApi;
         super::images::remove,
         super::images::fetch,
         super::images::transfers,
+        super::images::cluster,
         super::cluster::status,
         super::cluster::join,
     )

@@ -4,6 +4,7 @@
 
 use super::{Connection, clean, clean_table, print_json, runtime};
 use crate::images::ImageInfo;
+use crate::images::transfer::wire::Inventory;
 use crate::images::transfer::{Stage, Transfer, Transfers};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -24,7 +25,12 @@ pub enum ImageCommand {
         name: Option<String>,
     },
     /// The images in the agent's store.
-    List,
+    List {
+        /// Every image of the agents this one is connected to: where each
+        /// is, and how complete.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// One image, by name or sha256:<hex>.
     Show {
         /// Name or hash.
@@ -58,7 +64,11 @@ pub fn run(conn: &Connection, cmd: ImageCommand) -> Result<()> {
     let client = conn.client()?;
     runtime()?.block_on(async {
         let info: ImageInfo = match cmd {
-            ImageCommand::List => {
+            ImageCommand::List { cluster: true } => {
+                let all: Vec<Inventory> = client.get("/v1/cluster/images").await?;
+                return if conn.json { print_json(&all) } else { print_cluster(&all) };
+            }
+            ImageCommand::List { cluster: false } => {
                 let images: Vec<ImageInfo> = client.get("/v1/images").await?;
                 return if conn.json { print_json(&images) } else { print_list(&images) };
             }
@@ -239,6 +249,42 @@ async fn follow(client: &crate::client::Client, hash: &str, quiet: bool) -> Resu
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// One row per image: its names, and every agent holding it, with how
+/// much of it those still fetching hold.
+fn print_cluster(all: &[Inventory]) -> Result<()> {
+    let mut by_hash: std::collections::BTreeMap<&str, (Vec<&str>, u64, Vec<String>)> = Default::default();
+    for agent in all {
+        for held in &agent.images {
+            let row = by_hash.entry(&held.hash).or_default();
+            for n in &held.names {
+                if !row.0.contains(&n.as_str()) {
+                    row.0.push(n);
+                }
+            }
+            row.1 = row.1.max(held.size_bytes);
+            let share = if held.have_chunks >= held.chunks {
+                String::new()
+            } else {
+                format!(" {}%", held.have_chunks * 100 / held.chunks.max(1))
+            };
+            row.2.push(format!("{} ({}){share}", agent.host, agent.pop));
+        }
+    }
+    println!("{} agents answered", all.len());
+    if by_hash.is_empty() {
+        println!("no images");
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["NAME", "HASH", "SIZE", "HELD BY"]);
+    for (hash, (names, size_bytes, holders)) in by_hash {
+        t.add_row(vec![names.join(", "), short(hash), size(size_bytes), holders.join("\n")]);
+    }
+    println!("{}", clean_table(&t));
+    Ok(())
 }
 
 fn print_transfer(f: &Transfer) -> Result<()> {

@@ -76,6 +76,8 @@ pub enum ToOverlay {
     Join(Multiaddr, oneshot::Sender<Result<(), String>>),
     /// Traffic and connection counts.
     Stats(oneshot::Sender<OverlayStats>),
+    /// The peers connected now.
+    Peers(oneshot::Sender<Vec<CorePeer>>),
     /// Publish on the policy topic.
     PolicyGossip(Vec<u8>),
     /// Ask a peer on a byte protocol.
@@ -513,6 +515,10 @@ impl Task {
             ToOverlay::Providers(key, found) => {
                 let id = b.kad.get_providers(provider_key(&key));
                 self.provider_lookups.insert(id, found);
+            }
+            ToOverlay::Peers(done) => {
+                let _ =
+                    done.send(self.swarm.connected_peers().map(|p| CorePeer::from(p.to_string())).collect());
             }
             ToOverlay::Stats(done) => {
                 let mut s = self.stats.clone();

@@ -26,6 +26,8 @@
 mod fetch;
 pub mod partial;
 mod serve;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use crate::images::{ImageError, ImageInfo, Images};
@@ -127,6 +129,36 @@ pub struct Transfers {
     pub upload_limit_mbit: u64,
 }
 
+/// What this agent holds, whole or in part.
+fn inventory(shared: &Shared) -> wire::Inventory {
+    let mut images: Vec<wire::Held> = shared
+        .images
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| wire::Held {
+            hash: i.hash,
+            names: i.names,
+            size_bytes: i.size_bytes,
+            have_chunks: i.chunks,
+            chunks: i.chunks,
+        })
+        .collect();
+    for r in shared.running().values() {
+        let t = r.progress.borrow();
+        if t.chunks > 0 {
+            images.push(wire::Held {
+                hash: t.hash.clone(),
+                names: t.name.iter().cloned().collect(),
+                size_bytes: t.size_bytes,
+                have_chunks: r.partial.get().map_or(0, |p| p.count() as u64),
+                chunks: t.chunks,
+            });
+        }
+    }
+    wire::Inventory { host: shared.host.clone(), pop: shared.pop.clone(), images }
+}
+
 /// Fetches kept after they end, for `image transfers`.
 const ENDED_KEPT: usize = 16;
 
@@ -150,6 +182,8 @@ pub struct Exchange {
 #[derive(Debug)]
 struct Shared {
     images: Arc<Images>,
+    host: String,
+    pop: String,
     overlay: mpsc::UnboundedSender<ToOverlay>,
     running: Mutex<HashMap<String, Arc<Running>>>,
     ended: Mutex<std::collections::VecDeque<Transfer>>,
@@ -175,6 +209,7 @@ impl Exchange {
     /// Starts serving `asked` questions, says in the DHT which images the
     /// store holds, and resumes the fetches an earlier run left.
     pub fn start(
+        (host, pop): (String, String),
         images: Arc<Images>,
         overlay: mpsc::UnboundedSender<ToOverlay>,
         mut asked: mpsc::UnboundedReceiver<Asked>,
@@ -183,6 +218,8 @@ impl Exchange {
         let uploads = serve::Uploads::new(images.config());
         let shared = Arc::new(Shared {
             images,
+            host,
+            pop,
             overlay,
             running: Mutex::new(HashMap::new()),
             ended: Mutex::new(Default::default()),
@@ -364,6 +401,33 @@ impl Exchange {
             }
         }
         Err(ImageError::NotFound(format!("{name} (no agent of the cluster holds an image of that name)")))
+    }
+
+    /// What this agent and every agent it is connected to hold (the
+    /// overlay keeps a connection to every agent it knows, up to 128).
+    pub async fn cluster(&self) -> Vec<wire::Inventory> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.shared.overlay.send(ToOverlay::Peers(tx));
+        let peers = rx.await.unwrap_or_default();
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in peers {
+            let shared = self.shared.clone();
+            asks.spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    fetch::ask(&shared, &peer, &wire::Ask::Inventory),
+                )
+                .await
+            });
+        }
+        let mut out = vec![inventory(&self.shared)];
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(Ok(Ok(wire::Reply::Inventory(i)))) = answer {
+                out.push(i);
+            }
+        }
+        out.sort_by(|a, b| (&a.pop, &a.host).cmp(&(&b.pop, &b.host)));
+        out
     }
 
     /// This agent's fetches and uploads.

@@ -4,11 +4,11 @@
 
 use super::wire::{Ask, Reply, pack};
 use super::{PER_PEER, Running, Shared};
-use locus_core::cluster::PeerId as CorePeer;
 use crate::images::ImageConfig;
 use crate::images::manifest::CHUNK_BYTES;
 use crate::overlay::{Asked, Service, ToOverlay};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use locus_core::cluster::PeerId as CorePeer;
 use locus_core::request::valid_image_hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -150,6 +150,7 @@ async fn reply(shared: &Arc<Shared>, from: &CorePeer, ask: Ask) -> Reply {
             None => Reply::Missing,
         },
         Ask::Chunk(hex, i) => chunk(shared, from, &hex, i).await,
+        Ask::Inventory => Reply::Inventory(super::inventory(shared)),
     }
 }
 

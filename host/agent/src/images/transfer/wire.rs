@@ -16,6 +16,8 @@ pub enum Ask {
     Manifest(String),
     /// Chunk `index` of image `file`.
     Chunk(String, u64),
+    /// Every image you hold, whole or in part.
+    Inventory,
 }
 
 /// An answer.
@@ -36,6 +38,8 @@ pub enum Reply {
     Manifest(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A chunk's bytes.
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// What an agent holds.
+    Inventory(Inventory),
     /// Not held here.
     Missing,
     /// Held, but this agent's uploads are queued to their limit: ask
@@ -43,6 +47,34 @@ pub enum Reply {
     Busy,
     /// The question was not understood.
     Refused(String),
+}
+
+/// The images one agent holds, whole or in part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Inventory {
+    /// The agent's host.
+    pub host: String,
+    /// Its PoP.
+    pub pop: String,
+    /// Its images.
+    pub images: Vec<Held>,
+}
+
+/// One image an agent holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Held {
+    /// `sha256:<hex>`.
+    pub hash: String,
+    /// Its names on that agent (the name it is being fetched under).
+    pub names: Vec<String>,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// Chunks held.
+    pub have_chunks: u64,
+    /// Chunks in all.
+    pub chunks: u64,
 }
 
 /// Packs one bit per chunk.
