@@ -6,7 +6,8 @@
 //! holder killed mid-transfer and the fetching agent killed and started
 //! again both leave a transfer that finishes; placement prefers a host
 //! that holds a VM's image; a VM placed on a host without its image waits
-//! for it and then runs.
+//! for it and then runs; a PoP is warmed ahead of time; any agent lists
+//! where every image is.
 
 mod common;
 
@@ -136,6 +137,17 @@ fn cluster_processes_images_swarm_resist_corruption_and_survive_kills() {
     assert_eq!(holders, ["berlin-0", "berlin-1", "paris-0"]);
     let table = agents[paris2].cli(&["image", "list", "--cluster"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("alpine"));
+
+    // Paris warmed from Berlin: each Paris agent fetches alpine (Paris-0
+    // holds it already).
+    let out = agents[berlin2].cli(&["image", "prefetch", "alpine", "--pop", "paris"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("paris-0: held already") && said.contains("paris-1: fetching"), "{said}");
+    for p in [paris1, paris2] {
+        wait_done(&agents[p], &a.hash, Duration::from_secs(60));
+    }
+    assert!(!agents[berlin2].cli(&["image", "show", "alpine"]).status.success(), "Berlin-2 was not asked");
 
     // Placement knows where images are: of Berlin's three identical empty
     // hosts, best-fit puts a VM on alpine on one that holds alpine.

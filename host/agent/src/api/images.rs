@@ -109,14 +109,30 @@ pub struct FetchRequest {
     /// Fetch only from this agent (peer id), not from every holder.
     #[serde(default)]
     pub from: Option<String>,
+    /// Have every agent of this PoP fetch it instead (`image prefetch`);
+    /// the answer is each agent's outcome.
+    #[serde(default)]
+    pub pop: Option<String>,
+}
+
+/// What each agent of a PoP said to a prefetch.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct Prefetched {
+    /// The agent's host.
+    pub host: String,
+    /// "held already", "fetching", or why not.
+    pub outcome: String,
 }
 
 /// Fetches an image from the agents that hold it, unless this host's store
 /// has it (200 with the image); answers at once with the fetch (202),
-/// which `GET /v1/transfers` follows.
+/// which `GET /v1/transfers` follows. With `pop`, has every agent of that
+/// PoP (that this one is connected to) fetch it: 200 with their outcomes.
 #[utoipa::path(post, path = "/v1/transfers", tag = "images",
     request_body = FetchRequest,
     responses((status = 202, description = "Fetching", body = Transfer),
+        (status = 200, description = "With pop: each agent's outcome", body = [Prefetched]),
         (status = 200, description = "Already in the store", body = ImageInfo),
         (status = 400, description = "A bad image or peer id", body = ErrorBody),
         (status = 404, description = "No agent of the cluster holds an image of that name", body = ErrorBody)))]
@@ -136,6 +152,22 @@ pub async fn fetch(
         }
         None => None,
     };
+    if let Some(pop) = req.pop {
+        if from.is_some() {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "pop and from do not go together",
+            ));
+        }
+        if !locus_core::request::valid_image_ref(&req.image) {
+            return Err(ImageError::NotFound(req.image).into());
+        }
+        let rows = s.exchange.prefetch(&req.image, &pop).await;
+        let rows: Vec<Prefetched> =
+            rows.into_iter().map(|(host, outcome)| Prefetched { host, outcome }).collect();
+        return Ok((StatusCode::OK, Json(rows)).into_response());
+    }
     match s.exchange.fetch(&req.image, from).await? {
         Fetching::Held(info) => Ok((StatusCode::OK, Json(*info)).into_response()),
         Fetching::Started(progress) => {

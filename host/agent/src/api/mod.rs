@@ -8,7 +8,7 @@
 
 pub mod cluster;
 mod error;
-mod images;
+pub mod images;
 mod openapi;
 pub mod policies;
 pub mod rollouts;

@@ -55,6 +55,15 @@ pub enum ImageCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Warm a PoP ahead of time: every agent of PoP `--pop` fetches the
+    /// image from its holders.
+    Prefetch {
+        /// Name or hash.
+        image: String,
+        /// The PoP.
+        #[arg(long)]
+        pop: String,
+    },
     /// This agent's fetches and what it uploaded to peers.
     Transfers,
 }
@@ -118,6 +127,23 @@ pub fn run(conn: &Connection, cmd: ImageCommand) -> Result<()> {
                 if last.stage == Stage::Failed {
                     bail!("the fetch failed: {}", last.error.unwrap_or_default());
                 }
+                return Ok(());
+            }
+            ImageCommand::Prefetch { image, pop } => {
+                segment(&image)?;
+                let body = serde_json::json!({ "image": image, "pop": pop });
+                let rows: Vec<crate::api::images::Prefetched> =
+                    client.post("/v1/transfers", Some(&body)).await?;
+                if conn.json {
+                    return print_json(&rows);
+                }
+                if rows.is_empty() {
+                    bail!("no agent of PoP {pop} answered");
+                }
+                for r in rows {
+                    println!("  {}: {}", clean(&r.host), clean(&r.outcome));
+                }
+                println!("follow with `locus image list --cluster`");
                 return Ok(());
             }
             ImageCommand::Transfers => {

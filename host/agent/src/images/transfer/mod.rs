@@ -430,6 +430,54 @@ impl Exchange {
         out
     }
 
+    /// Has every agent of PoP `pop` that this one is connected to fetch
+    /// `image`; answers each agent's host and outcome.
+    pub async fn prefetch(&self, image: &str, pop: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.shared.pop == pop {
+            let outcome = match self.fetch(image, None).await {
+                Ok(Fetching::Held(_)) => "held already".into(),
+                Ok(Fetching::Started(_)) => "fetching".into(),
+                Err(e) => e.to_string(),
+            };
+            out.push((self.shared.host.clone(), outcome));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.shared.overlay.send(ToOverlay::Peers(tx));
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in rx.await.unwrap_or_default() {
+            let shared = self.shared.clone();
+            let (image, pop) = (image.to_owned(), pop.to_owned());
+            asks.spawn(async move {
+                let within = std::time::Duration::from_secs(15);
+                let whose =
+                    tokio::time::timeout(within, fetch::ask(&shared, &peer, &wire::Ask::Inventory)).await;
+                let Ok(Ok(wire::Reply::Inventory(i))) = whose else { return None };
+                if i.pop != pop {
+                    return None;
+                }
+                let asked =
+                    tokio::time::timeout(within, fetch::ask(&shared, &peer, &wire::Ask::Fetch(image))).await;
+                Some((
+                    i.host,
+                    match asked {
+                        Ok(Ok(wire::Reply::Fetching(outcome))) => outcome,
+                        Ok(Ok(other)) => format!("answered {other:?}"),
+                        Ok(Err(e)) => e,
+                        Err(_) => "no answer within 15 s".into(),
+                    },
+                ))
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            if let Ok(Some(row)) = done {
+                out.push(row);
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// This agent's fetches and uploads.
     pub fn list(&self) -> Transfers {
         let mut fetches: Vec<Transfer> = self

@@ -151,6 +151,14 @@ async fn reply(shared: &Arc<Shared>, from: &CorePeer, ask: Ask) -> Reply {
         },
         Ask::Chunk(hex, i) => chunk(shared, from, &hex, i).await,
         Ask::Inventory => Reply::Inventory(super::inventory(shared)),
+        Ask::Fetch(image) => {
+            let exchange = super::Exchange { shared: shared.clone() };
+            Reply::Fetching(match exchange.fetch(&image, None).await {
+                Ok(super::Fetching::Held(_)) => "held already".into(),
+                Ok(super::Fetching::Started(_)) => "fetching".into(),
+                Err(e) => e.to_string(),
+            })
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub enum Ask {
     Chunk(String, u64),
     /// Every image you hold, whole or in part.
     Inventory,
+    /// Fetch this image (a name or `sha256:<hex>`) from its holders
+    /// (`image prefetch`).
+    Fetch(String),
 }
 
 /// An answer.
@@ -40,6 +43,8 @@ pub enum Reply {
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// What an agent holds.
     Inventory(Inventory),
+    /// The outcome of a `Fetch`: held already, started, or why not.
+    Fetching(String),
     /// Not held here.
     Missing,
     /// Held, but this agent's uploads are queued to their limit: ask
