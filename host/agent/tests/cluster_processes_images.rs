@@ -104,6 +104,17 @@ fn cluster_processes_images_swarm_resist_corruption_and_survive_kills() {
         "fetching what is held answers at once"
     );
 
+    let out = agents[berlin0].cli(&["image", "fetch", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no agent of the cluster holds image nosuch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for bad in ["../etc/passwd", "sha256:xyz"] {
+        assert!(!agents[berlin0].cli(&["image", "fetch", bad]).status.success(), "{bad} refused");
+    }
+
     // 2. Berlin-0's copy rots on its disk; Berlin-1 asks its PoP-mate
     //    first, gets corrupt chunks, drops them, counts them, and ends
     //    with the right bytes from Paris.

@@ -22,7 +22,7 @@ impl From<ImageError> for Failure {
             ImageError::Name(_) | ImageError::Refused(_) | ImageError::Upload(_) => {
                 (StatusCode::BAD_REQUEST, "bad-request")
             }
-            ImageError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ImageError::NotFound(_) | ImageError::Nowhere(_) => (StatusCode::NOT_FOUND, "not-found"),
             ImageError::Exists { .. } | ImageError::InUse { .. } => (StatusCode::CONFLICT, "conflict"),
             ImageError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             ImageError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

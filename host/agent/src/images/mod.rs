@@ -111,6 +111,9 @@ pub enum ImageError {
     /// No such image in this host's store.
     #[error("no image {0} in this host's store (see `locus image list`)")]
     NotFound(String),
+    /// No agent of the cluster holds it.
+    #[error("no agent of the cluster holds image {0} (see `locus image list --cluster`)")]
+    Nowhere(String),
     /// The name is taken by other content.
     #[error(
         "image {name} already exists with different content ({hash}); remove it first or choose another name"

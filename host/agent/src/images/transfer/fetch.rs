@@ -179,9 +179,7 @@ pub(super) async fn run(
             _ = tick.tick() => {
                 let now = Instant::now();
                 if running.partial.get().is_none() && f.holders.is_empty() && started.elapsed() > NO_HOLDER {
-                    return Err(ImageError::NotFound(format!(
-                        "sha256:{hex} (no agent of the cluster holds it)"
-                    )));
+                    return Err(ImageError::Nowhere(format!("sha256:{hex}")));
                 }
                 if f.last_progress.elapsed() > STALL {
                     return Err(f.stalled());

@@ -400,7 +400,7 @@ impl Exchange {
                 return Ok(hex);
             }
         }
-        Err(ImageError::NotFound(format!("{name} (no agent of the cluster holds an image of that name)")))
+        Err(ImageError::Nowhere(name.to_owned()))
     }
 
     /// What this agent and every agent it is connected to hold (the
