@@ -124,7 +124,7 @@ at=$("$locus" vm create app-de --jurisdiction DE --image app --memory-mib 1024 -
     sed -n 's/^  "host": "\(.*\)",$/\1/p')
 printf '  %-13s %-46s -> %s\n' app-de "image app (only in madrid), data in DE" "$at"
 "$locus" image transfers --socket "$(sock "${at:-frankfurt-1}")"
-grep -h "waits for its image\|image fetched\|its image is here" "$dir"/frankfurt-*.log | sed 's/^.*INFO locus::[a-z:_]*: /  /'
+grep -h "waits for its image\|image fetched\|image is here" "$dir"/frankfurt-*.log | sed 's/^.*INFO locus::[a-z:_]*: /  /'
 
 step "paris-2 is killed (kill -9): declared dead, and its PoP creates its VMs again (restart always)"
 "$locus" vm list --socket "$(sock paris-2)" | tail -n +1
