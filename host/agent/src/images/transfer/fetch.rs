@@ -292,8 +292,16 @@ impl Fetch<'_> {
             Event::Manifest(peer, id, answer) => {
                 self.opening = false;
                 let max = self.shared.images.config().max_bytes;
+                let answer = match answer {
+                    Ok(a) => a,
+                    // Unreachable, not lying: asked again at its next map.
+                    Err(e) => {
+                        self.failed(&peer, &e);
+                        return Ok(());
+                    }
+                };
                 let checked = match answer {
-                    Ok(Reply::Manifest(bytes)) => Manifest::decode(&bytes, &id)
+                    Reply::Manifest(bytes) => Manifest::decode(&bytes, &id)
                         .map_err(|e| e.to_string())
                         .and_then(|m| if m.file == self.hex { Ok(m) } else { Err("of another image".into()) })
                         .and_then(|m| {
@@ -303,8 +311,7 @@ impl Fetch<'_> {
                                 Err(format!("{} bytes, over images.max-bytes", m.size))
                             }
                         }),
-                    Ok(other) => Err(format!("answered {other:?}")),
-                    Err(e) => Err(e),
+                    other => Err(format!("answered {}", other.kind())),
                 };
                 match checked {
                     Ok(m) => self.open(m),

@@ -462,7 +462,7 @@ impl Exchange {
                     i.host,
                     match asked {
                         Ok(Ok(wire::Reply::Fetching(outcome))) => outcome,
-                        Ok(Ok(other)) => format!("answered {other:?}"),
+                        Ok(Ok(other)) => format!("answered {}", other.kind()),
                         Ok(Err(e)) => e,
                         Err(_) => "no answer within 15 s".into(),
                     },

@@ -54,6 +54,23 @@ pub enum Reply {
     Refused(String),
 }
 
+impl Reply {
+    /// The answer's kind, for messages (never its bytes).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Found(_) => "found",
+            Reply::Have { .. } => "a chunk map",
+            Reply::Manifest(_) => "a manifest",
+            Reply::Chunk(_) => "a chunk",
+            Reply::Inventory(_) => "an inventory",
+            Reply::Fetching(_) => "a fetch outcome",
+            Reply::Missing => "missing",
+            Reply::Busy => "busy",
+            Reply::Refused(_) => "refused",
+        }
+    }
+}
+
 /// The images one agent holds, whole or in part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
