@@ -171,6 +171,10 @@ pub struct AgentConfig {
     pub energy: EnergyConfig,
     /// Bounds on concurrent migrations, per host and per PoP.
     pub moves: MovesConfig,
+    /// The `/metrics` endpoint.
+    pub metrics: crate::metrics::MetricsConfig,
+    /// Decision records (`locus vm why`).
+    pub records: crate::records::RecordsConfig,
 }
 
 /// `[energy]`: when an empty host goes to standby, and the commands that
@@ -227,6 +231,8 @@ impl Default for AgentConfig {
             rebalance: locus_core::rebalance::RebalanceConfig::default(),
             energy: EnergyConfig::default(),
             moves: MovesConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
+            records: crate::records::RecordsConfig::default(),
         }
     }
 }

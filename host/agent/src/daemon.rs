@@ -15,8 +15,10 @@ use crate::images::Images;
 use crate::images::transfer::Exchange;
 use crate::images::waiting::Waiting;
 use crate::libvirt::{self, FromHypervisor, ToHypervisor};
+use crate::metrics::Telemetry;
 use crate::overlay::{self, FromOverlay, ToOverlay};
 use crate::policies::Policies;
+use crate::records::Records;
 use crate::reserve::Reserve;
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
@@ -46,6 +48,7 @@ struct Round {
     commands: Vec<(locus_core::hypervisor::OpId, locus_core::hypervisor::HvCommand)>,
     answers: Vec<(ReqId, Result<Reply, ApiError>)>,
     overlay: Vec<ToOverlay>,
+    records: Vec<locus_core::record::Record>,
 }
 
 /// Sets up logging as configured.
@@ -77,6 +80,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
     // Taken before the store grows, so that it is there when the disk fills.
     let reserve = Reserve::new(&config.state_dir.join("reserve"), config.reserve_mib << 20);
     let store = Arc::new(Store::open(&config.state_dir.join("state.redb"))?);
+    let telemetry = Telemetry::new(&config.metrics);
+    let records = Arc::new(Records::open(store.clone(), config.records.keep)?);
     let intents = store.intents()?;
     let policies = Arc::new(Policies::start(&config.policies, store.clone())?);
     let images = Arc::new(Images::open(&config.images_dir(), config.images.clone())?);
@@ -108,6 +113,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             sample_interval: Duration::from_millis(config.sample_interval_ms),
             images: images.clone(),
             migration_uri: config.migration_uri.clone(),
+            telemetry: telemetry.clone(),
         },
         hv_events,
     )
@@ -117,13 +123,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let (ov_events, ov_rx) = mpsc::unbounded_channel();
     let (policy_events, policy_rx) = mpsc::unbounded_channel();
     let (image_asks, image_rx) = mpsc::unbounded_channel();
+    let (record_asks, record_rx) = mpsc::unbounded_channel();
     let (ov_tx, ov_task) = overlay::spawn(
-        overlay_settings(&config, keypair.clone())?,
+        overlay_settings(&config, keypair.clone(), telemetry.clone())?,
         ov_events,
         policy_events,
         image_asks,
+        record_asks,
         cancel.clone(),
     )?;
+    let records_task = crate::records::serve(records.clone(), ov_tx.clone(), record_rx, cancel.clone());
     let exchange = Exchange::start(
         (config.host.name.clone(), config.pop.name.clone()),
         images.clone(),
@@ -158,7 +167,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
         consolidation: policies.consolidation.clone(),
         shadows,
     };
-    let deciders = Deciders::spawn(workers, deciding, answers_tx).context("starting the policy workers")?;
+    let deciders = Deciders::spawn(workers, deciding, answers_tx, telemetry.clone())
+        .context("starting the policy workers")?;
     tracing::info!(workers, "policy workers started");
 
     let (core_tx, core_rx) = mpsc::channel(1024);
@@ -171,6 +181,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
         uploads: Arc::new(tokio::sync::Semaphore::new(api::policies::MAX_UPLOADS)),
         overlay: ov_tx.clone(),
         rollouts,
+        telemetry: telemetry.clone(),
+        records: records.clone(),
     };
     let tracker = TaskTracker::new();
     let socket = config.socket_path();
@@ -205,13 +217,17 @@ async fn serve(config: AgentConfig) -> Result<()> {
         energy: config.energy.clone(),
         waiting,
         images: held,
+        telemetry,
+        records: records.clone(),
     };
     let inboxes =
         Inboxes { api: core_rx, hv: hv_rx, peers: ov_rx, answers: answers_rx, arrived, images_changed };
     let result = core.run(inboxes, cancel.clone()).await;
+    tokio::task::block_in_place(|| records.flush());
     cancel.cancel();
     tracker.wait().await;
     let _ = rollout_task.await;
+    let _ = records_task.await;
     let _ = ov_task.await;
     let _ = hv_tx.send(ToHypervisor::Stop);
     let _ = tokio::task::spawn_blocking(move || hv_thread.join()).await;
@@ -238,6 +254,10 @@ struct Core {
     waiting: Waiting,
     /// The image store, whose holdings placement sees.
     images: Arc<Images>,
+    /// Where decisions, events and commits are counted.
+    telemetry: Telemetry,
+    /// The decision records this agent keeps.
+    records: Arc<Records>,
 }
 
 /// What wakes the core task.
@@ -293,6 +313,7 @@ impl Core {
                             bail!("the libvirt thread has stopped");
                         }
                     }
+                    self.waiting_changed();
                 }
                 _ = sleep => self.node.handle_input(Input::Timeout(Instant::now())),
                 _ = recheck.tick(), if !self.reserve.held() => {
@@ -301,6 +322,13 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts the VMs waiting for their images.
+    fn waiting_changed(&self) {
+        if let Some(m) = self.telemetry.get() {
+            m.images_waiting(self.waiting.len());
         }
     }
 
@@ -333,7 +361,13 @@ impl Core {
                 Output::Reply { req, reply } => round.answers.push((req, reply)),
                 Output::Decide { id, question } => self.deciders.ask(id, question),
                 Output::Plan { id, question } => self.deciders.plan(id, question),
-                Output::Event(e) => tracing::info!("{}", crate::control::clean(&e.to_string())),
+                Output::Event(e) => {
+                    if let Some(m) = self.telemetry.get() {
+                        m.event(&e);
+                    }
+                    tracing::info!("{}", crate::control::clean(&e.to_string()))
+                }
+                Output::Record(r) => round.records.push(*r),
                 Output::Gossip { topic, msg } => round.overlay.push(ToOverlay::Gossip(topic, msg)),
                 Output::Request { id, to, req } => round.overlay.push(ToOverlay::Request(id, to, req)),
                 Output::Respond { id, resp } => round.overlay.push(ToOverlay::Respond(id, resp)),
@@ -386,11 +420,16 @@ impl Core {
                 }
             }
         }
+        if let Some(m) = self.telemetry.get() {
+            round.records.iter().for_each(|r| m.decided(r));
+        }
+        self.records.add(std::mem::take(&mut round.records));
         for (op, cmd) in round.commands.into_iter().filter_map(|(op, cmd)| self.waiting.hold(op, cmd)) {
             if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
                 bail!("the libvirt thread has stopped");
             }
         }
+        self.waiting_changed();
         for message in round.overlay {
             // The overlay task is gone only when the agent is stopping.
             let _ = self.overlay.send(message);
@@ -407,6 +446,15 @@ impl Core {
     /// and the write tried once more: stops and deletes go on, and the node
     /// refuses what would need more room until the reserve is back.
     fn record(&mut self, changes: &[Change]) -> Result<()> {
+        let started = Instant::now();
+        let result = self.write(changes);
+        if let Some(m) = self.telemetry.get() {
+            m.committed(result.is_ok(), started.elapsed());
+        }
+        result
+    }
+
+    fn write(&mut self, changes: &[Change]) -> Result<()> {
         match self.store.apply(changes) {
             Err(e) if crate::store::is_no_space(&e) && self.reserve.held() => {
                 self.reserve.release();
@@ -517,7 +565,11 @@ fn batch<T>(first: T, mut queued: impl FnMut() -> Option<T>, mut feed: impl FnMu
     }
 }
 
-fn overlay_settings(config: &AgentConfig, keypair: libp2p::identity::Keypair) -> Result<overlay::Settings> {
+fn overlay_settings(
+    config: &AgentConfig,
+    keypair: libp2p::identity::Keypair,
+    telemetry: Telemetry,
+) -> Result<overlay::Settings> {
     let parse = |what: &str, list: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
         list.iter()
             .map(|a| {
@@ -540,6 +592,7 @@ fn overlay_settings(config: &AgentConfig, keypair: libp2p::identity::Keypair) ->
         pop: config.pop.name.clone(),
         mdns: o.mdns,
         emulated_latency: o.emulated_latency.clone(),
+        telemetry,
     })
 }
 

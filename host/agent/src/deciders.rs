@@ -11,6 +11,7 @@
 //! sends the answers back in one message, so a burst of creates still ends
 //! in one intent commit.
 
+use crate::metrics::Telemetry;
 use crate::policies::SlotName;
 use crate::rollout::shadow::{Asked, Shadows};
 use locus_core::node::DecisionId;
@@ -77,11 +78,12 @@ impl std::fmt::Debug for Deciding {
 impl Deciding {
     /// Answers with the active version; when the slot has a shadow run,
     /// keeps the question and answer in `asked` for it.
-    fn answer(&self, job: Job, asked: &mut Vec<Asked>) -> Answered {
+    fn answer(&self, job: Job, asked: &mut Vec<Asked>, telemetry: &Telemetry) -> Answered {
         let start = Instant::now();
         match job {
             Job::Place(id, question) => {
                 let answer = self.placement.place(&question.cluster, &question.request);
+                counted(telemetry, SlotName::Placement, &answer, start);
                 if self.shadows.watching(SlotName::Placement) {
                     let value = answer.as_ref().ok().map(|v| v.value.clone());
                     asked.push(Asked::Place(question.clone(), value, start.elapsed()));
@@ -94,6 +96,7 @@ impl Deciding {
                     EventKind::Consolidate => (&self.consolidation, SlotName::Consolidation),
                 };
                 let answer = policy.plan(&question.partition);
+                counted(telemetry, slot, &answer, start);
                 if self.shadows.watching(slot) {
                     let value = answer.as_ref().ok().map(|v| v.value.clone());
                     asked.push(Asked::Plan(slot, question, value, start.elapsed()));
@@ -122,11 +125,13 @@ impl Deciders {
         workers: usize,
         policy: Deciding,
         answers: mpsc::UnboundedSender<Vec<Answered>>,
+        telemetry: Telemetry,
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::new();
         for n in 0..workers.max(1) {
-            let (rx, policy, answers) = (rx.clone(), policy.clone(), answers.clone());
+            let (rx, policy, answers, telemetry) =
+                (rx.clone(), policy.clone(), answers.clone(), telemetry.clone());
             let thread = std::thread::Builder::new().name(format!("locus-policy-{n}")).spawn(move || {
                 yield_to_the_node();
                 while let Ok(first) = rx.recv() {
@@ -134,7 +139,7 @@ impl Deciders {
                     batch.extend(rx.try_iter().take(BATCH - 1));
                     let mut asked = Vec::new();
                     let answered: Vec<Answered> =
-                        batch.into_iter().map(|job| policy.answer(job, &mut asked)).collect();
+                        batch.into_iter().map(|job| policy.answer(job, &mut asked, &telemetry)).collect();
                     if answers.send(answered).is_err() {
                         return;
                     }
@@ -166,6 +171,23 @@ impl Deciders {
             let _ = jobs.send(job);
         }
     }
+}
+
+/// Counts a policy call: its duration by the version that answered (or
+/// failed), and a failure by kind; one that an earlier version recovered
+/// from counts as a failure too.
+fn counted<T>(
+    telemetry: &Telemetry,
+    slot: SlotName,
+    answer: &Result<Verdict<T>, PolicyError>,
+    start: Instant,
+) {
+    let Some(m) = telemetry.get() else { return };
+    let (policy, failure) = match answer {
+        Ok(v) => (v.decided_by.as_str(), v.failure.as_ref().map(|f| f.kind.as_str())),
+        Err(e) => (e.policy.as_str(), Some(e.kind.as_str())),
+    };
+    m.policy_call(slot.as_str(), policy, start.elapsed(), failure);
 }
 
 /// Policy workers run at a lower CPU priority (nice 10) than the agent's

@@ -5,6 +5,8 @@
 //! - [`libvirt`]: the hypervisor thread (commands, sampling, reconnects).
 //! - [`overlay`]: the libp2p swarm (membership gossip, agent-to-agent requests).
 //! - [`store`]: durable intent (redb); [`reserve`]: space kept back for it.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`records`]: the decision records `locus vm why` gathers.
 //! - [`images`]: the image store and each VM's own disk on an image.
 //! - [`policies`]: the placement and migration slots on the agent.
 //! - [`deciders`]: the worker threads that run placement policies beside the node.
@@ -27,9 +29,11 @@ pub mod files;
 pub mod imagebench;
 pub mod images;
 pub mod libvirt;
+pub mod metrics;
 pub mod migratebench;
 pub mod overlay;
 pub mod policies;
+pub mod records;
 pub mod reserve;
 pub mod rollout;
 pub mod rolloutbench;

@@ -29,6 +29,9 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-roll
 /// SHA-256 (hex) of a bundle file → its bytes, for the pushes the table names.
 const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("policy-bundles");
 
+/// Sequence number → a decision record ([`crate::records`]), oldest first.
+const DECISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("decisions");
+
 /// The envelope version this agent writes.
 const VERSION: u8 = 1;
 
@@ -281,6 +284,50 @@ impl Store {
             let mut out = Vec::new();
             for row in table.iter()? {
                 out.push(row?.0.value().to_owned());
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Store {
+    /// Adds decision records (by sequence number) and drops those numbered
+    /// below `keep_from`. Not durable by itself: the next intent commit
+    /// makes it so, and a crash before that loses only these records, never
+    /// intent (and costs no fsync per decision).
+    pub fn put_records<T: Serialize>(&self, records: &[(u64, T)], keep_from: u64) -> Result<()> {
+        self.with(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            {
+                let mut table = txn.open_table(DECISIONS)?;
+                for (seq, r) in records {
+                    table.insert(*seq, encode(r)?.as_slice())?;
+                }
+                table.retain_in(..keep_from, |_, _| false)?;
+            }
+            txn.commit().context("committing decision records")
+        })
+    }
+
+    /// Makes what earlier non-durable commits wrote durable (an empty
+    /// durable commit).
+    pub fn sync(&self) -> Result<()> {
+        self.with(|db| db.begin_write()?.commit().context("committing"))
+    }
+
+    /// Every stored decision record, oldest first; records this agent
+    /// cannot read are skipped.
+    pub fn records<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(u64, T)>> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(table) = optional(txn.open_table(DECISIONS))? else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (seq, bytes) = row?;
+                if let Ok(r) = decode(bytes.value()) {
+                    out.push((seq.value(), r));
+                }
             }
             Ok(out)
         })

@@ -77,6 +77,22 @@ pub enum HvCommand {
 }
 
 impl HvCommand {
+    /// The command's name, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HvCommand::Define { .. } => "define",
+            HvCommand::Start(_) => "start",
+            HvCommand::Shutdown(_) => "shutdown",
+            HvCommand::Destroy(_) => "destroy",
+            HvCommand::Undefine(_) => "undefine",
+            HvCommand::Receive { .. } => "receive",
+            HvCommand::MigrateOut { .. } => "migrate-out",
+            HvCommand::Settle(_) => "settle",
+            HvCommand::Discard { .. } => "discard",
+            HvCommand::Adopt { .. } => "adopt",
+        }
+    }
+
     /// The VM it acts on.
     pub fn vm(&self) -> &str {
         match self {

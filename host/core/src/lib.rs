@@ -16,6 +16,7 @@
 //! - [`cluster`] and [`beacon`]: what agents tell each other, and when.
 //! - [`load`]: when a host counts as overloaded or underloaded.
 //! - [`rebalance`]: cooperative rebalancing by partitions (DVMS lineage).
+//! - [`record`]: decision records, what `vm why` shows.
 //! - [`node`]: one host's state machine (API requests, hypervisor results
 //!   and samples in; intent changes, hypervisor commands and replies out),
 //!   with [`hypervisor`] and [`intent`] the values it exchanges.
@@ -31,6 +32,7 @@ pub mod node;
 pub mod pipeline;
 pub mod policy;
 pub mod rebalance;
+pub mod record;
 pub mod request;
 pub mod spec;
 pub mod validate;

@@ -189,6 +189,10 @@ pub enum Action {
     },
     /// Move a VM from its host (a member) to another member.
     Move {
+        /// The event whose plan it is.
+        event: EventId,
+        /// The policy that planned it.
+        policy: String,
         /// The VM.
         vm: String,
         /// Its host's agent.
@@ -200,6 +204,8 @@ pub enum Action {
     },
     /// Something for the log and `host status`.
     Report(String),
+    /// The event this host led ended, so.
+    Ended(EventReport),
 }
 
 /// How an event ended.
@@ -518,8 +524,8 @@ impl Rebalancer {
             return vec![];
         }
         let (partition, rows) = (partition.clone(), rows.clone());
-        let plan = match answer {
-            Ok(v) => v.value,
+        let (plan, policy) = match answer {
+            Ok(v) => (v.value, v.decided_by),
             Err(e) => {
                 let mut actions = vec![Action::Report(format!("event {}: no plan: {e}", l.id))];
                 actions.extend(self.grow(now));
@@ -546,6 +552,8 @@ impl Rebalancer {
                     let to = l.members[m.to as usize].host.clone();
                     waiting.insert(vm.clone(), to.clone());
                     actions.push(Action::Move {
+                        event: l.id.clone(),
+                        policy: policy.clone(),
                         vm: vm.clone(),
                         from: source.peer.clone(),
                         from_host: source.host.clone(),
@@ -638,19 +646,14 @@ impl Rebalancer {
             solved,
             outcome: outcome.clone(),
         };
-        let line = if solved {
-            format!("event {}: solved in {} ms: {outcome}", l.id, report.duration_ms)
-        } else {
-            format!("event {}: ended unsolved: {outcome}", l.id)
-        };
         if !solved {
             self.not_before = Some(now + Duration::from_millis(self.config.retry_after_ms));
         }
-        self.recent.push_back(report);
+        self.recent.push_back(report.clone());
         while self.recent.len() > RECENT {
             self.recent.pop_front();
         }
-        let mut actions = vec![Action::Report(line)];
+        let mut actions = vec![Action::Ended(report)];
         actions.extend(self.dissolve());
         actions
     }

@@ -332,9 +332,9 @@ fn kind(e: &Event) -> &'static str {
         Event::Moved { .. } => "moved",
         Event::Arriving { .. } => "arriving",
         Event::Arrived { .. } => "arrived",
-        Event::Rebalance(_) => "rebalance",
+        Event::Rebalance(_) | Event::Rebalanced(_) => "rebalance",
         Event::Power { .. } => "power",
-        Event::Failed { .. } => "failed",
+        Event::Failed { .. } | Event::NotMoved { .. } => "failed",
     }
 }
 

@@ -945,6 +945,8 @@ impl World {
                     self.nodes[i].standby = standby;
                     self.power(i);
                 }
+                // The simulator's report counts decisions its own way.
+                Output::Record(_) => {}
                 Output::Event(e) => {
                     self.note_of(i, format_args!("{e}"));
                     self.report.event(i, self.now_us, &e);

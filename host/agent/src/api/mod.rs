@@ -9,6 +9,7 @@
 pub mod cluster;
 mod error;
 pub mod images;
+pub mod observe;
 mod openapi;
 pub mod policies;
 pub mod rollouts;
@@ -59,6 +60,10 @@ pub struct AppState {
     pub overlay: mpsc::UnboundedSender<crate::overlay::ToOverlay>,
     /// The rollout task.
     pub rollouts: crate::rollout::Handle,
+    /// The metrics registry (empty when metrics are off).
+    pub telemetry: crate::metrics::Telemetry,
+    /// The decision records this agent keeps.
+    pub records: Arc<crate::records::Records>,
 }
 
 impl AppState {
@@ -79,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/vms/{name}/load", put(vms::set_load))
         .route("/v1/vms/{name}/migrate", post(vms::migrate))
+        .route("/v1/vms/{name}/why", get(observe::why))
         .route("/v1/host", get(vms::host))
         .route("/v1/host/drain", post(vms::drain))
         .route("/v1/host/resume", post(vms::resume))
@@ -97,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             get(images::show).put(images::import).delete(images::remove).layer(DefaultBodyLimit::disable()),
         )
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(observe::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             Failure::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such endpoint")

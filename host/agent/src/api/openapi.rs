@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         super::vms::delete,
         super::vms::set_load,
         super::vms::migrate,
+        super::observe::why,
+        super::observe::metrics,
         super::vms::host,
         super::vms::drain,
         super::vms::resume,

@@ -110,6 +110,12 @@ pub enum VmCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// How a VM came to be where it is: the records of its placement and
+    /// moves (filters, policy, scores, fallback), from every agent reached.
+    Why {
+        /// The VM.
+        name: String,
+    },
 }
 
 /// What to create.
@@ -280,6 +286,11 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
                 }
                 return Ok(());
             }
+            VmCommand::Why { name } => {
+                let why: crate::records::Why =
+                    client.get(&format!("/v1/vms/{}/why", path_segment(&name)?)).await?;
+                return if conn.json { print_json(&why) } else { print_why(&why) };
+            }
             VmCommand::Create(args) => client.post("/v1/vms", Some(&args.request()?)).await?,
             VmCommand::Show { name } => client.get(&format!("/v1/vms/{}", path_segment(&name)?)).await?,
             VmCommand::SetLoad { name, cpu_milli } => {
@@ -307,6 +318,54 @@ pub fn vm(conn: &Connection, cmd: VmCommand) -> Result<()> {
         };
         if conn.json { print_json(&status) } else { print_vm(&status) }
     })
+}
+
+/// Prints decision records, oldest first, one paragraph each.
+fn print_why(why: &crate::records::Why) -> Result<()> {
+    use locus_core::record::Decider;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for r in &why.records {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms);
+        let who = match (r.decided_by, &r.policy) {
+            (Decider::Policy, Some(p)) => format!("policy {p}"),
+            (Decider::Fallback, _) => "the built-in fallback".to_owned(),
+            (Decider::Filters, _) | (Decider::Policy, None) => "the filters".to_owned(),
+        };
+        writeln!(
+            out,
+            "{}  {} decided on {} ({}) by {who}: {}",
+            humantime::format_rfc3339_seconds(at),
+            r.kind.as_str(),
+            r.host,
+            r.pop,
+            clean(&r.outcome)
+        )?;
+        writeln!(out, "    request: {}", clean(&r.request))?;
+        if !r.filters.is_empty() {
+            let steps: Vec<String> = r.filters.iter().map(|p| format!("{} {}", p.filter, p.hosts)).collect();
+            writeln!(out, "    hosts: {} considered → {}", r.considered, steps.join(" → "))?;
+        }
+        if let Some(f) = &r.failure {
+            writeln!(out, "    policy failed ({}): {}", f.kind, clean(&f.message))?;
+        }
+        if !r.top.is_empty() {
+            let top: Vec<String> = r.top.iter().map(|s| format!("{} {:.3}", s.host, s.score)).collect();
+            writeln!(out, "    top scores: {}", top.join(", "))?;
+        }
+        if r.took_us > 0 {
+            writeln!(out, "    decided in {:.1} ms", r.took_us as f64 / 1000.0)?;
+        }
+    }
+    write!(
+        out,
+        "({} record(s); {} of {} other agent(s) answered)",
+        why.records.len(),
+        why.answered,
+        why.asked
+    )?;
+    println!("{out}");
+    Ok(())
 }
 
 /// Names travel in URL paths; the naming rule keeps them URL-safe, and

@@ -65,4 +65,14 @@ impl Waiting {
     pub fn release(&mut self, vm: &str) -> VecDeque<(OpId, HvCommand)> {
         self.queues.remove(vm).unwrap_or_default()
     }
+
+    /// VMs waiting for their images.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether no VM waits.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
 }

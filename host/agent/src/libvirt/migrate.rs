@@ -39,6 +39,8 @@ pub struct Outgoing {
     pub timeout: Duration,
     /// The command's id, echoed in the result.
     pub op: OpId,
+    /// Where the migration is counted.
+    pub telemetry: crate::metrics::Telemetry,
 }
 
 /// Starts the migration; its result comes back as [`FromHypervisor::Done`].
@@ -94,7 +96,11 @@ fn migrate(
     let started = Instant::now();
     let result = dom.migrate_to_uri3(Some(&m.dest_uri), params, flags);
     drop(done_tx);
-    let aborted = watchdog.join().unwrap_or(false);
+    let (aborted, sent) = watchdog.join().unwrap_or((false, 0));
+    if let Some(t) = m.telemetry.get() {
+        t.libvirt("migrate-out", result.is_ok(), started.elapsed());
+        t.migrated_bytes(sent);
+    }
     match result {
         Ok(()) => {
             tracing::info!(
@@ -123,8 +129,10 @@ struct Watch {
 
 impl Watch {
     /// Samples the job's progress until the migration ends (`done`'s sender
-    /// is dropped) or aborts it at its deadline; returns whether it did.
-    fn run(&self, done: &mpsc::Receiver<()>, events: &UnboundedSender<FromHypervisor>) -> bool {
+    /// is dropped) or aborts it at its deadline; returns whether it did,
+    /// and the bytes the job had sent at its last sample.
+    fn run(&self, done: &mpsc::Receiver<()>, events: &UnboundedSender<FromHypervisor>) -> (bool, u64) {
+        let mut sent = 0;
         let deadline = Instant::now() + self.timeout;
         let mut conn = match Connect::open(Some(&self.uri)) {
             Ok(c) => Some(c),
@@ -155,6 +163,7 @@ impl Watch {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(p) = dom.as_ref().and_then(job_progress) {
                         tracing::debug!(vm = self.vm, "migration: {p}");
+                        sent = sent.max(p.processed_bytes);
                         let _ = events.send(FromHypervisor::Progress(self.op, p));
                     }
                 }
@@ -165,7 +174,7 @@ impl Watch {
         if let Some(c) = conn.as_mut() {
             let _ = c.close();
         }
-        aborted
+        (aborted, sent)
     }
 }
 

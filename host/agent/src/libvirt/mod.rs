@@ -64,6 +64,8 @@ pub struct Settings {
     /// Where other hosts' libvirt reaches this one to live-migrate VMs
     /// here (`qemu+tls://host/system`, …); none: VMs move cold.
     pub migration_uri: Option<String>,
+    /// Where operations are counted and timed.
+    pub telemetry: crate::metrics::Telemetry,
 }
 
 /// Starts the hypervisor thread.
@@ -120,12 +122,26 @@ fn run(settings: Settings, rx: mpsc::Receiver<ToHypervisor>, events: UnboundedSe
         let wake = if session.is_some() { next_sample } else { retry_at.min(next_sample) };
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(ToHypervisor::Run(op, HvCommand::MigrateOut { vm, uri, timeout })) if session.is_some() => {
-                let m = migrate::Outgoing { local_uri: settings.uri.clone(), vm, dest_uri: uri, timeout, op };
+                let m = migrate::Outgoing {
+                    local_uri: settings.uri.clone(),
+                    vm,
+                    dest_uri: uri,
+                    timeout,
+                    op,
+                    telemetry: settings.telemetry.clone(),
+                };
                 migrate::spawn(m, events.clone());
             }
             Ok(ToHypervisor::Run(op, cmd)) => {
+                let started = Instant::now();
                 let result = match session.as_mut() {
-                    Some(s) => s.run(&cmd),
+                    Some(s) => {
+                        let result = s.run(&cmd);
+                        if let Some(m) = settings.telemetry.get() {
+                            m.libvirt(cmd.kind(), result.is_ok(), started.elapsed());
+                        }
+                        result
+                    }
                     None => Err(HvError {
                         kind: HvErrorKind::Unavailable,
                         message: down_reason.clone().unwrap_or_else(|| "not connected".into()),

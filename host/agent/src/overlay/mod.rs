@@ -55,6 +55,8 @@ pub struct Settings {
     pub mdns: bool,
     /// Round trips to add to dialled connections (tests).
     pub emulated_latency: Vec<EmulatedLatency>,
+    /// Where traffic and libp2p's own events are counted.
+    pub telemetry: crate::metrics::Telemetry,
 }
 
 /// Commands for the overlay task.
@@ -104,6 +106,8 @@ pub enum Service {
     Bundles,
     /// Image manifests and chunks (the transfer task).
     Chunks,
+    /// Decision records of a VM (the records task).
+    Records,
 }
 
 /// A question from a peer on a byte protocol, to answer with
@@ -172,6 +176,7 @@ struct Behaviour {
     rpc: request_response::Behaviour<RpcCodec>,
     bundles: request_response::Behaviour<BundleCodec>,
     chunks: request_response::Behaviour<BundleCodec>,
+    records: request_response::Behaviour<BundleCodec>,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -184,6 +189,10 @@ const BUNDLES: StreamProtocol = StreamProtocol::new(BUNDLE_PROTOCOL);
 pub const BUNDLE_PROTOCOL: &str = "/locus/bundles/1";
 /// The image chunk protocol's name.
 pub const CHUNK_PROTOCOL: &str = "/locus/chunks/1";
+/// The decision record protocol's name.
+pub const RECORD_PROTOCOL: &str = "/locus/records/1";
+/// Largest record-protocol frame: a VM's name, or its newest records.
+const MAX_RECORD_FRAME: usize = 1 << 20;
 /// Largest chunk-protocol frame: a manifest of an image at the default
 /// size cap (64 GiB in 1 MiB chunks: 2 MiB of hashes), or a chunk.
 const MAX_CHUNK_FRAME: usize = 3 << 20;
@@ -224,6 +233,7 @@ fn build(
     rpc_codec: &RpcCodec,
     bundle_codec: &BundleCodec,
     chunk_codec: &BundleCodec,
+    record_codec: &BundleCodec,
 ) -> Result<Swarm<Behaviour>> {
     let psk = settings.psk;
     let shaping = settings.emulated_latency.clone();
@@ -269,6 +279,11 @@ fn build(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60))
                         .with_max_concurrent_streams(256),
+                ),
+                records: request_response::Behaviour::with_codec(
+                    record_codec.clone(),
+                    [(StreamProtocol::new(RECORD_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
                 ),
                 mdns: Toggle::from(None),
             })
@@ -326,6 +341,7 @@ pub fn spawn(
     to_core: mpsc::UnboundedSender<FromOverlay>,
     to_rollout: mpsc::UnboundedSender<PolicyEvent>,
     to_images: mpsc::UnboundedSender<Asked>,
+    to_records: mpsc::UnboundedSender<Asked>,
     cancel: CancellationToken,
 ) -> Result<(mpsc::UnboundedSender<ToOverlay>, tokio::task::JoinHandle<()>)> {
     if settings.psk.is_some()
@@ -339,13 +355,16 @@ pub fn spawn(
     let rpc_codec = RpcCodec::new(codec::MAX_FRAME, rejected.clone());
     let bundle_codec = BundleCodec::new(MAX_BUNDLE_FRAME, rejected.clone());
     let chunk_codec = BundleCodec::new(MAX_CHUNK_FRAME, rejected.clone());
-    let swarm = build(&settings, &rpc_codec, &bundle_codec, &chunk_codec)?;
+    let record_codec = BundleCodec::new(MAX_RECORD_FRAME, rejected.clone());
+    let swarm = build(&settings, &rpc_codec, &bundle_codec, &chunk_codec, &record_codec)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = Task {
         swarm,
         to_core,
         to_rollout,
         to_images,
+        to_records,
+        telemetry: settings.telemetry.clone(),
         asked: HashMap::new(),
         asking: HashMap::new(),
         channels: HashMap::new(),
@@ -368,6 +387,8 @@ struct Task {
     to_core: mpsc::UnboundedSender<FromOverlay>,
     to_rollout: mpsc::UnboundedSender<PolicyEvent>,
     to_images: mpsc::UnboundedSender<Asked>,
+    to_records: mpsc::UnboundedSender<Asked>,
+    telemetry: crate::metrics::Telemetry,
     /// Byte-protocol questions waiting for a task's answer.
     asked: HashMap<u64, (Service, ResponseChannel<serde_bytes::ByteBuf>)>,
     /// Byte-protocol questions this agent asked.
@@ -416,7 +437,12 @@ impl Task {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
                     match b.gossipsub.publish(topic(&t), bytes) {
-                        Ok(_) => self.stats.gossip_out_bytes += len,
+                        Ok(_) => {
+                            self.stats.gossip_out_bytes += len;
+                            if let Some(m) = self.telemetry.get() {
+                                m.gossip(true, len);
+                            }
+                        }
                         // No peer on the topic yet: nothing to tell anyone.
                         Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
                         Err(e) => tracing::debug!("gossip not published: {e}"),
@@ -475,7 +501,12 @@ impl Task {
             ToOverlay::PolicyGossip(bytes) => {
                 let len = bytes.len() as u64;
                 match b.gossipsub.publish(policy_topic(), bytes) {
-                    Ok(_) => self.stats.gossip_out_bytes += len,
+                    Ok(_) => {
+                        self.stats.gossip_out_bytes += len;
+                        if let Some(m) = self.telemetry.get() {
+                            m.gossip(true, len);
+                        }
+                    }
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
                     Err(e) => tracing::debug!("policy gossip not published: {e}"),
                 }
@@ -486,6 +517,7 @@ impl Task {
                     let rid = match service {
                         Service::Bundles => b.bundles.send_request(&peer, question),
                         Service::Chunks => b.chunks.send_request(&peer, question),
+                        Service::Records => b.records.send_request(&peer, question),
                     };
                     self.asking.insert((service, rid), done);
                 }
@@ -500,6 +532,7 @@ impl Task {
                     let sent = match asked_on {
                         Service::Bundles => b.bundles.send_response(channel, answer),
                         Service::Chunks => b.chunks.send_response(channel, answer),
+                        Service::Records => b.records.send_response(channel, answer),
                     };
                     if sent.is_err() {
                         tracing::debug!(?service, "the asking peer went away before the answer");
@@ -567,6 +600,9 @@ impl Task {
     }
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = self.telemetry.get() {
+            record_p2p(m.p2p(), &event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "overlay listening"),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
@@ -600,6 +636,9 @@ impl Task {
                 message, ..
             })) => {
                 self.stats.gossip_in_bytes += message.data.len() as u64;
+                if let Some(m) = self.telemetry.get() {
+                    m.gossip(false, message.data.len() as u64);
+                }
                 let Some(source) = message.source else { return };
                 if message.topic == policy_topic().hash() {
                     let _ = self
@@ -621,6 +660,7 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(event),
             SwarmEvent::Behaviour(BehaviourEvent::Bundles(event)) => self.bytes(Service::Bundles, event),
             SwarmEvent::Behaviour(BehaviourEvent::Chunks(event)) => self.bytes(Service::Chunks, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Records(event)) => self.bytes(Service::Records, event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(result),
@@ -683,6 +723,7 @@ impl Task {
                 let _ = match service {
                     Service::Bundles => self.to_rollout.send(PolicyEvent::Asked(asked)).is_ok(),
                     Service::Chunks => self.to_images.send(asked).is_ok(),
+                    Service::Records => self.to_records.send(asked).is_ok(),
                 };
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
@@ -730,5 +771,19 @@ impl Task {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+/// Counts a swarm event, and the events of the protocols libp2p's metrics
+/// know, in libp2p's families.
+fn record_p2p(m: &libp2p::metrics::Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder;
+    m.record(event);
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+        _ => {}
     }
 }

@@ -414,6 +414,12 @@ pub struct HostStatus {
     pub watts: u32,
     /// VMs by state.
     pub vms: VmCounts,
+    /// Placements waiting for the placement policy's answer.
+    pub deciding: u32,
+    /// Renewable power the PoP has unused now, watts.
+    pub pop_renewable_watts: u32,
+    /// The PoP's grid carbon intensity now, gCO2/kWh.
+    pub pop_carbon_g_per_kwh: u32,
     /// Domains on the hypervisor marked as this host's, at the last sample.
     pub own_domains: u32,
     /// Domains on the hypervisor that this agent did not create (left alone).

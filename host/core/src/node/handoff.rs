@@ -622,7 +622,7 @@ impl Node {
         let was_active = self.leave_active(name);
         match &result {
             Ok(status) => self.event(Event::Moved { vm: name.to_owned(), to: status.host.clone() }),
-            Err(e) => self.event(Event::Failed { vm: name.to_owned(), error: e.message.clone() }),
+            Err(e) => self.event(Event::NotMoved { vm: name.to_owned(), error: e.message.clone() }),
         }
         if was_active && let Some(drain) = self.moves.drain.as_mut() {
             match &result {

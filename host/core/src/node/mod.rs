@@ -494,6 +494,8 @@ pub enum Output {
         /// Into standby, or out of it.
         standby: bool,
     },
+    /// Keep this record of a decision about a VM (the agent stamps its time).
+    Record(Box<crate::record::Record>),
     /// Shutting down and nothing is in flight: the shell may exit.
     Closed,
 }
@@ -607,14 +609,23 @@ pub enum Event {
         /// The source host.
         from: String,
     },
-    /// Cooperative rebalancing: an event started, grew, planned, moved, ended.
+    /// Cooperative rebalancing: an event started, grew, planned, moved.
     Rebalance(String),
+    /// A rebalancing event this host led ended.
+    Rebalanced(crate::rebalance::EventReport),
     /// The host went to standby or woke from it.
     Power {
         /// In standby now.
         standby: bool,
         /// Why.
         why: String,
+    },
+    /// A move of a VM of this host failed or was called off; it stays here.
+    NotMoved {
+        /// The VM.
+        vm: String,
+        /// Why.
+        error: String,
     },
     /// A hypervisor command failed outside any request.
     Failed {
@@ -667,7 +678,7 @@ impl fmt::Display for Event {
                 "vm {vm}: its domain had no intent here; the overlay's record names it the current copy \
                  (generation {generation}); it is this host's again"
             ),
-            Event::Failed { vm, error } => write!(f, "vm {vm}: {error}"),
+            Event::Failed { vm, error } | Event::NotMoved { vm, error } => write!(f, "vm {vm}: {error}"),
             Event::Moving { vm, to, live: true } => write!(f, "vm {vm}: live-migrating to host {to}"),
             Event::Moving { vm, to, live: false } => write!(
                 f,
@@ -675,6 +686,12 @@ impl fmt::Display for Event {
             ),
             Event::Moved { vm, to } => write!(f, "vm {vm}: moved to host {to}"),
             Event::Rebalance(line) => write!(f, "rebalancing: {line}"),
+            Event::Rebalanced(r) if r.solved => {
+                write!(f, "rebalancing: event {}: solved in {} ms: {}", r.event, r.duration_ms, r.outcome)
+            }
+            Event::Rebalanced(r) => {
+                write!(f, "rebalancing: event {}: ended unsolved: {}", r.event, r.outcome)
+            }
             Event::Power { standby: true, why } => write!(f, "host in standby: {why}"),
             Event::Power { standby: false, why } => write!(f, "host woken from standby: {why}"),
             Event::Evacuated { vm, from, to: Ok(to) } => {
@@ -2115,6 +2132,9 @@ impl Node {
             power: if self.standby { "standby".into() } else { "on".into() },
             watts: h.current_watts(),
             vms,
+            deciding: self.deciding.len() as u32,
+            pop_renewable_watts: self.config.pop.renewable_watts,
+            pop_carbon_g_per_kwh: self.config.pop.carbon_g_per_kwh,
             own_domains: self.own_domains,
             other_domains: self.others.len() as u32,
         }

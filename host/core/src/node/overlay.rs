@@ -28,6 +28,7 @@ use crate::node::{
 };
 use crate::pipeline::{DecidedBy, Decision, Outcome, Prepared, Question};
 use crate::policy::{ErrorKind, PolicyError, Verdict};
+use crate::record::{self, Record};
 use locus_sdk::{Placement, Resources};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,8 @@ pub(super) struct Deciding {
     visited: Vec<String>,
     /// Answers so far that named a host that had filled up meanwhile.
     stale: u8,
+    /// When the policy was first asked.
+    since: Option<Instant>,
 }
 
 /// A request sent to another agent and what it is for.
@@ -463,6 +466,7 @@ impl Node {
             tried,
             visited,
             stale: 0,
+            since: None,
         });
     }
 
@@ -470,7 +474,16 @@ impl Node {
     /// among the PoP's other hosts.
     pub(super) fn ask_move(&mut self, origin: Option<Origin>, spec: Box<VmRequest>, avoid: Vec<PeerId>) {
         let visited = Vec::new();
-        self.ask(Deciding { origin, spec, moving: true, generation: 0, tried: avoid, visited, stale: 0 });
+        self.ask(Deciding {
+            origin,
+            spec,
+            moving: true,
+            generation: 0,
+            tried: avoid,
+            visited,
+            stale: 0,
+            since: None,
+        });
     }
 
     /// Filters the PoP's hosts for a request and asks the policy to choose,
@@ -489,6 +502,8 @@ impl Node {
                 self.reply_to(d.origin, Err(e));
             }
             Prepared::Ask(question) => {
+                let mut d = d;
+                d.since = d.since.or(self.now);
                 let id = DecisionId(self.next_decision);
                 self.next_decision += 1;
                 if let Some(now) = self.now {
@@ -629,6 +644,7 @@ impl Node {
             }
             return;
         }
+        self.record(&d, &decision);
         let Deciding { origin, spec, tried, visited, moving, generation, .. } = d;
         if let DecidedBy::Fallback { failure } = &decision.decided_by {
             self.event(Event::FellBack { vm: spec.name.clone(), failure: failure.to_string() });
@@ -689,6 +705,38 @@ impl Node {
             }
             Outcome::Rejected { message, .. } => self.forward(origin, spec, visited, message),
         }
+    }
+
+    /// Keeps the record of a decision about to be acted on (see [`Self::act`]).
+    fn record(&mut self, d: &Deciding, decision: &Decision) {
+        let kind = match (d.moving, d.generation) {
+            (true, _) => record::Kind::Move,
+            (false, 0) => record::Kind::Placement,
+            (false, _) => record::Kind::Evacuation,
+        };
+        let outcome = match &decision.outcome {
+            Outcome::Placed { host } if *host == self.host && !d.moving => "created on this host".to_owned(),
+            Outcome::Placed { host } if d.moving => {
+                format!("moves to host {}", self.model.hosts[host.0 as usize].name)
+            }
+            Outcome::Placed { host } if d.tried.len() < MAX_HANDOFFS => {
+                format!("handed to host {}", self.model.hosts[host.0 as usize].name)
+            }
+            Outcome::Placed { .. } if d.generation > 0 => "refused: this PoP's hosts refused it".to_owned(),
+            Outcome::Placed { .. } => "this PoP's hosts refused it; forwarded".to_owned(),
+            Outcome::Rejected { message, .. } if d.moving || d.generation > 0 => {
+                format!("refused: {message}")
+            }
+            Outcome::Rejected { message, .. } => format!("not in this PoP ({message}); forwarded or refused"),
+        };
+        let hosts = &self.model.hosts;
+        let mut r = Record::of(kind, &d.spec, decision, |h| hosts[h.0 as usize].name.clone(), outcome);
+        r.host = self.config.host.name.clone();
+        r.pop = self.config.pop.name.clone();
+        if let (Some(now), Some(since)) = (self.now, d.since) {
+            r.took_us = now.saturating_duration_since(since).as_micros() as u64;
+        }
+        self.outputs.push_back(Output::Record(Box::new(r)));
     }
 
     /// Hands a request to the nearest suitable PoP not asked yet, or refuses it.

@@ -10,6 +10,7 @@ use crate::cluster::{Liveness, PeerId};
 use crate::intent::Desired;
 use crate::node::{ApiError, InboundId, OutboundId, PeerRequest, PeerResponse, Reply};
 use crate::rebalance::{Action, EventId, EventKind, JoinAnswer, MemberView, MemberVm, PopBook};
+use crate::record::{self, Record};
 use crate::{PolicyError, Verdict};
 use locus_sdk::Migration;
 use std::collections::HashMap;
@@ -164,7 +165,8 @@ impl Node {
                     self.rebalancing.sent.insert(id, Sent::Leave);
                 }
                 Action::Plan { id, question } => self.outputs.push_back(Output::Plan { id, question }),
-                Action::Move { vm, from, from_host, to } => {
+                Action::Move { event, policy, vm, from, from_host, to } => {
+                    self.record_plan_move(&event, policy, &vm, &from_host, &to);
                     if from_host == self.config.host.name {
                         self.rebalancing.next_local += 1;
                         let k = self.rebalancing.next_local;
@@ -180,12 +182,38 @@ impl Node {
                     }
                 }
                 Action::Report(line) => self.event(Event::Rebalance(line)),
+                Action::Ended(report) => self.event(Event::Rebalanced(report)),
             }
         }
         match self.rebalancer.deadline() {
             Some(at) => self.timers.set(Timer::Rebalance, at),
             None => self.timers.cancel(&Timer::Rebalance),
         }
+    }
+
+    /// Keeps the record of a move the plan of `event` (led here) asks for.
+    fn record_plan_move(&mut self, event: &EventId, policy: String, vm: &str, from: &str, to: &str) {
+        let partition = self.rebalancer.partition();
+        let considered = partition.len() as u32;
+        let record = Record {
+            vm: vm.to_owned(),
+            kind: record::Kind::Rebalancing,
+            at_ms: 0,
+            host: self.config.host.name.clone(),
+            pop: self.config.pop.name.clone(),
+            request: format!("rebalancing event {event} over [{}]", partition.join(", ")),
+            considered,
+            filters: Vec::new(),
+            decided_by: record::Decider::Policy,
+            policy: Some(policy),
+            failure: None,
+            result: record::Result::Chosen,
+            chosen: Some(to.to_owned()),
+            outcome: format!("moves from host {from} to host {to}"),
+            top: Vec::new(),
+            took_us: 0,
+        };
+        self.outputs.push_back(Output::Record(Box::new(record)));
     }
 
     /// A plan move of a VM of this host ended (its origin was [`Origin::Plan`]).
