@@ -5,7 +5,9 @@
 # and why; a signed policy pushed to one PoP's running agents; an overloaded host
 # relieved by a partition of its PoP-mates; a drain; an image imported in
 # one PoP that boots a VM in another; a host killed and its VMs created
-# again elsewhere.
+# again elsewhere; why each VM is where it is; the metrics; the dashboard,
+# saved as a screenshot (LOCUS_DEMO_KEEP=1 keeps the cluster running after
+# the demo, to open it in a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 locus=target/release/locus
@@ -21,6 +23,11 @@ trap cleanup EXIT
 chmod 600 "$dir/cluster.key"
 # The operator's policy signing key: every agent trusts its public half.
 operator=$("$locus" policy keygen --out "$dir/operator.key" 2>/dev/null)
+# frankfurt-1 also serves its API, and the dashboard, on TCP with a token.
+api=127.71.0.1:7700
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$token" >"$dir/token"
+chmod 600 "$dir/token"
 
 # name, jurisdiction, lat, lon, second octet of its agents' addresses
 pops=("paris FR 48.86 2.35 70" "frankfurt DE 50.11 8.68 71" "madrid ES 40.42 -3.70 72")
@@ -37,7 +44,9 @@ for pop in "${pops[@]}"; do
     latency=$(IFS=,; echo "[${rules[*]}]")
     for h in 1 2 3; do
         host="$name-$h"
-        "$locus" agent --state-dir "$dir/$host" --libvirt-uri test:///default --host-name "$host" --pop "$name" \
+        tcp=()
+        [[ $host == frankfurt-1 ]] && tcp=(--listen "$api" --token-file "$dir/token")
+        "$locus" agent "${tcp[@]}" --state-dir "$dir/$host" --libvirt-uri test:///default --host-name "$host" --pop "$name" \
             --set "pop.jurisdiction=$code" --set "pop.location={lat=$lat,lon=$lon}" \
             --set host.vcpus=64 --set host.memory-mib=32768 --cluster-key "$dir/cluster.key" \
             --set load.sustain-samples=2 --set rebalance.consolidate-interval-ms=0 \
@@ -108,6 +117,12 @@ for _ in $(seq 100); do
 done
 grep -h "host overloaded\|rebalancing\|moving cold\|moved to" "$dir/frankfurt-1.log" | sed 's/^.*INFO locus::daemon: /  /'
 "$locus" host status --socket "$f1" | grep -E "load|rebalancing"
+moved=$("$locus" vm list --json --socket "$(sock frankfurt-2)" | sed -n 's/^    "name": "\(hot-[0-9]\)",$/\1/p' | head -n 1)
+moved=${moved:-$("$locus" vm list --json --socket "$(sock frankfurt-3)" | sed -n 's/^    "name": "\(hot-[0-9]\)",$/\1/p' | head -n 1)}
+if [[ -n $moved ]]; then
+    echo "  why is $moved where it is? (asked of paris-1, which took none of these decisions)"
+    "$locus" vm why "$moved" --socket "$(sock paris-1)" | sed 's/^/  /'
+fi
 
 step "frankfurt-2 is drained: it takes no new VMs and its VMs move to its PoP-mates, one at a time"
 f2=$(sock frankfurt-2)
@@ -134,3 +149,20 @@ sleep 5
 "$locus" cluster status --socket "$(sock madrid-1)" | sed -n '/host /,/└/p'
 grep -h "paris-2 .* is dead" "$dir/madrid-1.log" | head -n 1 | sed 's/^.*INFO locus::daemon: /  /'
 grep -h "created again" "$dir"/paris-*.log | sed 's/^.*INFO locus::daemon: /  /'
+
+step "frankfurt-1's metrics (Prometheus, behind the token): decisions, moves, rebalancing"
+curl -sf -H "Authorization: Bearer $token" "http://$api/metrics" |
+    grep -E '^locus_(decisions|migrations|rebalancing_events|fallbacks|intent_commits)_total|^locus_overlay_peers|^locus_host_power_watts' |
+    sed 's/^/  /'
+echo "  (and $(curl -sf -H "Authorization: Bearer $token" "http://$api/metrics" | grep -c '^libp2p_') samples of libp2p's own metrics in the same registry)"
+
+step "The dashboard, served by every agent at / (here frankfurt-1's): a headless Chromium screenshot"
+shot=target/demo-dashboard.png
+chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1440,1300 \
+    --virtual-time-budget=6000 --screenshot="$shot" "http://$api/#token=$token" 2>/dev/null
+echo "  dashboard: http://$api/#token=$token"
+echo "  screenshot: $shot ($(stat -c %s "$shot") bytes)"
+if [[ ${LOCUS_DEMO_KEEP:-} == 1 ]]; then
+    echo "  the cluster keeps running (LOCUS_DEMO_KEEP=1): open the dashboard; Ctrl-C stops it"
+    wait
+fi

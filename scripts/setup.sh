@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Locus needs, if it is missing:
-# Debian packages (pkg-config, libvirt-dev, qemu-utils for the image store)
-# and the wasm32-wasip2 Rust target.
+# Debian packages (pkg-config, libvirt-dev, qemu-utils for the image store,
+# Chromium and its WebDriver for the dashboard's browser test and the demo's
+# screenshot) and the wasm32-wasip2 Rust target.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
-packages=(pkg-config libvirt-dev qemu-utils)
+packages=(pkg-config libvirt-dev qemu-utils chromium chromium-driver fonts-dejavu-core curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,11 @@
 //! on libvirt's test driver through its API, against the same define+start
 //! calls made straight to libvirt in this process (the baseline: what
 //! libvirt itself costs), and the agent's resident memory idle and loaded.
+//!
+//! What metrics cost is measured in the same run: rounds alternate an agent
+//! with `[metrics] enabled = false` and one with metrics on, scraped every
+//! second meanwhile (a Prometheus at a 1 s interval; 15 s is usual), each
+//! with a fresh state directory; the median of each kind is reported.
 
 use crate::client::{Client, Endpoint};
 use anyhow::{Context, Result, bail};
@@ -22,6 +27,9 @@ pub struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
+    /// Rounds, each one agent with metrics off and one with metrics on.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,8 +44,15 @@ pub struct Report {
     pub concurrency: u32,
     /// Baseline: define + start straight to libvirt, VMs/s.
     pub libvirt_direct_per_s: f64,
-    /// Through the agent (API → placement → intent fsync → libvirt), VMs/s.
+    /// Through the agent (API → placement → intent fsync → libvirt), with
+    /// metrics on and scraped every second, VMs/s (median of the rounds).
     pub agent_per_s: f64,
+    /// The same with metrics off, VMs/s (median of the rounds).
+    pub agent_metrics_off_per_s: f64,
+    /// How much slower metrics made it, % (negative: faster, i.e. noise).
+    pub metrics_cost_pct: f64,
+    /// Scrapes answered during the metrics-on runs.
+    pub scrapes: u64,
     /// Per-request latency through the agent, µs.
     pub agent_p50_us: u64,
     /// 99th percentile, µs.
@@ -54,25 +69,38 @@ fn spec(name: String) -> VmRequest {
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
-    if args.count == 0 || args.concurrency == 0 {
-        bail!("--count and --concurrency must be at least 1");
+    if args.count == 0 || args.concurrency == 0 || args.rounds == 0 {
+        bail!("--count, --concurrency and --rounds must be at least 1");
     }
     let direct = direct(args.count)?;
-    let dir = tempfile_dir()?;
-    let mut agent = AgentProcess::start(dir.path())?;
-    let result = through_agent(&args, &mut agent, dir.path());
-    agent.stop();
-    let _ = std::fs::remove_dir_all(dir.path());
-    let (agent_per_s, p50, p99, idle, loaded) = result?;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        for metrics in [false, true] {
+            let dir = tempfile_dir()?;
+            let mut agent = AgentProcess::start(dir.path(), metrics)?;
+            let result = through_agent(&args, &mut agent, dir.path(), metrics);
+            agent.stop();
+            let _ = std::fs::remove_dir_all(dir.path());
+            if metrics { on.push(result?) } else { off.push(result?) }
+        }
+    }
+    let median = |runs: &mut Vec<Run>| {
+        runs.sort_by(|a, b| a.per_s.total_cmp(&b.per_s));
+        runs[runs.len() / 2].clone()
+    };
+    let (on, scrapes, off) = (median(&mut on), on.iter().map(|r| r.scrapes).sum(), median(&mut off));
     let report = Report {
         count: args.count,
         concurrency: args.concurrency,
         libvirt_direct_per_s: direct,
-        agent_per_s,
-        agent_p50_us: p50,
-        agent_p99_us: p99,
-        idle_rss_kib: idle,
-        loaded_rss_kib: loaded,
+        agent_per_s: on.per_s,
+        agent_metrics_off_per_s: off.per_s,
+        metrics_cost_pct: (off.per_s - on.per_s) / off.per_s * 100.0,
+        scrapes,
+        agent_p50_us: on.p50_us,
+        agent_p99_us: on.p99_us,
+        idle_rss_kib: on.idle_kib,
+        loaded_rss_kib: on.loaded_kib,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -82,6 +110,11 @@ pub fn run(args: Args) -> Result<()> {
         println!(
             "  through the agent ({} in flight):         {:>9.0} VMs/s   p50 {} µs, p99 {} µs",
             report.concurrency, report.agent_per_s, report.agent_p50_us, report.agent_p99_us
+        );
+        println!(
+            "  same, metrics off:                        {:>9.0} VMs/s   metrics cost {:+.1} % \
+             (median of {} rounds each; {} scrapes at 1/s while on)",
+            report.agent_metrics_off_per_s, report.metrics_cost_pct, args.rounds, report.scrapes
         );
         println!(
             "agent resident memory: idle {:.1} MiB, holding {} VMs {:.1} MiB",
@@ -124,9 +157,18 @@ fn direct(count: u32) -> Result<f64> {
     Ok(rate)
 }
 
-type AgentNumbers = (f64, u64, u64, u64, u64);
+/// One run through the agent.
+#[derive(Debug, Clone)]
+struct Run {
+    per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    idle_kib: u64,
+    loaded_kib: u64,
+    scrapes: u64,
+}
 
-fn through_agent(args: &Args, agent: &mut AgentProcess, dir: &Path) -> Result<AgentNumbers> {
+fn through_agent(args: &Args, agent: &mut AgentProcess, dir: &Path, scrape: bool) -> Result<Run> {
     let socket = dir.join("agent.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -142,6 +184,25 @@ fn through_agent(args: &Args, agent: &mut AgentProcess, dir: &Path) -> Result<Ag
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(agent.child.id())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let scraping = tokio_util::sync::CancellationToken::new();
+    let scraper = scrape.then(|| {
+        let (client, stop) = (Client::new(Endpoint::Unix(socket.clone())), scraping.clone());
+        rt.spawn(async move {
+            let mut scrapes = 0;
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.cancelled() => return scrapes,
+                }
+                if let Ok((status, _)) = client.raw(hyper::Method::GET, "/metrics", None).await
+                    && status.is_success()
+                {
+                    scrapes += 1;
+                }
+            }
+        })
+    });
     let (elapsed, hist) = rt.block_on(async {
         let start = Instant::now();
         let mut workers = tokio::task::JoinSet::new();
@@ -166,10 +227,21 @@ fn through_agent(args: &Args, agent: &mut AgentProcess, dir: &Path) -> Result<Ag
         }
         anyhow::Ok((start.elapsed(), all))
     })?;
+    scraping.cancel();
+    let scrapes = match scraper {
+        Some(task) => rt.block_on(task).unwrap_or(0),
+        None => 0,
+    };
     std::thread::sleep(Duration::from_secs(2));
     let loaded = rss_kib(agent.child.id())?;
-    let rate = f64::from(args.count) / elapsed.as_secs_f64();
-    Ok((rate, hist.value_at_quantile(0.5), hist.value_at_quantile(0.99), idle, loaded))
+    Ok(Run {
+        per_s: f64::from(args.count) / elapsed.as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        idle_kib: idle,
+        loaded_kib: loaded,
+        scrapes,
+    })
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -187,7 +259,7 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn start(dir: &Path) -> Result<Self> {
+    fn start(dir: &Path, metrics: bool) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
         // Only these settings: none inherited from a LOCUS_* environment.
@@ -207,6 +279,8 @@ impl AgentProcess {
                 "host.memory-mib=1000000000",
                 "--set",
                 "log=error",
+                "--set",
+                &format!("metrics.enabled={metrics}"),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -7,6 +7,7 @@
 //! `/openapi.json`.
 
 pub mod cluster;
+mod dashboard;
 mod error;
 pub mod images;
 pub mod observe;
@@ -104,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(observe::metrics))
+        .route("/v1/decisions", get(observe::decisions))
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             Failure::new(axum::http::StatusCode::NOT_FOUND, "not-found", "no such endpoint")
@@ -123,6 +127,9 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, Failure> {
     use subtle::ConstantTimeEq;
+    if request.method() == axum::http::Method::GET && dashboard::PUBLIC.contains(&request.uri().path()) {
+        return Ok(next.run(request).await);
+    }
     let presented = request
         .headers()
         .get(AUTHORIZATION)

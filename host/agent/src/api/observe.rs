@@ -2,7 +2,7 @@
 //! (decision records): what an operator's tools watch and ask.
 
 use super::AppState;
-use super::error::{ErrorBody, Failure};
+use super::error::{ErrorBody, Failure, QueryParams};
 use crate::records::Why;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -34,6 +34,26 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, Failure> {
         m.peers(stats.connected);
     }
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], m.encode()).into_response())
+}
+
+/// How many decisions to list.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Latest {
+    /// At most this many, newest first (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The newest decision records this agent took, newest first.
+#[utoipa::path(get, path = "/v1/decisions", tag = "observe", params(Latest),
+    responses(
+        (status = 200, description = "Decision records, newest first", body = [locus_core::record::Record]),
+        (status = 400, description = "Bad query", body = ErrorBody)))]
+pub async fn decisions(
+    State(s): State<AppState>,
+    QueryParams(q): QueryParams<Latest>,
+) -> Json<Vec<locus_core::record::Record>> {
+    Json(s.records.latest(q.limit.unwrap_or(50).min(1000)))
 }
 
 /// How a VM came to be where it is: the records of its placement and

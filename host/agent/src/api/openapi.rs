@@ -20,6 +20,7 @@ use utoipa::OpenApi;
         super::vms::migrate,
         super::observe::why,
         super::observe::metrics,
+        super::observe::decisions,
         super::vms::host,
         super::vms::drain,
         super::vms::resume,

@@ -482,6 +482,14 @@ pub struct PopStatus {
     pub rtt_ms: Option<f64>,
     /// The agent that speaks for it.
     pub speaker: String,
+    /// Where it is.
+    pub location: crate::Location,
+    /// Renewable power it has unused, watts.
+    #[serde(default)]
+    pub renewable_watts: u32,
+    /// Its grid's carbon intensity, gCO2/kWh.
+    #[serde(default)]
+    pub carbon_g_per_kwh: u32,
 }
 
 /// The cluster as one agent sees it.

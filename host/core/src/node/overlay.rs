@@ -1080,6 +1080,9 @@ impl Node {
             free: mine.free,
             rtt_ms: None,
             speaker: if self.membership.is_speaker() { own.peer.to_string() } else { String::new() },
+            location: mine.location,
+            renewable_watts: mine.renewable_watts,
+            carbon_g_per_kwh: mine.carbon_g_per_kwh,
         }];
         for p in self.membership.pops_by_name() {
             let s = &p.summary;
@@ -1091,6 +1094,9 @@ impl Node {
                 free: s.free,
                 rtt_ms: ms(self.membership.rtt_to(&p.summary)),
                 speaker: p.speaker.to_string(),
+                location: s.location,
+                renewable_watts: s.renewable_watts,
+                carbon_g_per_kwh: s.carbon_g_per_kwh,
             });
             // Other PoPs' hosts are counted, not listed, save the dead.
             for m in &s.dead {
