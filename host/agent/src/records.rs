@@ -223,6 +223,43 @@ mod tests {
         Record::of(locus_core::record::Kind::Placement, &spec, &decision, |_| "h".into(), String::new())
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Whatever the batches, the agent keeps exactly the newest `keep`
+        /// records, answers for a VM with its own among them in order, and
+        /// reads the same back after reopening.
+        #[test]
+        fn keeps_exactly_the_newest(
+            keep in 1usize..12,
+            batches in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..6), 0..8),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("state.redb");
+            let all: Vec<String> = batches.iter().flatten().map(|v| format!("vm{v}")).collect();
+            let newest: Vec<String> = all.iter().rev().take(keep).cloned().collect();
+            {
+                let store = Arc::new(Store::open(&path).expect("store"));
+                let records = Records::open(store.clone(), keep).expect("records");
+                for b in &batches {
+                    records.add(b.iter().map(|v| record(&format!("vm{v}"))).collect());
+                }
+                let kept: Vec<String> = records.latest(usize::MAX).into_iter().map(|r| r.vm).collect();
+                proptest::prop_assert_eq!(&kept, &newest);
+                for v in 0..4 {
+                    let vm = format!("vm{v}");
+                    let mut own: Vec<String> = newest.iter().filter(|n| **n == vm).cloned().collect();
+                    own.reverse();
+                    let of: Vec<String> = records.of(&vm).into_iter().map(|r| r.vm).collect();
+                    proptest::prop_assert_eq!(of, own);
+                }
+                records.flush();
+            }
+            let records = Records::open(Arc::new(Store::open(&path).expect("store")), keep).expect("records");
+            let kept: Vec<String> = records.latest(usize::MAX).into_iter().map(|r| r.vm).collect();
+            proptest::prop_assert_eq!(kept, newest);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn keeps_the_newest_across_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
