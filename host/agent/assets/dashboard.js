@@ -189,8 +189,7 @@ function drawVms(vms) {
 
 function drawDecisions(records) {
   fill("decision-table", records.map((r) => {
-    const who = r["decided-by"] === "policy" ? (r.policy || "policy")
-      : r["decided-by"] === "fallback" ? "fallback" : "filters";
+    const who = r["decided-by"] === "policy" ? (r.policy || "policy") : r["decided-by"];
     const whoCell = el("span", who, r["decided-by"] === "fallback" ? "tag warn" : "");
     if (r.failure) whoCell.title = r.failure.kind + ": " + r.failure.message;
     const left = r.filters.length ? r.filters[r.filters.length - 1].hosts : 0;

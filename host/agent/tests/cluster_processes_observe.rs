@@ -173,6 +173,16 @@ fn processes_vm_why_from_any_agent_and_metrics_behind_the_token_parse_while_busy
     assert_eq!(r.failure.as_ref().map(|f| f.kind.as_str()), Some("trap"), "{r:?}");
     let shown = agent_text(&cluster.agents[1], &["vm", "why", "fallen"]);
     assert!(shown.contains("by the built-in fallback") && shown.contains("policy failed (trap)"), "{shown}");
+    // An operator's move, entered at agent 1, is a decision too.
+    let at: VmStatus = cluster.agents[1].json(&["vm", "show", "fallen"]);
+    let to = (0..3).map(host).find(|h| *h != at.host).expect("another host");
+    let _: VmStatus = cluster.agents[1].json(&["vm", "migrate", "fallen", "--to", &to]);
+    let moved = why(&cluster.agents[2], "fallen");
+    let r = moved.records.iter().find(|r| r.kind == Kind::Move).expect("the operator's move");
+    assert_eq!(
+        (r.decided_by, r.host.as_str(), r.chosen.as_deref()),
+        (Decider::Operator, host(1).as_str(), Some(to.as_str()))
+    );
 
     // Host 0 is overloaded: 5 × 3.4 CPUs on 16; its event moves VMs away.
     for k in 0..5 {

@@ -24,8 +24,7 @@ pub const TOP_SCORES: usize = 3;
 pub enum Kind {
     /// Where a new VM runs.
     Placement,
-    /// Which host a running VM moves to (a migrate without a destination,
-    /// or a drain).
+    /// Which host a running VM moves to (a migrate, or a drain).
     Move,
     /// Where a VM of a dead host is created again.
     Evacuation,
@@ -56,6 +55,8 @@ pub enum Decider {
     Fallback,
     /// The filters alone: they left no host.
     Filters,
+    /// An operator, who named the destination (`vm migrate --to`).
+    Operator,
 }
 
 impl Decider {
@@ -65,6 +66,7 @@ impl Decider {
             Decider::Policy => "policy",
             Decider::Fallback => "fallback",
             Decider::Filters => "filters",
+            Decider::Operator => "operator",
         }
     }
 }
@@ -203,6 +205,30 @@ impl Record {
             chosen,
             outcome,
             top,
+            took_us: 0,
+        }
+    }
+}
+
+impl Record {
+    /// The record of a move an operator asked for, naming its destination.
+    pub fn operator_move(vm: &str, to: &str, host: &str, pop: &str) -> Self {
+        Record {
+            vm: vm.to_owned(),
+            kind: Kind::Move,
+            at_ms: 0,
+            host: host.to_owned(),
+            pop: pop.to_owned(),
+            request: format!("vm migrate --to {to}"),
+            considered: 0,
+            filters: Vec::new(),
+            decided_by: Decider::Operator,
+            policy: None,
+            failure: None,
+            result: Result::Chosen,
+            chosen: Some(to.to_owned()),
+            outcome: format!("moves to host {to} (asked through this agent's API)"),
+            top: Vec::new(),
             took_us: 0,
         }
     }

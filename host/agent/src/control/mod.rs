@@ -330,6 +330,7 @@ fn print_why(why: &crate::records::Why) -> Result<()> {
         let who = match (r.decided_by, &r.policy) {
             (Decider::Policy, Some(p)) => format!("policy {p}"),
             (Decider::Fallback, _) => "the built-in fallback".to_owned(),
+            (Decider::Operator, _) => "the operator".to_owned(),
             (Decider::Filters, _) | (Decider::Policy, None) => "the filters".to_owned(),
         };
         writeln!(

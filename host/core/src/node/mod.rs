@@ -1453,7 +1453,16 @@ impl Node {
             }
             Command::Delete(name) => self.change(req, &name, Purpose::Delete, Duration::ZERO),
             Command::SetLoad { name, cpu_milli } => self.set_load(req, &name, cpu_milli),
-            Command::Migrate { name, to } => self.migrate(Origin::Api(req), name, to).map_or(Ok(None), Err),
+            Command::Migrate { name, to } => {
+                let named = to.clone().map(|to| (name.clone(), to));
+                let refused = self.migrate(Origin::Api(req), name, to);
+                if let (None, Some((vm, to))) = (&refused, named) {
+                    let (host, pop) = (&self.config.host.name, &self.config.pop.name);
+                    let record = crate::record::Record::operator_move(&vm, &to, host, pop);
+                    self.outputs.push_back(Output::Record(Box::new(record)));
+                }
+                refused.map_or(Ok(None), Err)
+            }
             Command::Drain => Ok(Some(self.drain())),
             Command::Resume => Ok(Some(self.resume())),
         };

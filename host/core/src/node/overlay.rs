@@ -80,6 +80,8 @@ pub(super) struct Deciding {
     stale: u8,
     /// When the policy was first asked.
     since: Option<Instant>,
+    /// From then to its answer (or to the deadline that gave up on it).
+    took: Option<Duration>,
 }
 
 /// A request sent to another agent and what it is for.
@@ -467,6 +469,7 @@ impl Node {
             visited,
             stale: 0,
             since: None,
+            took: None,
         });
     }
 
@@ -483,6 +486,7 @@ impl Node {
             visited,
             stale: 0,
             since: None,
+            took: None,
         });
     }
 
@@ -547,6 +551,7 @@ impl Node {
             return;
         };
         self.timers.cancel(&Timer::Decision(id));
+        d.took = self.waited(&d);
         let policy = match &answer {
             Ok(v) => v.decided_by.clone(),
             Err(e) => e.policy.clone(),
@@ -612,7 +617,8 @@ impl Node {
 
     /// A placement whose answer did not come in time is decided by the fallback.
     pub(super) fn decision_overdue(&mut self, id: DecisionId) {
-        if let Some(d) = self.deciding.remove(&id) {
+        if let Some(mut d) = self.deciding.remove(&id) {
+            d.took = self.waited(&d);
             let failure = PolicyError::new(
                 "placement policy",
                 ErrorKind::Deadline,
@@ -733,10 +739,13 @@ impl Node {
         let mut r = Record::of(kind, &d.spec, decision, |h| hosts[h.0 as usize].name.clone(), outcome);
         r.host = self.config.host.name.clone();
         r.pop = self.config.pop.name.clone();
-        if let (Some(now), Some(since)) = (self.now, d.since) {
-            r.took_us = now.saturating_duration_since(since).as_micros() as u64;
-        }
+        r.took_us = d.took.map_or(0, |t| t.as_micros() as u64);
         self.outputs.push_back(Output::Record(Box::new(r)));
+    }
+
+    /// How long `d` has waited for the policy so far.
+    fn waited(&self, d: &Deciding) -> Option<Duration> {
+        Some(self.now?.saturating_duration_since(d.since?))
     }
 
     /// Hands a request to the nearest suitable PoP not asked yet, or refuses it.
