@@ -6,6 +6,10 @@
 "use strict";
 
 const EVERY_MS = 1000;
+// Every agent's policy status grows with the cluster: read it every 5th time.
+const POLICIES_EVERY = 5;
+let ticks = 0;
+let rollouts = null;
 const token = (() => {
   const m = location.hash.match(/token=([^&]+)/);
   if (m) {
@@ -227,9 +231,11 @@ function drawPolicies(status) {
 
 async function refresh() {
   try {
-    const [view, host, vms, decisions, rollouts] = await Promise.all([
-      get("/v1/cluster"), get("/v1/host"), get("/v1/vms"), get("/v1/decisions?limit=25"), get("/v1/rollouts"),
+    const policies = ticks++ % POLICIES_EVERY === 0 || !rollouts ? get("/v1/rollouts") : Promise.resolve(rollouts);
+    const [view, host, vms, decisions, status] = await Promise.all([
+      get("/v1/cluster"), get("/v1/host"), get("/v1/vms"), get("/v1/decisions?limit=25"), policies,
     ]);
+    rollouts = status;
     const cluster = view.cluster;
     $("where").textContent = "host " + cluster.host + " · PoP " + cluster.pop + " · " +
       cluster.pops.length + " PoP(s)";

@@ -190,9 +190,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let mut r = Registry::default();
-        let m = Metrics {
-            p2p: libp2p::metrics::Metrics::new(&mut r),
+        let mut registry = Registry::default();
+        let p2p = libp2p::metrics::Metrics::new(&mut registry);
+        let mut m = Metrics {
+            registry,
+            p2p,
             decisions: Family::default(),
             decision_seconds: Family::new_with_constructor(fast),
             fallbacks: Family::default(),
@@ -220,9 +222,8 @@ impl Metrics {
             renewable: Family::default(),
             carbon: Family::default(),
             moving: Mutex::default(),
-            registry: Registry::default(),
         };
-        let l = &mut r.sub_registry_with_prefix("locus");
+        let l = m.registry.sub_registry_with_prefix("locus");
         l.register(
             "decisions",
             "Decisions about where VMs run, by kind (placement, move, evacuation, rebalancing), result (chosen, refused), who decided (policy, fallback, filters) and policy version",
@@ -343,7 +344,7 @@ impl Metrics {
             "Grid carbon intensity at this host's PoP, gCO2/kWh",
             m.carbon.clone(),
         );
-        Metrics { registry: r, ..m }
+        m
     }
 
     /// The registry as OpenMetrics text.

@@ -118,9 +118,11 @@ fn processes_vm_why_from_any_agent_and_metrics_behind_the_token_parse_while_busy
     );
     let hosts: Vec<String> = cluster.agents.iter().map(|a| a.host.clone()).collect();
     let host = |i: usize| hosts[i].clone();
-    wait_until(Duration::from_secs(30), "the three agents see each other", || {
-        let v: locus::api::cluster::ClusterView = cluster.agents[1].json(&["cluster", "status"]);
-        v.cluster.hosts.len() == 3
+    wait_until(Duration::from_secs(30), "each agent sees the three alive", || {
+        cluster.agents.iter().all(|a| {
+            let v: locus::api::cluster::ClusterView = a.json(&["cluster", "status"]);
+            v.cluster.hosts.iter().filter(|h| h.liveness == locus_core::cluster::Liveness::Alive).count() == 3
+        })
     });
     let tcp = Client::new(Endpoint::Tcp { addr: API.into(), token: TOKEN.into() });
     let stranger = Client::new(Endpoint::Tcp { addr: API.into(), token: "wrong".into() });
