@@ -388,6 +388,12 @@ impl Core {
     /// says to that is carried out too.
     fn carry_out(&mut self, mut round: Round) -> Result<bool> {
         let mut settled = true;
+        // Decision records go first, without durability of their own: the
+        // round's intent commit below makes them durable with it.
+        if let Some(m) = self.telemetry.get() {
+            round.records.iter().for_each(|r| m.decided(r));
+        }
+        self.records.add(std::mem::take(&mut round.records));
         // Most wake-ups (gossip, pings, samples) change no intent and need
         // not leave the runtime.
         if !round.changes.is_empty() {
@@ -420,10 +426,6 @@ impl Core {
                 }
             }
         }
-        if let Some(m) = self.telemetry.get() {
-            round.records.iter().for_each(|r| m.decided(r));
-        }
-        self.records.add(std::mem::take(&mut round.records));
         for (op, cmd) in round.commands.into_iter().filter_map(|(op, cmd)| self.waiting.hold(op, cmd)) {
             if self.hv.send(ToHypervisor::Run(op, cmd)).is_err() {
                 bail!("the libvirt thread has stopped");
