@@ -397,13 +397,13 @@ impl Metrics {
 
     /// An event of the node: moves and rebalancing are counted.
     pub fn event(&self, e: &Event) {
-        let mut moving = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        let moving = || self.moving.lock().unwrap_or_else(|e| e.into_inner());
         match e {
             Event::Moving { vm, live, .. } => {
-                moving.insert(vm.clone(), (Instant::now(), *live));
+                moving().insert(vm.clone(), (Instant::now(), *live));
             }
             Event::Moved { vm, .. } | Event::NotMoved { vm, .. } => {
-                let Some((since, live)) = moving.remove(vm) else { return };
+                let Some((since, live)) = moving().remove(vm) else { return };
                 let mode = if live { "live" } else { "cold" };
                 let result = if matches!(e, Event::Moved { .. }) { "moved" } else { "failed" };
                 self.migrations.get_or_create(&MoveLabels { mode, result }).inc();

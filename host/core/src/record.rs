@@ -211,15 +211,17 @@ impl Record {
 }
 
 impl Record {
-    /// The record of a move an operator asked for, naming its destination.
-    pub fn operator_move(vm: &str, to: &str, host: &str, pop: &str) -> Self {
+    /// The record of a move of `vm` to host `to` that no filter took part
+    /// in (an operator's, or a rebalancing plan's), decided on `host` of
+    /// `pop`; the caller says who decided and why.
+    pub fn moved(kind: Kind, vm: &str, to: &str, (host, pop): (&str, &str)) -> Self {
         Record {
             vm: vm.to_owned(),
-            kind: Kind::Move,
+            kind,
             at_ms: 0,
             host: host.to_owned(),
             pop: pop.to_owned(),
-            request: format!("vm migrate --to {to}"),
+            request: String::new(),
             considered: 0,
             filters: Vec::new(),
             decided_by: Decider::Operator,
@@ -227,7 +229,7 @@ impl Record {
             failure: None,
             result: Result::Chosen,
             chosen: Some(to.to_owned()),
-            outcome: format!("moves to host {to} (asked through this agent's API)"),
+            outcome: String::new(),
             top: Vec::new(),
             took_us: 0,
         }

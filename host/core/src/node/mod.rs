@@ -1457,8 +1457,13 @@ impl Node {
                 let named = to.clone().map(|to| (name.clone(), to));
                 let refused = self.migrate(Origin::Api(req), name, to);
                 if let (None, Some((vm, to))) = (&refused, named) {
-                    let (host, pop) = (&self.config.host.name, &self.config.pop.name);
-                    let record = crate::record::Record::operator_move(&vm, &to, host, pop);
+                    use crate::record::{Kind, Record};
+                    let at = (self.config.host.name.as_str(), self.config.pop.name.as_str());
+                    let record = Record {
+                        request: format!("vm migrate --to {to}"),
+                        outcome: format!("moves to host {to} (asked through this agent's API)"),
+                        ..Record::moved(Kind::Move, &vm, &to, at)
+                    };
                     self.outputs.push_back(Output::Record(Box::new(record)));
                 }
                 refused.map_or(Ok(None), Err)

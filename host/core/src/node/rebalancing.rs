@@ -194,24 +194,14 @@ impl Node {
     /// Keeps the record of a move the plan of `event` (led here) asks for.
     fn record_plan_move(&mut self, event: &EventId, policy: String, vm: &str, from: &str, to: &str) {
         let partition = self.rebalancer.partition();
-        let considered = partition.len() as u32;
+        let at = (self.config.host.name.as_str(), self.config.pop.name.as_str());
         let record = Record {
-            vm: vm.to_owned(),
-            kind: record::Kind::Rebalancing,
-            at_ms: 0,
-            host: self.config.host.name.clone(),
-            pop: self.config.pop.name.clone(),
             request: format!("rebalancing event {event} over [{}]", partition.join(", ")),
-            considered,
-            filters: Vec::new(),
+            considered: partition.len() as u32,
             decided_by: record::Decider::Policy,
             policy: Some(policy),
-            failure: None,
-            result: record::Result::Chosen,
-            chosen: Some(to.to_owned()),
             outcome: format!("moves from host {from} to host {to}"),
-            top: Vec::new(),
-            took_us: 0,
+            ..Record::moved(record::Kind::Rebalancing, vm, to, at)
         };
         self.outputs.push_back(Output::Record(Box::new(record)));
     }
