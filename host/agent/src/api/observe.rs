@@ -66,7 +66,7 @@ pub async fn decisions(
         (status = 404, description = "No agent reached keeps a record of it", body = ErrorBody)))]
 pub async fn why(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Why>, Failure> {
     if !locus_core::request::valid_name(&name) {
-        return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid", format!("{name:?} is not a VM name")));
+        return Err(Failure::bad_request(format!("{name:?} is not a VM name")));
     }
     let why = crate::records::why(&s.records, &s.overlay, &name).await;
     if why.records.is_empty() {
